@@ -1,0 +1,160 @@
+//! GET/HEAD/DELETE `/v2/<name>/blobs/<digest>`, with byte ranges.
+
+use super::{header_value, set, DIGEST_HEADER};
+use crate::body::{self, Body};
+use crate::error::{ApiError, ApiResult, Code};
+use crate::State;
+use berth_storage::meta::{UnlinkBlobOutcome, TOUCH_GRANULARITY_MS};
+use berth_storage::{now_ms, Digest, RepoName};
+use http::{header, HeaderMap, Response, StatusCode};
+use std::ops::Range;
+
+fn unknown(repo: &RepoName, digest: &Digest) -> ApiError {
+    ApiError::not_found(
+        Code::BlobUnknown,
+        format!("blob {digest} not found in repository {repo}"),
+    )
+}
+
+pub async fn get(
+    state: &State,
+    repo: &RepoName,
+    digest: &Digest,
+    headers: &HeaderMap,
+    head: bool,
+) -> ApiResult<Response<Body>> {
+    let linked = state
+        .storage
+        .meta
+        .linked_blob(repo, digest)
+        .await?
+        .ok_or_else(|| unknown(repo, digest))?;
+    if head && now_ms() - linked.touched_ms > TOUCH_GRANULARITY_MS {
+        // A HEAD is how clients ask "do you still have this?" before
+        // skipping an upload: restart the blob's GC grace period.
+        let meta = state.storage.meta.clone();
+        let d = digest.clone();
+        tokio::spawn(async move {
+            if let Err(e) = meta.touch_blob(&d).await {
+                tracing::warn!(digest = %d, error = %e, "could not touch blob");
+            }
+        });
+    }
+    let size = linked.size;
+    let range = match headers.get(header::RANGE) {
+        None => None,
+        Some(v) => Some(parse_range(v.to_str().unwrap_or(""), size).ok_or_else(|| {
+            ApiError::new(
+                StatusCode::RANGE_NOT_SATISFIABLE,
+                Code::RangeInvalid,
+                format!("range {v:?} is not satisfiable for a blob of {size} bytes"),
+            )
+            .with_header(
+                header::CONTENT_RANGE,
+                header_value(format!("bytes */{size}")),
+            )
+        })?),
+    };
+    let (status, len) = match &range {
+        Some(r) => (StatusCode::PARTIAL_CONTENT, r.end - r.start),
+        None => (StatusCode::OK, size),
+    };
+    let body = if head || len == 0 {
+        body::empty()
+    } else {
+        match state.storage.blobs.get(digest, range.clone()).await {
+            Ok(s) => body::stream(s),
+            Err(berth_storage::StorageError::ObjectStore(object_store_err)) => {
+                tracing::error!(%digest, error = %object_store_err, "blob is recorded but its object is unreadable");
+                return Err(ApiError::internal(format!(
+                    "blob {digest} is recorded but its stored object could not be read"
+                )));
+            }
+            Err(e) => return Err(e.into()),
+        }
+    };
+    let mut resp = Response::new(body);
+    *resp.status_mut() = status;
+    set(
+        &mut resp,
+        "content-type",
+        header_value("application/octet-stream"),
+    );
+    set(&mut resp, "content-length", header_value(len));
+    set(&mut resp, DIGEST_HEADER, header_value(digest));
+    set(&mut resp, "accept-ranges", header_value("bytes"));
+    set(&mut resp, "etag", header_value(format!("\"{digest}\"")));
+    set(&mut resp, "cache-control", header_value("max-age=31536000"));
+    if let Some(r) = range {
+        set(
+            &mut resp,
+            "content-range",
+            header_value(format!(
+                "bytes {}-{}/{size}",
+                r.start,
+                r.end.saturating_sub(1)
+            )),
+        );
+    }
+    Ok(resp)
+}
+
+/// Parses one `bytes=` range against a blob of `size` bytes into a
+/// half-open range. `None` when it cannot be satisfied.
+pub fn parse_range(value: &str, size: u64) -> Option<Range<u64>> {
+    let spec = value.trim().strip_prefix("bytes=")?;
+    if spec.contains(',') {
+        return None; // multipart ranges are not served
+    }
+    let (start, end) = spec.split_once('-')?;
+    let (start, end) = (start.trim(), end.trim());
+    let range = if start.is_empty() {
+        let suffix: u64 = end.parse().ok()?;
+        if suffix == 0 {
+            return None;
+        }
+        size.saturating_sub(suffix)..size
+    } else {
+        let start: u64 = start.parse().ok()?;
+        let end: u64 = if end.is_empty() {
+            size.checked_sub(1)?
+        } else {
+            end.parse::<u64>().ok()?.min(size.checked_sub(1)?)
+        };
+        if start > end {
+            return None;
+        }
+        start..end + 1
+    };
+    (range.start < size).then_some(range)
+}
+
+pub async fn delete(state: &State, repo: &RepoName, digest: &Digest) -> ApiResult<Response<Body>> {
+    match state.storage.meta.unlink_blob(repo, digest).await? {
+        UnlinkBlobOutcome::Unlinked => Ok(body::status_only(StatusCode::ACCEPTED)),
+        UnlinkBlobOutcome::NotFound => Err(unknown(repo, digest)),
+        UnlinkBlobOutcome::ReferencedByManifest(m) => Err(ApiError::new(
+            StatusCode::CONFLICT,
+            Code::Denied,
+            format!("blob {digest} is used by manifest {m} in {repo}; delete that manifest first"),
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_range;
+
+    #[test]
+    fn ranges() {
+        assert_eq!(parse_range("bytes=0-9", 100), Some(0..10));
+        assert_eq!(parse_range("bytes=90-", 100), Some(90..100));
+        assert_eq!(parse_range("bytes=-10", 100), Some(90..100));
+        assert_eq!(parse_range("bytes=95-200", 100), Some(95..100));
+        assert_eq!(parse_range("bytes=100-", 100), None);
+        assert_eq!(parse_range("bytes=5-4", 100), None);
+        assert_eq!(parse_range("bytes=0-1,5-6", 100), None);
+        assert_eq!(parse_range("items=0-1", 100), None);
+        assert_eq!(parse_range("bytes=0-0", 0), None);
+    }
+}

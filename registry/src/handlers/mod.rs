@@ -1,0 +1,49 @@
+//! Request handlers, one module per part of the distribution API. Each
+//! turns a parsed route into calls on berth-storage and shapes the answer;
+//! none holds SQL or touches files directly.
+
+pub mod blobs;
+pub mod discovery;
+pub mod manifests;
+pub mod uploads;
+
+use crate::body::Body;
+use crate::error::{ApiError, ApiResult, Code};
+use http::{header, HeaderValue, Response, StatusCode};
+
+pub const DIGEST_HEADER: &str = "docker-content-digest";
+
+pub fn location(value: &str) -> HeaderValue {
+    HeaderValue::from_str(value).expect("locations are built from validated names")
+}
+
+pub fn header_value(value: impl ToString) -> HeaderValue {
+    HeaderValue::from_str(&value.to_string()).expect("header values are built from validated parts")
+}
+
+pub fn method_not_allowed(method: &http::Method) -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        Code::Unsupported,
+        format!("method {method} is not supported on this path"),
+    )
+}
+
+/// Parses `Content-Length`, if present.
+pub fn content_length(headers: &http::HeaderMap) -> ApiResult<Option<u64>> {
+    match headers.get(header::CONTENT_LENGTH) {
+        None => Ok(None),
+        Some(v) => v
+            .to_str()
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .map(Some)
+            .ok_or_else(|| {
+                ApiError::bad_request(Code::SizeInvalid, "Content-Length is not a number")
+            }),
+    }
+}
+
+pub fn set(resp: &mut Response<Body>, name: &'static str, value: HeaderValue) {
+    resp.headers_mut().insert(name, value);
+}

@@ -1,0 +1,257 @@
+//! The blob upload protocol: POST (start, monolithic with `?digest=`, or
+//! cross-repository mount), PATCH (streamed or chunked with Content-Range),
+//! PUT (close, optionally with a final chunk), GET (status), DELETE (cancel).
+
+use super::{content_length, header_value, location, set, DIGEST_HEADER};
+use crate::body::{self, Body};
+use crate::error::{ApiError, ApiResult, Code};
+use crate::routes::{query_get, query_pairs};
+use crate::State;
+use berth_storage::uploads::{FinishError, Session};
+use berth_storage::{Digest, RepoName};
+use http::{header, HeaderMap, Request, Response, StatusCode};
+use http_body_util::BodyDataStream;
+use hyper::body::Incoming;
+
+fn upload_url(repo: &RepoName, session: &Session) -> String {
+    format!("/v2/{repo}/blobs/uploads/{}", session.id)
+}
+
+/// The `Range` header value for an upload holding `offset` bytes. With no
+/// bytes yet, registry:2 and clients agree on "0-0".
+fn range_value(offset: u64) -> String {
+    format!("0-{}", offset.saturating_sub(1))
+}
+
+fn progress(status: StatusCode, repo: &RepoName, session: &Session) -> Response<Body> {
+    let mut resp = body::status_only(status);
+    set(&mut resp, "location", location(&upload_url(repo, session)));
+    set(
+        &mut resp,
+        "range",
+        header_value(range_value(session.offset())),
+    );
+    set(&mut resp, "docker-upload-uuid", header_value(session.id));
+    resp
+}
+
+fn created(repo: &RepoName, digest: &Digest) -> Response<Body> {
+    let mut resp = body::status_only(StatusCode::CREATED);
+    set(
+        &mut resp,
+        "location",
+        location(&format!("/v2/{repo}/blobs/{digest}")),
+    );
+    set(&mut resp, DIGEST_HEADER, header_value(digest));
+    resp
+}
+
+fn unknown_upload(id: &str) -> ApiError {
+    ApiError::not_found(
+        Code::BlobUploadUnknown,
+        format!("upload {:?} is unknown: it finished, was cancelled, expired, or the registry restarted; start a new upload", id.chars().take(64).collect::<String>()),
+    )
+}
+
+fn digest_param(query: &[(String, String)]) -> ApiResult<Option<Digest>> {
+    query_get(query, "digest")
+        .map(|d| d.parse().map_err(ApiError::from))
+        .transpose()
+}
+
+pub async fn start(
+    state: &State,
+    repo: &RepoName,
+    req: Request<Incoming>,
+) -> ApiResult<Response<Body>> {
+    let query = query_pairs(req.uri().query());
+    if let (Some(mount), Some(from)) = (query_get(&query, "mount"), query_get(&query, "from")) {
+        // A mount that cannot be done (bad names, blob not in `from`)
+        // falls back to an ordinary upload session, as the spec asks.
+        if let (Ok(digest), Ok(from)) = (mount.parse::<Digest>(), RepoName::parse(from)) {
+            if let Some(_size) = state.storage.meta.mount_blob(&from, repo, &digest).await? {
+                return Ok(created(repo, &digest));
+            }
+        }
+    }
+    let monolithic = digest_param(&query)?;
+    let session = state.storage.uploads.start(repo).await?;
+    let mut session = session.lock().await;
+    match monolithic {
+        Some(digest) => {
+            if let Err(e) = session.append(BodyDataStream::new(req.into_body())).await {
+                // Nobody holds this session's URL, so nobody could resume it.
+                state.storage.uploads.cancel(&mut session).await?;
+                return Err(e.into());
+            }
+            complete(state, repo, &mut session, &digest).await
+        }
+        None => {
+            let mut resp = progress(StatusCode::ACCEPTED, repo, &session);
+            if let Some(min) = state.config.chunk_min_length {
+                set(&mut resp, "oci-chunk-min-length", header_value(min));
+            }
+            Ok(resp)
+        }
+    }
+}
+
+/// Parses `Content-Range: <start>-<end>` (also accepting `bytes ` and a
+/// `/total` suffix) into inclusive bounds.
+fn content_range(headers: &HeaderMap) -> ApiResult<Option<(u64, u64)>> {
+    let Some(v) = headers.get(header::CONTENT_RANGE) else {
+        return Ok(None);
+    };
+    let bad = || {
+        ApiError::bad_request(
+            Code::BlobUploadInvalid,
+            format!("malformed Content-Range {v:?}; expected <start>-<end>"),
+        )
+    };
+    let s = v.to_str().map_err(|_| bad())?.trim();
+    let s = s.strip_prefix("bytes ").unwrap_or(s);
+    let s = s.split('/').next().unwrap_or(s);
+    let (a, b) = s.split_once('-').ok_or_else(bad)?;
+    let (a, b): (u64, u64) = (
+        a.trim().parse().map_err(|_| bad())?,
+        b.trim().parse().map_err(|_| bad())?,
+    );
+    if b < a {
+        return Err(bad());
+    }
+    Ok(Some((a, b)))
+}
+
+/// Checks a chunk's Content-Range against what the upload holds: chunks
+/// must arrive in order, each starting where the last ended.
+fn check_chunk(repo: &RepoName, session: &Session, headers: &HeaderMap) -> ApiResult<()> {
+    let Some((start, end)) = content_range(headers)? else {
+        return Ok(());
+    };
+    let out_of_order = || {
+        ApiError::new(
+            StatusCode::RANGE_NOT_SATISFIABLE,
+            Code::BlobUploadInvalid,
+            format!(
+                "chunk {start}-{end} does not continue the upload, which holds {} bytes; send the chunk starting at {}",
+                session.offset(),
+                session.offset()
+            ),
+        )
+        .with_header(header::LOCATION, location(&upload_url(repo, session)))
+        .with_header(header::RANGE, header_value(range_value(session.offset())))
+    };
+    if start != session.offset() {
+        return Err(out_of_order());
+    }
+    if let Some(len) = content_length(headers)? {
+        if len != end - start + 1 {
+            return Err(ApiError::bad_request(
+                Code::BlobUploadInvalid,
+                format!(
+                    "Content-Range {start}-{end} is {} bytes but Content-Length is {len}",
+                    end - start + 1
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+pub async fn patch(
+    state: &State,
+    repo: &RepoName,
+    id: &str,
+    req: Request<Incoming>,
+) -> ApiResult<Response<Body>> {
+    let session = state
+        .storage
+        .uploads
+        .get(id, repo)
+        .ok_or_else(|| unknown_upload(id))?;
+    let mut session = session.lock().await;
+    if !session.is_open() {
+        return Err(unknown_upload(id));
+    }
+    check_chunk(repo, &session, req.headers())?;
+    session.append(BodyDataStream::new(req.into_body())).await?;
+    Ok(progress(StatusCode::ACCEPTED, repo, &session))
+}
+
+pub async fn put(
+    state: &State,
+    repo: &RepoName,
+    id: &str,
+    req: Request<Incoming>,
+) -> ApiResult<Response<Body>> {
+    let query = query_pairs(req.uri().query());
+    let digest = digest_param(&query)?.ok_or_else(|| {
+        ApiError::bad_request(
+            Code::DigestInvalid,
+            "closing an upload needs ?digest=<algorithm>:<hex>",
+        )
+    })?;
+    let session = state
+        .storage
+        .uploads
+        .get(id, repo)
+        .ok_or_else(|| unknown_upload(id))?;
+    let mut session = session.lock().await;
+    if !session.is_open() {
+        return Err(unknown_upload(id));
+    }
+    check_chunk(repo, &session, req.headers())?;
+    session.append(BodyDataStream::new(req.into_body())).await?;
+    complete(state, repo, &mut session, &digest).await
+}
+
+/// Verifies the digest, moves the staged file into the blob store (object
+/// first) and links the blob into the repository (row second).
+async fn complete(
+    state: &State,
+    repo: &RepoName,
+    session: &mut Session,
+    digest: &Digest,
+) -> ApiResult<Response<Body>> {
+    let (staged, size) = match state.storage.uploads.finish(session, digest).await {
+        Ok(done) => done,
+        Err(FinishError::DigestMismatch { expected, computed }) => {
+            return Err(ApiError::bad_request(
+                Code::DigestInvalid,
+                format!("uploaded content has digest {computed}, not {expected}; the upload was discarded"),
+            ))
+        }
+        Err(FinishError::Storage(e)) => return Err(e.into()),
+    };
+    state.storage.blobs.commit_staged(staged, digest).await?;
+    state.storage.meta.link_blob(repo, digest, size).await?;
+    tracing::debug!(%repo, %digest, size, "blob stored");
+    Ok(created(repo, digest))
+}
+
+pub async fn status(state: &State, repo: &RepoName, id: &str) -> ApiResult<Response<Body>> {
+    let session = state
+        .storage
+        .uploads
+        .get(id, repo)
+        .ok_or_else(|| unknown_upload(id))?;
+    let session = session.lock().await;
+    if !session.is_open() {
+        return Err(unknown_upload(id));
+    }
+    Ok(progress(StatusCode::NO_CONTENT, repo, &session))
+}
+
+pub async fn cancel(state: &State, repo: &RepoName, id: &str) -> ApiResult<Response<Body>> {
+    let session = state
+        .storage
+        .uploads
+        .get(id, repo)
+        .ok_or_else(|| unknown_upload(id))?;
+    let mut session = session.lock().await;
+    if !session.is_open() {
+        return Err(unknown_upload(id));
+    }
+    state.storage.uploads.cancel(&mut session).await?;
+    Ok(body::status_only(StatusCode::NO_CONTENT))
+}

@@ -1,0 +1,246 @@
+//! berth-registry: the HTTP service. One hyper listener carries the whole
+//! surface; today that is the OCI distribution API (`/v2/...`) and
+//! `/healthz`. Layering: `routes` parses, `auth` decides, `handlers` call
+//! berth-storage, `error` shapes every failure as the OCI error body.
+
+pub mod auth;
+pub mod body;
+pub mod error;
+pub mod handlers;
+pub mod routes;
+
+use auth::Action;
+use berth_storage::Storage;
+use body::Body;
+use error::{ApiError, ApiResult, Code};
+use handlers::{blobs, discovery, manifests, method_not_allowed, uploads};
+use http::{HeaderValue, Method, Request, Response, StatusCode};
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use routes::Route;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::net::TcpListener;
+
+/// Settings of the HTTP surface (the `[server]` and `[registry]` config).
+#[derive(Debug, Clone)]
+pub struct RegistryConfig {
+    /// Advertised as `OCI-Chunk-Min-Length` on upload start, when set.
+    pub chunk_min_length: Option<u64>,
+    /// How long in-flight requests may run on after a shutdown signal.
+    pub shutdown_grace: Duration,
+}
+
+impl Default for RegistryConfig {
+    fn default() -> Self {
+        RegistryConfig {
+            chunk_min_length: None,
+            shutdown_grace: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Everything a handler needs, shared by all connections.
+pub struct State {
+    pub storage: Storage,
+    pub config: RegistryConfig,
+}
+
+/// Answers one request. Never fails: errors become OCI error responses.
+pub async fn handle(state: &State, req: Request<Incoming>) -> Response<Body> {
+    let is_v2 = req.uri().path().starts_with("/v2");
+    let mut resp = match dispatch(state, req).await {
+        Ok(resp) => resp,
+        Err(e) => e.into_response(),
+    };
+    if is_v2 {
+        resp.headers_mut().insert(
+            "docker-distribution-api-version",
+            HeaderValue::from_static("registry/2.0"),
+        );
+    }
+    resp
+}
+
+async fn dispatch(state: &State, req: Request<Incoming>) -> ApiResult<Response<Body>> {
+    let route = routes::parse(req.uri().path())?.ok_or_else(|| {
+        ApiError::not_found(
+            Code::NameUnknown,
+            format!("no such endpoint: {}", req.uri().path()),
+        )
+    })?;
+    let method = req.method().clone();
+    let head = method == Method::HEAD;
+    let headers = req.headers();
+    match route {
+        Route::Healthz => health(state).await,
+        Route::Base => {
+            auth::authorize(headers, None, Action::Pull)?;
+            Ok(body::json_response(StatusCode::OK, &serde_json::json!({})))
+        }
+        Route::Catalog => {
+            auth::authorize(headers, None, Action::Pull)?;
+            match method {
+                Method::GET => discovery::catalog(state, req.uri().query()).await,
+                m => Err(method_not_allowed(&m)),
+            }
+        }
+        Route::Tags(repo) => {
+            auth::authorize(headers, Some(&repo), Action::Pull)?;
+            match method {
+                Method::GET => discovery::tags(state, &repo, req.uri().query()).await,
+                m => Err(method_not_allowed(&m)),
+            }
+        }
+        Route::Referrers(repo, digest) => {
+            auth::authorize(headers, Some(&repo), Action::Pull)?;
+            match method {
+                Method::GET => discovery::referrers(state, &repo, &digest, req.uri().query()).await,
+                m => Err(method_not_allowed(&m)),
+            }
+        }
+        Route::Manifest(repo, reference) => match method {
+            Method::GET | Method::HEAD => {
+                auth::authorize(headers, Some(&repo), Action::Pull)?;
+                manifests::get(state, &repo, &reference, head).await
+            }
+            Method::PUT => {
+                auth::authorize(headers, Some(&repo), Action::Push)?;
+                manifests::put(state, &repo, &reference, req).await
+            }
+            Method::DELETE => {
+                auth::authorize(headers, Some(&repo), Action::Delete)?;
+                manifests::delete(state, &repo, &reference).await
+            }
+            m => Err(method_not_allowed(&m)),
+        },
+        Route::Blob(repo, digest) => match method {
+            Method::GET | Method::HEAD => {
+                auth::authorize(headers, Some(&repo), Action::Pull)?;
+                blobs::get(state, &repo, &digest, headers, head).await
+            }
+            Method::DELETE => {
+                auth::authorize(headers, Some(&repo), Action::Delete)?;
+                blobs::delete(state, &repo, &digest).await
+            }
+            m => Err(method_not_allowed(&m)),
+        },
+        Route::UploadStart(repo) => {
+            auth::authorize(headers, Some(&repo), Action::Push)?;
+            match method {
+                Method::POST => uploads::start(state, &repo, req).await,
+                m => Err(method_not_allowed(&m)),
+            }
+        }
+        Route::Upload(repo, id) => {
+            auth::authorize(headers, Some(&repo), Action::Push)?;
+            match method {
+                Method::PATCH => uploads::patch(state, &repo, &id, req).await,
+                Method::PUT => uploads::put(state, &repo, &id, req).await,
+                Method::GET => uploads::status(state, &repo, &id).await,
+                Method::DELETE => uploads::cancel(state, &repo, &id).await,
+                m => Err(method_not_allowed(&m)),
+            }
+        }
+    }
+}
+
+/// `/healthz`: 200 when the database and the blob store both answer.
+async fn health(state: &State) -> ApiResult<Response<Body>> {
+    let db = state.storage.meta.ping().await;
+    let blobs = state.storage.blobs.ping().await;
+    match (db, blobs) {
+        (Ok(()), Ok(())) => Ok(body::json_response(
+            StatusCode::OK,
+            &serde_json::json!({"status": "ok"}),
+        )),
+        (db, blobs) => {
+            let detail = serde_json::json!({
+                "database": db.err().map(|e| e.to_string()).unwrap_or_else(|| "ok".into()),
+                "blob_store": blobs.err().map(|e| e.to_string()).unwrap_or_else(|| "ok".into()),
+            });
+            Err(ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                Code::Unavailable,
+                "storage is not answering",
+            )
+            .with_detail(detail))
+        }
+    }
+}
+
+/// Serves connections from `listener` until `shutdown` resolves, then stops
+/// accepting and lets in-flight requests finish (up to the shutdown grace).
+pub async fn serve(
+    listener: TcpListener,
+    state: Arc<State>,
+    shutdown: impl Future<Output = ()>,
+) -> std::io::Result<()> {
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    tokio::pin!(shutdown);
+    loop {
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    // Out of file descriptors and the like: back off, keep serving.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = &mut shutdown => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let state = state.clone();
+        let service = hyper::service::service_fn(move |req| {
+            let state = state.clone();
+            async move { Ok::<_, std::convert::Infallible>(logged(&state, req, peer).await) }
+        });
+        let conn = http1::Builder::new()
+            .timer(TokioTimer::new())
+            .header_read_timeout(Duration::from_secs(30))
+            .serve_connection(TokioIo::new(stream), service);
+        let conn = graceful.watch(conn);
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(%peer, error = %e, "connection ended with an error");
+            }
+        });
+    }
+    drop(listener);
+    tracing::info!("shutting down: waiting for in-flight requests");
+    if tokio::time::timeout(state.config.shutdown_grace, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!("in-flight requests did not finish within the shutdown grace; closing them");
+    }
+    Ok(())
+}
+
+async fn logged(state: &State, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
+    let started = Instant::now();
+    let method = req.method().clone();
+    let path = req.uri().path().to_owned();
+    let resp = handle(state, req).await;
+    let bytes = resp
+        .headers()
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+        .or_else(|| hyper::body::Body::size_hint(resp.body()).exact());
+    tracing::info!(
+        target: "berth::access",
+        %peer,
+        %method,
+        path,
+        status = resp.status().as_u16(),
+        bytes,
+        duration_us = started.elapsed().as_micros() as u64,
+    );
+    resp
+}

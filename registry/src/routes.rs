@@ -1,0 +1,185 @@
+//! Turns a request path into a route. Repository names contain slashes, so
+//! `/v2/<name>/<kind>/<rest>` is parsed from the right; the name and every
+//! reference then go through the spec grammar (berth_storage::names and
+//! digest). Paths are never percent-decoded: `%2F` is simply not a valid
+//! name character.
+
+use crate::error::{ApiError, ApiResult, Code};
+use berth_storage::{Digest, RepoName};
+
+/// Longest path berth will look at; anything longer is refused before parsing.
+const MAX_PATH: usize = 2048;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reference {
+    Tag(String),
+    Digest(Digest),
+}
+
+impl Reference {
+    pub fn as_string(&self) -> String {
+        match self {
+            Reference::Tag(t) => t.clone(),
+            Reference::Digest(d) => d.to_string(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Route {
+    Base,
+    Catalog,
+    Tags(RepoName),
+    Manifest(RepoName, Reference),
+    Blob(RepoName, Digest),
+    UploadStart(RepoName),
+    Upload(RepoName, String),
+    Referrers(RepoName, Digest),
+    Healthz,
+}
+
+/// Parses a path. `Ok(None)` means "not a route berth has" (404).
+pub fn parse(path: &str) -> ApiResult<Option<Route>> {
+    if path.len() > MAX_PATH {
+        return Err(ApiError::not_found(
+            Code::NameInvalid,
+            format!(
+                "request path is {} bytes long; the limit is {MAX_PATH}",
+                path.len()
+            ),
+        ));
+    }
+    if path == "/healthz" {
+        return Ok(Some(Route::Healthz));
+    }
+    let Some(rest) = path.strip_prefix("/v2") else {
+        return Ok(None);
+    };
+    if rest.is_empty() || rest == "/" {
+        return Ok(Some(Route::Base));
+    }
+    let rest = &rest[1..];
+    if rest == "_catalog" {
+        return Ok(Some(Route::Catalog));
+    }
+    if let Some(name) = rest.strip_suffix("/tags/list") {
+        return Ok(Some(Route::Tags(RepoName::parse(name)?)));
+    }
+    if let Some(name) = rest
+        .strip_suffix("/blobs/uploads/")
+        .or_else(|| rest.strip_suffix("/blobs/uploads"))
+    {
+        return Ok(Some(Route::UploadStart(RepoName::parse(name)?)));
+    }
+    if let Some((name, id)) = rsplit_marker(rest, "/blobs/uploads/") {
+        if id.contains('/') || id.is_empty() {
+            return Ok(None);
+        }
+        return Ok(Some(Route::Upload(RepoName::parse(name)?, id.to_owned())));
+    }
+    if let Some((name, reference)) = rsplit_marker(rest, "/manifests/") {
+        let repo = RepoName::parse(name)?;
+        return Ok(Some(Route::Manifest(repo, parse_reference(reference)?)));
+    }
+    if let Some((name, digest)) = rsplit_marker(rest, "/blobs/") {
+        let repo = RepoName::parse(name)?;
+        return Ok(Some(Route::Blob(repo, digest.parse()?)));
+    }
+    if let Some((name, digest)) = rsplit_marker(rest, "/referrers/") {
+        let repo = RepoName::parse(name)?;
+        return Ok(Some(Route::Referrers(repo, digest.parse()?)));
+    }
+    Ok(None)
+}
+
+/// Splits at the last occurrence of `marker`, whose right side must not
+/// contain another path segment.
+fn rsplit_marker<'a>(s: &'a str, marker: &str) -> Option<(&'a str, &'a str)> {
+    let i = s.rfind(marker)?;
+    let (name, right) = (&s[..i], &s[i + marker.len()..]);
+    if right.contains('/') {
+        return None;
+    }
+    Some((name, right))
+}
+
+/// A reference is a digest when it contains ':' and a tag otherwise.
+pub fn parse_reference(s: &str) -> ApiResult<Reference> {
+    if s.contains(':') {
+        return Ok(Reference::Digest(s.parse()?));
+    }
+    berth_storage::names::validate_tag(s)
+        .map_err(|e| ApiError::bad_request(Code::ManifestInvalid, e.to_string()))?;
+    Ok(Reference::Tag(s.to_owned()))
+}
+
+/// Decoded query parameters, in order, repeated keys kept.
+pub fn query_pairs(query: Option<&str>) -> Vec<(String, String)> {
+    form_urlencoded::parse(query.unwrap_or("").as_bytes())
+        .into_owned()
+        .collect()
+}
+
+pub fn query_get<'a>(pairs: &'a [(String, String)], key: &str) -> Option<&'a str> {
+    pairs
+        .iter()
+        .find(|(k, _)| k == key)
+        .map(|(_, v)| v.as_str())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn repo(s: &str) -> RepoName {
+        RepoName::parse(s).unwrap()
+    }
+
+    #[test]
+    fn routes_nested_names() {
+        let d = Digest::sha256_of(b"x");
+        assert_eq!(parse("/v2/").unwrap(), Some(Route::Base));
+        assert_eq!(parse("/v2").unwrap(), Some(Route::Base));
+        assert_eq!(
+            parse("/v2/tool-a/web/manifests/latest").unwrap(),
+            Some(Route::Manifest(
+                repo("tool-a/web"),
+                Reference::Tag("latest".into())
+            ))
+        );
+        assert_eq!(
+            parse(&format!("/v2/a/blobs/{d}")).unwrap(),
+            Some(Route::Blob(repo("a"), d.clone()))
+        );
+        assert_eq!(
+            parse("/v2/a/b/blobs/uploads/").unwrap(),
+            Some(Route::UploadStart(repo("a/b")))
+        );
+        assert_eq!(
+            parse("/v2/a/b/blobs/uploads/123").unwrap(),
+            Some(Route::Upload(repo("a/b"), "123".into()))
+        );
+        // A repository may itself be called "manifests" or "blobs".
+        assert_eq!(
+            parse("/v2/manifests/manifests/v1").unwrap(),
+            Some(Route::Manifest(
+                repo("manifests"),
+                Reference::Tag("v1".into())
+            ))
+        );
+        assert_eq!(
+            parse("/v2/a/tags/list").unwrap(),
+            Some(Route::Tags(repo("a")))
+        );
+        assert_eq!(parse("/other").unwrap(), None);
+    }
+
+    #[test]
+    fn rejects_tricks() {
+        assert!(parse("/v2/../etc/manifests/latest").is_err());
+        assert!(parse("/v2/a%2Fb/manifests/latest").is_err());
+        assert!(parse("/v2/a/blobs/sha256:..%2F..%2Fx").is_err());
+        assert!(parse(&format!("/v2/{}/tags/list", "a".repeat(5000))).is_err());
+        assert!(parse("/v2/a/manifests/bad!tag").is_err());
+    }
+}

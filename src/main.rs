@@ -1,0 +1,140 @@
+//! The `berth` binary: command line and wiring only. Everything it starts
+//! lives in the workspace crates (see ARCHITECTURE.md).
+
+mod config;
+
+use berth_registry::{RegistryConfig, State};
+use berth_storage::{Storage, StorageConfig};
+use clap::{Parser, Subcommand};
+use config::{Config, LogFormat};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+#[derive(Parser)]
+#[command(
+    name = "berth",
+    version,
+    about = "An OCI image registry for tool-hosting platforms"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the registry.
+    Serve {
+        /// Config file (TOML); see config.example.toml.
+        #[arg(long, env = "BERTH_CONFIG")]
+        config: Option<PathBuf>,
+        /// Address to listen on [default: 127.0.0.1:5000].
+        #[arg(long)]
+        listen: Option<SocketAddr>,
+        /// Where metadata, blobs and uploads live [default: ./berth-data].
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Serve {
+            config,
+            listen,
+            data_dir,
+        } => {
+            let mut cfg = match config {
+                Some(path) => match Config::load(&path) {
+                    Ok(c) => c,
+                    Err(e) => {
+                        eprintln!("berth: {e}");
+                        return ExitCode::from(2);
+                    }
+                },
+                None => Config::default(),
+            };
+            if let Some(l) = listen {
+                cfg.server.listen = l;
+            }
+            if let Some(d) = data_dir {
+                cfg.storage.data_dir = d;
+            }
+            init_logging(&cfg);
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+                .expect("tokio runtime");
+            match runtime.block_on(serve(cfg)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    tracing::error!("{e}");
+                    eprintln!("berth: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}
+
+fn init_logging(cfg: &Config) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&cfg.log.level));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_writer(std::io::stderr);
+    match cfg.log.format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+async fn serve(cfg: Config) -> Result<(), String> {
+    let storage = Storage::open(&StorageConfig {
+        data_dir: cfg.storage.data_dir.clone(),
+        synchronous: cfg.storage.sqlite_synchronous,
+    })
+    .map_err(|e| {
+        format!(
+            "cannot open data dir {}: {e}",
+            cfg.storage.data_dir.display()
+        )
+    })?;
+    let listener = tokio::net::TcpListener::bind(cfg.server.listen)
+        .await
+        .map_err(|e| format!("cannot listen on {}: {e}", cfg.server.listen))?;
+    let addr = listener.local_addr().map_err(|e| e.to_string())?;
+    tracing::info!(
+        listen = %addr,
+        data_dir = %cfg.storage.data_dir.display(),
+        version = env!("CARGO_PKG_VERSION"),
+        "berth is serving"
+    );
+    let state = Arc::new(State {
+        storage: storage.clone(),
+        config: RegistryConfig {
+            chunk_min_length: cfg.registry.chunk_min_length,
+            shutdown_grace: cfg.server.shutdown_grace,
+        },
+    });
+    berth_registry::serve(listener, state, shutdown_signal())
+        .await
+        .map_err(|e| format!("server failed: {e}"))?;
+    storage.close().await;
+    tracing::info!("berth stopped cleanly");
+    Ok(())
+}
+
+/// Resolves on SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
+        _ = term.recv() => tracing::info!("SIGTERM received"),
+    }
+}

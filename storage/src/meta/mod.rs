@@ -1,0 +1,166 @@
+//! Registry metadata in SQLite. One writer connection lives on a dedicated
+//! thread and runs each write as one `BEGIN IMMEDIATE` transaction, so writes
+//! are serialised (the basis of GC and quota safety); reads use a small pool
+//! of connections on tokio's blocking threads. No SQLite call ever runs on an
+//! async worker thread. All SQL lives in this module and `queries`.
+
+mod queries;
+mod schema;
+
+pub use queries::*;
+
+use crate::StorageError;
+use rusqlite::{Connection, OpenFlags, Transaction, TransactionBehavior};
+use std::path::{Path, PathBuf};
+use std::sync::{mpsc, Arc, Mutex};
+use std::thread::JoinHandle;
+use tokio::sync::{oneshot, Semaphore};
+
+/// How hard SQLite flushes on commit (`[storage] sqlite_synchronous`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Synchronous {
+    /// Durable across process crashes; a power loss may lose the last commits.
+    #[default]
+    Normal,
+    /// Durable across power loss, at the cost of an fsync per commit.
+    Full,
+}
+
+type WriteJob = Box<dyn FnOnce(&mut Connection) + Send>;
+
+/// Handle to the metadata database. Cheap to clone.
+#[derive(Clone)]
+pub struct Metadata {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    writer: Mutex<Option<(mpsc::Sender<WriteJob>, JoinHandle<()>)>>,
+    readers: Mutex<Vec<Connection>>,
+    reader_slots: Semaphore,
+    path: PathBuf,
+}
+
+const READERS: usize = 4;
+
+impl Metadata {
+    /// Opens (creating if needed) the database at `path` and migrates it.
+    pub fn open(path: &Path, synchronous: Synchronous) -> Result<Metadata, StorageError> {
+        let mut writer = Connection::open(path)?;
+        writer.pragma_update(None, "journal_mode", "WAL")?;
+        writer.pragma_update(
+            None,
+            "synchronous",
+            match synchronous {
+                Synchronous::Normal => "NORMAL",
+                Synchronous::Full => "FULL",
+            },
+        )?;
+        writer.pragma_update(None, "foreign_keys", "ON")?;
+        writer.busy_timeout(std::time::Duration::from_secs(30))?;
+        schema::migrate(&mut writer)?;
+
+        let mut readers = Vec::with_capacity(READERS);
+        for _ in 0..READERS {
+            let r = Connection::open_with_flags(
+                path,
+                OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+            )?;
+            r.busy_timeout(std::time::Duration::from_secs(30))?;
+            readers.push(r);
+        }
+
+        let (tx, rx) = mpsc::channel::<WriteJob>();
+        let handle = std::thread::Builder::new()
+            .name("berth-sqlite-writer".into())
+            .spawn(move || {
+                for job in rx {
+                    job(&mut writer);
+                }
+                // Dropping the last connection checkpoints the WAL.
+                drop(writer);
+            })?;
+        Ok(Metadata {
+            inner: Arc::new(Inner {
+                writer: Mutex::new(Some((tx, handle))),
+                readers: Mutex::new(readers),
+                reader_slots: Semaphore::new(READERS),
+                path: path.to_owned(),
+            }),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.inner.path
+    }
+
+    pub fn schema_version() -> usize {
+        schema::latest_version()
+    }
+
+    /// Runs `f` inside one IMMEDIATE write transaction on the writer thread.
+    /// The transaction commits when `f` returns `Ok` and rolls back otherwise.
+    pub async fn write<T, F>(&self, f: F) -> Result<T, StorageError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Transaction<'_>) -> Result<T, StorageError> + Send + 'static,
+    {
+        let (done_tx, done_rx) = oneshot::channel();
+        let job: WriteJob = Box::new(move |conn: &mut Connection| {
+            let result = (|| {
+                let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+                let value = f(&tx)?;
+                tx.commit()?;
+                Ok(value)
+            })();
+            let _ = done_tx.send(result);
+        });
+        {
+            let guard = self.inner.writer.lock().expect("writer lock");
+            let (sender, _) = guard.as_ref().ok_or(StorageError::Closed)?;
+            sender.send(job).map_err(|_| StorageError::Closed)?;
+        }
+        done_rx.await.map_err(|_| StorageError::Closed)?
+    }
+
+    /// Runs `f` with a read-only connection on a blocking thread.
+    pub async fn read<T, F>(&self, f: F) -> Result<T, StorageError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T, StorageError> + Send + 'static,
+    {
+        let _slot = self
+            .inner
+            .reader_slots
+            .acquire()
+            .await
+            .map_err(|_| StorageError::Closed)?;
+        let inner = self.inner.clone();
+        tokio::task::spawn_blocking(move || {
+            let conn = inner
+                .readers
+                .lock()
+                .expect("reader pool lock")
+                .pop()
+                .ok_or(StorageError::Closed)?;
+            let result = f(&conn);
+            inner.readers.lock().expect("reader pool lock").push(conn);
+            result
+        })
+        .await
+        .map_err(|e| StorageError::Internal(format!("reader task failed: {e}")))?
+    }
+
+    /// Finishes queued writes, then closes every connection. Later calls fail
+    /// with `StorageError::Closed`.
+    pub async fn close(&self) {
+        self.inner.reader_slots.close();
+        let writer = self.inner.writer.lock().expect("writer lock").take();
+        self.inner.readers.lock().expect("reader pool lock").clear();
+        if let Some((sender, handle)) = writer {
+            drop(sender);
+            let _ = tokio::task::spawn_blocking(move || handle.join()).await;
+        }
+    }
+}

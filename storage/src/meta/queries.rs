@@ -1,0 +1,505 @@
+//! The registry's SQL, one method per question or change. Writes re-check
+//! their preconditions inside their own transaction; the write thread
+//! serialises them, so a check and the change it guards cannot interleave
+//! with another write.
+
+use super::Metadata;
+use crate::digest::Digest;
+use crate::manifest::ParsedManifest;
+use crate::names::RepoName;
+use crate::{now_ms, StorageError};
+use rusqlite::{params, Connection, OptionalExtension};
+
+/// A manifest as stored: bytes verbatim, with the type it was pushed as.
+#[derive(Debug, Clone)]
+pub struct StoredManifest {
+    pub digest: String,
+    pub media_type: String,
+    pub size: u64,
+    /// Empty when only metadata was asked for (HEAD).
+    pub bytes: Vec<u8>,
+}
+
+/// A blob linked into a repository.
+#[derive(Debug, Clone, Copy)]
+pub struct LinkedBlob {
+    pub size: u64,
+    pub touched_ms: i64,
+}
+
+/// One entry of the referrers API.
+#[derive(Debug, Clone)]
+pub struct Referrer {
+    pub digest: String,
+    pub media_type: String,
+    pub size: u64,
+    pub artifact_type: Option<String>,
+    pub annotations: Option<String>,
+}
+
+/// Result of storing a manifest.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PutManifestOutcome {
+    Stored,
+    /// A config or layer is not linked into the repository.
+    MissingBlob(Digest),
+    /// A child of an index is not a manifest of the repository.
+    MissingManifest(Digest),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DeleteManifestOutcome {
+    Deleted,
+    NotFound,
+    /// Deleting it would break an index of the same repository.
+    ReferencedByIndex(String),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UnlinkBlobOutcome {
+    Unlinked,
+    NotFound,
+    /// A manifest of the repository still needs the blob.
+    ReferencedByManifest(String),
+}
+
+/// How far the blob touch timestamp may lag before a read refreshes it.
+/// Much shorter than any sensible GC grace period, and it keeps HEAD-heavy
+/// traffic from turning every read into a write.
+pub const TOUCH_GRANULARITY_MS: i64 = 60_000;
+
+fn repo_id(conn: &Connection, repo: &str) -> rusqlite::Result<Option<i64>> {
+    conn.prepare_cached("SELECT id FROM repositories WHERE name = ?1")?
+        .query_row([repo], |r| r.get(0))
+        .optional()
+}
+
+fn ensure_repo(conn: &Connection, repo: &RepoName, now: i64) -> rusqlite::Result<i64> {
+    if let Some(id) = repo_id(conn, repo.as_str())? {
+        return Ok(id);
+    }
+    conn.prepare_cached(
+        "INSERT INTO repositories (name, namespace, created_ms) VALUES (?1, ?2, ?3)",
+    )?
+    .execute(params![repo.as_str(), repo.namespace(), now])?;
+    Ok(conn.last_insert_rowid())
+}
+
+fn link(
+    conn: &Connection,
+    repo_id: i64,
+    digest: &str,
+    size: u64,
+    now: i64,
+) -> rusqlite::Result<()> {
+    conn.prepare_cached(
+        "INSERT INTO blobs (digest, size, created_ms, touched_ms) VALUES (?1, ?2, ?3, ?3)
+         ON CONFLICT (digest) DO UPDATE SET touched_ms = excluded.touched_ms",
+    )?
+    .execute(params![digest, size as i64, now])?;
+    conn.prepare_cached(
+        "INSERT INTO repo_blobs (repo_id, digest, linked_ms) VALUES (?1, ?2, ?3)
+         ON CONFLICT DO UPDATE SET linked_ms = excluded.linked_ms",
+    )?
+    .execute(params![repo_id, digest, now])?;
+    Ok(())
+}
+
+impl Metadata {
+    /// Answers when the database does (for `/healthz`).
+    pub async fn ping(&self) -> Result<(), StorageError> {
+        self.read(|c| Ok(c.query_row("SELECT 1", [], |_| Ok(()))?))
+            .await
+    }
+
+    pub async fn repository_exists(&self, repo: &RepoName) -> Result<bool, StorageError> {
+        let repo = repo.as_str().to_owned();
+        self.read(move |c| Ok(repo_id(c, &repo)?.is_some())).await
+    }
+
+    /// The blob if it is linked into `repo`.
+    pub async fn linked_blob(
+        &self,
+        repo: &RepoName,
+        digest: &Digest,
+    ) -> Result<Option<LinkedBlob>, StorageError> {
+        let (repo, digest) = (repo.as_str().to_owned(), digest.to_string());
+        self.read(move |c| {
+            Ok(c.prepare_cached(
+                "SELECT b.size, b.touched_ms FROM repo_blobs rb
+                 JOIN repositories r ON r.id = rb.repo_id
+                 JOIN blobs b ON b.digest = rb.digest
+                 WHERE r.name = ?1 AND rb.digest = ?2",
+            )?
+            .query_row(params![repo, digest], |r| {
+                Ok(LinkedBlob {
+                    size: r.get::<_, i64>(0)? as u64,
+                    touched_ms: r.get(1)?,
+                })
+            })
+            .optional()?)
+        })
+        .await
+    }
+
+    /// Size of a blob known to the registry in any repository.
+    pub async fn blob_size(&self, digest: &Digest) -> Result<Option<u64>, StorageError> {
+        let digest = digest.to_string();
+        self.read(move |c| {
+            Ok(
+                c.prepare_cached("SELECT size FROM blobs WHERE digest = ?1")?
+                    .query_row([digest], |r| r.get::<_, i64>(0))
+                    .optional()?
+                    .map(|s| s as u64),
+            )
+        })
+        .await
+    }
+
+    /// Records that a blob was used now (HEAD, mount, upload completion), so
+    /// the blob sweep's grace period starts again.
+    pub async fn touch_blob(&self, digest: &Digest) -> Result<(), StorageError> {
+        let digest = digest.to_string();
+        self.write(move |tx| {
+            tx.prepare_cached("UPDATE blobs SET touched_ms = ?2 WHERE digest = ?1")?
+                .execute(params![digest, now_ms()])?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// Links a blob whose object is already in the blob store into `repo`
+    /// (object first, row second), creating the repository on first use.
+    pub async fn link_blob(
+        &self,
+        repo: &RepoName,
+        digest: &Digest,
+        size: u64,
+    ) -> Result<(), StorageError> {
+        let (repo, digest) = (repo.clone(), digest.to_string());
+        self.write(move |tx| {
+            let now = now_ms();
+            let id = ensure_repo(tx, &repo, now)?;
+            link(tx, id, &digest, size, now)?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// Cross-repository mount: links `digest` into `to` if it is linked into
+    /// `from`. Returns the blob's size when mounted.
+    pub async fn mount_blob(
+        &self,
+        from: &RepoName,
+        to: &RepoName,
+        digest: &Digest,
+    ) -> Result<Option<u64>, StorageError> {
+        let (from, to, digest) = (from.as_str().to_owned(), to.clone(), digest.to_string());
+        self.write(move |tx| {
+            let size: Option<i64> = tx
+                .prepare_cached(
+                    "SELECT b.size FROM repo_blobs rb
+                     JOIN repositories r ON r.id = rb.repo_id
+                     JOIN blobs b ON b.digest = rb.digest
+                     WHERE r.name = ?1 AND rb.digest = ?2",
+                )?
+                .query_row(params![from, digest], |r| r.get(0))
+                .optional()?;
+            let Some(size) = size else { return Ok(None) };
+            let now = now_ms();
+            let id = ensure_repo(tx, &to, now)?;
+            link(tx, id, &digest, size as u64, now)?;
+            Ok(Some(size as u64))
+        })
+        .await
+    }
+
+    /// Removes the link of `digest` from `repo` unless a manifest there needs
+    /// it. The blob row and object stay for the blob sweep, which deletes
+    /// them only once no repository links them.
+    pub async fn unlink_blob(
+        &self,
+        repo: &RepoName,
+        digest: &Digest,
+    ) -> Result<UnlinkBlobOutcome, StorageError> {
+        let (repo, digest) = (repo.as_str().to_owned(), digest.to_string());
+        self.write(move |tx| {
+            let Some(id) = repo_id(tx, &repo)? else {
+                return Ok(UnlinkBlobOutcome::NotFound);
+            };
+            let user: Option<String> = tx
+                .prepare_cached(
+                    "SELECT manifest_digest FROM manifest_refs
+                     WHERE repo_id = ?1 AND child_digest = ?2 AND kind = 'blob' LIMIT 1",
+                )?
+                .query_row(params![id, digest], |r| r.get(0))
+                .optional()?;
+            if let Some(m) = user {
+                return Ok(UnlinkBlobOutcome::ReferencedByManifest(m));
+            }
+            let n = tx
+                .prepare_cached("DELETE FROM repo_blobs WHERE repo_id = ?1 AND digest = ?2")?
+                .execute(params![id, digest])?;
+            Ok(if n == 0 {
+                UnlinkBlobOutcome::NotFound
+            } else {
+                UnlinkBlobOutcome::Unlinked
+            })
+        })
+        .await
+    }
+
+    /// Looks a manifest up by tag or digest. With `with_bytes == false` the
+    /// body is not read (HEAD).
+    pub async fn get_manifest(
+        &self,
+        repo: &RepoName,
+        reference: &str,
+        by_digest: bool,
+        with_bytes: bool,
+    ) -> Result<Option<StoredManifest>, StorageError> {
+        let (repo, reference) = (repo.as_str().to_owned(), reference.to_owned());
+        self.read(move |c| {
+            let bytes_col = if with_bytes { "m.bytes" } else { "X''" };
+            let sql = if by_digest {
+                format!(
+                    "SELECT m.digest, m.media_type, m.size, {bytes_col} FROM manifests m
+                     JOIN repositories r ON r.id = m.repo_id
+                     WHERE r.name = ?1 AND m.digest = ?2"
+                )
+            } else {
+                format!(
+                    "SELECT m.digest, m.media_type, m.size, {bytes_col} FROM tags t
+                     JOIN repositories r ON r.id = t.repo_id
+                     JOIN manifests m ON m.repo_id = t.repo_id AND m.digest = t.digest
+                     WHERE r.name = ?1 AND t.name = ?2"
+                )
+            };
+            Ok(c.prepare_cached(&sql)?
+                .query_row(params![repo, reference], |r| {
+                    Ok(StoredManifest {
+                        digest: r.get(0)?,
+                        media_type: r.get(1)?,
+                        size: r.get::<_, i64>(2)? as u64,
+                        bytes: r.get(3)?,
+                    })
+                })
+                .optional()?)
+        })
+        .await
+    }
+
+    /// Stores a manifest and points `tags` at it, after checking inside the
+    /// same transaction that everything it references is present.
+    pub async fn put_manifest(
+        &self,
+        repo: &RepoName,
+        digest: &Digest,
+        parsed: ParsedManifest,
+        bytes: Vec<u8>,
+        tags: Vec<String>,
+    ) -> Result<PutManifestOutcome, StorageError> {
+        let (repo, digest) = (repo.clone(), digest.to_string());
+        self.write(move |tx| {
+            let now = now_ms();
+            let id = ensure_repo(tx, &repo, now)?;
+            {
+                let mut blob_linked = tx.prepare_cached(
+                    "SELECT 1 FROM repo_blobs WHERE repo_id = ?1 AND digest = ?2",
+                )?;
+                for b in &parsed.blobs {
+                    if !blob_linked.exists(params![id, b.to_string()])? {
+                        return Ok(PutManifestOutcome::MissingBlob(b.clone()));
+                    }
+                }
+                let mut manifest_exists = tx.prepare_cached(
+                    "SELECT 1 FROM manifests WHERE repo_id = ?1 AND digest = ?2",
+                )?;
+                for m in &parsed.children {
+                    if !manifest_exists.exists(params![id, m.to_string()])? {
+                        return Ok(PutManifestOutcome::MissingManifest(m.clone()));
+                    }
+                }
+            }
+            let inserted = tx
+                .prepare_cached(
+                    "INSERT INTO manifests (repo_id, digest, media_type, artifact_type, subject,
+                                            size, bytes, annotations, pushed_ms)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
+                     ON CONFLICT (repo_id, digest) DO NOTHING",
+                )?
+                .execute(params![
+                    id,
+                    digest,
+                    parsed.media_type,
+                    parsed.artifact_type,
+                    parsed.subject.as_ref().map(|s| s.to_string()),
+                    bytes.len() as i64,
+                    bytes,
+                    parsed.annotations,
+                    now
+                ])?;
+            if inserted == 1 {
+                let mut add_ref = tx.prepare_cached(
+                    "INSERT OR IGNORE INTO manifest_refs (repo_id, manifest_digest, child_digest, kind)
+                     VALUES (?1, ?2, ?3, ?4)",
+                )?;
+                for b in &parsed.blobs {
+                    add_ref.execute(params![id, digest, b.to_string(), "blob"])?;
+                }
+                for m in &parsed.children {
+                    add_ref.execute(params![id, digest, m.to_string(), "manifest"])?;
+                }
+                // Referenced blobs were just used: restart their grace period.
+                let mut touch =
+                    tx.prepare_cached("UPDATE blobs SET touched_ms = ?2 WHERE digest = ?1")?;
+                for b in &parsed.blobs {
+                    touch.execute(params![b.to_string(), now])?;
+                }
+            }
+            let mut set_tag = tx.prepare_cached(
+                "INSERT INTO tags (repo_id, name, digest, updated_ms) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT (repo_id, name) DO UPDATE
+                 SET digest = excluded.digest, updated_ms = excluded.updated_ms",
+            )?;
+            for t in &tags {
+                set_tag.execute(params![id, t, digest, now])?;
+            }
+            Ok(PutManifestOutcome::Stored)
+        })
+        .await
+    }
+
+    /// Deletes a manifest and every tag pointing at it. Its blobs stay linked
+    /// until the blob sweep finds that nothing needs them.
+    pub async fn delete_manifest(
+        &self,
+        repo: &RepoName,
+        digest: &Digest,
+    ) -> Result<DeleteManifestOutcome, StorageError> {
+        let (repo, digest) = (repo.as_str().to_owned(), digest.to_string());
+        self.write(move |tx| {
+            let Some(id) = repo_id(tx, &repo)? else {
+                return Ok(DeleteManifestOutcome::NotFound);
+            };
+            let parent: Option<String> = tx
+                .prepare_cached(
+                    "SELECT manifest_digest FROM manifest_refs
+                     WHERE repo_id = ?1 AND child_digest = ?2 AND kind = 'manifest' LIMIT 1",
+                )?
+                .query_row(params![id, digest], |r| r.get(0))
+                .optional()?;
+            if let Some(p) = parent {
+                return Ok(DeleteManifestOutcome::ReferencedByIndex(p));
+            }
+            let n = tx
+                .prepare_cached("DELETE FROM manifests WHERE repo_id = ?1 AND digest = ?2")?
+                .execute(params![id, digest])?;
+            if n == 0 {
+                return Ok(DeleteManifestOutcome::NotFound);
+            }
+            tx.prepare_cached(
+                "DELETE FROM manifest_refs WHERE repo_id = ?1 AND manifest_digest = ?2",
+            )?
+            .execute(params![id, digest])?;
+            tx.prepare_cached("DELETE FROM tags WHERE repo_id = ?1 AND digest = ?2")?
+                .execute(params![id, digest])?;
+            Ok(DeleteManifestOutcome::Deleted)
+        })
+        .await
+    }
+
+    /// Removes one tag; the manifest stays. Returns false if there was none.
+    pub async fn delete_tag(&self, repo: &RepoName, tag: &str) -> Result<bool, StorageError> {
+        let (repo, tag) = (repo.as_str().to_owned(), tag.to_owned());
+        self.write(move |tx| {
+            let n = tx
+                .prepare_cached(
+                    "DELETE FROM tags WHERE name = ?2
+                     AND repo_id = (SELECT id FROM repositories WHERE name = ?1)",
+                )?
+                .execute(params![repo, tag])?;
+            Ok(n > 0)
+        })
+        .await
+    }
+
+    /// Tags of `repo` in lexical order after `last`, at most `limit`;
+    /// `None` when the repository does not exist.
+    pub async fn list_tags(
+        &self,
+        repo: &RepoName,
+        last: Option<String>,
+        limit: u32,
+    ) -> Result<Option<Vec<String>>, StorageError> {
+        let repo = repo.as_str().to_owned();
+        self.read(move |c| {
+            let Some(id) = repo_id(c, &repo)? else {
+                return Ok(None);
+            };
+            let mut stmt = c.prepare_cached(
+                "SELECT name FROM tags WHERE repo_id = ?1 AND name > ?2 ORDER BY name LIMIT ?3",
+            )?;
+            let tags = stmt
+                .query_map(params![id, last.unwrap_or_default(), limit as i64], |r| {
+                    r.get(0)
+                })?
+                .collect::<rusqlite::Result<Vec<String>>>()?;
+            Ok(Some(tags))
+        })
+        .await
+    }
+
+    /// Repository names in lexical order after `last`, at most `limit`.
+    pub async fn catalog(
+        &self,
+        last: Option<String>,
+        limit: u32,
+    ) -> Result<Vec<String>, StorageError> {
+        self.read(move |c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT name FROM repositories WHERE name > ?1 ORDER BY name LIMIT ?2",
+            )?;
+            let names = stmt
+                .query_map(params![last.unwrap_or_default(), limit as i64], |r| {
+                    r.get(0)
+                })?
+                .collect::<rusqlite::Result<Vec<String>>>()?;
+            Ok(names)
+        })
+        .await
+    }
+
+    /// Manifests of `repo` whose subject is `subject`, optionally only those
+    /// of one artifact type, ordered by digest.
+    pub async fn referrers(
+        &self,
+        repo: &RepoName,
+        subject: &Digest,
+        artifact_type: Option<String>,
+    ) -> Result<Vec<Referrer>, StorageError> {
+        let (repo, subject) = (repo.as_str().to_owned(), subject.to_string());
+        self.read(move |c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT m.digest, m.media_type, m.size, m.artifact_type, m.annotations
+                 FROM manifests m JOIN repositories r ON r.id = m.repo_id
+                 WHERE r.name = ?1 AND m.subject = ?2
+                   AND (?3 IS NULL OR m.artifact_type = ?3)
+                 ORDER BY m.digest",
+            )?;
+            let rows = stmt
+                .query_map(params![repo, subject, artifact_type], |r| {
+                    Ok(Referrer {
+                        digest: r.get(0)?,
+                        media_type: r.get(1)?,
+                        size: r.get::<_, i64>(2)? as u64,
+                        artifact_type: r.get(3)?,
+                        annotations: r.get(4)?,
+                    })
+                })?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            Ok(rows)
+        })
+        .await
+    }
+}

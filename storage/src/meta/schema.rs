@@ -1,0 +1,93 @@
+//! Versioned schema migrations, tracked in SQLite's `user_version`.
+//! Append a new entry to `MIGRATIONS` to change the schema; never edit one
+//! that has shipped.
+
+use crate::StorageError;
+use rusqlite::Connection;
+
+/// Each entry upgrades the schema from version `index` to `index + 1`.
+const MIGRATIONS: &[&str] = &[
+    // 1: the registry's core tables. All timestamps are unix milliseconds.
+    r#"
+    CREATE TABLE blobs (
+        digest      TEXT PRIMARY KEY,
+        size        INTEGER NOT NULL,
+        created_ms  INTEGER NOT NULL,
+        touched_ms  INTEGER NOT NULL
+    ) WITHOUT ROWID;
+
+    CREATE TABLE repositories (
+        id          INTEGER PRIMARY KEY,
+        name        TEXT NOT NULL UNIQUE,
+        namespace   TEXT NOT NULL,
+        created_ms  INTEGER NOT NULL
+    );
+    CREATE INDEX repositories_namespace ON repositories(namespace);
+
+    CREATE TABLE repo_blobs (
+        repo_id     INTEGER NOT NULL REFERENCES repositories(id),
+        digest      TEXT NOT NULL REFERENCES blobs(digest),
+        linked_ms   INTEGER NOT NULL,
+        PRIMARY KEY (repo_id, digest)
+    ) WITHOUT ROWID;
+    CREATE INDEX repo_blobs_digest ON repo_blobs(digest);
+
+    CREATE TABLE manifests (
+        repo_id       INTEGER NOT NULL REFERENCES repositories(id),
+        digest        TEXT NOT NULL,
+        media_type    TEXT NOT NULL,
+        artifact_type TEXT,
+        subject       TEXT,
+        size          INTEGER NOT NULL,
+        bytes         BLOB NOT NULL,
+        annotations   TEXT,
+        pushed_ms     INTEGER NOT NULL,
+        pulled_ms     INTEGER,
+        PRIMARY KEY (repo_id, digest)
+    );
+    CREATE INDEX manifests_subject ON manifests(repo_id, subject) WHERE subject IS NOT NULL;
+
+    -- kind: 'blob' (config/layer) or 'manifest' (child of an index).
+    CREATE TABLE manifest_refs (
+        repo_id         INTEGER NOT NULL,
+        manifest_digest TEXT NOT NULL,
+        child_digest    TEXT NOT NULL,
+        kind            TEXT NOT NULL CHECK (kind IN ('blob', 'manifest')),
+        PRIMARY KEY (repo_id, manifest_digest, kind, child_digest)
+    ) WITHOUT ROWID;
+    CREATE INDEX manifest_refs_child ON manifest_refs(repo_id, child_digest, kind);
+
+    CREATE TABLE tags (
+        repo_id     INTEGER NOT NULL REFERENCES repositories(id),
+        name        TEXT NOT NULL,
+        digest      TEXT NOT NULL,
+        updated_ms  INTEGER NOT NULL,
+        PRIMARY KEY (repo_id, name)
+    ) WITHOUT ROWID;
+    CREATE INDEX tags_digest ON tags(repo_id, digest);
+    "#,
+];
+
+/// Brings the database up to the newest schema, one transaction per step.
+pub fn migrate(conn: &mut Connection) -> Result<(), StorageError> {
+    let current: usize =
+        conn.query_row("PRAGMA user_version", [], |r| r.get::<_, i64>(0))? as usize;
+    if current > MIGRATIONS.len() {
+        return Err(StorageError::Internal(format!(
+            "database schema version {current} is newer than this berth knows ({}); upgrade berth",
+            MIGRATIONS.len()
+        )));
+    }
+    for (version, sql) in MIGRATIONS.iter().enumerate().skip(current) {
+        let tx = conn.transaction()?;
+        tx.execute_batch(sql)?;
+        tx.pragma_update(None, "user_version", (version + 1) as i64)?;
+        tx.commit()?;
+        tracing::info!(version = version + 1, "applied schema migration");
+    }
+    Ok(())
+}
+
+pub fn latest_version() -> usize {
+    MIGRATIONS.len()
+}
