@@ -9,7 +9,7 @@ use berth_storage::manifest::{self, MAX_MANIFEST_BYTES};
 use berth_storage::meta::{DeleteManifestOutcome, PutManifestOutcome};
 use berth_storage::{Algorithm, Digest, RepoName};
 use http::{header, Request, Response, StatusCode};
-use http_body_util::{BodyExt, Limited};
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
 
 fn unknown(repo: &RepoName, reference: &Reference) -> ApiError {
@@ -73,6 +73,7 @@ pub async fn put(
     };
     if let Some(len) = super::content_length(req.headers())? {
         if len > MAX_MANIFEST_BYTES as u64 {
+            super::drain(req.into_body()).await;
             return Err(too_big(len.to_string()));
         }
     }
@@ -82,20 +83,24 @@ pub async fn put(
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned);
     let query = query_pairs(req.uri().query());
-    let bytes = Limited::new(req.into_body(), MAX_MANIFEST_BYTES)
-        .collect()
-        .await
-        .map_err(|e| {
-            if e.is::<http_body_util::LengthLimitError>() {
-                too_big(format!("more than {MAX_MANIFEST_BYTES}"))
-            } else {
-                ApiError::bad_request(
-                    Code::ManifestInvalid,
-                    format!("could not read manifest body: {e}"),
-                )
+    let mut body = req.into_body();
+    let mut buf = bytes::BytesMut::new();
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| {
+            ApiError::bad_request(
+                Code::ManifestInvalid,
+                format!("could not read manifest body: {e}"),
+            )
+        })?;
+        if let Some(data) = frame.data_ref() {
+            if buf.len() + data.len() > MAX_MANIFEST_BYTES {
+                super::drain(body).await;
+                return Err(too_big(format!("more than {MAX_MANIFEST_BYTES}")));
             }
-        })?
-        .to_bytes();
+            buf.extend_from_slice(data);
+        }
+    }
+    let bytes = buf.freeze();
 
     let digest = match reference {
         Reference::Digest(expected) => {
@@ -181,19 +186,19 @@ pub async fn delete(
                 return Err(unknown(repo, reference));
             }
         }
-        Reference::Digest(d) => {
-            match state.storage.meta.delete_manifest(repo, d).await? {
-                DeleteManifestOutcome::Deleted => {}
-                DeleteManifestOutcome::NotFound => return Err(unknown(repo, reference)),
-                DeleteManifestOutcome::ReferencedByIndex(index) => return Err(ApiError::new(
+        Reference::Digest(d) => match state.storage.meta.delete_manifest(repo, d).await? {
+            DeleteManifestOutcome::Deleted => {}
+            DeleteManifestOutcome::NotFound => return Err(unknown(repo, reference)),
+            DeleteManifestOutcome::ReferencedByIndex(index) => {
+                return Err(ApiError::new(
                     StatusCode::CONFLICT,
                     Code::Denied,
                     format!(
                         "manifest {d} is part of index {index} in {repo}; delete the index first"
                     ),
-                )),
+                ))
             }
-        }
+        },
     }
     Ok(body::status_only(StatusCode::ACCEPTED))
 }

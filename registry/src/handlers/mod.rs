@@ -47,3 +47,22 @@ pub fn content_length(headers: &http::HeaderMap) -> ApiResult<Option<u64>> {
 pub fn set(resp: &mut Response<Body>, name: &'static str, value: HeaderValue) {
     resp.headers_mut().insert(name, value);
 }
+
+/// Most bytes of a refused body berth reads and discards so that the client,
+/// still sending, receives the error instead of a broken connection.
+const DRAIN_LIMIT: u64 = 16 * 1024 * 1024;
+
+/// Reads and discards what is left of a refused request body (bounded by
+/// `DRAIN_LIMIT`), so that the client can read the error response.
+pub async fn drain<B: hyper::body::Body + Unpin>(mut body: B) {
+    use http_body_util::BodyExt;
+    let mut seen = 0u64;
+    while let Some(Ok(frame)) = body.frame().await {
+        if let Some(data) = frame.data_ref() {
+            seen += bytes::Buf::remaining(data) as u64;
+        }
+        if seen > DRAIN_LIMIT {
+            break;
+        }
+    }
+}
