@@ -19,12 +19,15 @@ use uuid::Uuid;
 /// thread writes and hashes them. This is the per-upload memory bound.
 const WRITE_BATCH: usize = 1024 * 1024;
 
+/// A session shared between the requests that address it.
+pub type SessionHandle = Arc<tokio::sync::Mutex<Session>>;
+
 /// All open upload sessions.
 pub struct Uploads {
     dir: PathBuf,
     /// The repository is kept beside the lock so that a request for another
     /// repository is turned away without waiting for the session.
-    sessions: Mutex<HashMap<Uuid, (RepoName, Arc<tokio::sync::Mutex<Session>>)>>,
+    sessions: Mutex<HashMap<Uuid, (RepoName, SessionHandle)>>,
 }
 
 /// One upload: its staging file and how far it has got. Lock it (it is
@@ -71,10 +74,7 @@ impl Uploads {
     }
 
     /// Starts an upload into `repo` with an empty staging file.
-    pub async fn start(
-        &self,
-        repo: &RepoName,
-    ) -> Result<Arc<tokio::sync::Mutex<Session>>, StorageError> {
+    pub async fn start(&self, repo: &RepoName) -> Result<SessionHandle, StorageError> {
         let id = Uuid::new_v4();
         let path = self.dir.join(id.to_string());
         let p = path.clone();
@@ -100,7 +100,7 @@ impl Uploads {
     }
 
     /// The session `id` if it exists and belongs to `repo`.
-    pub fn get(&self, id: &str, repo: &RepoName) -> Option<Arc<tokio::sync::Mutex<Session>>> {
+    pub fn get(&self, id: &str, repo: &RepoName) -> Option<SessionHandle> {
         let id = Uuid::parse_str(id).ok()?;
         let sessions = self.sessions.lock().expect("sessions lock");
         let (owner, session) = sessions.get(&id)?;

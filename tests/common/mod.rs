@@ -1,0 +1,383 @@
+//! Shared harness for the end-to-end tests: the real `berth` binary on a
+//! free loopback port with a temporary data dir, a private dockerd, OCI
+//! image layouts made from scratch, and small HTTP helpers.
+#![allow(dead_code)]
+
+use sha2::{Digest as _, Sha256};
+use std::io::{BufRead, BufReader, Write};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub fn sha256(bytes: &[u8]) -> String {
+    format!("sha256:{:x}", Sha256::digest(bytes))
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A running `berth serve`. Killed (SIGKILL) when dropped.
+pub struct Berth {
+    pub child: Option<Child>,
+    pub port: u16,
+    pub data_dir: PathBuf,
+    pub log: PathBuf,
+}
+
+impl Berth {
+    pub fn start(data_dir: &Path) -> Berth {
+        Berth::start_on(data_dir, free_port())
+    }
+
+    pub fn start_on(data_dir: &Path, port: u16) -> Berth {
+        let log = data_dir.with_extension(format!("{port}.log"));
+        let log_file = std::fs::File::create(&log).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_berth"))
+            .args([
+                "serve",
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+                "--data-dir",
+            ])
+            .arg(data_dir)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log_file)
+            .spawn()
+            .expect("start berth");
+        let berth = Berth {
+            child: Some(child),
+            port,
+            data_dir: data_dir.to_owned(),
+            log,
+        };
+        berth.wait_healthy();
+        berth
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// host:port, as image references name the registry.
+    pub fn host(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    fn wait_healthy(&self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if let Ok(r) = http_agent().get(&format!("{}/healthz", self.url())).call() {
+                if r.status() == 200 {
+                    return;
+                }
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("berth did not become healthy; log:\n{}", self.log_text());
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn signal(&self, sig: i32) {
+        let pid = self.child.as_ref().expect("running").id() as i32;
+        // SAFETY: sending a signal to our own child process.
+        unsafe { libc::kill(pid, sig) };
+    }
+
+    /// Waits for the process to exit and returns its exit status.
+    pub fn wait(&mut self) -> std::process::ExitStatus {
+        self.child.take().expect("running").wait().unwrap()
+    }
+
+    pub fn kill9(&mut self) {
+        self.signal(libc::SIGKILL);
+        self.wait();
+    }
+}
+
+impl Drop for Berth {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+pub fn http_agent() -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .max_redirects(0)
+        .timeout_global(Some(Duration::from_secs(60)))
+        .build()
+        .into()
+}
+
+/// GET returning (status, headers, body).
+pub fn get(url: &str, accept: Option<&str>) -> (u16, ureq::http::HeaderMap, Vec<u8>) {
+    let mut req = http_agent().get(url);
+    if let Some(a) = accept {
+        req = req.header("accept", a);
+    }
+    let mut r = req.call().unwrap_or_else(|e| panic!("GET {url}: {e}"));
+    let status = r.status().as_u16();
+    let headers = r.headers().clone();
+    let body = r
+        .body_mut()
+        .with_config()
+        .limit(u64::MAX)
+        .read_to_vec()
+        .unwrap();
+    (status, headers, body)
+}
+
+pub const MANIFEST_ACCEPT: &str = berth_conformance::client::MANIFEST_ACCEPT;
+
+/// Runs a command, panicking with its output when it fails.
+pub fn run(cmd: &mut Command) -> String {
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    if !out.status.success() {
+        panic!(
+            "{cmd:?} failed with {}\nstdout:\n{stdout}\nstderr:\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    stdout
+}
+
+/// Runs a command expected to fail; returns its stderr and stdout.
+pub fn run_failing(cmd: &mut Command) -> String {
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    assert!(!out.status.success(), "{cmd:?} should have failed");
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stderr),
+        String::from_utf8_lossy(&out.stdout)
+    )
+}
+
+/// Finds a client tool, or fails the test saying how to get it. These
+/// tests exercise real clients, so a missing tool is a failure, not a skip.
+pub fn tool(name: &str) -> PathBuf {
+    for dir in ["/usr/bin", "/usr/sbin", "/usr/local/bin", "/bin", "/sbin"] {
+        let p = Path::new(dir).join(name);
+        if p.exists() {
+            return p;
+        }
+    }
+    panic!("{name} is not installed; run scripts/install-test-deps (README, 'Running the tests')");
+}
+
+// ------------------------------------------------------- OCI layouts ----
+
+/// A blob in an image.
+pub struct LayoutBlob {
+    pub media_type: String,
+    pub bytes: Vec<u8>,
+}
+
+/// Builds a gzip'd tar layer holding `files` (path, contents), and returns
+/// it with the digest of the uncompressed tar (the config's diff_id).
+pub fn tar_gz_layer(files: &[(&str, &[u8])]) -> (Vec<u8>, String) {
+    let mut tar_bytes = Vec::new();
+    {
+        let mut builder = tar::Builder::new(&mut tar_bytes);
+        for (path, contents) in files {
+            let mut header = tar::Header::new_gnu();
+            header.set_size(contents.len() as u64);
+            header.set_mode(0o644);
+            header.set_mtime(1_700_000_000);
+            header.set_cksum();
+            builder.append_data(&mut header, path, *contents).unwrap();
+        }
+        builder.finish().unwrap();
+    }
+    let diff_id = sha256(&tar_bytes);
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    gz.write_all(&tar_bytes).unwrap();
+    (gz.finish().unwrap(), diff_id)
+}
+
+/// Writes an OCI image layout at `dir` holding one image tagged `tag`,
+/// made of `layers` unique to `seed`. Returns the layer blobs.
+pub fn write_oci_layout(dir: &Path, tag: &str, seed: &str, layers: usize) -> Vec<Vec<u8>> {
+    std::fs::create_dir_all(dir.join("blobs/sha256")).unwrap();
+    let put = |bytes: &[u8]| -> String {
+        let d = sha256(bytes);
+        std::fs::write(dir.join("blobs/sha256").join(&d[7..]), bytes).unwrap();
+        d
+    };
+    let mut layer_descs = Vec::new();
+    let mut diff_ids = Vec::new();
+    let mut layer_blobs = Vec::new();
+    for i in 0..layers {
+        let content = format!("layer {i} of {seed}\n").repeat(200);
+        let big: Vec<u8> = (0..(64 * 1024))
+            .map(|j| ((j * 31 + i * 7) % 251) as u8)
+            .collect();
+        let (gz, diff_id) = tar_gz_layer(&[
+            (&format!("app/file-{i}.txt"), content.as_bytes()),
+            (&format!("app/data-{i}.bin"), &big),
+        ]);
+        let d = put(&gz);
+        layer_descs.push(serde_json::json!({
+            "mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", "digest": d, "size": gz.len()
+        }));
+        diff_ids.push(diff_id);
+        layer_blobs.push(gz);
+    }
+    let config = serde_json::to_vec(&serde_json::json!({
+        "architecture": "amd64", "os": "linux",
+        "config": {"Env": ["PATH=/usr/bin"], "Cmd": ["/app/run"], "Labels": {"seed": seed}},
+        "rootfs": {"type": "layers", "diff_ids": diff_ids},
+        "history": [{"created_by": "berth e2e test"}]
+    }))
+    .unwrap();
+    let config_digest = put(&config);
+    let manifest = serde_json::to_vec(&serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": config_digest, "size": config.len()},
+        "layers": layer_descs
+    }))
+    .unwrap();
+    let manifest_digest = put(&manifest);
+    std::fs::write(dir.join("oci-layout"), br#"{"imageLayoutVersion":"1.0.0"}"#).unwrap();
+    std::fs::write(
+        dir.join("index.json"),
+        serde_json::to_vec(&serde_json::json!({
+            "schemaVersion": 2,
+            "manifests": [{
+                "mediaType": "application/vnd.oci.image.manifest.v1+json",
+                "digest": manifest_digest, "size": manifest.len(),
+                "annotations": {"org.opencontainers.image.ref.name": tag}
+            }]
+        }))
+        .unwrap(),
+    )
+    .unwrap();
+    layer_blobs
+}
+
+// ------------------------------------------------------------ dockerd ----
+
+/// A dockerd of our own on a private socket, with its data in a temp dir.
+pub struct Dockerd {
+    child: Child,
+    pub socket: PathBuf,
+    dir: PathBuf,
+}
+
+impl Dockerd {
+    pub fn start(dir: &Path) -> Dockerd {
+        std::fs::create_dir_all(dir).unwrap();
+        let socket = dir.join("docker.sock");
+        let log = std::fs::File::create(dir.join("dockerd.log")).unwrap();
+        let child = Command::new(tool("dockerd"))
+            .arg("--host")
+            .arg(format!("unix://{}", socket.display()))
+            .arg("--data-root")
+            .arg(dir.join("data"))
+            .arg("--exec-root")
+            .arg(dir.join("exec"))
+            .arg("--pidfile")
+            .arg(dir.join("docker.pid"))
+            .args([
+                "--storage-driver=vfs",
+                "--bridge=none",
+                "--iptables=false",
+                "--ip-masq=false",
+            ])
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start dockerd");
+        let d = Dockerd {
+            child,
+            socket,
+            dir: dir.to_owned(),
+        };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let ok = d
+                .cmd()
+                .arg("version")
+                .output()
+                .map(|o| o.status.success())
+                .unwrap_or(false);
+            if ok {
+                return d;
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "dockerd did not start; log:\n{}",
+                    std::fs::read_to_string(dir.join("dockerd.log")).unwrap_or_default()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(250));
+        }
+    }
+
+    /// A `docker` command talking to this daemon.
+    pub fn cmd(&self) -> Command {
+        // Prefer the client packaged with the daemon: same API version.
+        let docker = if Path::new("/usr/bin/docker").exists() {
+            PathBuf::from("/usr/bin/docker")
+        } else {
+            tool("docker")
+        };
+        let mut c = Command::new(docker);
+        c.arg("-H").arg(format!("unix://{}", self.socket.display()));
+        c.env("DOCKER_CONFIG", self.dir.join("client-config"));
+        c
+    }
+}
+
+impl Drop for Dockerd {
+    fn drop(&mut self) {
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Reads lines from a reader until one contains `needle` (for logs).
+pub fn wait_for_line(path: &Path, needle: &str, timeout: Duration) -> bool {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if let Ok(f) = std::fs::File::open(path) {
+            if BufReader::new(f)
+                .lines()
+                .map_while(Result::ok)
+                .any(|l| l.contains(needle))
+            {
+                return true;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    false
+}
