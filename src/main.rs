@@ -94,16 +94,21 @@ fn init_logging(cfg: &Config) {
 }
 
 async fn serve(cfg: Config) -> Result<(), String> {
-    let storage = Storage::open(&StorageConfig {
+    let storage_config = StorageConfig {
         data_dir: cfg.storage.data_dir.clone(),
         synchronous: cfg.storage.sqlite_synchronous,
-    })
-    .map_err(|e| {
-        format!(
-            "cannot open data dir {}: {e}",
-            cfg.storage.data_dir.display()
-        )
-    })?;
+    };
+    // Opening runs migrations and touches the filesystem: keep it off the
+    // async workers like every other blocking call.
+    let storage = tokio::task::spawn_blocking(move || Storage::open(&storage_config))
+        .await
+        .map_err(|e| format!("storage start-up task failed: {e}"))?
+        .map_err(|e| {
+            format!(
+                "cannot open data dir {}: {e}",
+                cfg.storage.data_dir.display()
+            )
+        })?;
     let listener = tokio::net::TcpListener::bind(cfg.server.listen)
         .await
         .map_err(|e| format!("cannot listen on {}: {e}", cfg.server.listen))?;
