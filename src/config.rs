@@ -12,6 +12,7 @@ pub struct Config {
     pub server: Server,
     pub storage: Storage,
     pub registry: Registry,
+    pub auth: Auth,
     pub log: Log,
 }
 
@@ -52,6 +53,49 @@ impl Default for Storage {
 #[serde(deny_unknown_fields, default)]
 pub struct Registry {
     pub chunk_min_length: Option<u64>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Auth {
+    pub enabled: bool,
+    pub service: String,
+    pub realm: Option<String>,
+    #[serde(with = "humantime_serde")]
+    pub token_ttl: Duration,
+    pub anonymous_pull: bool,
+    pub private_namespaces: Vec<String>,
+    pub admin_password: Option<String>,
+    pub token_key_file: Option<PathBuf>,
+}
+
+impl Default for Auth {
+    fn default() -> Self {
+        let d = berth_registry::auth::AuthConfig::default();
+        Auth {
+            enabled: d.enabled,
+            service: d.service,
+            realm: d.realm,
+            token_ttl: d.token_ttl,
+            anonymous_pull: d.anonymous_pull,
+            private_namespaces: d.private_namespaces,
+            admin_password: None,
+            token_key_file: None,
+        }
+    }
+}
+
+impl Auth {
+    pub fn registry_config(&self) -> berth_registry::auth::AuthConfig {
+        berth_registry::auth::AuthConfig {
+            enabled: self.enabled,
+            service: self.service.clone(),
+            realm: self.realm.clone(),
+            token_ttl: self.token_ttl,
+            anonymous_pull: self.anonymous_pull,
+            private_namespaces: self.private_namespaces.clone(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -144,6 +188,14 @@ mod tests {
             default.storage.sqlite_synchronous
         );
         assert_eq!(example.log.level, default.log.level);
+        assert_eq!(example.auth.enabled, default.auth.enabled);
+        assert_eq!(example.auth.service, default.auth.service);
+        assert_eq!(example.auth.token_ttl, default.auth.token_ttl);
+        assert_eq!(example.auth.anonymous_pull, default.auth.anonymous_pull);
+        assert_eq!(
+            example.auth.private_namespaces,
+            default.auth.private_namespaces
+        );
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! The `berth` binary: command line and wiring only. Everything it starts
 //! lives in the workspace crates (see ARCHITECTURE.md).
 
+mod admin_client;
 mod config;
 
 use berth_registry::{RegistryConfig, State};
@@ -36,6 +37,24 @@ enum Command {
         /// Where metadata, blobs and uploads live [default: ./berth-data].
         #[arg(long)]
         data_dir: Option<PathBuf>,
+    },
+    /// Manage namespaces on a running berth.
+    Namespace {
+        #[command(subcommand)]
+        command: NamespaceCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum NamespaceCommand {
+    /// Create (or rotate) the namespace's account and print its secret,
+    /// which is shown only this once. With --revoke, delete the account.
+    Credentials {
+        namespace: String,
+        #[arg(long)]
+        revoke: bool,
+        #[command(flatten)]
+        connection: admin_client::Connection,
     },
 }
 
@@ -77,7 +96,44 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Command::Namespace {
+            command:
+                NamespaceCommand::Credentials {
+                    namespace,
+                    revoke,
+                    connection,
+                },
+        } => report(namespace_credentials(&namespace, revoke, &connection)),
     }
+}
+
+/// Prints a CLI result: output on stdout, errors on stderr with exit 1.
+fn report(result: Result<String, String>) -> ExitCode {
+    match result {
+        Ok(out) => {
+            println!("{out}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("berth: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn namespace_credentials(
+    ns: &str,
+    revoke: bool,
+    c: &admin_client::Connection,
+) -> Result<String, String> {
+    let client = admin_client::AdminClient::connect(c)?;
+    let path = format!("/admin/v1/namespaces/{ns}/credentials");
+    if revoke {
+        client.call("DELETE", &path, None)?;
+        return Ok(format!("credentials of {ns} revoked"));
+    }
+    let (_, json) = client.call("POST", &path, None)?;
+    Ok(serde_json::to_string_pretty(&json).expect("JSON prints"))
 }
 
 fn init_logging(cfg: &Config) {
@@ -119,7 +175,14 @@ async fn serve(cfg: Config) -> Result<(), String> {
         version = env!("CARGO_PKG_VERSION"),
         "berth is serving"
     );
+    let auth = {
+        let cfg = cfg.clone();
+        tokio::task::spawn_blocking(move || auth_from_config(&cfg))
+            .await
+            .map_err(|e| format!("auth start-up task failed: {e}"))??
+    };
     let state = Arc::new(State {
+        auth,
         storage: storage.clone(),
         config: RegistryConfig {
             chunk_min_length: cfg.registry.chunk_min_length,
@@ -132,6 +195,51 @@ async fn serve(cfg: Config) -> Result<(), String> {
     storage.close().await;
     tracing::info!("berth stopped cleanly");
     Ok(())
+}
+
+/// Builds the auth layer: the admin password comes from the config, else
+/// BERTH_ADMIN_PASSWORD, else a file generated in the data dir; the token
+/// key from its configured file, else one generated in the data dir.
+fn auth_from_config(cfg: &Config) -> Result<berth_registry::auth::Auth, String> {
+    use berth_registry::auth::{secrets, Auth};
+    let admin_password = match (
+        &cfg.auth.admin_password,
+        std::env::var("BERTH_ADMIN_PASSWORD"),
+    ) {
+        (Some(p), _) => p.clone(),
+        (None, Ok(p)) if !p.is_empty() => p,
+        _ => {
+            let path = cfg.storage.data_dir.join("admin-password");
+            let existed = path.exists();
+            let p = secrets::load_or_create(&path)
+                .map_err(|e| format!("cannot read or create {}: {e}", path.display()))?;
+            if !existed {
+                tracing::info!(path = %path.display(), "generated the admin password (user `admin`)");
+            }
+            p
+        }
+    };
+    let key_path = cfg
+        .auth
+        .token_key_file
+        .clone()
+        .unwrap_or_else(|| cfg.storage.data_dir.join("token-key"));
+    let key = secrets::load_or_create(&key_path).map_err(|e| {
+        format!(
+            "cannot read or create token key {}: {e}",
+            key_path.display()
+        )
+    })?;
+    if !cfg.auth.enabled {
+        tracing::warn!(
+            "authentication is OFF: anyone who can reach the listener may push and delete"
+        );
+    }
+    Ok(Auth::new(
+        cfg.auth.registry_config(),
+        admin_password,
+        key.as_bytes(),
+    ))
 }
 
 /// Resolves on SIGINT or SIGTERM.

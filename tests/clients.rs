@@ -35,20 +35,22 @@ fn layout_blobs(dir: &Path) -> std::collections::BTreeMap<String, Vec<u8>> {
         .collect()
 }
 
-/// Pushes a fresh OCI image from a layout made by the test into `repo:tag`.
+/// Pushes a fresh OCI image from a layout made by the test into `repo:tag`,
+/// logged in as `creds` (user:password).
 fn push_with_skopeo(
     berth: &Berth,
     work: &Path,
     repo: &str,
     tag: &str,
     format: &str,
+    creds: &str,
 ) -> Vec<Vec<u8>> {
     let layout = work.join(format!("layout-{}-{tag}", repo.replace('/', "_")));
     let layers = write_oci_layout(&layout, tag, &format!("{repo}:{tag}"), 2);
     skopeo_copy(
         &format!("oci:{}:{tag}", layout.display()),
         &format!("docker://{}/{repo}:{tag}", berth.host()),
-        &["--format", format],
+        &["--format", format, "--dest-creds", creds],
     );
     layers
 }
@@ -57,6 +59,7 @@ fn push_with_skopeo(
 fn skopeo_round_trip_keeps_blobs_byte_identical() {
     let dir = tempfile::tempdir().unwrap();
     let berth = Berth::start(&dir.path().join("data"));
+    let creds = format!("tool-e2e:{}", berth.namespace_credentials("tool-e2e"));
     for (format, tag) in [("oci", "oci"), ("v2s2", "schema2")] {
         let src = dir.path().join(format!("src-{tag}"));
         write_oci_layout(&src, tag, &format!("skopeo-{tag}"), 3);
@@ -64,7 +67,7 @@ fn skopeo_round_trip_keeps_blobs_byte_identical() {
         skopeo_copy(
             &format!("oci:{}:{tag}", src.display()),
             &image,
-            &["--format", format],
+            &["--format", format, "--dest-creds", &creds],
         );
 
         // The registry serves the manifest with the type it was pushed as.
@@ -84,6 +87,8 @@ fn skopeo_round_trip_keeps_blobs_byte_identical() {
             sha256(&body)
         );
 
+        // Pulled back anonymously: tool namespaces are public.
+        // Pulled back anonymously: tool namespaces are public.
         let out = dir.path().join(format!("out-{tag}"));
         skopeo_copy(&image, &format!("oci:{}:{tag}", out.display()), &[]);
         let pushed = layout_blobs(&src);
@@ -125,8 +130,25 @@ fn docker_pulls_and_pushes_schema2_and_oci_images() {
     let berth = Berth::start(&dir.path().join("data"));
     let dockerd = Dockerd::start(&dir.path().join("dockerd"));
     let host = berth.host();
-    push_with_skopeo(&berth, dir.path(), "tool-e2e/docker-src", "schema2", "v2s2");
-    push_with_skopeo(&berth, dir.path(), "tool-e2e/docker-src", "oci", "oci");
+    let password = berth.namespace_credentials("tool-e2e");
+    let creds = format!("tool-e2e:{password}");
+    push_with_skopeo(
+        &berth,
+        dir.path(),
+        "tool-e2e/docker-src",
+        "schema2",
+        "v2s2",
+        &creds,
+    );
+    push_with_skopeo(
+        &berth,
+        dir.path(),
+        "tool-e2e/docker-src",
+        "oci",
+        "oci",
+        &creds,
+    );
+    docker_login(&dockerd, &host, "tool-e2e", &password);
 
     for tag in ["schema2", "oci"] {
         let src = format!("{host}/tool-e2e/docker-src:{tag}");
@@ -185,12 +207,44 @@ fn docker_pulls_and_pushes_schema2_and_oci_images() {
     );
 }
 
+fn docker_login(dockerd: &Dockerd, host: &str, user: &str, password: &str) {
+    use std::io::Write;
+    let mut child = dockerd
+        .cmd()
+        .args(["login", host, "--username", user, "--password-stdin"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(password.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "docker login failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 #[test]
 fn podman_pulls_oci_and_schema2_images() {
     let dir = tempfile::tempdir().unwrap();
     let berth = Berth::start(&dir.path().join("data"));
-    push_with_skopeo(&berth, dir.path(), "tool-e2e/podman", "oci", "oci");
-    push_with_skopeo(&berth, dir.path(), "tool-e2e/podman", "schema2", "v2s2");
+    let creds = format!("tool-e2e:{}", berth.namespace_credentials("tool-e2e"));
+    push_with_skopeo(&berth, dir.path(), "tool-e2e/podman", "oci", "oci", &creds);
+    push_with_skopeo(
+        &berth,
+        dir.path(),
+        "tool-e2e/podman",
+        "schema2",
+        "v2s2",
+        &creds,
+    );
     let storage = dir.path().join("podman");
     for tag in ["oci", "schema2"] {
         let out = run(Command::new(tool("podman"))

@@ -18,7 +18,8 @@ fn start_slow_request(port: u16, method: &str, path: &str, total: u64, first: &[
     s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
     write!(
         s,
-        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: application/octet-stream\r\nContent-Length: {total}\r\n\r\n"
+        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nAuthorization: {}\r\nContent-Type: application/octet-stream\r\nContent-Length: {total}\r\n\r\n",
+        basic("admin", ADMIN_PASSWORD)
     )
     .unwrap();
     s.write_all(first).unwrap();
@@ -55,7 +56,7 @@ fn sigkill_mid_push_loses_nothing_and_hides_the_interrupted_upload() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let mut berth = Berth::start(&data);
-    let ctx = Ctx::new(Client::new(&berth.url(), None), "tool-restart");
+    let ctx = Ctx::new(Client::new(&berth.url(), admin()), "tool-restart");
 
     let mut images = Vec::new();
     for i in 0..5 {
@@ -97,7 +98,12 @@ fn sigkill_mid_push_loses_nothing_and_hides_the_interrupted_upload() {
     for (repo, manifest) in &images {
         assert_image_intact(&berth.url(), repo, "v1", manifest);
     }
-    let (status, _, body) = get(&format!("{}{location}", berth.url()), None);
+    let admin_auth = basic("admin", ADMIN_PASSWORD);
+    let (status, _, body) = request(
+        "GET",
+        &format!("{}{location}", berth.url()),
+        &[("authorization", &admin_auth)],
+    );
     assert_eq!(status, 404, "the interrupted upload must be gone");
     assert!(String::from_utf8_lossy(&body).contains("BLOB_UPLOAD_UNKNOWN"));
     let (status, _, _) = get(
@@ -119,7 +125,7 @@ fn sigkill_mid_push_loses_nothing_and_hides_the_interrupted_upload() {
     assert!(catalog.contains("tool-restart/app4"));
 
     // The registry is fully usable again, in the same repositories.
-    let ctx = Ctx::new(Client::new(&berth.url(), None), "tool-restart");
+    let ctx = Ctx::new(Client::new(&berth.url(), admin()), "tool-restart");
     ctx.push_image("tool-restart/interrupted", "v1").unwrap();
     ctx.push_image("tool-restart/app0", "v2").unwrap();
 }

@@ -109,7 +109,7 @@ impl Client {
             return Ok(first);
         };
         let auth = if let Some(params) = challenge.strip_prefix("Bearer ") {
-            match self.fetch_token(params)? {
+            match self.fetch_token(params, &mount_scope(&url))? {
                 Some(t) => format!("Bearer {t}"),
                 None => return Ok(first),
             }
@@ -140,7 +140,7 @@ impl Client {
         })
     }
 
-    fn fetch_token(&self, params: &str) -> Result<Option<String>, String> {
+    fn fetch_token(&self, params: &str, extra_scopes: &[String]) -> Result<Option<String>, String> {
         let params = parse_challenge(params);
         let Some(realm) = params.get("realm") else {
             return Ok(None);
@@ -150,6 +150,9 @@ impl Client {
             if let Some(v) = params.get(key) {
                 query.append_pair(key, v);
             }
+        }
+        for scope in extra_scopes {
+            query.append_pair("scope", scope);
         }
         let url = format!("{realm}?{}", query.finish());
         let auth = self.basic();
@@ -215,6 +218,23 @@ impl Client {
             body,
         })
     }
+}
+
+/// A cross-repository mount also needs pull on the source repository;
+/// clients such as docker and go-containerregistry ask for both at once.
+fn mount_scope(url: &str) -> Vec<String> {
+    let Some((_, query)) = url.split_once('?') else {
+        return Vec::new();
+    };
+    let pairs: Vec<(String, String)> = form_urlencoded::parse(query.as_bytes())
+        .into_owned()
+        .collect();
+    let has_mount = pairs.iter().any(|(k, _)| k == "mount");
+    pairs
+        .into_iter()
+        .filter(|(k, _)| has_mount && k == "from")
+        .map(|(_, from)| format!("repository:{from}:pull"))
+        .collect()
 }
 
 fn parse_challenge(s: &str) -> HashMap<String, String> {

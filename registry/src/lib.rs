@@ -1,7 +1,7 @@
 //! berth-registry: the HTTP service. One hyper listener carries the whole
-//! surface; today that is the OCI distribution API (`/v2/...`) and
-//! `/healthz`. Layering: `routes` parses, `auth` decides, `handlers` call
-//! berth-storage, `error` shapes every failure as the OCI error body.
+//! surface: the OCI distribution API (`/v2/...`), `/token`, `/admin/v1/...`
+//! and `/healthz`. Layering: `routes` parses, `auth` decides, `handlers`
+//! call berth-storage, `error` shapes every failure as the OCI error body.
 
 pub mod auth;
 pub mod body;
@@ -13,14 +13,14 @@ use auth::Action;
 use berth_storage::Storage;
 use body::Body;
 use error::{ApiError, ApiResult, Code};
-use handlers::{blobs, discovery, manifests, method_not_allowed, uploads};
+use handlers::{admin, blobs, discovery, manifests, method_not_allowed, token, uploads};
 use http::{HeaderValue, Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use routes::Route;
 use std::future::Future;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::net::TcpListener;
@@ -47,12 +47,13 @@ impl Default for RegistryConfig {
 pub struct State {
     pub storage: Storage,
     pub config: RegistryConfig,
+    pub auth: auth::Auth,
 }
 
 /// Answers one request. Never fails: errors become OCI error responses.
-pub async fn handle(state: &State, req: Request<Incoming>) -> Response<Body> {
+pub async fn handle(state: &State, req: Request<Incoming>, peer: IpAddr) -> Response<Body> {
     let is_v2 = req.uri().path().starts_with("/v2");
-    let mut resp = match dispatch(state, req).await {
+    let mut resp = match dispatch(state, req, peer).await {
         Ok(resp) => resp,
         Err(e) => e.into_response(),
     };
@@ -65,7 +66,11 @@ pub async fn handle(state: &State, req: Request<Incoming>) -> Response<Body> {
     resp
 }
 
-async fn dispatch(state: &State, req: Request<Incoming>) -> ApiResult<Response<Body>> {
+async fn dispatch(
+    state: &State,
+    req: Request<Incoming>,
+    peer: IpAddr,
+) -> ApiResult<Response<Body>> {
     let route = routes::parse(req.uri().path())?.ok_or_else(|| {
         ApiError::not_found(
             Code::NameUnknown,
@@ -73,30 +78,49 @@ async fn dispatch(state: &State, req: Request<Incoming>) -> ApiResult<Response<B
         )
     })?;
     let method = req.method().clone();
+    match route {
+        Route::Healthz => return health(state).await,
+        Route::Token => return token::token(state, req, peer).await,
+        _ => {}
+    }
+    let auth = &state.auth;
+    let caller = auth
+        .authenticate(&state.storage.meta, req.headers(), peer)
+        .await?;
     let head = method == Method::HEAD;
     let headers = req.headers();
     match route {
-        Route::Healthz => health(state).await,
+        Route::Healthz | Route::Token => unreachable!("answered above"),
+        Route::NamespaceCredentials(ns) => {
+            auth.require_admin(&caller)?;
+            admin::namespace_credentials(state, &method, &ns).await
+        }
+        Route::AdminUnknown => {
+            auth.require_admin(&caller)?;
+            Err(ApiError::not_found(
+                Code::Unsupported,
+                format!("no such admin endpoint: {}", req.uri().path()),
+            ))
+        }
         Route::Base => {
-            auth::authorize(headers, None, Action::Pull)?;
+            auth.require_known(&caller, headers)?;
             Ok(body::json_response(StatusCode::OK, &serde_json::json!({})))
         }
-        Route::Catalog => {
-            auth::authorize(headers, None, Action::Pull)?;
-            match method {
-                Method::GET => discovery::catalog(state, req.uri().query()).await,
-                m => Err(method_not_allowed(&m)),
+        Route::Catalog => match method {
+            Method::GET => {
+                discovery::catalog(state, req.uri().query(), |ns| auth.may_list(&caller, ns)).await
             }
-        }
+            m => Err(method_not_allowed(&m)),
+        },
         Route::Tags(repo) => {
-            auth::authorize(headers, Some(&repo), Action::Pull)?;
+            auth.require(&caller, headers, &repo, Action::Pull)?;
             match method {
                 Method::GET => discovery::tags(state, &repo, req.uri().query()).await,
                 m => Err(method_not_allowed(&m)),
             }
         }
         Route::Referrers(repo, digest) => {
-            auth::authorize(headers, Some(&repo), Action::Pull)?;
+            auth.require(&caller, headers, &repo, Action::Pull)?;
             match method {
                 Method::GET => discovery::referrers(state, &repo, &digest, req.uri().query()).await,
                 m => Err(method_not_allowed(&m)),
@@ -104,39 +128,46 @@ async fn dispatch(state: &State, req: Request<Incoming>) -> ApiResult<Response<B
         }
         Route::Manifest(repo, reference) => match method {
             Method::GET | Method::HEAD => {
-                auth::authorize(headers, Some(&repo), Action::Pull)?;
+                auth.require(&caller, headers, &repo, Action::Pull)?;
                 manifests::get(state, &repo, &reference, head).await
             }
             Method::PUT => {
-                auth::authorize(headers, Some(&repo), Action::Push)?;
+                auth.require(&caller, headers, &repo, Action::Push)?;
                 manifests::put(state, &repo, &reference, req).await
             }
             Method::DELETE => {
-                auth::authorize(headers, Some(&repo), Action::Delete)?;
+                auth.require(&caller, headers, &repo, Action::Delete)?;
                 manifests::delete(state, &repo, &reference).await
             }
             m => Err(method_not_allowed(&m)),
         },
         Route::Blob(repo, digest) => match method {
             Method::GET | Method::HEAD => {
-                auth::authorize(headers, Some(&repo), Action::Pull)?;
+                auth.require(&caller, headers, &repo, Action::Pull)?;
                 blobs::get(state, &repo, &digest, headers, head).await
             }
             Method::DELETE => {
-                auth::authorize(headers, Some(&repo), Action::Delete)?;
+                auth.require(&caller, headers, &repo, Action::Delete)?;
                 blobs::delete(state, &repo, &digest).await
             }
             m => Err(method_not_allowed(&m)),
         },
         Route::UploadStart(repo) => {
-            auth::authorize(headers, Some(&repo), Action::Push)?;
+            auth.require(&caller, headers, &repo, Action::Push)?;
             match method {
-                Method::POST => uploads::start(state, &repo, req).await,
+                // A mount needs pull rights on the source; without them the
+                // client gets an ordinary upload and learns nothing.
+                Method::POST => {
+                    uploads::start(state, &repo, req, |from| {
+                        auth.may(&caller, from, Action::Pull)
+                    })
+                    .await
+                }
                 m => Err(method_not_allowed(&m)),
             }
         }
         Route::Upload(repo, id) => {
-            auth::authorize(headers, Some(&repo), Action::Push)?;
+            auth.require(&caller, headers, &repo, Action::Push)?;
             match method {
                 Method::PATCH => uploads::patch(state, &repo, &id, req).await,
                 Method::PUT => uploads::put(state, &repo, &id, req).await,
@@ -226,7 +257,7 @@ async fn logged(state: &State, req: Request<Incoming>, peer: SocketAddr) -> Resp
     let started = Instant::now();
     let method = req.method().clone();
     let path = req.uri().path().to_owned();
-    let resp = handle(state, req).await;
+    let resp = handle(state, req, peer.ip()).await;
     let bytes = resp
         .headers()
         .get(http::header::CONTENT_LENGTH)

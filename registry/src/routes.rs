@@ -36,6 +36,11 @@ pub enum Route {
     Upload(RepoName, String),
     Referrers(RepoName, Digest),
     Healthz,
+    Token,
+    /// `/admin/v1/namespaces/<ns>/credentials`
+    NamespaceCredentials(String),
+    /// Any other `/admin/...` path (404 once the caller is known to be admin).
+    AdminUnknown,
 }
 
 /// Parses a path. `Ok(None)` means "not a route berth has" (404).
@@ -51,6 +56,18 @@ pub fn parse(path: &str) -> ApiResult<Option<Route>> {
     }
     if path == "/healthz" {
         return Ok(Some(Route::Healthz));
+    }
+    if path == "/token" {
+        return Ok(Some(Route::Token));
+    }
+    if let Some(rest) = path.strip_prefix("/admin/") {
+        let parts: Vec<&str> = rest.split('/').collect();
+        return Ok(Some(match parts.as_slice() {
+            ["v1", "namespaces", ns, "credentials"] => {
+                Route::NamespaceCredentials((*ns).to_owned())
+            }
+            _ => Route::AdminUnknown,
+        }));
     }
     let Some(rest) = path.strip_prefix("/v2") else {
         return Ok(None);

@@ -22,6 +22,21 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// The admin password every test berth runs with.
+pub const ADMIN_PASSWORD: &str = "test-admin-password";
+
+pub fn admin() -> Option<(String, String)> {
+    Some(("admin".to_owned(), ADMIN_PASSWORD.to_owned()))
+}
+
+pub fn basic(user: &str, password: &str) -> String {
+    use base64::Engine as _;
+    format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"))
+    )
+}
+
 /// A running `berth serve`. Killed (SIGKILL) when dropped.
 pub struct Berth {
     pub child: Option<Child>,
@@ -36,8 +51,15 @@ impl Berth {
     }
 
     pub fn start_on(data_dir: &Path, port: u16) -> Berth {
+        Berth::start_with(data_dir, port, "")
+    }
+
+    /// Starts berth with `config` (TOML) as its config file.
+    pub fn start_with(data_dir: &Path, port: u16, config: &str) -> Berth {
         let log = data_dir.with_extension(format!("{port}.log"));
         let log_file = std::fs::File::create(&log).unwrap();
+        let config_path = data_dir.with_extension(format!("{port}.toml"));
+        std::fs::write(&config_path, config).unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_berth"))
             .args([
                 "serve",
@@ -46,7 +68,10 @@ impl Berth {
                 "--data-dir",
             ])
             .arg(data_dir)
+            .arg("--config")
+            .arg(&config_path)
             .env("RUST_LOG", "info")
+            .env("BERTH_ADMIN_PASSWORD", ADMIN_PASSWORD)
             .stdout(Stdio::null())
             .stderr(log_file)
             .spawn()
@@ -98,6 +123,28 @@ impl Berth {
         self.child.take().expect("running").wait().unwrap()
     }
 
+    /// Creates (or rotates) the account of `namespace`; returns its password.
+    pub fn namespace_credentials(&self, namespace: &str) -> String {
+        let mut r = http_agent()
+            .post(&format!(
+                "{}/admin/v1/namespaces/{namespace}/credentials",
+                self.url()
+            ))
+            .header("authorization", basic("admin", ADMIN_PASSWORD))
+            .send_empty()
+            .unwrap();
+        assert!(
+            r.status() == 201 || r.status() == 200,
+            "creating credentials: {}\n{}",
+            r.status(),
+            self.log_text()
+        );
+        let v: serde_json::Value =
+            serde_json::from_slice(&r.body_mut().read_to_vec().unwrap()).unwrap();
+        assert_eq!(v["username"], namespace);
+        v["password"].as_str().unwrap().to_owned()
+    }
+
     pub fn kill9(&mut self) {
         self.signal(libc::SIGKILL);
         self.wait();
@@ -124,11 +171,26 @@ pub fn http_agent() -> ureq::Agent {
 
 /// GET returning (status, headers, body).
 pub fn get(url: &str, accept: Option<&str>) -> (u16, ureq::http::HeaderMap, Vec<u8>) {
-    let mut req = http_agent().get(url);
-    if let Some(a) = accept {
-        req = req.header("accept", a);
+    match accept {
+        Some(a) => request("GET", url, &[("accept", a)]),
+        None => request("GET", url, &[]),
     }
-    let mut r = req.call().unwrap_or_else(|e| panic!("GET {url}: {e}"));
+}
+
+/// Any bodiless request with the given headers: (status, headers, body).
+pub fn request(
+    method: &str,
+    url: &str,
+    headers: &[(&str, &str)],
+) -> (u16, ureq::http::HeaderMap, Vec<u8>) {
+    let mut builder = ureq::http::Request::builder().method(method).uri(url);
+    for (k, v) in headers {
+        builder = builder.header(*k, *v);
+    }
+    let req = builder.body(Vec::<u8>::new()).unwrap();
+    let mut r = http_agent()
+        .run(req)
+        .unwrap_or_else(|e| panic!("{method} {url}: {e}"));
     let status = r.status().as_u16();
     let headers = r.headers().clone();
     let body = r

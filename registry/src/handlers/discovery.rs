@@ -88,13 +88,31 @@ pub async fn tags(
     Ok(resp)
 }
 
-pub async fn catalog(state: &State, query: Option<&str>) -> ApiResult<Response<Body>> {
+/// Lists the repositories whose namespace `visible` accepts (the caller
+/// may pull from), paging over the filtered list.
+pub async fn catalog(
+    state: &State,
+    query: Option<&str>,
+    visible: impl Fn(&str) -> bool,
+) -> ApiResult<Response<Body>> {
     let p = page(&query_pairs(query))?;
-    let repos = if p.n == 0 {
-        Vec::new()
-    } else {
-        state.storage.meta.catalog(p.last, p.n + 1).await?
-    };
+    let mut repos = Vec::new();
+    let mut cursor = p.last.clone();
+    // Fetch in batches until the page (plus one, to know if there is more)
+    // is full or the table is exhausted.
+    while p.n > 0 && repos.len() <= p.n as usize {
+        let batch = state.storage.meta.catalog(cursor.clone(), p.n + 1).await?;
+        let exhausted = batch.len() <= p.n as usize;
+        cursor = batch.last().cloned();
+        repos.extend(
+            batch
+                .into_iter()
+                .filter(|name| visible(name.split('/').next().unwrap_or(name))),
+        );
+        if exhausted {
+            break;
+        }
+    }
     let (repos, link) = paginate(repos, p.n, "/v2/_catalog");
     let mut resp = body::json_response(
         StatusCode::OK,

@@ -2,9 +2,11 @@
 //! turns a parsed route into calls on berth-storage and shapes the answer;
 //! none holds SQL or touches files directly.
 
+pub mod admin;
 pub mod blobs;
 pub mod discovery;
 pub mod manifests;
+pub mod token;
 pub mod uploads;
 
 use crate::body::Body;

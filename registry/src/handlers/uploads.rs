@@ -59,17 +59,26 @@ fn digest_param(query: &[(String, String)]) -> ApiResult<Option<Digest>> {
         .transpose()
 }
 
+/// Starts an upload. `may_pull` says whether the caller may read a
+/// repository (the source of a cross-repository mount).
 pub async fn start(
     state: &State,
     repo: &RepoName,
     req: Request<Incoming>,
+    may_pull: impl Fn(&RepoName) -> bool,
 ) -> ApiResult<Response<Body>> {
     let query = query_pairs(req.uri().query());
     if let (Some(mount), Some(from)) = (query_get(&query, "mount"), query_get(&query, "from")) {
-        // A mount that cannot be done (bad names, blob not in `from`)
-        // falls back to an ordinary upload session, as the spec asks.
+        // A mount that cannot be done (bad names, blob not in `from`, no
+        // right to read `from`) falls back to an ordinary upload session,
+        // as the spec asks; the client learns nothing about `from`.
         if let (Ok(digest), Ok(from)) = (mount.parse::<Digest>(), RepoName::parse(from)) {
-            if let Some(_size) = state.storage.meta.mount_blob(&from, repo, &digest).await? {
+            let mounted = if may_pull(&from) {
+                state.storage.meta.mount_blob(&from, repo, &digest).await?
+            } else {
+                None
+            };
+            if mounted.is_some() {
                 return Ok(created(repo, &digest));
             }
         }

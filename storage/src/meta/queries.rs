@@ -503,3 +503,76 @@ impl Metadata {
         .await
     }
 }
+
+/// A namespace account as stored (the secret only as its hash).
+#[derive(Debug, Clone)]
+pub struct NamespaceAccount {
+    pub name: String,
+    pub namespace: String,
+    pub secret_hash: String,
+    pub created_ms: i64,
+    pub rotated_ms: i64,
+}
+
+impl Metadata {
+    /// Creates the account of `namespace`, or replaces its secret (rotation).
+    /// Returns true when the account is new.
+    pub async fn set_namespace_secret(
+        &self,
+        namespace: &str,
+        secret_hash: String,
+    ) -> Result<bool, StorageError> {
+        let namespace = namespace.to_owned();
+        self.write(move |tx| {
+            let now = now_ms();
+            let existed = tx
+                .prepare_cached("SELECT 1 FROM principals WHERE name = ?1")?
+                .exists([&namespace])?;
+            tx.prepare_cached(
+                "INSERT INTO principals (name, kind, namespace, secret_hash, created_ms, rotated_ms)
+                 VALUES (?1, 'namespace', ?1, ?2, ?3, ?3)
+                 ON CONFLICT (name) DO UPDATE SET secret_hash = excluded.secret_hash,
+                                                  rotated_ms = excluded.rotated_ms",
+            )?
+            .execute(params![namespace, secret_hash, now])?;
+            Ok(!existed)
+        })
+        .await
+    }
+
+    /// Revokes the account of `namespace`; false when there was none.
+    pub async fn delete_namespace_account(&self, namespace: &str) -> Result<bool, StorageError> {
+        let namespace = namespace.to_owned();
+        self.write(move |tx| {
+            Ok(tx
+                .prepare_cached("DELETE FROM principals WHERE name = ?1 AND kind = 'namespace'")?
+                .execute([namespace])?
+                > 0)
+        })
+        .await
+    }
+
+    pub async fn namespace_account(
+        &self,
+        name: &str,
+    ) -> Result<Option<NamespaceAccount>, StorageError> {
+        let name = name.to_owned();
+        self.read(move |c| {
+            Ok(c.prepare_cached(
+                "SELECT name, namespace, secret_hash, created_ms, rotated_ms FROM principals
+                 WHERE name = ?1 AND kind = 'namespace'",
+            )?
+            .query_row([name], |r| {
+                Ok(NamespaceAccount {
+                    name: r.get(0)?,
+                    namespace: r.get(1)?,
+                    secret_hash: r.get(2)?,
+                    created_ms: r.get(3)?,
+                    rotated_ms: r.get(4)?,
+                })
+            })
+            .optional()?)
+        })
+        .await
+    }
+}

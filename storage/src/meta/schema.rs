@@ -66,6 +66,17 @@ const MIGRATIONS: &[&str] = &[
     ) WITHOUT ROWID;
     CREATE INDEX tags_digest ON tags(repo_id, digest);
     "#,
+    // 2: namespace accounts. The secret is stored only as an argon2 hash.
+    r#"
+    CREATE TABLE principals (
+        name          TEXT PRIMARY KEY,
+        kind          TEXT NOT NULL CHECK (kind IN ('namespace')),
+        namespace     TEXT NOT NULL,
+        secret_hash   TEXT NOT NULL,
+        created_ms    INTEGER NOT NULL,
+        rotated_ms    INTEGER NOT NULL
+    ) WITHOUT ROWID;
+    "#,
 ];
 
 /// Brings the database up to the newest schema, one transaction per step.

@@ -1,0 +1,586 @@
+//! Where every request is authenticated and authorized; no handler decides
+//! access on its own. Callers prove who they are with HTTP Basic (admin or
+//! a namespace account) or a bearer token from `/token`; `policy` says what
+//! each principal may do; tokens carry exactly the grants `/token` gave.
+
+pub mod policy;
+pub mod secrets;
+pub mod throttle;
+pub mod token;
+
+use crate::error::{ApiError, ApiResult, Code};
+use base64::Engine as _;
+use berth_storage::{Metadata, RepoName};
+use http::{header, HeaderMap, HeaderValue, StatusCode};
+use policy::Policy;
+use sha2::{Digest as _, Sha256};
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+use throttle::LoginThrottle;
+pub use token::Grant;
+use token::TokenKeys;
+
+/// The admin's user name.
+pub const ADMIN_USER: &str = "admin";
+/// Subject of tokens handed to callers without credentials.
+pub const ANONYMOUS: &str = "anonymous";
+/// How long a verified Basic login is remembered, sparing argon2 on every
+/// request of a client that sends Basic credentials each time.
+const LOGIN_CACHE_TTL: Duration = Duration::from_secs(60);
+
+/// What a request wants to do to a repository.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    Pull,
+    Push,
+    Delete,
+}
+
+impl Action {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Action::Pull => "pull",
+            Action::Push => "push",
+            Action::Delete => "delete",
+        }
+    }
+
+    fn parse(s: &str) -> Option<Action> {
+        match s {
+            "pull" => Some(Action::Pull),
+            "push" => Some(Action::Push),
+            "delete" => Some(Action::Delete),
+            _ => None,
+        }
+    }
+}
+
+/// Who is asking.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Principal {
+    /// Auth is switched off: everyone may do everything.
+    Unrestricted,
+    Admin,
+    /// A namespace account; its name is the namespace it owns.
+    Namespace(String),
+    Anonymous,
+}
+
+impl Principal {
+    pub fn name(&self) -> &str {
+        match self {
+            Principal::Unrestricted => "unrestricted",
+            Principal::Admin => ADMIN_USER,
+            Principal::Namespace(n) => n,
+            Principal::Anonymous => ANONYMOUS,
+        }
+    }
+
+    fn from_subject(sub: &str) -> Principal {
+        match sub {
+            ADMIN_USER => Principal::Admin,
+            ANONYMOUS => Principal::Anonymous,
+            "unrestricted" => Principal::Unrestricted,
+            other if !other.contains(':') => Principal::Namespace(other.to_owned()),
+            _ => Principal::Anonymous,
+        }
+    }
+}
+
+/// An authenticated caller: the principal, and when they came with a
+/// token, exactly what the token grants.
+#[derive(Debug, Clone)]
+pub struct Caller {
+    pub principal: Principal,
+    pub grants: Option<Vec<Grant>>,
+}
+
+/// The `[auth]` settings.
+#[derive(Debug, Clone)]
+pub struct AuthConfig {
+    pub enabled: bool,
+    /// The `service` of the token spec (audience of issued tokens).
+    pub service: String,
+    /// Token endpoint URL to advertise; by default `http://<Host>/token`.
+    pub realm: Option<String>,
+    pub token_ttl: Duration,
+    pub anonymous_pull: bool,
+    pub private_namespaces: Vec<String>,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        AuthConfig {
+            enabled: true,
+            service: "berth".into(),
+            realm: None,
+            token_ttl: Duration::from_secs(300),
+            anonymous_pull: true,
+            private_namespaces: Vec::new(),
+        }
+    }
+}
+
+pub struct Auth {
+    config: AuthConfig,
+    admin_password: String,
+    keys: TokenKeys,
+    policy: Policy,
+    throttle: LoginThrottle,
+    logins: Mutex<HashMap<[u8; 32], (Principal, Instant)>>,
+}
+
+impl Auth {
+    pub fn new(config: AuthConfig, admin_password: String, token_key: &[u8]) -> Auth {
+        let policy = Policy {
+            anonymous_pull: config.anonymous_pull,
+            private_namespaces: config.private_namespaces.iter().cloned().collect(),
+        };
+        Auth {
+            keys: TokenKeys::new(token_key, &config.service),
+            config,
+            admin_password,
+            policy,
+            throttle: LoginThrottle::default(),
+            logins: Mutex::new(HashMap::new()),
+        }
+    }
+
+    pub fn enabled(&self) -> bool {
+        self.config.enabled
+    }
+
+    pub fn policy(&self) -> &Policy {
+        &self.policy
+    }
+
+    /// Signs a token for `subject` with `grants` (e.g. for a build runner:
+    /// push to its tool's namespace, pull of the run image).
+    pub fn mint(&self, subject: &str, grants: Vec<Grant>, ttl: Option<Duration>) -> String {
+        self.keys
+            .mint(subject, grants, ttl.unwrap_or(self.config.token_ttl))
+            .0
+    }
+
+    /// Forgets remembered logins; called when any credential changes so a
+    /// revoked or rotated secret stops working at once.
+    pub fn credentials_changed(&self) {
+        self.logins.lock().expect("login cache lock").clear();
+    }
+
+    /// Works out who sent the request. No credentials is the anonymous
+    /// caller; bad credentials are an error.
+    pub async fn authenticate(
+        &self,
+        meta: &Metadata,
+        headers: &HeaderMap,
+        peer: IpAddr,
+    ) -> ApiResult<Caller> {
+        if !self.config.enabled {
+            return Ok(Caller {
+                principal: Principal::Unrestricted,
+                grants: None,
+            });
+        }
+        let Some(value) = headers.get(header::AUTHORIZATION) else {
+            return Ok(Caller {
+                principal: Principal::Anonymous,
+                grants: None,
+            });
+        };
+        let value = value.to_str().map_err(|_| self.malformed(headers))?;
+        let (scheme, rest) = value
+            .split_once(' ')
+            .ok_or_else(|| self.malformed(headers))?;
+        if scheme.eq_ignore_ascii_case("bearer") {
+            let claims = self.keys.verify(rest.trim()).map_err(|e| {
+                tracing::info!(%peer, reason = %e, "bearer token refused");
+                self.unauthorized(headers, None, Some("invalid_token"), &e.to_string())
+            })?;
+            return Ok(Caller {
+                principal: Principal::from_subject(&claims.sub),
+                grants: Some(claims.access),
+            });
+        }
+        if scheme.eq_ignore_ascii_case("basic") {
+            let (user, password) = decode_basic(rest).ok_or_else(|| self.malformed(headers))?;
+            let principal = self
+                .login(meta, &user, &password, peer)
+                .await
+                .map_err(|reason| self.unauthorized(headers, None, None, &reason))?;
+            return Ok(Caller {
+                principal,
+                grants: None,
+            });
+        }
+        Err(self.malformed(headers))
+    }
+
+    /// Verifies a user name and password, slowing down repeated failures
+    /// from one address. The error is the message for the client.
+    pub async fn login(
+        &self,
+        meta: &Metadata,
+        user: &str,
+        password: &str,
+        peer: IpAddr,
+    ) -> Result<Principal, String> {
+        let cache_key: [u8; 32] = Sha256::new()
+            .chain_update(user.as_bytes())
+            .chain_update([0u8])
+            .chain_update(password.as_bytes())
+            .finalize()
+            .into();
+        if let Some((p, at)) = self
+            .logins
+            .lock()
+            .expect("login cache lock")
+            .get(&cache_key)
+        {
+            if at.elapsed() < LOGIN_CACHE_TTL {
+                return Ok(p.clone());
+            }
+        }
+        let delay = self.throttle.delay_for(peer);
+        if !delay.is_zero() {
+            tokio::time::sleep(delay).await;
+        }
+        let principal = if user == ADMIN_USER {
+            secrets::secrets_equal(password, &self.admin_password).then_some(Principal::Admin)
+        } else {
+            match meta.namespace_account(user).await {
+                Ok(Some(account)) => {
+                    let (password, hash) = (password.to_owned(), account.secret_hash.clone());
+                    let ok = tokio::task::spawn_blocking(move || {
+                        secrets::verify_secret(&password, &hash)
+                    })
+                    .await
+                    .unwrap_or(false);
+                    ok.then_some(Principal::Namespace(account.namespace))
+                }
+                Ok(None) => None,
+                Err(e) => {
+                    tracing::error!(error = %e, "credential lookup failed");
+                    return Err("credentials could not be checked; try again".into());
+                }
+            }
+        };
+        match principal {
+            Some(p) => {
+                self.throttle.succeeded(peer);
+                self.logins
+                    .lock()
+                    .expect("login cache lock")
+                    .insert(cache_key, (p.clone(), Instant::now()));
+                Ok(p)
+            }
+            None => {
+                let failures = self.throttle.failed(peer);
+                tracing::warn!(%peer, user = %truncate(user), failures, "login failed");
+                Err(format!(
+                    "invalid user name or password for {:?}",
+                    truncate(user)
+                ))
+            }
+        }
+    }
+
+    /// True when `caller` may do `action` on `repo`.
+    pub fn may(&self, caller: &Caller, repo: &RepoName, action: Action) -> bool {
+        match &caller.grants {
+            Some(grants) => grants.iter().any(|g| {
+                g.kind == "repository"
+                    && g.name == repo.as_str()
+                    && g.actions.iter().any(|a| a == action.as_str() || a == "*")
+            }),
+            None => self
+                .policy
+                .allows(&caller.principal, repo.namespace(), action),
+        }
+    }
+
+    /// Whether `caller` may see repositories of `namespace` (catalog).
+    pub fn may_list(&self, caller: &Caller, namespace: &str) -> bool {
+        self.policy
+            .allows(&caller.principal, namespace, Action::Pull)
+    }
+
+    /// Requires `action` on `repo`, answering as the token spec asks when
+    /// it is not allowed: a challenge naming the scope to ask for.
+    pub fn require(
+        &self,
+        caller: &Caller,
+        headers: &HeaderMap,
+        repo: &RepoName,
+        action: Action,
+    ) -> ApiResult<()> {
+        if self.may(caller, repo, action) {
+            return Ok(());
+        }
+        let actions = match action {
+            Action::Pull => "pull",
+            Action::Push => "pull,push",
+            Action::Delete => "delete",
+        };
+        let scope = format!("repository:{repo}:{actions}");
+        let denied = format!(
+            "requested access to {repo} ({}) is denied for {}",
+            action.as_str(),
+            caller.principal.name()
+        );
+        Err(match (&caller.grants, &caller.principal) {
+            // A token without the scope: the client may ask for a better one.
+            (Some(_), _) => self.challenge_error(
+                headers,
+                Some(&scope),
+                Some("insufficient_scope"),
+                Code::Denied,
+                &denied,
+            ),
+            (None, Principal::Anonymous) => self.challenge_error(
+                headers,
+                Some(&scope),
+                None,
+                Code::Unauthorized,
+                "authentication required",
+            ),
+            // Known by name and simply not allowed.
+            (None, _) => ApiError::new(StatusCode::FORBIDDEN, Code::Denied, denied),
+        })
+    }
+
+    /// Requires any authenticated caller (for `/v2/` itself: a 401 there is
+    /// how clients learn where to get tokens).
+    pub fn require_known(&self, caller: &Caller, headers: &HeaderMap) -> ApiResult<()> {
+        if caller.principal == Principal::Anonymous && caller.grants.is_none() {
+            return Err(self.challenge_error(
+                headers,
+                None,
+                None,
+                Code::Unauthorized,
+                "authentication required",
+            ));
+        }
+        Ok(())
+    }
+
+    /// Requires the admin (admin API).
+    pub fn require_admin(&self, caller: &Caller) -> ApiResult<()> {
+        match caller.principal {
+            Principal::Admin | Principal::Unrestricted => Ok(()),
+            Principal::Anonymous => Err(ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                Code::Unauthorized,
+                "the admin API needs the admin's credentials (HTTP Basic or a bearer token)",
+            )
+            .with_header(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Basic realm=\"berth admin\""),
+            )),
+            _ => Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                Code::Denied,
+                "the admin API is for the admin only",
+            )),
+        }
+    }
+
+    /// Answers `/token`: the intersection of what was asked for and what
+    /// the principal may do, signed.
+    pub fn issue(&self, principal: &Principal, scopes: &[String]) -> ApiResult<serde_json::Value> {
+        let mut grants: Vec<Grant> = Vec::new();
+        for scope in scopes
+            .iter()
+            .flat_map(|s| s.split(' '))
+            .filter(|s| !s.is_empty())
+        {
+            let (kind, name, actions) = parse_scope(scope).ok_or_else(|| {
+                ApiError::new(
+                    StatusCode::FORBIDDEN,
+                    Code::Denied,
+                    format!(
+                        "scope {:?} is malformed; expected repository:<name>:<actions>",
+                        truncate(scope)
+                    ),
+                )
+            })?;
+            if kind == "registry" {
+                if name == "catalog" {
+                    grants.push(Grant {
+                        kind,
+                        name,
+                        actions: vec!["*".into()],
+                    });
+                }
+                continue;
+            }
+            let repo = RepoName::parse(&name).map_err(|e| {
+                ApiError::new(
+                    StatusCode::FORBIDDEN,
+                    Code::Denied,
+                    format!("scope {:?}: {e}", truncate(scope)),
+                )
+            })?;
+            let mut allowed: Vec<String> = Vec::new();
+            for a in actions.split(',') {
+                let wanted: Vec<Action> = if a == "*" {
+                    vec![Action::Pull, Action::Push, Action::Delete]
+                } else {
+                    Action::parse(a).into_iter().collect()
+                };
+                for w in wanted {
+                    if self.policy.allows(principal, repo.namespace(), w)
+                        && !allowed.iter().any(|x| x == w.as_str())
+                    {
+                        allowed.push(w.as_str().to_owned());
+                    }
+                }
+            }
+            match grants
+                .iter_mut()
+                .find(|g| g.kind == "repository" && g.name == name)
+            {
+                Some(g) => g.actions.extend(
+                    allowed
+                        .into_iter()
+                        .filter(|a| !g.actions.contains(a))
+                        .collect::<Vec<_>>(),
+                ),
+                None => grants.push(Grant {
+                    kind: "repository".into(),
+                    name,
+                    actions: allowed,
+                }),
+            }
+        }
+        let (token, claims) = self
+            .keys
+            .mint(principal.name(), grants, self.config.token_ttl);
+        let issued_at = rfc3339(claims.iat);
+        Ok(serde_json::json!({
+            "token": token,
+            "access_token": token,
+            "expires_in": claims.exp - claims.iat,
+            "issued_at": issued_at,
+        }))
+    }
+
+    fn realm(&self, headers: &HeaderMap) -> String {
+        if let Some(r) = &self.config.realm {
+            return r.clone();
+        }
+        let host = headers
+            .get(header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .filter(|h| {
+                !h.is_empty()
+                    && h.len() < 256
+                    && h.bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b".-:[]".contains(&b))
+            })
+            .unwrap_or("localhost");
+        format!("http://{host}/token")
+    }
+
+    fn challenge_error(
+        &self,
+        headers: &HeaderMap,
+        scope: Option<&str>,
+        error: Option<&str>,
+        code: Code,
+        message: &str,
+    ) -> ApiError {
+        let mut value = format!(
+            "Bearer realm=\"{}\",service=\"{}\"",
+            self.realm(headers),
+            self.keys.service()
+        );
+        if let Some(s) = scope {
+            value.push_str(&format!(",scope=\"{s}\""));
+        }
+        if let Some(e) = error {
+            value.push_str(&format!(",error=\"{e}\""));
+        }
+        ApiError::new(StatusCode::UNAUTHORIZED, code, message).with_header(
+            header::WWW_AUTHENTICATE,
+            HeaderValue::from_str(&value).unwrap_or_else(|_| HeaderValue::from_static("Bearer")),
+        )
+    }
+
+    fn unauthorized(
+        &self,
+        headers: &HeaderMap,
+        scope: Option<&str>,
+        error: Option<&str>,
+        message: &str,
+    ) -> ApiError {
+        self.challenge_error(headers, scope, error, Code::Unauthorized, message)
+    }
+
+    fn malformed(&self, headers: &HeaderMap) -> ApiError {
+        self.unauthorized(
+            headers,
+            None,
+            None,
+            "malformed Authorization header; use Basic <base64 user:password> or Bearer <token>",
+        )
+    }
+}
+
+/// Splits `type:name:actions`; the name may itself not contain ':'.
+fn parse_scope(scope: &str) -> Option<(String, String, String)> {
+    let (kind, rest) = scope.split_once(':')?;
+    let (name, actions) = rest.rsplit_once(':')?;
+    if !(kind == "repository" || kind == "registry") || name.is_empty() || actions.is_empty() {
+        return None;
+    }
+    Some((kind.to_owned(), name.to_owned(), actions.to_owned()))
+}
+
+/// Decodes `Basic` credentials into user and password.
+pub fn decode_basic(encoded: &str) -> Option<(String, String)> {
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(encoded.trim())
+        .ok()?;
+    let text = String::from_utf8(bytes).ok()?;
+    let (user, password) = text.split_once(':')?;
+    Some((user.to_owned(), password.to_owned()))
+}
+
+fn truncate(s: &str) -> String {
+    s.chars().take(64).collect()
+}
+
+/// RFC 3339 UTC time for `issued_at`.
+fn rfc3339(secs: u64) -> String {
+    humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + Duration::from_secs(secs)).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scopes() {
+        assert_eq!(
+            parse_scope("repository:tool-a/web:pull,push"),
+            Some(("repository".into(), "tool-a/web".into(), "pull,push".into()))
+        );
+        assert_eq!(parse_scope("registry:catalog:*").unwrap().1, "catalog");
+        assert_eq!(parse_scope("garbage"), None);
+        assert_eq!(parse_scope("repository::pull"), None);
+        assert_eq!(parse_scope("user:x:y"), None);
+    }
+
+    #[test]
+    fn basic_and_dates() {
+        assert_eq!(
+            decode_basic("dXNlcjpwYXNz"),
+            Some(("user".into(), "pass".into()))
+        );
+        assert_eq!(decode_basic("!!!"), None);
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
+    }
+}

@@ -1,0 +1,69 @@
+//! `/admin/v1/...`: the admin API. Every route here has already been
+//! checked to come from the admin.
+
+use crate::auth::secrets;
+use crate::body::{self, Body};
+use crate::error::{ApiError, ApiResult, Code};
+use crate::State;
+use http::{Method, Response, StatusCode};
+
+/// Names that can never be namespace accounts: they are principals already.
+const RESERVED: &[&str] = &[
+    crate::auth::ADMIN_USER,
+    crate::auth::ANONYMOUS,
+    "unrestricted",
+];
+
+/// Checks that `ns` can own repositories and an account.
+pub fn validate_namespace(ns: &str) -> ApiResult<()> {
+    berth_storage::RepoName::parse(ns)?;
+    if ns.contains('/') || RESERVED.contains(&ns) {
+        return Err(ApiError::bad_request(
+            Code::NameInvalid,
+            format!("{ns:?} cannot be a namespace account: it must be one path component and not one of {RESERVED:?}"),
+        ));
+    }
+    Ok(())
+}
+
+/// POST creates or rotates the namespace's secret and shows it once;
+/// DELETE revokes it.
+pub async fn namespace_credentials(
+    state: &State,
+    method: &Method,
+    ns: &str,
+) -> ApiResult<Response<Body>> {
+    validate_namespace(ns)?;
+    match *method {
+        Method::POST => {
+            let secret = secrets::generate_secret();
+            let to_hash = secret.clone();
+            let hash = tokio::task::spawn_blocking(move || secrets::hash_secret(&to_hash))
+                .await
+                .map_err(|e| ApiError::internal(format!("hashing failed: {e}")))?;
+            let created = state.storage.meta.set_namespace_secret(ns, hash).await?;
+            state.auth.credentials_changed();
+            tracing::info!(namespace = ns, created, "namespace credentials issued");
+            Ok(body::json_response(
+                if created {
+                    StatusCode::CREATED
+                } else {
+                    StatusCode::OK
+                },
+                &serde_json::json!({ "username": ns, "password": secret, "namespace": ns, "rotated": !created }),
+            ))
+        }
+        Method::DELETE => {
+            if !state.storage.meta.delete_namespace_account(ns).await? {
+                return Err(ApiError::not_found(
+                    Code::NameUnknown,
+                    format!("namespace {ns} has no credentials"),
+                ));
+            }
+            state.auth.credentials_changed();
+            tracing::info!(namespace = ns, "namespace credentials revoked");
+            Ok(body::status_only(StatusCode::NO_CONTENT))
+        }
+        ref m => Err(crate::handlers::method_not_allowed(m)),
+    }
+}

@@ -1,0 +1,94 @@
+//! `/token`: the distribution token endpoint. GET with optional HTTP Basic
+//! (what docker, podman, skopeo and go-containerregistry send), or POST
+//! with an OAuth2 password-grant form.
+
+use crate::auth::{decode_basic, Principal};
+use crate::body::{self, Body};
+use crate::error::{ApiError, ApiResult, Code};
+use crate::routes::query_pairs;
+use crate::State;
+use http::{header, HeaderValue, Method, Request, Response, StatusCode};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use std::net::IpAddr;
+
+/// Largest POST form accepted.
+const MAX_FORM: usize = 64 * 1024;
+
+pub async fn token(
+    state: &State,
+    req: Request<Incoming>,
+    peer: IpAddr,
+) -> ApiResult<Response<Body>> {
+    let (parts, incoming) = req.into_parts();
+    let mut params = query_pairs(parts.uri.query());
+    let mut credentials = match parts.headers.get(header::AUTHORIZATION) {
+        None => None,
+        Some(v) => {
+            let basic = v
+                .to_str()
+                .ok()
+                .and_then(|s| s.split_once(' '))
+                .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("basic"))
+                .and_then(|(_, rest)| decode_basic(rest));
+            Some(basic.ok_or_else(|| {
+                bad_login(
+                    "the token endpoint takes HTTP Basic credentials: Basic <base64 user:password>",
+                )
+            })?)
+        }
+    };
+    match parts.method {
+        Method::GET => {}
+        Method::POST => {
+            let bytes = http_body_util::Limited::new(incoming, MAX_FORM)
+                .collect()
+                .await
+                .map_err(|e| {
+                    ApiError::bad_request(
+                        Code::Unsupported,
+                        format!("cannot read the token form: {e}"),
+                    )
+                })?
+                .to_bytes();
+            let form: Vec<(String, String)> = form_urlencoded::parse(&bytes).into_owned().collect();
+            let get = |k: &str| {
+                form.iter()
+                    .find(|(key, _)| key == k)
+                    .map(|(_, v)| v.clone())
+            };
+            if let (Some(u), Some(p)) = (get("username"), get("password")) {
+                credentials = Some((u, p));
+            }
+            params.extend(form.into_iter().filter(|(k, _)| k == "scope"));
+        }
+        ref m => return Err(crate::handlers::method_not_allowed(m)),
+    }
+    let principal = if !state.auth.enabled() {
+        Principal::Unrestricted
+    } else {
+        match credentials {
+            None => Principal::Anonymous,
+            Some((user, password)) => state
+                .auth
+                .login(&state.storage.meta, &user, &password, peer)
+                .await
+                .map_err(|reason| bad_login(&reason))?,
+        }
+    };
+    let scopes: Vec<String> = params
+        .into_iter()
+        .filter(|(k, _)| k == "scope")
+        .map(|(_, v)| v)
+        .collect();
+    let json = state.auth.issue(&principal, &scopes)?;
+    tracing::debug!(principal = principal.name(), ?scopes, "token issued");
+    Ok(body::json_response(StatusCode::OK, &json))
+}
+
+fn bad_login(message: &str) -> ApiError {
+    ApiError::new(StatusCode::UNAUTHORIZED, Code::Unauthorized, message).with_header(
+        header::WWW_AUTHENTICATE,
+        HeaderValue::from_static("Basic realm=\"berth\""),
+    )
+}
