@@ -13,6 +13,8 @@ pub struct Config {
     pub storage: Storage,
     pub registry: Registry,
     pub auth: Auth,
+    pub quota: Quota,
+    pub metrics: Metrics,
     pub log: Log,
 }
 
@@ -49,10 +51,62 @@ impl Default for Storage {
     }
 }
 
-#[derive(Debug, Clone, Deserialize, Default)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Registry {
     pub chunk_min_length: Option<u64>,
+    /// Tool `foo` owns namespace `<tool_prefix>foo`.
+    pub tool_prefix: String,
+}
+
+impl Default for Registry {
+    fn default() -> Self {
+        Registry {
+            chunk_min_length: None,
+            tool_prefix: "tool-".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Quota {
+    /// Limit of namespaces without an override; `None` is unlimited.
+    #[serde(with = "size_or_unlimited")]
+    pub default_limit: Option<u64>,
+    /// Namespaces that are never limited.
+    pub unlimited: Vec<String>,
+}
+
+impl Default for Quota {
+    fn default() -> Self {
+        Quota {
+            default_limit: Some(1024 * 1024 * 1024),
+            unlimited: Vec::new(),
+        }
+    }
+}
+
+impl Quota {
+    pub fn policy(&self) -> berth_storage::meta::QuotaPolicy {
+        berth_storage::meta::QuotaPolicy {
+            default_limit: self.default_limit,
+            unlimited: self.unlimited.iter().cloned().collect(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Metrics {
+    /// Serve /metrics without credentials (else admin only).
+    pub public: bool,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics { public: true }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -154,6 +208,27 @@ impl Config {
     }
 }
 
+/// Sizes as strings such as "1GiB" or "500 MB", or "unlimited".
+mod size_or_unlimited {
+    use serde::{Deserialize, Deserializer};
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+        let s = String::deserialize(d)?;
+        super::parse_size_or_unlimited(&s).map_err(serde::de::Error::custom)
+    }
+}
+
+/// Parses "1GiB", "500 MB", "1048576" or "unlimited" (`None`).
+pub fn parse_size_or_unlimited(s: &str) -> Result<Option<u64>, String> {
+    if s.trim().eq_ignore_ascii_case("unlimited") {
+        return Ok(None);
+    }
+    s.trim()
+        .parse::<bytesize::ByteSize>()
+        .map(|b| Some(b.as_u64()))
+        .map_err(|e| format!("{s:?} is not a size like \"1GiB\" or \"unlimited\": {e}"))
+}
+
 /// Durations as strings such as "90s", "5m", "1h" (humantime's grammar).
 mod humantime_serde {
     use serde::{Deserialize, Deserializer};
@@ -196,12 +271,21 @@ mod tests {
             example.auth.private_namespaces,
             default.auth.private_namespaces
         );
+        assert_eq!(example.quota.default_limit, default.quota.default_limit);
+        assert_eq!(example.quota.unlimited, default.quota.unlimited);
+        assert_eq!(example.registry.tool_prefix, default.registry.tool_prefix);
+        assert_eq!(example.metrics.public, default.metrics.public);
     }
 
     #[test]
     fn unknown_keys_and_bad_durations_are_errors() {
         assert!(Config::parse("[server]\nlisten_on = \"x\"").is_err());
         assert!(Config::parse("[server]\nshutdown_grace = \"soon\"").is_err());
+        assert!(Config::parse("[quota]\ndefault_limit = \"lots\"").is_err());
+        let c = Config::parse("[quota]\ndefault_limit = \"2GiB\"").unwrap();
+        assert_eq!(c.quota.default_limit, Some(2 << 30));
+        let c = Config::parse("[quota]\ndefault_limit = \"unlimited\"").unwrap();
+        assert_eq!(c.quota.default_limit, None);
         let c = Config::parse("[server]\nshutdown_grace = \"90s\"").unwrap();
         assert_eq!(c.server.shutdown_grace, Duration::from_secs(90));
     }

@@ -3,6 +3,7 @@
 
 mod admin_client;
 mod config;
+mod quota_cli;
 
 use berth_registry::{RegistryConfig, State};
 use berth_storage::{Storage, StorageConfig};
@@ -37,6 +38,11 @@ enum Command {
         /// Where metadata, blobs and uploads live [default: ./berth-data].
         #[arg(long)]
         data_dir: Option<PathBuf>,
+    },
+    /// Query and set quotas on a running berth.
+    Quota {
+        #[command(subcommand)]
+        command: quota_cli::QuotaCommand,
     },
     /// Manage namespaces on a running berth.
     Namespace {
@@ -96,6 +102,7 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Command::Quota { command } => report(quota_cli::run(command)),
         Command::Namespace {
             command:
                 NamespaceCommand::Credentials {
@@ -165,6 +172,7 @@ async fn serve(cfg: Config) -> Result<(), String> {
                 cfg.storage.data_dir.display()
             )
         })?;
+    storage.meta.set_quota_policy(cfg.quota.policy());
     let listener = tokio::net::TcpListener::bind(cfg.server.listen)
         .await
         .map_err(|e| format!("cannot listen on {}: {e}", cfg.server.listen))?;
@@ -187,7 +195,10 @@ async fn serve(cfg: Config) -> Result<(), String> {
         config: RegistryConfig {
             chunk_min_length: cfg.registry.chunk_min_length,
             shutdown_grace: cfg.server.shutdown_grace,
+            tool_prefix: cfg.registry.tool_prefix.clone(),
+            metrics_public: cfg.metrics.public,
         },
+        metrics: berth_registry::metrics::Metrics::new(),
     });
     berth_registry::serve(listener, state, shutdown_signal())
         .await

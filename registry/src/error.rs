@@ -142,4 +142,33 @@ impl From<berth_storage::DigestError> for ApiError {
     }
 }
 
+impl From<berth_storage::meta::QuotaExceeded> for ApiError {
+    fn from(q: berth_storage::meta::QuotaExceeded) -> ApiError {
+        ApiError::new(StatusCode::FORBIDDEN, Code::Denied, quota_message(&q)).with_detail(
+            serde_json::json!({
+                "namespace": q.namespace,
+                "used_bytes": q.used,
+                "limit_bytes": q.limit,
+                "needed_bytes": q.needed,
+            }),
+        )
+    }
+}
+
+/// `quota exceeded for tool-foo: 980.0 MiB used of 1.0 GiB, this push needs 120.0 MiB more`
+pub fn quota_message(q: &berth_storage::meta::QuotaExceeded) -> String {
+    format!(
+        "quota exceeded for {}: {} used of {}, this push needs {} more",
+        q.namespace,
+        human_bytes(q.used),
+        human_bytes(q.limit),
+        human_bytes(q.needed)
+    )
+}
+
+/// Sizes for people: `980.0 MiB`.
+pub fn human_bytes(n: u64) -> String {
+    bytesize::ByteSize::b(n).display().iec().to_string()
+}
+
 pub type ApiResult<T> = Result<T, ApiError>;

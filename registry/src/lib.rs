@@ -7,13 +7,14 @@ pub mod auth;
 pub mod body;
 pub mod error;
 pub mod handlers;
+pub mod metrics;
 pub mod routes;
 
 use auth::Action;
 use berth_storage::Storage;
 use body::Body;
 use error::{ApiError, ApiResult, Code};
-use handlers::{admin, blobs, discovery, manifests, method_not_allowed, token, uploads};
+use handlers::{admin, blobs, discovery, manifests, method_not_allowed, quota, token, uploads};
 use http::{HeaderValue, Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
@@ -32,6 +33,10 @@ pub struct RegistryConfig {
     pub chunk_min_length: Option<u64>,
     /// How long in-flight requests may run on after a shutdown signal.
     pub shutdown_grace: Duration,
+    /// Tool `foo` owns namespace `<tool_prefix>foo`.
+    pub tool_prefix: String,
+    /// Whether `/metrics` answers without admin credentials.
+    pub metrics_public: bool,
 }
 
 impl Default for RegistryConfig {
@@ -39,6 +44,8 @@ impl Default for RegistryConfig {
         RegistryConfig {
             chunk_min_length: None,
             shutdown_grace: Duration::from_secs(30),
+            tool_prefix: "tool-".into(),
+            metrics_public: true,
         }
     }
 }
@@ -48,6 +55,7 @@ pub struct State {
     pub storage: Storage,
     pub config: RegistryConfig,
     pub auth: auth::Auth,
+    pub metrics: metrics::Metrics,
 }
 
 /// Answers one request. Never fails: errors become OCI error responses.
@@ -94,6 +102,44 @@ async fn dispatch(
         Route::NamespaceCredentials(ns) => {
             auth.require_admin(&caller)?;
             admin::namespace_credentials(state, &method, &ns).await
+        }
+        Route::Quotas => {
+            auth.require_admin(&caller)?;
+            match method {
+                Method::GET => quota::list(state, req.uri().query()).await,
+                m => Err(method_not_allowed(&m)),
+            }
+        }
+        Route::QuotaReconcile => {
+            auth.require_admin(&caller)?;
+            match method {
+                Method::POST => quota::reconcile(state).await,
+                m => Err(method_not_allowed(&m)),
+            }
+        }
+        Route::Quota(ns) => {
+            auth.require_admin(&caller)?;
+            quota::namespace(state, &ns, req).await
+        }
+        Route::ToolQuota(tool) => {
+            let ns = format!("{}{tool}", state.config.tool_prefix);
+            auth.require_owner(&caller, &ns)?;
+            match method {
+                Method::GET => quota::tool(state, &ns).await,
+                m => Err(method_not_allowed(&m)),
+            }
+        }
+        Route::Metrics => {
+            if !state.config.metrics_public {
+                auth.require_admin(&caller)?;
+            }
+            let text = state.metrics.render(&state.storage).await?;
+            let mut resp = Response::new(body::full(text));
+            resp.headers_mut().insert(
+                http::header::CONTENT_TYPE,
+                HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+            );
+            Ok(resp)
         }
         Route::AdminUnknown => {
             auth.require_admin(&caller)?;
@@ -264,6 +310,11 @@ async fn logged(state: &State, req: Request<Incoming>, peer: SocketAddr) -> Resp
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok())
         .or_else(|| hyper::body::Body::size_hint(resp.body()).exact());
+    state.metrics.observe(
+        method.as_str(),
+        resp.status().as_u16(),
+        started.elapsed().as_secs_f64(),
+    );
     tracing::info!(
         target: "berth::access",
         %peer,

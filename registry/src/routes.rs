@@ -37,8 +37,17 @@ pub enum Route {
     Referrers(RepoName, Digest),
     Healthz,
     Token,
+    Metrics,
     /// `/admin/v1/namespaces/<ns>/credentials`
     NamespaceCredentials(String),
+    /// `/admin/v1/quotas`
+    Quotas,
+    /// `/admin/v1/quotas/_reconcile`
+    QuotaReconcile,
+    /// `/admin/v1/quotas/<ns>`
+    Quota(String),
+    /// `/v1/tool/<tool>/quotas` (Toolforge build API shape)
+    ToolQuota(String),
     /// Any other `/admin/...` path (404 once the caller is known to be admin).
     AdminUnknown,
 }
@@ -60,12 +69,25 @@ pub fn parse(path: &str) -> ApiResult<Option<Route>> {
     if path == "/token" {
         return Ok(Some(Route::Token));
     }
+    if path == "/metrics" {
+        return Ok(Some(Route::Metrics));
+    }
+    if let Some(rest) = path.strip_prefix("/v1/tool/") {
+        let parts: Vec<&str> = rest.split('/').collect();
+        return Ok(match parts.as_slice() {
+            [tool, "quotas"] => Some(Route::ToolQuota(validate_tool(tool)?)),
+            _ => None,
+        });
+    }
     if let Some(rest) = path.strip_prefix("/admin/") {
         let parts: Vec<&str> = rest.split('/').collect();
         return Ok(Some(match parts.as_slice() {
             ["v1", "namespaces", ns, "credentials"] => {
                 Route::NamespaceCredentials((*ns).to_owned())
             }
+            ["v1", "quotas"] => Route::Quotas,
+            ["v1", "quotas", "_reconcile"] => Route::QuotaReconcile,
+            ["v1", "quotas", ns] => Route::Quota((*ns).to_owned()),
             _ => Route::AdminUnknown,
         }));
     }
@@ -107,6 +129,28 @@ pub fn parse(path: &str) -> ApiResult<Option<Route>> {
         return Ok(Some(Route::Referrers(repo, digest.parse()?)));
     }
     Ok(None)
+}
+
+/// A Toolforge tool name: `^[a-z]([-_a-z0-9]{0,254}[a-z0-9])?$`.
+pub fn validate_tool(tool: &str) -> ApiResult<String> {
+    let b = tool.as_bytes();
+    let ok = !b.is_empty()
+        && b.len() <= 256
+        && b[0].is_ascii_lowercase()
+        && (b.len() == 1 || b[b.len() - 1].is_ascii_lowercase() || b[b.len() - 1].is_ascii_digit())
+        && b.iter()
+            .all(|&c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'-' || c == b'_');
+    if ok {
+        Ok(tool.to_owned())
+    } else {
+        Err(ApiError::bad_request(
+            Code::NameInvalid,
+            format!(
+                "invalid tool name {:?}: it must match ^[a-z]([-_a-z0-9]{{0,254}}[a-z0-9])?$",
+                tool.chars().take(64).collect::<String>()
+            ),
+        ))
+    }
 }
 
 /// Splits at the last occurrence of `marker`, whose right side must not

@@ -34,6 +34,8 @@ pub enum StorageError {
     ObjectStore(#[from] object_store::Error),
     #[error("request body error: {0}")]
     Body(String),
+    #[error("upload passed its size limit of {limit} bytes ({received} received)")]
+    TooLarge { limit: u64, received: u64 },
     #[error("storage is shutting down")]
     Closed,
     #[error("{0}")]

@@ -202,8 +202,14 @@ impl Session {
     }
 
     /// Appends a body stream to the staging file, hashing as it goes.
-    /// Memory stays at one `WRITE_BATCH` however large the body is.
-    pub async fn append<S, E>(&mut self, mut body: S) -> Result<u64, StorageError>
+    /// Memory stays at one `WRITE_BATCH` however large the body is. With
+    /// `max_total`, stops with `StorageError::TooLarge` as soon as the
+    /// upload would pass that many bytes (nothing past it is written).
+    pub async fn append<S, E>(
+        &mut self,
+        mut body: S,
+        max_total: Option<u64>,
+    ) -> Result<u64, StorageError>
     where
         S: Stream<Item = Result<Bytes, E>> + Unpin,
         E: std::fmt::Display,
@@ -212,6 +218,15 @@ impl Session {
         let mut written = 0u64;
         while let Some(chunk) = body.next().await {
             let chunk = chunk.map_err(|e| StorageError::Body(e.to_string()))?;
+            if let Some(max) = max_total {
+                let total = self.offset + batch.len() as u64 + chunk.len() as u64;
+                if total > max {
+                    return Err(StorageError::TooLarge {
+                        limit: max,
+                        received: total,
+                    });
+                }
+            }
             batch.extend_from_slice(&chunk);
             if batch.len() >= WRITE_BATCH {
                 written += self.write_batch(batch.split().freeze()).await?;

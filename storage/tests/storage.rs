@@ -29,11 +29,15 @@ async fn store_blob(s: &Storage, repo: &RepoName, bytes: &'static [u8]) -> Diges
     let digest = Digest::sha256_of(bytes);
     let session = s.uploads.start(repo).await.unwrap();
     let mut session = session.lock().await;
-    session.append(body(&[bytes])).await.unwrap();
+    session.append(body(&[bytes]), None).await.unwrap();
     let (path, size) = s.uploads.finish(&mut session, &digest).await.unwrap();
     assert_eq!(size, bytes.len() as u64);
     s.blobs.commit_staged(path, &digest).await.unwrap();
-    s.meta.link_blob(repo, &digest, size).await.unwrap();
+    s.meta
+        .link_blob(repo, &digest, size)
+        .await
+        .unwrap()
+        .unwrap();
     digest
 }
 
@@ -170,7 +174,10 @@ async fn uploads_verify_sha256_and_sha512_and_discard_mismatches() {
 
     let session = s.uploads.start(&repo).await.unwrap();
     let mut session = session.lock().await;
-    session.append(body(&[b"hello ", b"world"])).await.unwrap();
+    session
+        .append(body(&[b"hello ", b"world"]), None)
+        .await
+        .unwrap();
     assert_eq!(session.offset(), 11);
     let wrong = Digest::sha256_of(b"other");
     match s.uploads.finish(&mut session, &wrong).await {
@@ -195,7 +202,7 @@ async fn uploads_verify_sha256_and_sha512_and_discard_mismatches() {
         "sessions belong to one repo"
     );
     let mut session = session.lock().await;
-    session.append(body(&[b"hello world"])).await.unwrap();
+    session.append(body(&[b"hello world"]), None).await.unwrap();
     let d512 = Digest::compute(Algorithm::Sha512, b"hello world");
     let (path, size) = s.uploads.finish(&mut session, &d512).await.unwrap();
     s.blobs.commit_staged(path, &d512).await.unwrap();

@@ -366,6 +366,29 @@ impl Auth {
         Ok(())
     }
 
+    /// Requires the namespace's own account (or the admin), for views of a
+    /// tool's private figures such as its quota.
+    pub fn require_owner(&self, caller: &Caller, namespace: &str) -> ApiResult<()> {
+        match &caller.principal {
+            Principal::Admin | Principal::Unrestricted => Ok(()),
+            Principal::Namespace(own) if own == namespace => Ok(()),
+            Principal::Anonymous => Err(ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                Code::Unauthorized,
+                format!("log in as {namespace} (HTTP Basic or a bearer token)"),
+            )
+            .with_header(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Basic realm=\"berth\""),
+            )),
+            other => Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                Code::Denied,
+                format!("{} may not see {namespace}'s figures", other.name()),
+            )),
+        }
+    }
+
     /// Requires the admin (admin API).
     pub fn require_admin(&self, caller: &Caller) -> ApiResult<()> {
         match caller.principal {

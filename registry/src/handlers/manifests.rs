@@ -139,6 +139,7 @@ pub async fn put(
         .await?;
     match outcome {
         PutManifestOutcome::Stored => {}
+        PutManifestOutcome::QuotaExceeded(refused) => return Err(refused.into()),
         PutManifestOutcome::MissingBlob(d) => {
             return Err(ApiError::bad_request(
                 Code::ManifestBlobUnknown,

@@ -6,6 +6,7 @@ pub mod admin;
 pub mod blobs;
 pub mod discovery;
 pub mod manifests;
+pub mod quota;
 pub mod token;
 pub mod uploads;
 

@@ -78,8 +78,12 @@ pub async fn start(
             } else {
                 None
             };
-            if mounted.is_some() {
-                return Ok(created(repo, &digest));
+            match mounted {
+                Some(Ok(_size)) => return Ok(created(repo, &digest)),
+                // Mounting is possible but the namespace is full: say so
+                // now rather than after the client sends the whole blob.
+                Some(Err(refused)) => return Err(refused.into()),
+                None => {}
             }
         }
     }
@@ -88,10 +92,29 @@ pub async fn start(
     let mut session = session.lock().await;
     match monolithic {
         Some(digest) => {
-            if let Err(e) = session.append(BodyDataStream::new(req.into_body())).await {
+            let cap = if state
+                .storage
+                .meta
+                .namespace_holds_blob(repo.namespace(), &digest.to_string())
+                .await?
+            {
+                None // a blob the namespace already holds costs nothing
+            } else {
+                state.storage.meta.quota_available(repo.namespace()).await?
+            };
+            let declared = content_length(req.headers())?;
+            let body = req.into_body();
+            let appended = match (declared, cap) {
+                (Some(len), Some(cap)) if len > cap => Err(berth_storage::StorageError::TooLarge {
+                    limit: cap,
+                    received: len,
+                }),
+                _ => session.append(BodyDataStream::new(body), cap).await,
+            };
+            if let Err(e) = appended {
                 // Nobody holds this session's URL, so nobody could resume it.
                 state.storage.uploads.cancel(&mut session).await?;
-                return Err(e.into());
+                return Err(upload_error(state, repo, e).await);
             }
             complete(state, repo, &mut session, &digest).await
         }
@@ -183,7 +206,7 @@ pub async fn patch(
         return Err(unknown_upload(id));
     }
     check_chunk(repo, &session, req.headers())?;
-    session.append(BodyDataStream::new(req.into_body())).await?;
+    append_within_quota(state, repo, &mut session, req).await?;
     Ok(progress(StatusCode::ACCEPTED, repo, &session))
 }
 
@@ -210,7 +233,7 @@ pub async fn put(
         return Err(unknown_upload(id));
     }
     check_chunk(repo, &session, req.headers())?;
-    session.append(BodyDataStream::new(req.into_body())).await?;
+    append_within_quota(state, repo, &mut session, req).await?;
     complete(state, repo, &mut session, &digest).await
 }
 
@@ -232,10 +255,83 @@ async fn complete(
         }
         Err(FinishError::Storage(e)) => return Err(e.into()),
     };
+    // Refuse before the blob enters the store when it clearly cannot fit;
+    // the binding check is the one inside `link_blob`'s transaction.
+    let ns = repo.namespace();
+    if !state
+        .storage
+        .meta
+        .namespace_holds_blob(ns, &digest.to_string())
+        .await?
+    {
+        if let Some(available) = state.storage.meta.quota_available(ns).await? {
+            if size > available {
+                let _ = tokio::fs::remove_file(&staged).await;
+                return Err(quota_refusal(state, repo, size).await);
+            }
+        }
+    }
     state.storage.blobs.commit_staged(staged, digest).await?;
-    state.storage.meta.link_blob(repo, digest, size).await?;
+    // A refusal here (a concurrent push took the room) leaves the object
+    // uncharged and unreferenced; the blob sweep removes it.
+    state.storage.meta.link_blob(repo, digest, size).await??;
     tracing::debug!(%repo, %digest, size, "blob stored");
     Ok(created(repo, digest))
+}
+
+/// Appends the request body, refusing early when the upload would not fit
+/// in the namespace's remaining quota (declared length first, then as the
+/// bytes arrive), so the client is not made to send it all to hear no.
+async fn append_within_quota(
+    state: &State,
+    repo: &RepoName,
+    session: &mut Session,
+    req: Request<Incoming>,
+) -> ApiResult<()> {
+    let cap = state.storage.meta.quota_available(repo.namespace()).await?;
+    let declared = content_length(req.headers())?;
+    if let (Some(len), Some(cap)) = (declared, cap) {
+        if session.offset() + len > cap {
+            super::drain(req.into_body()).await;
+            return Err(quota_refusal(state, repo, session.offset() + len).await);
+        }
+    }
+    match session
+        .append(BodyDataStream::new(req.into_body()), cap)
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(e) => Err(upload_error(state, repo, e).await),
+    }
+}
+
+/// Turns an append failure into the client's error: a size cap is the quota.
+async fn upload_error(state: &State, repo: &RepoName, e: berth_storage::StorageError) -> ApiError {
+    match e {
+        berth_storage::StorageError::TooLarge { received, .. } => {
+            quota_refusal(state, repo, received).await
+        }
+        other => other.into(),
+    }
+}
+
+/// The quota error for an upload of `size` bytes into `repo`.
+async fn quota_refusal(state: &State, repo: &RepoName, size: u64) -> ApiError {
+    let ns = repo.namespace();
+    match state.storage.meta.quota(ns).await {
+        Ok(Some(q)) => berth_storage::meta::QuotaExceeded {
+            namespace: ns.to_owned(),
+            used: q.used_bytes,
+            limit: q.limit_bytes.unwrap_or(u64::MAX),
+            needed: size,
+        }
+        .into(),
+        Ok(None) | Err(_) => ApiError::new(
+            StatusCode::FORBIDDEN,
+            Code::Denied,
+            format!("quota exceeded for {ns}"),
+        ),
+    }
 }
 
 pub async fn status(state: &State, repo: &RepoName, id: &str) -> ApiResult<Response<Body>> {

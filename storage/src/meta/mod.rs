@@ -5,14 +5,16 @@
 //! async worker thread. All SQL lives in this module and `queries`.
 
 mod queries;
+mod quota;
 mod schema;
 
 pub use queries::*;
+pub use quota::*;
 
 use crate::StorageError;
 use rusqlite::{Connection, OpenFlags, Transaction, TransactionBehavior};
 use std::path::{Path, PathBuf};
-use std::sync::{mpsc, Arc, Mutex};
+use std::sync::{mpsc, Arc, Mutex, RwLock};
 use std::thread::JoinHandle;
 use tokio::sync::{oneshot, Semaphore};
 
@@ -40,6 +42,7 @@ struct Inner {
     readers: Mutex<Vec<Connection>>,
     reader_slots: Semaphore,
     path: PathBuf,
+    quota: RwLock<Arc<QuotaPolicy>>,
 }
 
 const READERS: usize = 4;
@@ -87,12 +90,22 @@ impl Metadata {
                 readers: Mutex::new(readers),
                 reader_slots: Semaphore::new(READERS),
                 path: path.to_owned(),
+                quota: RwLock::new(Arc::new(QuotaPolicy::default())),
             }),
         })
     }
 
     pub fn path(&self) -> &Path {
         &self.inner.path
+    }
+
+    /// Replaces the configured quota limits; the next write uses them.
+    pub fn set_quota_policy(&self, policy: QuotaPolicy) {
+        *self.inner.quota.write().expect("quota policy lock") = Arc::new(policy);
+    }
+
+    pub fn quota_policy(&self) -> Arc<QuotaPolicy> {
+        self.inner.quota.read().expect("quota policy lock").clone()
     }
 
     pub fn schema_version() -> usize {

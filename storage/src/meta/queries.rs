@@ -3,6 +3,7 @@
 //! serialises them, so a check and the change it guards cannot interleave
 //! with another write.
 
+use super::quota::{self, QuotaExceeded, QuotaPolicy};
 use super::Metadata;
 use crate::digest::Digest;
 use crate::manifest::ParsedManifest;
@@ -41,6 +42,8 @@ pub struct Referrer {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PutManifestOutcome {
     Stored,
+    /// The namespace has no room for the manifest.
+    QuotaExceeded(QuotaExceeded),
     /// A config or layer is not linked into the repository.
     MissingBlob(Digest),
     /// A child of an index is not a manifest of the repository.
@@ -82,16 +85,37 @@ fn ensure_repo(conn: &Connection, repo: &RepoName, now: i64) -> rusqlite::Result
         "INSERT INTO repositories (name, namespace, created_ms) VALUES (?1, ?2, ?3)",
     )?
     .execute(params![repo.as_str(), repo.namespace(), now])?;
-    Ok(conn.last_insert_rowid())
+    let id = conn.last_insert_rowid();
+    quota::ensure_namespace(conn, repo.namespace(), now)?;
+    Ok(id)
 }
 
+/// Links `digest` into repository `repo_id` of namespace `ns`, charging the
+/// namespace if this is its first link of the blob. Nothing changes when
+/// the charge is refused.
 fn link(
     conn: &Connection,
+    policy: &QuotaPolicy,
     repo_id: i64,
+    ns: &str,
     digest: &str,
     size: u64,
     now: i64,
-) -> rusqlite::Result<()> {
+) -> rusqlite::Result<Result<(), QuotaExceeded>> {
+    let already_linked = conn
+        .prepare_cached("SELECT 1 FROM repo_blobs WHERE repo_id = ?1 AND digest = ?2")?
+        .exists(params![repo_id, digest])?;
+    if !already_linked {
+        let cost = if quota::namespace_has_blob(conn, ns, digest)? {
+            0
+        } else {
+            size
+        };
+        if let Err(refused) = quota::charge(conn, policy, ns, cost)? {
+            return Ok(Err(refused));
+        }
+        quota::count_link(conn, ns, digest)?;
+    }
     conn.prepare_cached(
         "INSERT INTO blobs (digest, size, created_ms, touched_ms) VALUES (?1, ?2, ?3, ?3)
          ON CONFLICT (digest) DO UPDATE SET touched_ms = excluded.touched_ms",
@@ -102,7 +126,33 @@ fn link(
          ON CONFLICT DO UPDATE SET linked_ms = excluded.linked_ms",
     )?
     .execute(params![repo_id, digest, now])?;
-    Ok(())
+    Ok(Ok(()))
+}
+
+/// Removes a blob link and releases its size when it was the namespace's
+/// last link of the blob. Returns false when there was no link.
+fn unlink(conn: &Connection, repo_id: i64, ns: &str, digest: &str) -> rusqlite::Result<bool> {
+    let n = conn
+        .prepare_cached("DELETE FROM repo_blobs WHERE repo_id = ?1 AND digest = ?2")?
+        .execute(params![repo_id, digest])?;
+    if n == 0 {
+        return Ok(false);
+    }
+    if quota::count_unlink(conn, ns, digest)? {
+        let size: i64 = conn
+            .prepare_cached("SELECT size FROM blobs WHERE digest = ?1")?
+            .query_row([digest], |r| r.get(0))
+            .optional()?
+            .unwrap_or(0);
+        quota::release(conn, ns, size.max(0) as u64)?;
+    }
+    Ok(true)
+}
+
+fn repo_namespace(conn: &Connection, repo: &str) -> rusqlite::Result<Option<(i64, String)>> {
+    conn.prepare_cached("SELECT id, namespace FROM repositories WHERE name = ?1")?
+        .query_row([repo], |r| Ok((r.get(0)?, r.get(1)?)))
+        .optional()
 }
 
 impl Metadata {
@@ -175,26 +225,28 @@ impl Metadata {
         repo: &RepoName,
         digest: &Digest,
         size: u64,
-    ) -> Result<(), StorageError> {
+    ) -> Result<Result<(), QuotaExceeded>, StorageError> {
         let (repo, digest) = (repo.clone(), digest.to_string());
+        let policy = self.quota_policy();
         self.write(move |tx| {
             let now = now_ms();
             let id = ensure_repo(tx, &repo, now)?;
-            link(tx, id, &digest, size, now)?;
-            Ok(())
+            Ok(link(tx, &policy, id, repo.namespace(), &digest, size, now)?)
         })
         .await
     }
 
     /// Cross-repository mount: links `digest` into `to` if it is linked into
-    /// `from`. Returns the blob's size when mounted.
+    /// `from`. Returns the blob's size when mounted; the inner error when
+    /// `to`'s namespace has no room for it.
     pub async fn mount_blob(
         &self,
         from: &RepoName,
         to: &RepoName,
         digest: &Digest,
-    ) -> Result<Option<u64>, StorageError> {
+    ) -> Result<Option<Result<u64, QuotaExceeded>>, StorageError> {
         let (from, to, digest) = (from.as_str().to_owned(), to.clone(), digest.to_string());
+        let policy = self.quota_policy();
         self.write(move |tx| {
             let size: Option<i64> = tx
                 .prepare_cached(
@@ -208,8 +260,10 @@ impl Metadata {
             let Some(size) = size else { return Ok(None) };
             let now = now_ms();
             let id = ensure_repo(tx, &to, now)?;
-            link(tx, id, &digest, size as u64, now)?;
-            Ok(Some(size as u64))
+            Ok(Some(
+                link(tx, &policy, id, to.namespace(), &digest, size as u64, now)?
+                    .map(|()| size as u64),
+            ))
         })
         .await
     }
@@ -224,7 +278,7 @@ impl Metadata {
     ) -> Result<UnlinkBlobOutcome, StorageError> {
         let (repo, digest) = (repo.as_str().to_owned(), digest.to_string());
         self.write(move |tx| {
-            let Some(id) = repo_id(tx, &repo)? else {
+            let Some((id, ns)) = repo_namespace(tx, &repo)? else {
                 return Ok(UnlinkBlobOutcome::NotFound);
             };
             let user: Option<String> = tx
@@ -237,13 +291,10 @@ impl Metadata {
             if let Some(m) = user {
                 return Ok(UnlinkBlobOutcome::ReferencedByManifest(m));
             }
-            let n = tx
-                .prepare_cached("DELETE FROM repo_blobs WHERE repo_id = ?1 AND digest = ?2")?
-                .execute(params![id, digest])?;
-            Ok(if n == 0 {
-                UnlinkBlobOutcome::NotFound
-            } else {
+            Ok(if unlink(tx, id, &ns, &digest)? {
                 UnlinkBlobOutcome::Unlinked
+            } else {
+                UnlinkBlobOutcome::NotFound
             })
         })
         .await
@@ -300,6 +351,7 @@ impl Metadata {
         tags: Vec<String>,
     ) -> Result<PutManifestOutcome, StorageError> {
         let (repo, digest) = (repo.clone(), digest.to_string());
+        let policy = self.quota_policy();
         self.write(move |tx| {
             let now = now_ms();
             let id = ensure_repo(tx, &repo, now)?;
@@ -319,6 +371,14 @@ impl Metadata {
                     if !manifest_exists.exists(params![id, m.to_string()])? {
                         return Ok(PutManifestOutcome::MissingManifest(m.clone()));
                     }
+                }
+            }
+            let exists = tx
+                .prepare_cached("SELECT 1 FROM manifests WHERE repo_id = ?1 AND digest = ?2")?
+                .exists(params![id, digest])?;
+            if !exists {
+                if let Err(refused) = quota::charge(tx, &policy, repo.namespace(), bytes.len() as u64)? {
+                    return Ok(PutManifestOutcome::QuotaExceeded(refused));
                 }
             }
             let inserted = tx
@@ -379,7 +439,7 @@ impl Metadata {
     ) -> Result<DeleteManifestOutcome, StorageError> {
         let (repo, digest) = (repo.as_str().to_owned(), digest.to_string());
         self.write(move |tx| {
-            let Some(id) = repo_id(tx, &repo)? else {
+            let Some((id, ns)) = repo_namespace(tx, &repo)? else {
                 return Ok(DeleteManifestOutcome::NotFound);
             };
             let parent: Option<String> = tx
@@ -392,12 +452,16 @@ impl Metadata {
             if let Some(p) = parent {
                 return Ok(DeleteManifestOutcome::ReferencedByIndex(p));
             }
-            let n = tx
-                .prepare_cached("DELETE FROM manifests WHERE repo_id = ?1 AND digest = ?2")?
-                .execute(params![id, digest])?;
-            if n == 0 {
+            let size: Option<i64> = tx
+                .prepare_cached("SELECT size FROM manifests WHERE repo_id = ?1 AND digest = ?2")?
+                .query_row(params![id, digest], |r| r.get(0))
+                .optional()?;
+            let Some(size) = size else {
                 return Ok(DeleteManifestOutcome::NotFound);
-            }
+            };
+            tx.prepare_cached("DELETE FROM manifests WHERE repo_id = ?1 AND digest = ?2")?
+                .execute(params![id, digest])?;
+            quota::release(tx, &ns, size.max(0) as u64)?;
             tx.prepare_cached(
                 "DELETE FROM manifest_refs WHERE repo_id = ?1 AND manifest_digest = ?2",
             )?

@@ -77,6 +77,39 @@ const MIGRATIONS: &[&str] = &[
         rotated_ms    INTEGER NOT NULL
     ) WITHOUT ROWID;
     "#,
+    // 3: quota. `namespaces.used_bytes` is the ledger (distinct blobs linked
+    // into any repository of the namespace plus its manifests);
+    // `namespace_blobs.repos` counts the repositories of a namespace linking
+    // a blob, so a blob is charged once per namespace. Backfilled from the
+    // tables as they stand.
+    r#"
+    CREATE TABLE namespaces (
+        name          TEXT PRIMARY KEY,
+        limit_bytes   INTEGER,
+        unlimited     INTEGER NOT NULL DEFAULT 0,
+        used_bytes    INTEGER NOT NULL DEFAULT 0,
+        updated_ms    INTEGER NOT NULL
+    ) WITHOUT ROWID;
+    CREATE INDEX namespaces_used ON namespaces(used_bytes DESC);
+
+    CREATE TABLE namespace_blobs (
+        namespace   TEXT NOT NULL,
+        digest      TEXT NOT NULL,
+        repos       INTEGER NOT NULL,
+        PRIMARY KEY (namespace, digest)
+    ) WITHOUT ROWID;
+
+    INSERT INTO namespace_blobs (namespace, digest, repos)
+        SELECT r.namespace, rb.digest, COUNT(*) FROM repo_blobs rb
+        JOIN repositories r ON r.id = rb.repo_id GROUP BY r.namespace, rb.digest;
+    INSERT INTO namespaces (name, updated_ms)
+        SELECT DISTINCT namespace, CAST(strftime('%s','now') AS INTEGER) * 1000 FROM repositories;
+    UPDATE namespaces SET used_bytes =
+        COALESCE((SELECT SUM(b.size) FROM namespace_blobs nb JOIN blobs b ON b.digest = nb.digest
+                  WHERE nb.namespace = namespaces.name), 0)
+      + COALESCE((SELECT SUM(m.size) FROM manifests m JOIN repositories r ON r.id = m.repo_id
+                  WHERE r.namespace = namespaces.name), 0);
+    "#,
 ];
 
 /// Brings the database up to the newest schema, one transaction per step.

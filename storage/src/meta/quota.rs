@@ -1,0 +1,454 @@
+//! The quota ledger: what each namespace uses and may use. Charges and
+//! releases run inside the write transaction of the change they account
+//! for (a blob link, a manifest insert, their removal), so the ledger and
+//! the tables cannot disagree, and because writes are serialised no two
+//! pushes can both take the last free bytes.
+
+use super::Metadata;
+use crate::{now_ms, StorageError};
+use rusqlite::{params, Connection, OptionalExtension};
+use std::collections::HashSet;
+
+/// Limits that come from configuration rather than the database.
+#[derive(Debug, Clone, Default)]
+pub struct QuotaPolicy {
+    /// Limit of namespaces without an override; `None` is unlimited.
+    pub default_limit: Option<u64>,
+    /// Namespaces that are never limited (e.g. the platform's own).
+    pub unlimited: HashSet<String>,
+}
+
+/// A refused charge, with the figures the client's error message needs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QuotaExceeded {
+    pub namespace: String,
+    pub used: u64,
+    pub limit: u64,
+    /// Bytes the refused write would have added.
+    pub needed: u64,
+}
+
+/// One namespace's quota as the admin API shows it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct NamespaceQuota {
+    pub namespace: String,
+    /// `None` when unlimited.
+    pub limit_bytes: Option<u64>,
+    pub used_bytes: u64,
+    pub available_bytes: Option<u64>,
+    /// Used as a percentage of the limit (0 when unlimited).
+    pub percent: f64,
+    pub repositories: u64,
+    /// Where the limit comes from: `default`, `override` or `unlimited`.
+    pub limit_source: &'static str,
+}
+
+/// A repository's share of its namespace's usage.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct RepositoryUsage {
+    pub repository: String,
+    /// Blobs no other repository of the namespace links, plus manifests.
+    pub unique_bytes: u64,
+    /// Blobs also linked by another repository of the namespace.
+    pub shared_bytes: u64,
+    pub manifests: u64,
+    pub tags: u64,
+}
+
+/// An image and what it occupies: its manifest plus the blobs it names.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ImageSize {
+    pub repository: String,
+    pub digest: String,
+    pub tags: Vec<String>,
+    pub bytes: u64,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct NamespaceDetail {
+    #[serde(flatten)]
+    pub quota: NamespaceQuota,
+    pub repositories_usage: Vec<RepositoryUsage>,
+    pub largest_images: Vec<ImageSize>,
+}
+
+/// A namespace whose ledger disagreed with the tables.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Drift {
+    pub namespace: String,
+    pub recorded_bytes: u64,
+    pub actual_bytes: u64,
+}
+
+/// A limit change from the admin API.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LimitSetting {
+    /// Back to the configured default.
+    Default,
+    Bytes(u64),
+    Unlimited,
+}
+
+struct Row {
+    limit_bytes: Option<i64>,
+    unlimited: bool,
+    used: i64,
+}
+
+fn row(conn: &Connection, ns: &str) -> rusqlite::Result<Option<Row>> {
+    conn.prepare_cached(
+        "SELECT limit_bytes, unlimited, used_bytes FROM namespaces WHERE name = ?1",
+    )?
+    .query_row([ns], |r| {
+        Ok(Row {
+            limit_bytes: r.get(0)?,
+            unlimited: r.get::<_, i64>(1)? != 0,
+            used: r.get(2)?,
+        })
+    })
+    .optional()
+}
+
+fn effective_limit(
+    policy: &QuotaPolicy,
+    ns: &str,
+    limit_bytes: Option<i64>,
+    unlimited: bool,
+) -> (Option<u64>, &'static str) {
+    if unlimited || policy.unlimited.contains(ns) {
+        (None, "unlimited")
+    } else if let Some(l) = limit_bytes {
+        (Some(l.max(0) as u64), "override")
+    } else {
+        (policy.default_limit, "default")
+    }
+}
+
+pub(super) fn ensure_namespace(conn: &Connection, ns: &str, now: i64) -> rusqlite::Result<()> {
+    conn.prepare_cached(
+        "INSERT INTO namespaces (name, updated_ms) VALUES (?1, ?2) ON CONFLICT (name) DO NOTHING",
+    )?
+    .execute(params![ns, now])?;
+    Ok(())
+}
+
+/// Adds `delta` bytes to `ns`'s usage unless that would pass its limit.
+pub(super) fn charge(
+    conn: &Connection,
+    policy: &QuotaPolicy,
+    ns: &str,
+    delta: u64,
+) -> rusqlite::Result<Result<(), QuotaExceeded>> {
+    if delta == 0 {
+        return Ok(Ok(()));
+    }
+    let now = now_ms();
+    ensure_namespace(conn, ns, now)?;
+    let r = row(conn, ns)?.expect("namespace row was just ensured");
+    let used = r.used.max(0) as u64;
+    if let (Some(limit), _) = effective_limit(policy, ns, r.limit_bytes, r.unlimited) {
+        if used + delta > limit {
+            return Ok(Err(QuotaExceeded {
+                namespace: ns.to_owned(),
+                used,
+                limit,
+                needed: delta,
+            }));
+        }
+    }
+    conn.prepare_cached(
+        "UPDATE namespaces SET used_bytes = used_bytes + ?2, updated_ms = ?3 WHERE name = ?1",
+    )?
+    .execute(params![ns, delta as i64, now])?;
+    Ok(Ok(()))
+}
+
+/// Gives `delta` bytes back to `ns`.
+pub(super) fn release(conn: &Connection, ns: &str, delta: u64) -> rusqlite::Result<()> {
+    if delta > 0 {
+        conn.prepare_cached(
+            "UPDATE namespaces SET used_bytes = MAX(0, used_bytes - ?2), updated_ms = ?3 WHERE name = ?1",
+        )?
+        .execute(params![ns, delta as i64, now_ms()])?;
+    }
+    Ok(())
+}
+
+/// Whether `ns` already holds `digest` in some repository.
+pub(super) fn namespace_has_blob(
+    conn: &Connection,
+    ns: &str,
+    digest: &str,
+) -> rusqlite::Result<bool> {
+    conn.prepare_cached("SELECT 1 FROM namespace_blobs WHERE namespace = ?1 AND digest = ?2")?
+        .exists(params![ns, digest])
+}
+
+/// Counts one more repository of `ns` linking `digest`.
+pub(super) fn count_link(conn: &Connection, ns: &str, digest: &str) -> rusqlite::Result<()> {
+    conn.prepare_cached(
+        "INSERT INTO namespace_blobs (namespace, digest, repos) VALUES (?1, ?2, 1)
+         ON CONFLICT (namespace, digest) DO UPDATE SET repos = repos + 1",
+    )?
+    .execute(params![ns, digest])?;
+    Ok(())
+}
+
+/// Counts one repository fewer; returns true when it was the last one in
+/// the namespace (so the blob's size is released).
+pub(super) fn count_unlink(conn: &Connection, ns: &str, digest: &str) -> rusqlite::Result<bool> {
+    let repos: Option<i64> = conn
+        .prepare_cached("SELECT repos FROM namespace_blobs WHERE namespace = ?1 AND digest = ?2")?
+        .query_row(params![ns, digest], |r| r.get(0))
+        .optional()?;
+    match repos {
+        Some(n) if n > 1 => {
+            conn.prepare_cached(
+                "UPDATE namespace_blobs SET repos = repos - 1 WHERE namespace = ?1 AND digest = ?2",
+            )?
+            .execute(params![ns, digest])?;
+            Ok(false)
+        }
+        Some(_) => {
+            conn.prepare_cached(
+                "DELETE FROM namespace_blobs WHERE namespace = ?1 AND digest = ?2",
+            )?
+            .execute(params![ns, digest])?;
+            Ok(true)
+        }
+        None => Ok(false),
+    }
+}
+
+fn quota_of(
+    policy: &QuotaPolicy,
+    ns: String,
+    limit_bytes: Option<i64>,
+    unlimited: bool,
+    used: i64,
+    repositories: i64,
+) -> NamespaceQuota {
+    let (limit, source) = effective_limit(policy, &ns, limit_bytes, unlimited);
+    let used = used.max(0) as u64;
+    NamespaceQuota {
+        namespace: ns,
+        limit_bytes: limit,
+        used_bytes: used,
+        available_bytes: limit.map(|l| l.saturating_sub(used)),
+        percent: match limit {
+            Some(0) => 100.0,
+            Some(l) => (used as f64 * 10000.0 / l as f64).round() / 100.0,
+            None => 0.0,
+        },
+        repositories: repositories.max(0) as u64,
+        limit_source: source,
+    }
+}
+
+impl Metadata {
+    /// Every namespace with its quota, largest usage first.
+    pub async fn quota_list(&self) -> Result<Vec<NamespaceQuota>, StorageError> {
+        let policy = self.quota_policy();
+        self.read(move |c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT n.name, n.limit_bytes, n.unlimited, n.used_bytes,
+                        (SELECT COUNT(*) FROM repositories r WHERE r.namespace = n.name)
+                 FROM namespaces n ORDER BY n.used_bytes DESC, n.name",
+            )?;
+            let rows = stmt
+                .query_map([], |r| {
+                    Ok(quota_of(
+                        &policy,
+                        r.get(0)?,
+                        r.get(1)?,
+                        r.get::<_, i64>(2)? != 0,
+                        r.get(3)?,
+                        r.get(4)?,
+                    ))
+                })?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            Ok(rows)
+        })
+        .await
+    }
+
+    /// One namespace's quota (`None` if the registry has never seen it).
+    pub async fn quota(&self, ns: &str) -> Result<Option<NamespaceQuota>, StorageError> {
+        let policy = self.quota_policy();
+        let ns = ns.to_owned();
+        self.read(move |c| {
+            let Some(r) = row(c, &ns)? else {
+                return Ok(None);
+            };
+            let repos: i64 = c
+                .prepare_cached("SELECT COUNT(*) FROM repositories WHERE namespace = ?1")?
+                .query_row([&ns], |x| x.get(0))?;
+            Ok(Some(quota_of(
+                &policy,
+                ns,
+                r.limit_bytes,
+                r.unlimited,
+                r.used,
+                repos,
+            )))
+        })
+        .await
+    }
+
+    /// One namespace's quota with its per-repository breakdown and its
+    /// `top` largest images.
+    pub async fn quota_detail(
+        &self,
+        ns: &str,
+        top: u32,
+    ) -> Result<Option<NamespaceDetail>, StorageError> {
+        let Some(quota) = self.quota(ns).await? else {
+            return Ok(None);
+        };
+        let ns = ns.to_owned();
+        self.read(move |c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT r.name,
+                        COALESCE(SUM(CASE WHEN nb.repos = 1 THEN b.size ELSE 0 END), 0),
+                        COALESCE(SUM(CASE WHEN nb.repos > 1 THEN b.size ELSE 0 END), 0),
+                        (SELECT COALESCE(SUM(m.size), 0) FROM manifests m WHERE m.repo_id = r.id),
+                        (SELECT COUNT(*) FROM manifests m WHERE m.repo_id = r.id),
+                        (SELECT COUNT(*) FROM tags t WHERE t.repo_id = r.id)
+                 FROM repositories r
+                 LEFT JOIN repo_blobs rb ON rb.repo_id = r.id
+                 LEFT JOIN blobs b ON b.digest = rb.digest
+                 LEFT JOIN namespace_blobs nb ON nb.namespace = r.namespace AND nb.digest = rb.digest
+                 WHERE r.namespace = ?1
+                 GROUP BY r.id ORDER BY 2 + 3 DESC, r.name",
+            )?;
+            let mut usage = stmt
+                .query_map([&ns], |r| {
+                    Ok(RepositoryUsage {
+                        repository: r.get(0)?,
+                        unique_bytes: (r.get::<_, i64>(1)? + r.get::<_, i64>(3)?) as u64,
+                        shared_bytes: r.get::<_, i64>(2)? as u64,
+                        manifests: r.get::<_, i64>(4)? as u64,
+                        tags: r.get::<_, i64>(5)? as u64,
+                    })
+                })?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            usage.sort_by_key(|u| std::cmp::Reverse(u.unique_bytes + u.shared_bytes));
+            let mut stmt = c.prepare_cached(
+                "SELECT r.name, m.digest,
+                        m.size + COALESCE((SELECT SUM(b.size) FROM manifest_refs mr JOIN blobs b ON b.digest = mr.child_digest
+                                           WHERE mr.repo_id = m.repo_id AND mr.manifest_digest = m.digest AND mr.kind = 'blob'), 0) AS total,
+                        (SELECT group_concat(t.name, ',') FROM tags t WHERE t.repo_id = m.repo_id AND t.digest = m.digest)
+                 FROM manifests m JOIN repositories r ON r.id = m.repo_id
+                 WHERE r.namespace = ?1 ORDER BY total DESC, m.digest LIMIT ?2",
+            )?;
+            let largest = stmt
+                .query_map(params![ns, top], |r| {
+                    let tags: Option<String> = r.get(3)?;
+                    Ok(ImageSize {
+                        repository: r.get(0)?,
+                        digest: r.get(1)?,
+                        bytes: r.get::<_, i64>(2)? as u64,
+                        tags: tags.map(|t| t.split(',').map(str::to_owned).collect()).unwrap_or_default(),
+                    })
+                })?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            Ok(Some(NamespaceDetail { quota, repositories_usage: usage, largest_images: largest }))
+        })
+        .await
+    }
+
+    /// Sets or clears `ns`'s limit; takes effect for the next write.
+    pub async fn set_quota_limit(
+        &self,
+        ns: &str,
+        setting: LimitSetting,
+    ) -> Result<NamespaceQuota, StorageError> {
+        let name = ns.to_owned();
+        self.write(move |tx| {
+            let now = now_ms();
+            ensure_namespace(tx, &name, now)?;
+            let (limit, unlimited): (Option<i64>, i64) = match setting {
+                LimitSetting::Default => (None, 0),
+                LimitSetting::Bytes(b) => (Some(b as i64), 0),
+                LimitSetting::Unlimited => (None, 1),
+            };
+            tx.prepare_cached("UPDATE namespaces SET limit_bytes = ?2, unlimited = ?3, updated_ms = ?4 WHERE name = ?1")?
+                .execute(params![name, limit, unlimited, now])?;
+            Ok(())
+        })
+        .await?;
+        Ok(self.quota(ns).await?.expect("namespace row exists"))
+    }
+
+    /// Recomputes every namespace's usage and blob counts from the tables,
+    /// fixes the ledger where it drifted, and reports what it fixed.
+    pub async fn reconcile_quota(&self) -> Result<Vec<Drift>, StorageError> {
+        self.write(|tx| {
+            let now = now_ms();
+            tx.execute_batch(
+                "CREATE TEMP TABLE IF NOT EXISTS actual_blobs (namespace TEXT, digest TEXT, repos INTEGER, PRIMARY KEY (namespace, digest));
+                 DELETE FROM actual_blobs;
+                 INSERT INTO actual_blobs SELECT r.namespace, rb.digest, COUNT(*) FROM repo_blobs rb
+                     JOIN repositories r ON r.id = rb.repo_id GROUP BY r.namespace, rb.digest;",
+            )?;
+            // Namespaces that hold anything get a row.
+            tx.execute(
+                "INSERT INTO namespaces (name, updated_ms) SELECT DISTINCT namespace, ?1 FROM repositories WHERE true
+                 ON CONFLICT (name) DO NOTHING",
+                [now],
+            )?;
+            let mut stmt = tx.prepare(
+                "SELECT n.name, n.used_bytes,
+                        COALESCE((SELECT SUM(b.size) FROM actual_blobs a JOIN blobs b ON b.digest = a.digest WHERE a.namespace = n.name), 0)
+                      + COALESCE((SELECT SUM(m.size) FROM manifests m JOIN repositories r ON r.id = m.repo_id WHERE r.namespace = n.name), 0)
+                 FROM namespaces n",
+            )?;
+            let drifts = stmt
+                .query_map([], |r| {
+                    Ok(Drift { namespace: r.get(0)?, recorded_bytes: r.get::<_, i64>(1)? as u64, actual_bytes: r.get::<_, i64>(2)? as u64 })
+                })?
+                .collect::<rusqlite::Result<Vec<_>>>()?
+                .into_iter()
+                .filter(|d| d.recorded_bytes != d.actual_bytes)
+                .collect::<Vec<_>>();
+            drop(stmt);
+            for d in &drifts {
+                tx.execute(
+                    "UPDATE namespaces SET used_bytes = ?2, updated_ms = ?3 WHERE name = ?1",
+                    params![d.namespace, d.actual_bytes as i64, now],
+                )?;
+            }
+            tx.execute_batch(
+                "DELETE FROM namespace_blobs;
+                 INSERT INTO namespace_blobs SELECT namespace, digest, repos FROM actual_blobs;
+                 DELETE FROM actual_blobs;",
+            )?;
+            Ok(drifts)
+        })
+        .await
+    }
+
+    /// Bytes `ns` may still take, `None` when unlimited (for refusing an
+    /// upload early; the binding check happens when the blob is linked).
+    pub async fn quota_available(&self, ns: &str) -> Result<Option<u64>, StorageError> {
+        let policy = self.quota_policy();
+        let ns = ns.to_owned();
+        self.read(move |c| {
+            let (limit_bytes, unlimited, used) = match row(c, &ns)? {
+                Some(r) => (r.limit_bytes, r.unlimited, r.used.max(0) as u64),
+                None => (None, false, 0),
+            };
+            Ok(effective_limit(&policy, &ns, limit_bytes, unlimited)
+                .0
+                .map(|l| l.saturating_sub(used)))
+        })
+        .await
+    }
+
+    /// Whether `ns` already holds `digest` (a re-upload costs nothing).
+    pub async fn namespace_holds_blob(&self, ns: &str, digest: &str) -> Result<bool, StorageError> {
+        let (ns, digest) = (ns.to_owned(), digest.to_owned());
+        self.read(move |c| Ok(namespace_has_blob(c, &ns, &digest)?))
+            .await
+    }
+}
