@@ -14,6 +14,7 @@ pub struct Config {
     pub registry: Registry,
     pub auth: Auth,
     pub quota: Quota,
+    pub gc: Gc,
     pub metrics: Metrics,
     pub log: Log,
 }
@@ -93,6 +94,89 @@ impl Quota {
             default_limit: self.default_limit,
             unlimited: self.unlimited.iter().cloned().collect(),
         }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Gc {
+    pub enabled: bool,
+    pub tag_cleanup_schedule: String,
+    pub untagged_schedule: String,
+    #[serde(with = "humantime_serde")]
+    pub untagged_grace: Duration,
+    #[serde(with = "humantime_serde")]
+    pub blob_grace: Duration,
+    #[serde(with = "humantime_serde")]
+    pub upload_expiry: Duration,
+    pub retention: Retention,
+}
+
+impl Default for Gc {
+    fn default() -> Self {
+        let d = berth_gc::GcConfig::default();
+        Gc {
+            enabled: d.enabled,
+            tag_cleanup_schedule: d.tag_cleanup_schedule,
+            untagged_schedule: d.untagged_schedule,
+            untagged_grace: d.untagged_grace,
+            blob_grace: d.blob_grace,
+            upload_expiry: d.upload_expiry,
+            retention: Retention::default(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Retention {
+    pub keep_last: u32,
+    pub protected_tags: Vec<String>,
+    #[serde(with = "humantime_serde_opt")]
+    pub max_age: Option<Duration>,
+    pub keep_pattern: Option<String>,
+}
+
+impl Default for Retention {
+    fn default() -> Self {
+        let d = berth_gc::RetentionPolicy::default();
+        Retention {
+            keep_last: d.keep_last,
+            protected_tags: d.protected_tags,
+            max_age: d.max_age,
+            keep_pattern: None,
+        }
+    }
+}
+
+impl Gc {
+    /// The engine's configuration, with schedules and the pattern checked.
+    pub fn engine_config(&self) -> Result<berth_gc::GcConfig, String> {
+        berth_gc::scheduler::validate(&self.tag_cleanup_schedule)
+            .map_err(|e| format!("[gc] tag_cleanup_schedule: {e}"))?;
+        berth_gc::scheduler::validate(&self.untagged_schedule)
+            .map_err(|e| format!("[gc] untagged_schedule: {e}"))?;
+        let keep_pattern = match &self.retention.keep_pattern {
+            Some(p) => Some(
+                berth_gc::retention::compile_pattern(p)
+                    .map_err(|e| format!("[gc.retention] {e}"))?,
+            ),
+            None => None,
+        };
+        Ok(berth_gc::GcConfig {
+            enabled: self.enabled,
+            tag_cleanup_schedule: self.tag_cleanup_schedule.clone(),
+            untagged_schedule: self.untagged_schedule.clone(),
+            untagged_grace: self.untagged_grace,
+            blob_grace: self.blob_grace,
+            upload_expiry: self.upload_expiry,
+            retention: berth_gc::RetentionPolicy {
+                keep_last: self.retention.keep_last,
+                protected_tags: self.retention.protected_tags.clone(),
+                max_age: self.retention.max_age,
+                keep_pattern,
+            },
+        })
     }
 }
 
@@ -229,6 +313,19 @@ pub fn parse_size_or_unlimited(s: &str) -> Result<Option<u64>, String> {
         .map_err(|e| format!("{s:?} is not a size like \"1GiB\" or \"unlimited\": {e}"))
 }
 
+/// An optional duration: a string such as "30d", or absent.
+mod humantime_serde_opt {
+    use serde::{Deserialize, Deserializer};
+    use std::time::Duration;
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+        let s = String::deserialize(d)?;
+        humantime::parse_duration(&s).map(Some).map_err(|e| {
+            serde::de::Error::custom(format!("{s:?} is not a duration like \"30d\": {e}"))
+        })
+    }
+}
+
 /// Durations as strings such as "90s", "5m", "1h" (humantime's grammar).
 mod humantime_serde {
     use serde::{Deserialize, Deserializer};
@@ -275,6 +372,23 @@ mod tests {
         assert_eq!(example.quota.unlimited, default.quota.unlimited);
         assert_eq!(example.registry.tool_prefix, default.registry.tool_prefix);
         assert_eq!(example.metrics.public, default.metrics.public);
+        assert_eq!(
+            example.gc.tag_cleanup_schedule,
+            default.gc.tag_cleanup_schedule
+        );
+        assert_eq!(example.gc.untagged_schedule, default.gc.untagged_schedule);
+        assert_eq!(example.gc.untagged_grace, default.gc.untagged_grace);
+        assert_eq!(example.gc.blob_grace, default.gc.blob_grace);
+        assert_eq!(example.gc.upload_expiry, default.gc.upload_expiry);
+        assert_eq!(
+            example.gc.retention.keep_last,
+            default.gc.retention.keep_last
+        );
+        assert_eq!(
+            example.gc.retention.protected_tags,
+            default.gc.retention.protected_tags
+        );
+        assert!(example.gc.engine_config().is_ok());
     }
 
     #[test]
@@ -282,6 +396,15 @@ mod tests {
         assert!(Config::parse("[server]\nlisten_on = \"x\"").is_err());
         assert!(Config::parse("[server]\nshutdown_grace = \"soon\"").is_err());
         assert!(Config::parse("[quota]\ndefault_limit = \"lots\"").is_err());
+        let c = Config::parse("[gc]\ntag_cleanup_schedule = \"every tuesday\"").unwrap();
+        assert!(c.gc.engine_config().is_err());
+        let c = Config::parse("[gc.retention]\nkeep_pattern = \"(\"").unwrap();
+        assert!(c.gc.engine_config().is_err());
+        let c = Config::parse("[gc.retention]\nmax_age = \"30d\"").unwrap();
+        assert_eq!(
+            c.gc.retention.max_age,
+            Some(Duration::from_secs(30 * 86400))
+        );
         let c = Config::parse("[quota]\ndefault_limit = \"2GiB\"").unwrap();
         assert_eq!(c.quota.default_limit, Some(2 << 30));
         let c = Config::parse("[quota]\ndefault_limit = \"unlimited\"").unwrap();

@@ -3,6 +3,7 @@
 
 mod admin_client;
 mod config;
+mod gc_cli;
 mod quota_cli;
 
 use berth_registry::{RegistryConfig, State};
@@ -43,6 +44,11 @@ enum Command {
     Quota {
         #[command(subcommand)]
         command: quota_cli::QuotaCommand,
+    },
+    /// Run garbage collection now and read past runs, on a running berth.
+    Gc {
+        #[command(subcommand)]
+        command: gc_cli::GcCommand,
     },
     /// Manage namespaces on a running berth.
     Namespace {
@@ -103,6 +109,7 @@ fn main() -> ExitCode {
             }
         }
         Command::Quota { command } => report(quota_cli::run(command)),
+        Command::Gc { command } => report(gc_cli::run(command)),
         Command::Namespace {
             command:
                 NamespaceCommand::Credentials {
@@ -173,6 +180,16 @@ async fn serve(cfg: Config) -> Result<(), String> {
             )
         })?;
     storage.meta.set_quota_policy(cfg.quota.policy());
+    let gc_config = cfg.gc.engine_config()?;
+    match storage.meta.interrupt_unfinished_gc_runs().await {
+        Ok(0) => {}
+        Ok(n) => tracing::warn!(
+            runs = n,
+            "marked GC runs cut short by the last shutdown as interrupted"
+        ),
+        Err(e) => return Err(format!("cannot read GC run records: {e}")),
+    }
+    let gc = berth_gc::Gc::new(storage.clone(), gc_config.clone());
     let listener = tokio::net::TcpListener::bind(cfg.server.listen)
         .await
         .map_err(|e| format!("cannot listen on {}: {e}", cfg.server.listen))?;
@@ -197,12 +214,35 @@ async fn serve(cfg: Config) -> Result<(), String> {
             shutdown_grace: cfg.server.shutdown_grace,
             tool_prefix: cfg.registry.tool_prefix.clone(),
             metrics_public: cfg.metrics.public,
+            // Well inside the blob grace period, so a HEAD always protects.
+            touch_interval: (gc_config.blob_grace / 4).clamp(
+                std::time::Duration::from_millis(100),
+                std::time::Duration::from_secs(60),
+            ),
         },
-        metrics: berth_registry::metrics::Metrics::new(),
+        metrics: {
+            let m = berth_registry::metrics::Metrics::new();
+            m.register(gc.metrics.collectors());
+            m
+        },
+        gc: gc.clone(),
     });
+    let mut scheduler = if gc_config.enabled {
+        Some(
+            berth_gc::scheduler::start(gc.clone())
+                .await
+                .map_err(|e| format!("cannot start the GC scheduler: {e}"))?,
+        )
+    } else {
+        tracing::warn!("scheduled GC is off ([gc] enabled = false)");
+        None
+    };
     berth_registry::serve(listener, state, shutdown_signal())
         .await
         .map_err(|e| format!("server failed: {e}"))?;
+    if let Some(s) = scheduler.as_mut() {
+        let _ = s.shutdown().await;
+    }
     storage.close().await;
     tracing::info!("berth stopped cleanly");
     Ok(())

@@ -14,7 +14,7 @@ use auth::Action;
 use berth_storage::Storage;
 use body::Body;
 use error::{ApiError, ApiResult, Code};
-use handlers::{admin, blobs, discovery, manifests, method_not_allowed, quota, token, uploads};
+use handlers::{admin, blobs, discovery, gc, manifests, method_not_allowed, quota, token, uploads};
 use http::{HeaderValue, Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
@@ -37,6 +37,9 @@ pub struct RegistryConfig {
     pub tool_prefix: String,
     /// Whether `/metrics` answers without admin credentials.
     pub metrics_public: bool,
+    /// A blob HEAD refreshes the blob's last use when it is older than
+    /// this; keep it well under the GC blob grace period.
+    pub touch_interval: Duration,
 }
 
 impl Default for RegistryConfig {
@@ -46,6 +49,7 @@ impl Default for RegistryConfig {
             shutdown_grace: Duration::from_secs(30),
             tool_prefix: "tool-".into(),
             metrics_public: true,
+            touch_interval: Duration::from_secs(60),
         }
     }
 }
@@ -56,6 +60,7 @@ pub struct State {
     pub config: RegistryConfig,
     pub auth: auth::Auth,
     pub metrics: metrics::Metrics,
+    pub gc: std::sync::Arc<berth_gc::Gc>,
 }
 
 /// Answers one request. Never fails: errors become OCI error responses.
@@ -116,6 +121,30 @@ async fn dispatch(
                 Method::POST => quota::reconcile(state).await,
                 m => Err(method_not_allowed(&m)),
             }
+        }
+        Route::GcRun(job) => {
+            auth.require_admin(&caller)?;
+            gc::run(state, &job, &method, req.uri().query()).await
+        }
+        Route::GcRuns => {
+            auth.require_admin(&caller)?;
+            gc::runs(state, &method, req.uri().query()).await
+        }
+        Route::Pins => {
+            auth.require_admin(&caller)?;
+            gc::pins(state, req).await
+        }
+        Route::Pin(id) => {
+            auth.require_admin(&caller)?;
+            gc::pin(state, &id, &method).await
+        }
+        Route::Retention => {
+            auth.require_admin(&caller)?;
+            gc::retention(state, &method).await
+        }
+        Route::RetentionNamespace(ns) => {
+            auth.require_admin(&caller)?;
+            gc::retention_namespace(state, &ns, req).await
         }
         Route::Quota(ns) => {
             auth.require_admin(&caller)?;

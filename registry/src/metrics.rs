@@ -84,6 +84,13 @@ impl Metrics {
         }
     }
 
+    /// Adds collectors from other parts (e.g. the GC jobs' counters).
+    pub fn register(&self, collectors: Vec<Box<dyn prometheus::core::Collector>>) {
+        for c in collectors {
+            self.registry.register(c).expect("metrics register once");
+        }
+    }
+
     pub fn observe(&self, method: &str, status: u16, seconds: f64) {
         self.requests
             .with_label_values(&[method, &status.to_string()])

@@ -48,6 +48,18 @@ pub enum Route {
     Quota(String),
     /// `/v1/tool/<tool>/quotas` (Toolforge build API shape)
     ToolQuota(String),
+    /// `/admin/v1/gc/runs`
+    GcRuns,
+    /// `/admin/v1/gc/<job>`
+    GcRun(String),
+    /// `/admin/v1/pins`
+    Pins,
+    /// `/admin/v1/pins/<id>`
+    Pin(String),
+    /// `/admin/v1/retention`
+    Retention,
+    /// `/admin/v1/retention/<ns>`
+    RetentionNamespace(String),
     /// Any other `/admin/...` path (404 once the caller is known to be admin).
     AdminUnknown,
 }
@@ -88,6 +100,12 @@ pub fn parse(path: &str) -> ApiResult<Option<Route>> {
             ["v1", "quotas"] => Route::Quotas,
             ["v1", "quotas", "_reconcile"] => Route::QuotaReconcile,
             ["v1", "quotas", ns] => Route::Quota((*ns).to_owned()),
+            ["v1", "gc", "runs"] => Route::GcRuns,
+            ["v1", "gc", job] => Route::GcRun((*job).to_owned()),
+            ["v1", "pins"] => Route::Pins,
+            ["v1", "pins", id] => Route::Pin((*id).to_owned()),
+            ["v1", "retention"] => Route::Retention,
+            ["v1", "retention", ns] => Route::RetentionNamespace((*ns).to_owned()),
             _ => Route::AdminUnknown,
         }));
     }

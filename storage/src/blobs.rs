@@ -21,6 +21,14 @@ use std::sync::Arc;
 /// per-chunk hop to a blocking thread is noise next to the copy itself.
 const READ_CHUNK: usize = 256 * 1024;
 
+/// An object found by listing the store.
+#[derive(Debug, Clone)]
+pub struct StoredObject {
+    pub digest: Digest,
+    pub size: u64,
+    pub last_modified_ms: i64,
+}
+
 /// A stream of blob bytes.
 pub type ByteStream = BoxStream<'static, Result<Bytes, StorageError>>;
 
@@ -136,6 +144,33 @@ impl BlobStore {
             Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
             Err(e) => Err(e.into()),
         }
+    }
+
+    /// Every blob object in the store. Paths that are not blob objects
+    /// (foreign files) are skipped.
+    pub async fn list(&self) -> Result<Vec<StoredObject>, StorageError> {
+        let mut stream = self.store.list(Some(&ObjectPath::from("blobs")));
+        let mut out = Vec::new();
+        while let Some(meta) = stream.next().await {
+            let meta = match meta {
+                Ok(m) => m,
+                Err(object_store::Error::NotFound { .. }) => continue,
+                Err(e) => return Err(e.into()),
+            };
+            let parts: Vec<&str> = meta.location.as_ref().split('/').collect();
+            if let ["blobs", alg, _, hex] = parts.as_slice() {
+                if let Ok(digest) = format!("{alg}:{hex}").parse::<Digest>() {
+                    if Self::object_path(&digest) == meta.location {
+                        out.push(StoredObject {
+                            digest,
+                            size: meta.size,
+                            last_modified_ms: meta.last_modified.timestamp_millis(),
+                        });
+                    }
+                }
+            }
+        }
+        Ok(out)
     }
 
     /// Answers when the store does (for `/healthz`).

@@ -9,6 +9,7 @@
 
 pub mod blobs;
 pub mod digest;
+pub mod locks;
 pub mod manifest;
 pub mod meta;
 pub mod names;
@@ -63,6 +64,7 @@ pub struct Storage {
     pub meta: Metadata,
     pub blobs: BlobStore,
     pub uploads: Arc<Uploads>,
+    pub locks: Arc<locks::BlobLocks>,
     data_dir: PathBuf,
 }
 
@@ -80,12 +82,97 @@ impl Storage {
             meta,
             blobs,
             uploads,
+            locks: Arc::new(locks::BlobLocks::default()),
             data_dir: dir.clone(),
         })
     }
 
     pub fn data_dir(&self) -> &Path {
         &self.data_dir
+    }
+
+    /// Completes an upload: moves the verified staging file into the blob
+    /// store (object first) and links the blob into `repo` (row second),
+    /// under the digest's lock so GC cannot interleave. The inner error is
+    /// a quota refusal; the object then stays, uncharged, for the sweep.
+    pub async fn store_upload(
+        &self,
+        staged: PathBuf,
+        repo: &RepoName,
+        digest: &Digest,
+        size: u64,
+    ) -> Result<Result<(), meta::QuotaExceeded>, StorageError> {
+        let key = digest.to_string();
+        let _guard = self.locks.lock(&key).await;
+        self.blobs.commit_staged(staged, digest).await?;
+        self.meta.link_blob(repo, digest, size).await
+    }
+
+    /// Deletes blob rows that are still unlinked and untouched since
+    /// `cutoff`, then their objects, holding their locks throughout.
+    /// Returns what was deleted. An object that cannot be deleted stays as
+    /// an orphan for `sweep_orphans`.
+    pub async fn delete_blobs(
+        &self,
+        batch: Vec<meta::DoomedBlob>,
+        cutoff: i64,
+    ) -> Result<Vec<meta::DoomedBlob>, StorageError> {
+        let digests: Vec<String> = batch.iter().map(|b| b.digest.clone()).collect();
+        let _guards = self
+            .locks
+            .lock_many(digests.iter().map(String::as_str))
+            .await;
+        let deleted = self.meta.delete_blob_rows_checked(batch, cutoff).await?;
+        for b in &deleted {
+            match b.digest.parse::<Digest>() {
+                Ok(d) => {
+                    if let Err(e) = self.blobs.delete(&d).await {
+                        tracing::warn!(digest = %b.digest, error = %e, "blob object not deleted; a later sweep retries");
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(digest = %b.digest, error = %e, "unparseable digest in blobs table")
+                }
+            }
+        }
+        Ok(deleted)
+    }
+
+    /// Objects in the blob store without a blob row, last written before
+    /// `cutoff` (e.g. left by a crash between a row deletion and its
+    /// object's, or by a refused upload). Deletes them unless `dry_run`.
+    pub async fn sweep_orphans(
+        &self,
+        cutoff: i64,
+        dry_run: bool,
+    ) -> Result<Vec<meta::DoomedBlob>, StorageError> {
+        let objects = self.blobs.list().await?;
+        let mut orphans = Vec::new();
+        for chunk in objects.chunks(512) {
+            let present = self
+                .meta
+                .blob_rows_present(chunk.iter().map(|o| o.digest.to_string()).collect())
+                .await?;
+            for (o, present) in chunk.iter().zip(present) {
+                if present || o.last_modified_ms >= cutoff {
+                    continue;
+                }
+                if !dry_run {
+                    let key = o.digest.to_string();
+                    let _guard = self.locks.lock(&key).await;
+                    // Re-check under the lock: an upload may have linked it.
+                    if self.meta.blob_rows_present(vec![key.clone()]).await?[0] {
+                        continue;
+                    }
+                    self.blobs.delete(&o.digest).await?;
+                }
+                orphans.push(meta::DoomedBlob {
+                    digest: o.digest.to_string(),
+                    size: o.size,
+                });
+            }
+        }
+        Ok(orphans)
     }
 
     /// Closes the database cleanly (pending writes finish first).

@@ -4,7 +4,7 @@ use super::{header_value, set, DIGEST_HEADER};
 use crate::body::{self, Body};
 use crate::error::{ApiError, ApiResult, Code};
 use crate::State;
-use berth_storage::meta::{UnlinkBlobOutcome, TOUCH_GRANULARITY_MS};
+use berth_storage::meta::UnlinkBlobOutcome;
 use berth_storage::{now_ms, Digest, RepoName};
 use http::{header, HeaderMap, Response, StatusCode};
 use std::ops::Range;
@@ -29,16 +29,11 @@ pub async fn get(
         .linked_blob(repo, digest)
         .await?
         .ok_or_else(|| unknown(repo, digest))?;
-    if head && now_ms() - linked.touched_ms > TOUCH_GRANULARITY_MS {
+    if head && now_ms() - linked.touched_ms > state.config.touch_interval.as_millis() as i64 {
         // A HEAD is how clients ask "do you still have this?" before
-        // skipping an upload: restart the blob's GC grace period.
-        let meta = state.storage.meta.clone();
-        let d = digest.clone();
-        tokio::spawn(async move {
-            if let Err(e) = meta.touch_blob(&d).await {
-                tracing::warn!(digest = %d, error = %e, "could not touch blob");
-            }
-        });
+        // skipping an upload: restart the blob's GC grace period before
+        // answering yes, so the manifest that follows finds it linked.
+        state.storage.meta.touch_blob(digest).await?;
     }
     let size = linked.size;
     let range = match headers.get(header::RANGE) {
@@ -65,11 +60,23 @@ pub async fn get(
         match state.storage.blobs.get(digest, range.clone()).await {
             Ok(s) => body::stream(s),
             Err(berth_storage::StorageError::ObjectStore(object_store_err)) => {
+                // Garbage collected between the lookup and the read: the
+                // blob is simply gone now.
+                if state
+                    .storage
+                    .meta
+                    .linked_blob(repo, digest)
+                    .await?
+                    .is_none()
+                {
+                    return Err(unknown(repo, digest));
+                }
                 tracing::error!(%digest, error = %object_store_err, "blob is recorded but its object is unreadable");
                 return Err(ApiError::internal(format!(
                     "blob {digest} is recorded but its stored object could not be read"
                 )));
             }
+
             Err(e) => return Err(e.into()),
         }
     };

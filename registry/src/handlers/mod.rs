@@ -5,6 +5,7 @@
 pub mod admin;
 pub mod blobs;
 pub mod discovery;
+pub mod gc;
 pub mod manifests;
 pub mod quota;
 pub mod token;

@@ -271,10 +271,12 @@ async fn complete(
             }
         }
     }
-    state.storage.blobs.commit_staged(staged, digest).await?;
     // A refusal here (a concurrent push took the room) leaves the object
     // uncharged and unreferenced; the blob sweep removes it.
-    state.storage.meta.link_blob(repo, digest, size).await??;
+    state
+        .storage
+        .store_upload(staged, repo, digest, size)
+        .await??;
     tracing::debug!(%repo, %digest, size, "blob stored");
     Ok(created(repo, digest))
 }

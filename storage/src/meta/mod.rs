@@ -4,10 +4,12 @@
 //! of connections on tokio's blocking threads. No SQLite call ever runs on an
 //! async worker thread. All SQL lives in this module and `queries`.
 
+mod gc;
 mod queries;
 mod quota;
 mod schema;
 
+pub use gc::*;
 pub use queries::*;
 pub use quota::*;
 

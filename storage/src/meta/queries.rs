@@ -66,11 +66,6 @@ pub enum UnlinkBlobOutcome {
     ReferencedByManifest(String),
 }
 
-/// How far the blob touch timestamp may lag before a read refreshes it.
-/// Much shorter than any sensible GC grace period, and it keeps HEAD-heavy
-/// traffic from turning every read into a write.
-pub const TOUCH_GRANULARITY_MS: i64 = 60_000;
-
 fn repo_id(conn: &Connection, repo: &str) -> rusqlite::Result<Option<i64>> {
     conn.prepare_cached("SELECT id FROM repositories WHERE name = ?1")?
         .query_row([repo], |r| r.get(0))
@@ -132,21 +127,46 @@ fn link(
 /// Removes a blob link and releases its size when it was the namespace's
 /// last link of the blob. Returns false when there was no link.
 fn unlink(conn: &Connection, repo_id: i64, ns: &str, digest: &str) -> rusqlite::Result<bool> {
+    let linked = conn
+        .prepare_cached("SELECT 1 FROM repo_blobs WHERE repo_id = ?1 AND digest = ?2")?
+        .exists(params![repo_id, digest])?;
+    if linked {
+        unlink_released(conn, repo_id, ns, digest)?;
+    }
+    Ok(linked)
+}
+
+/// Removes a blob link; returns the bytes released to the namespace (the
+/// blob's size if this was the namespace's last link of it, else 0).
+pub(super) fn unlink_released(
+    conn: &Connection,
+    repo_id: i64,
+    ns: &str,
+    digest: &str,
+) -> rusqlite::Result<u64> {
     let n = conn
         .prepare_cached("DELETE FROM repo_blobs WHERE repo_id = ?1 AND digest = ?2")?
         .execute(params![repo_id, digest])?;
-    if n == 0 {
-        return Ok(false);
+    if n == 0 || !quota::count_unlink(conn, ns, digest)? {
+        return Ok(0);
     }
-    if quota::count_unlink(conn, ns, digest)? {
-        let size: i64 = conn
-            .prepare_cached("SELECT size FROM blobs WHERE digest = ?1")?
-            .query_row([digest], |r| r.get(0))
-            .optional()?
-            .unwrap_or(0);
-        quota::release(conn, ns, size.max(0) as u64)?;
-    }
-    Ok(true)
+    let size: i64 = conn
+        .prepare_cached("SELECT size FROM blobs WHERE digest = ?1")?
+        .query_row([digest], |r| r.get(0))
+        .optional()?
+        .unwrap_or(0);
+    quota::release(conn, ns, size.max(0) as u64)?;
+    Ok(size.max(0) as u64)
+}
+
+/// Marks that a manifest lost a tag now: its untagged grace period
+/// restarts, so a pull that resolved the old tag moments ago can finish.
+fn released(conn: &Connection, repo_id: i64, digest: &str, now: i64) -> rusqlite::Result<()> {
+    conn.prepare_cached(
+        "UPDATE manifests SET released_ms = ?3 WHERE repo_id = ?1 AND digest = ?2",
+    )?
+    .execute(params![repo_id, digest, now])?;
+    Ok(())
 }
 
 fn repo_namespace(conn: &Connection, repo: &str) -> rusqlite::Result<Option<(i64, String)>> {
@@ -399,6 +419,11 @@ impl Metadata {
                     parsed.annotations,
                     now
                 ])?;
+            if exists {
+                // A re-push is a fresh use: restart the grace period.
+                tx.prepare_cached("UPDATE manifests SET pushed_ms = ?3 WHERE repo_id = ?1 AND digest = ?2")?
+                    .execute(params![id, digest, now])?;
+            }
             if inserted == 1 {
                 let mut add_ref = tx.prepare_cached(
                     "INSERT OR IGNORE INTO manifest_refs (repo_id, manifest_digest, child_digest, kind)
@@ -422,7 +447,12 @@ impl Metadata {
                  ON CONFLICT (repo_id, name) DO UPDATE
                  SET digest = excluded.digest, updated_ms = excluded.updated_ms",
             )?;
+            let mut old_target = tx.prepare_cached("SELECT digest FROM tags WHERE repo_id = ?1 AND name = ?2")?;
             for t in &tags {
+                let old: Option<String> = old_target.query_row(params![id, t], |r| r.get(0)).optional()?;
+                if let Some(old) = old.filter(|o| *o != digest) {
+                    released(tx, id, &old, now)?;
+                }
                 set_tag.execute(params![id, t, digest, now])?;
             }
             Ok(PutManifestOutcome::Stored)
@@ -477,13 +507,18 @@ impl Metadata {
     pub async fn delete_tag(&self, repo: &RepoName, tag: &str) -> Result<bool, StorageError> {
         let (repo, tag) = (repo.as_str().to_owned(), tag.to_owned());
         self.write(move |tx| {
-            let n = tx
-                .prepare_cached(
-                    "DELETE FROM tags WHERE name = ?2
-                     AND repo_id = (SELECT id FROM repositories WHERE name = ?1)",
-                )?
-                .execute(params![repo, tag])?;
-            Ok(n > 0)
+            let Some(id) = repo_id(tx, &repo)? else {
+                return Ok(false);
+            };
+            let old: Option<String> = tx
+                .prepare_cached("SELECT digest FROM tags WHERE repo_id = ?1 AND name = ?2")?
+                .query_row(params![id, tag], |r| r.get(0))
+                .optional()?;
+            let Some(old) = old else { return Ok(false) };
+            tx.prepare_cached("DELETE FROM tags WHERE repo_id = ?1 AND name = ?2")?
+                .execute(params![id, tag])?;
+            released(tx, id, &old, now_ms())?;
+            Ok(true)
         })
         .await
     }

@@ -110,6 +110,41 @@ const MIGRATIONS: &[&str] = &[
       + COALESCE((SELECT SUM(m.size) FROM manifests m JOIN repositories r ON r.id = m.repo_id
                   WHERE r.namespace = namespaces.name), 0);
     "#,
+    // 4: garbage collection. `released_ms` is when a manifest last lost a
+    // tag, so the untagged grace period runs from then, not from its push.
+    r#"
+    ALTER TABLE manifests ADD COLUMN released_ms INTEGER NOT NULL DEFAULT 0;
+
+    CREATE TABLE pins (
+        id          INTEGER PRIMARY KEY,
+        repository  TEXT NOT NULL,
+        digest      TEXT NOT NULL,
+        reason      TEXT NOT NULL DEFAULT '',
+        created_ms  INTEGER NOT NULL,
+        UNIQUE (repository, digest)
+    );
+
+    -- Per-namespace retention overrides; NULL columns inherit the default.
+    CREATE TABLE retention (
+        namespace       TEXT PRIMARY KEY,
+        keep_last       INTEGER,
+        protected_tags  TEXT,
+        max_age_ms      INTEGER,
+        keep_pattern    TEXT,
+        updated_ms      INTEGER NOT NULL
+    ) WITHOUT ROWID;
+
+    CREATE TABLE gc_runs (
+        id           INTEGER PRIMARY KEY,
+        job          TEXT NOT NULL,
+        dry_run      INTEGER NOT NULL,
+        trigger      TEXT NOT NULL,
+        started_ms   INTEGER NOT NULL,
+        finished_ms  INTEGER NOT NULL,
+        report       TEXT NOT NULL
+    );
+    CREATE INDEX gc_runs_started ON gc_runs(started_ms DESC);
+    "#,
 ];
 
 /// Brings the database up to the newest schema, one transaction per step.

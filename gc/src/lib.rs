@@ -1,0 +1,172 @@
+//! berth-gc: keeps storage bounded while pushes go on. Two jobs, each
+//! scheduled by cron (tokio-cron-scheduler) and triggerable by the admin:
+//!
+//! - tag cleanup (every 5 minutes by default): per-namespace retention;
+//! - untagged GC (hourly): untagged manifests past their grace period, then
+//!   blob links nothing needs, then blobs linked nowhere and their objects,
+//!   orphan objects, expired uploads, and a quota reconcile.
+//!
+//! Safety: planning reads a snapshot; every deletion re-checks its item in
+//! the write transaction that removes it (SQLite serialises that against
+//! pushes); blob objects are deleted after their rows, under per-digest
+//! locks shared with upload completion. No global lock, no read-only mode.
+
+pub mod jobs;
+pub mod metrics;
+pub mod report;
+pub mod retention;
+pub mod scheduler;
+
+pub use report::{JobKind, RunReport};
+pub use retention::RetentionPolicy;
+
+use berth_storage::{now_ms, Storage};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::Mutex;
+
+/// The `[gc]` settings.
+#[derive(Debug, Clone)]
+pub struct GcConfig {
+    /// Run the jobs on their schedules (the admin trigger works regardless).
+    pub enabled: bool,
+    pub tag_cleanup_schedule: String,
+    pub untagged_schedule: String,
+    pub untagged_grace: Duration,
+    pub blob_grace: Duration,
+    pub upload_expiry: Duration,
+    pub retention: RetentionPolicy,
+}
+
+impl Default for GcConfig {
+    fn default() -> Self {
+        GcConfig {
+            enabled: true,
+            tag_cleanup_schedule: "0 */5 * * * *".into(),
+            untagged_schedule: "0 0 * * * *".into(),
+            untagged_grace: Duration::from_secs(3600),
+            blob_grace: Duration::from_secs(3600),
+            upload_expiry: Duration::from_secs(24 * 3600),
+            retention: RetentionPolicy::default(),
+        }
+    }
+}
+
+/// The GC engine: configuration, one lock per job (a job never runs twice
+/// at once), metrics.
+pub struct Gc {
+    storage: Storage,
+    config: GcConfig,
+    tag_cleanup: Mutex<()>,
+    untagged: Mutex<()>,
+    pub metrics: metrics::GcMetrics,
+}
+
+impl Gc {
+    pub fn new(storage: Storage, config: GcConfig) -> Arc<Gc> {
+        Arc::new(Gc {
+            storage,
+            config,
+            tag_cleanup: Mutex::new(()),
+            untagged: Mutex::new(()),
+            metrics: metrics::GcMetrics::new(),
+        })
+    }
+
+    pub fn config(&self) -> &GcConfig {
+        &self.config
+    }
+
+    fn lock(&self, job: JobKind) -> &Mutex<()> {
+        match job {
+            JobKind::TagCleanup => &self.tag_cleanup,
+            JobKind::Untagged => &self.untagged,
+        }
+    }
+
+    /// Runs `job` now (waiting for a run of the same job in progress to
+    /// finish first) and returns its report.
+    pub async fn run(&self, job: JobKind, dry_run: bool, trigger: &str) -> RunReport {
+        let _guard = self.lock(job).lock().await;
+        self.run_locked(job, dry_run, trigger).await
+    }
+
+    /// The scheduler's entry: skips the tick if the job is still running,
+    /// so a slow run never overlaps the next one.
+    pub async fn run_if_idle(&self, job: JobKind) -> Option<RunReport> {
+        let Ok(_guard) = self.lock(job).try_lock() else {
+            tracing::warn!(
+                job = job.as_str(),
+                "previous run still in progress; skipping this tick"
+            );
+            return None;
+        };
+        Some(self.run_locked(job, false, "schedule").await)
+    }
+
+    async fn run_locked(&self, job: JobKind, dry_run: bool, trigger: &str) -> RunReport {
+        let mut report = RunReport::new(job, dry_run, trigger, now_ms());
+        match self
+            .storage
+            .meta
+            .start_gc_run(
+                job.as_str(),
+                dry_run,
+                trigger,
+                report.started_ms,
+                report.stored(),
+            )
+            .await
+        {
+            Ok(id) => report.id = id,
+            Err(e) => report
+                .errors
+                .push(format!("could not record the run's start: {e}")),
+        }
+        let outcome = match job {
+            JobKind::TagCleanup => {
+                jobs::tag_cleanup(&self.storage, &self.config, &mut report).await
+            }
+            JobKind::Untagged => jobs::untagged(&self.storage, &self.config, &mut report).await,
+        };
+        if let Err(e) = outcome {
+            report.errors.push(e.to_string());
+        }
+        report.removed.sort();
+        report.finished_ms = now_ms();
+        report.status = if report.errors.is_empty() {
+            "ok"
+        } else {
+            "failed"
+        }
+        .into();
+        if report.id != 0 {
+            if let Err(e) = self
+                .storage
+                .meta
+                .finish_gc_run(report.id, report.finished_ms, report.stored())
+                .await
+            {
+                report
+                    .errors
+                    .push(format!("could not record the run's report: {e}"));
+            }
+        }
+        self.metrics.observe(&report);
+        tracing::info!(
+            job = job.as_str(),
+            dry_run,
+            trigger,
+            status = %report.status,
+            tags = report.tags_removed,
+            manifests = report.manifests_removed,
+            blob_links = report.blob_links_removed,
+            blobs = report.blobs_removed,
+            orphans = report.orphan_objects_removed,
+            bytes_freed = report.bytes_freed,
+            duration_ms = report.finished_ms - report.started_ms,
+            "gc run finished"
+        );
+        report
+    }
+}

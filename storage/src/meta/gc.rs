@@ -1,0 +1,657 @@
+//! The SQL of garbage collection: what may go (planned on a read snapshot,
+//! so planning never holds the writer) and checked deletions (each item
+//! re-checked inside the write transaction that removes it, so a push that
+//! raced the plan wins). Also pins, retention overrides and run reports.
+//!
+//! Liveness, in one rule: a manifest lives if it is tagged, pinned, or was
+//! pushed or lost a tag within the grace period; or if it is a child of a
+//! live index; or if its subject lives. Everything else is garbage, and so
+//! are blob links no surviving manifest of the repository needs and that
+//! were not touched within the blob grace period, and blobs linked nowhere.
+
+use super::quota;
+use super::Metadata;
+use crate::{now_ms, StorageError};
+use rusqlite::{params, Connection, OptionalExtension, Transaction};
+use std::collections::BTreeMap;
+
+/// A tag, as tag cleanup sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TagRow {
+    pub repo_id: i64,
+    pub repository: String,
+    pub namespace: String,
+    pub tag: String,
+    pub digest: String,
+    pub updated_ms: i64,
+    pub pinned: bool,
+}
+
+/// A manifest the plan would delete.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct DoomedManifest {
+    #[serde(skip)]
+    pub repo_id: i64,
+    pub repository: String,
+    #[serde(skip)]
+    pub namespace: String,
+    pub digest: String,
+    pub size: u64,
+}
+
+/// A blob link the plan would remove.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct DoomedLink {
+    #[serde(skip)]
+    pub repo_id: i64,
+    pub repository: String,
+    #[serde(skip)]
+    pub namespace: String,
+    pub digest: String,
+    pub size: u64,
+}
+
+/// A blob (row and object) the plan would delete.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct DoomedBlob {
+    pub digest: String,
+    pub size: u64,
+}
+
+/// What an untagged GC run would remove, computed on one snapshot.
+#[derive(Debug, Clone, Default)]
+pub struct GcPlan {
+    pub manifests: Vec<DoomedManifest>,
+    pub links: Vec<DoomedLink>,
+    pub blobs: Vec<DoomedBlob>,
+    /// Quota each namespace gets back (manifests plus its last links of blobs).
+    pub freed_per_namespace: BTreeMap<String, u64>,
+}
+
+/// A pin: the platform says a workload runs this digest.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Pin {
+    pub id: i64,
+    pub repository: String,
+    pub digest: String,
+    pub reason: String,
+    pub created_ms: i64,
+}
+
+/// A namespace's retention override; `None` fields inherit the default.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct RetentionOverride {
+    pub keep_last: Option<u32>,
+    pub protected_tags: Option<Vec<String>>,
+    pub max_age_ms: Option<i64>,
+    pub keep_pattern: Option<String>,
+}
+
+/// A stored GC run report.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct GcRunRecord {
+    pub id: i64,
+    pub job: String,
+    pub dry_run: bool,
+    pub trigger: String,
+    pub started_ms: i64,
+    pub finished_ms: i64,
+    pub report: serde_json::Value,
+}
+
+/// Marks the live manifests of every repository into `temp.gc_live`.
+const MARK_LIVE: &str = "
+    INSERT INTO temp.gc_live (repo_id, digest)
+    WITH RECURSIVE live(repo_id, digest) AS (
+        SELECT repo_id, digest FROM main.tags
+        UNION
+        SELECT r.id, p.digest FROM main.pins p JOIN main.repositories r ON r.name = p.repository
+        UNION
+        SELECT repo_id, digest FROM main.manifests WHERE MAX(pushed_ms, released_ms) >= ?1
+        UNION
+        SELECT mr.repo_id, mr.child_digest FROM live l
+            JOIN main.manifest_refs mr ON mr.repo_id = l.repo_id AND mr.manifest_digest = l.digest AND mr.kind = 'manifest'
+        UNION
+        SELECT m.repo_id, m.digest FROM live l
+            JOIN main.manifests m ON m.repo_id = l.repo_id AND m.subject = l.digest
+    )
+    SELECT repo_id, digest FROM live";
+
+fn reset_temp(c: &Connection) -> rusqlite::Result<()> {
+    c.execute_batch(
+        "CREATE TEMP TABLE IF NOT EXISTS gc_live (repo_id INTEGER, digest TEXT, PRIMARY KEY (repo_id, digest)) WITHOUT ROWID;
+         CREATE TEMP TABLE IF NOT EXISTS gc_doomed (repo_id INTEGER, digest TEXT, PRIMARY KEY (repo_id, digest)) WITHOUT ROWID;
+         CREATE TEMP TABLE IF NOT EXISTS gc_doomed_links (repo_id INTEGER, digest TEXT, PRIMARY KEY (repo_id, digest)) WITHOUT ROWID;
+         DELETE FROM temp.gc_live; DELETE FROM temp.gc_doomed; DELETE FROM temp.gc_doomed_links;",
+    )
+}
+
+fn plan_on(c: &Connection, manifest_cutoff: i64, blob_cutoff: i64) -> rusqlite::Result<GcPlan> {
+    reset_temp(c)?;
+    c.execute("BEGIN", [])?; // one snapshot for the whole plan
+    let result = (|| {
+        c.execute(MARK_LIVE, [manifest_cutoff])?;
+        c.execute(
+            "INSERT INTO temp.gc_doomed (repo_id, digest)
+             SELECT m.repo_id, m.digest FROM main.manifests m
+             WHERE NOT EXISTS (SELECT 1 FROM temp.gc_live l WHERE l.repo_id = m.repo_id AND l.digest = m.digest)",
+            [],
+        )?;
+        let manifests = c
+            .prepare(
+                "SELECT d.repo_id, r.name, r.namespace, d.digest, m.size FROM temp.gc_doomed d
+                 JOIN main.repositories r ON r.id = d.repo_id
+                 JOIN main.manifests m ON m.repo_id = d.repo_id AND m.digest = d.digest
+                 ORDER BY r.name, d.digest",
+            )?
+            .query_map([], |r| {
+                Ok(DoomedManifest {
+                    repo_id: r.get(0)?,
+                    repository: r.get(1)?,
+                    namespace: r.get(2)?,
+                    digest: r.get(3)?,
+                    size: r.get::<_, i64>(4)? as u64,
+                })
+            })?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        // Links no surviving manifest of the repository needs.
+        c.execute(
+            "INSERT INTO temp.gc_doomed_links (repo_id, digest)
+             SELECT rb.repo_id, rb.digest FROM main.repo_blobs rb JOIN main.blobs b ON b.digest = rb.digest
+             WHERE rb.linked_ms < ?1 AND b.touched_ms < ?1
+               AND NOT EXISTS (
+                   SELECT 1 FROM main.manifest_refs mr
+                   WHERE mr.repo_id = rb.repo_id AND mr.child_digest = rb.digest AND mr.kind = 'blob'
+                     AND NOT EXISTS (SELECT 1 FROM temp.gc_doomed d WHERE d.repo_id = mr.repo_id AND d.digest = mr.manifest_digest))",
+            [blob_cutoff],
+        )?;
+        let links = c
+            .prepare(
+                "SELECT l.repo_id, r.name, r.namespace, l.digest, b.size FROM temp.gc_doomed_links l
+                 JOIN main.repositories r ON r.id = l.repo_id JOIN main.blobs b ON b.digest = l.digest
+                 ORDER BY r.name, l.digest",
+            )?
+            .query_map([], |r| {
+                Ok(DoomedLink {
+                    repo_id: r.get(0)?,
+                    repository: r.get(1)?,
+                    namespace: r.get(2)?,
+                    digest: r.get(3)?,
+                    size: r.get::<_, i64>(4)? as u64,
+                })
+            })?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        // Blobs that no link will hold once the doomed links are gone.
+        let blobs = c
+            .prepare(
+                "SELECT b.digest, b.size FROM main.blobs b
+                 WHERE b.touched_ms < ?1
+                   AND NOT EXISTS (SELECT 1 FROM main.repo_blobs rb WHERE rb.digest = b.digest
+                       AND NOT EXISTS (SELECT 1 FROM temp.gc_doomed_links l WHERE l.repo_id = rb.repo_id AND l.digest = rb.digest))
+                 ORDER BY b.digest",
+            )?
+            .query_map([blob_cutoff], |r| Ok(DoomedBlob { digest: r.get(0)?, size: r.get::<_, i64>(1)? as u64 }))?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        // Quota returned: doomed manifests, plus blobs whose every link in
+        // the namespace is doomed.
+        let mut freed: BTreeMap<String, u64> = BTreeMap::new();
+        for m in &manifests {
+            *freed.entry(m.namespace.clone()).or_default() += m.size;
+        }
+        let mut stmt = c.prepare(
+            "SELECT r.namespace, l.digest, b.size, COUNT(*) AS doomed,
+                    (SELECT nb.repos FROM main.namespace_blobs nb WHERE nb.namespace = r.namespace AND nb.digest = l.digest)
+             FROM temp.gc_doomed_links l JOIN main.repositories r ON r.id = l.repo_id JOIN main.blobs b ON b.digest = l.digest
+             GROUP BY r.namespace, l.digest",
+        )?;
+        let rows = stmt.query_map([], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, i64>(2)?,
+                r.get::<_, i64>(3)?,
+                r.get::<_, Option<i64>>(4)?,
+            ))
+        })?;
+        for row in rows {
+            let (ns, size, doomed, repos) = row?;
+            if repos.unwrap_or(0) <= doomed {
+                *freed.entry(ns).or_default() += size.max(0) as u64;
+            }
+        }
+        Ok(GcPlan {
+            manifests,
+            links,
+            blobs,
+            freed_per_namespace: freed,
+        })
+    })();
+    c.execute("COMMIT", [])?;
+    reset_temp(c)?;
+    result
+}
+
+fn pinned(tx: &Connection, repo_id: i64, digest: &str) -> rusqlite::Result<bool> {
+    tx.prepare_cached(
+        "SELECT 1 FROM pins p JOIN repositories r ON r.name = p.repository WHERE r.id = ?1 AND p.digest = ?2",
+    )?
+    .exists(params![repo_id, digest])
+}
+
+/// Deletes one manifest if, inside this transaction, it is still garbage.
+/// Returns its size when deleted.
+fn delete_manifest_if_garbage(
+    tx: &Transaction<'_>,
+    repo_id: i64,
+    ns: &str,
+    digest: &str,
+    cutoff: i64,
+) -> rusqlite::Result<Option<u64>> {
+    let row: Option<(i64, i64, i64, Option<String>)> = tx
+        .prepare_cached("SELECT size, pushed_ms, released_ms, subject FROM manifests WHERE repo_id = ?1 AND digest = ?2")?
+        .query_row(params![repo_id, digest], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
+        .optional()?;
+    let Some((size, pushed, released, subject)) = row else {
+        return Ok(None);
+    };
+    if pushed.max(released) >= cutoff
+        || tx.prepare_cached("SELECT 1 FROM tags WHERE repo_id = ?1 AND digest = ?2")?.exists(params![repo_id, digest])?
+        || pinned(tx, repo_id, digest)?
+        // A child of an index that still exists lives with it.
+        || tx
+            .prepare_cached("SELECT 1 FROM manifest_refs WHERE repo_id = ?1 AND child_digest = ?2 AND kind = 'manifest'")?
+            .exists(params![repo_id, digest])?
+    {
+        return Ok(None);
+    }
+    if let Some(subject) = subject {
+        // A referrer lives as long as its subject.
+        if tx
+            .prepare_cached("SELECT 1 FROM manifests WHERE repo_id = ?1 AND digest = ?2")?
+            .exists(params![repo_id, subject])?
+        {
+            return Ok(None);
+        }
+    }
+    tx.prepare_cached("DELETE FROM manifests WHERE repo_id = ?1 AND digest = ?2")?
+        .execute(params![repo_id, digest])?;
+    tx.prepare_cached("DELETE FROM manifest_refs WHERE repo_id = ?1 AND manifest_digest = ?2")?
+        .execute(params![repo_id, digest])?;
+    quota::release(tx, ns, size.max(0) as u64)?;
+    Ok(Some(size.max(0) as u64))
+}
+
+impl Metadata {
+    /// Every tag with what retention needs, newest first per repository.
+    pub async fn gc_tags(&self) -> Result<Vec<TagRow>, StorageError> {
+        self.read(|c| {
+            let mut stmt = c.prepare(
+                "SELECT t.repo_id, r.name, r.namespace, t.name, t.digest, t.updated_ms,
+                        EXISTS (SELECT 1 FROM pins p WHERE p.repository = r.name AND p.digest = t.digest)
+                 FROM tags t JOIN repositories r ON r.id = t.repo_id
+                 ORDER BY t.repo_id, t.updated_ms DESC, t.name",
+            )?;
+            let rows = stmt
+                .query_map([], |r| {
+                    Ok(TagRow {
+                        repo_id: r.get(0)?,
+                        repository: r.get(1)?,
+                        namespace: r.get(2)?,
+                        tag: r.get(3)?,
+                        digest: r.get(4)?,
+                        updated_ms: r.get(5)?,
+                        pinned: r.get(6)?,
+                    })
+                })?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            Ok(rows)
+        })
+        .await
+    }
+
+    /// Deletes tags that still point where cleanup saw them point and whose
+    /// digest is not pinned; returns those deleted. The manifests that lost
+    /// a tag start their untagged grace period now.
+    pub async fn delete_tags_checked(
+        &self,
+        tags: Vec<TagRow>,
+    ) -> Result<Vec<TagRow>, StorageError> {
+        self.write(move |tx| {
+            let now = now_ms();
+            let mut deleted = Vec::new();
+            for t in tags {
+                if pinned(tx, t.repo_id, &t.digest)? {
+                    continue;
+                }
+                let n = tx
+                    .prepare_cached("DELETE FROM tags WHERE repo_id = ?1 AND name = ?2 AND digest = ?3 AND updated_ms = ?4")?
+                    .execute(params![t.repo_id, t.tag, t.digest, t.updated_ms])?;
+                if n > 0 {
+                    tx.prepare_cached("UPDATE manifests SET released_ms = ?3 WHERE repo_id = ?1 AND digest = ?2")?
+                        .execute(params![t.repo_id, t.digest, now])?;
+                    deleted.push(t);
+                }
+            }
+            Ok(deleted)
+        })
+        .await
+    }
+
+    /// Plans an untagged GC: manifests not live (see the module doc) and
+    /// older than `manifest_cutoff`, blob links and blobs not touched since
+    /// `blob_cutoff` that nothing surviving needs. Changes nothing.
+    pub async fn gc_plan(
+        &self,
+        manifest_cutoff: i64,
+        blob_cutoff: i64,
+    ) -> Result<GcPlan, StorageError> {
+        self.read(move |c| Ok(plan_on(c, manifest_cutoff, blob_cutoff)?))
+            .await
+    }
+
+    /// Deletes the given manifests that are still garbage, parents before
+    /// children and subjects before referrers (by repeating until nothing
+    /// more goes). Returns what was deleted.
+    pub async fn delete_manifests_checked(
+        &self,
+        batch: Vec<DoomedManifest>,
+        cutoff: i64,
+    ) -> Result<Vec<DoomedManifest>, StorageError> {
+        self.write(move |tx| {
+            let mut remaining = batch;
+            let mut deleted = Vec::new();
+            loop {
+                let before = remaining.len();
+                let mut kept = Vec::new();
+                for m in remaining {
+                    match delete_manifest_if_garbage(
+                        tx,
+                        m.repo_id,
+                        &m.namespace,
+                        &m.digest,
+                        cutoff,
+                    )? {
+                        Some(_) => deleted.push(m),
+                        None => kept.push(m),
+                    }
+                }
+                remaining = kept;
+                if remaining.is_empty() || remaining.len() == before {
+                    break;
+                }
+            }
+            Ok(deleted)
+        })
+        .await
+    }
+
+    /// Removes blob links that are still unneeded and untouched since
+    /// `cutoff`, releasing quota where a namespace loses its last link of a
+    /// blob. Returns the links removed and the bytes each namespace got back.
+    pub async fn delete_links_checked(
+        &self,
+        batch: Vec<DoomedLink>,
+        cutoff: i64,
+    ) -> Result<(Vec<DoomedLink>, BTreeMap<String, u64>), StorageError> {
+        self.write(move |tx| {
+            let mut deleted = Vec::new();
+            let mut freed: BTreeMap<String, u64> = BTreeMap::new();
+            for l in batch {
+                let still_garbage = tx
+                    .prepare_cached(
+                        "SELECT 1 FROM repo_blobs rb JOIN blobs b ON b.digest = rb.digest
+                         WHERE rb.repo_id = ?1 AND rb.digest = ?2 AND rb.linked_ms < ?3 AND b.touched_ms < ?3
+                           AND NOT EXISTS (SELECT 1 FROM manifest_refs mr
+                                           WHERE mr.repo_id = rb.repo_id AND mr.child_digest = rb.digest AND mr.kind = 'blob')",
+                    )?
+                    .exists(params![l.repo_id, l.digest, cutoff])?;
+                if !still_garbage {
+                    continue;
+                }
+                let released = super::queries::unlink_released(tx, l.repo_id, &l.namespace, &l.digest)?;
+                if released > 0 {
+                    *freed.entry(l.namespace.clone()).or_default() += released;
+                }
+                deleted.push(l);
+            }
+            Ok((deleted, freed))
+        })
+        .await
+    }
+
+    /// Deletes blob rows that no repository links and that were not touched
+    /// since `cutoff`; returns those deleted. The caller deletes their
+    /// objects afterwards (rows before objects), holding the blob locks.
+    pub async fn delete_blob_rows_checked(
+        &self,
+        batch: Vec<DoomedBlob>,
+        cutoff: i64,
+    ) -> Result<Vec<DoomedBlob>, StorageError> {
+        self.write(move |tx| {
+            let mut deleted = Vec::new();
+            for b in batch {
+                let n = tx
+                    .prepare_cached(
+                        "DELETE FROM blobs WHERE digest = ?1 AND touched_ms < ?2
+                         AND NOT EXISTS (SELECT 1 FROM repo_blobs rb WHERE rb.digest = ?1)",
+                    )?
+                    .execute(params![b.digest, cutoff])?;
+                if n > 0 {
+                    deleted.push(b);
+                }
+            }
+            Ok(deleted)
+        })
+        .await
+    }
+
+    /// Which of `digests` have a blob row.
+    pub async fn blob_rows_present(&self, digests: Vec<String>) -> Result<Vec<bool>, StorageError> {
+        self.read(move |c| {
+            let mut stmt = c.prepare_cached("SELECT 1 FROM blobs WHERE digest = ?1")?;
+            digests.iter().map(|d| Ok(stmt.exists([d])?)).collect()
+        })
+        .await
+    }
+
+    // ------------------------------------------------------------ pins ----
+
+    pub async fn add_pin(
+        &self,
+        repository: &str,
+        digest: &str,
+        reason: &str,
+    ) -> Result<Pin, StorageError> {
+        let (repository, digest, reason) =
+            (repository.to_owned(), digest.to_owned(), reason.to_owned());
+        self.write(move |tx| {
+            let now = now_ms();
+            tx.prepare_cached(
+                "INSERT INTO pins (repository, digest, reason, created_ms) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT (repository, digest) DO UPDATE SET reason = excluded.reason",
+            )?
+            .execute(params![repository, digest, reason, now])?;
+            Ok(tx
+                .prepare_cached("SELECT id, repository, digest, reason, created_ms FROM pins WHERE repository = ?1 AND digest = ?2")?
+                .query_row(params![repository, digest], pin_row)?)
+        })
+        .await
+    }
+
+    pub async fn list_pins(&self) -> Result<Vec<Pin>, StorageError> {
+        self.read(|c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT id, repository, digest, reason, created_ms FROM pins ORDER BY id",
+            )?;
+            let pins = stmt
+                .query_map([], pin_row)?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            Ok(pins)
+        })
+        .await
+    }
+
+    /// Removes a pin; the manifest it held starts its grace period now.
+    pub async fn delete_pin(&self, id: i64) -> Result<bool, StorageError> {
+        self.write(move |tx| {
+            let pin: Option<(String, String)> = tx
+                .prepare_cached("SELECT repository, digest FROM pins WHERE id = ?1")?
+                .query_row([id], |r| Ok((r.get(0)?, r.get(1)?)))
+                .optional()?;
+            let Some((repository, digest)) = pin else {
+                return Ok(false);
+            };
+            tx.prepare_cached("DELETE FROM pins WHERE id = ?1")?
+                .execute([id])?;
+            tx.prepare_cached(
+                "UPDATE manifests SET released_ms = ?3
+                 WHERE digest = ?2 AND repo_id = (SELECT id FROM repositories WHERE name = ?1)",
+            )?
+            .execute(params![repository, digest, now_ms()])?;
+            Ok(true)
+        })
+        .await
+    }
+
+    // ------------------------------------------------------- retention ----
+
+    pub async fn retention_overrides(
+        &self,
+    ) -> Result<BTreeMap<String, RetentionOverride>, StorageError> {
+        self.read(|c| {
+            let mut stmt = c.prepare_cached("SELECT namespace, keep_last, protected_tags, max_age_ms, keep_pattern FROM retention")?;
+            let rows = stmt
+                .query_map([], |r| {
+                    let protected: Option<String> = r.get(2)?;
+                    Ok((
+                        r.get::<_, String>(0)?,
+                        RetentionOverride {
+                            keep_last: r.get::<_, Option<i64>>(1)?.map(|k| k.max(0) as u32),
+                            protected_tags: protected.and_then(|p| serde_json::from_str(&p).ok()),
+                            max_age_ms: r.get(3)?,
+                            keep_pattern: r.get(4)?,
+                        },
+                    ))
+                })?
+                .collect::<rusqlite::Result<BTreeMap<_, _>>>()?;
+            Ok(rows)
+        })
+        .await
+    }
+
+    /// Sets (`Some`) or removes (`None`) a namespace's retention override.
+    pub async fn set_retention_override(
+        &self,
+        namespace: &str,
+        value: Option<RetentionOverride>,
+    ) -> Result<(), StorageError> {
+        let namespace = namespace.to_owned();
+        self.write(move |tx| {
+            match value {
+                None => {
+                    tx.prepare_cached("DELETE FROM retention WHERE namespace = ?1")?.execute([namespace])?;
+                }
+                Some(o) => {
+                    tx.prepare_cached(
+                        "INSERT INTO retention (namespace, keep_last, protected_tags, max_age_ms, keep_pattern, updated_ms)
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+                         ON CONFLICT (namespace) DO UPDATE SET keep_last = excluded.keep_last,
+                             protected_tags = excluded.protected_tags, max_age_ms = excluded.max_age_ms,
+                             keep_pattern = excluded.keep_pattern, updated_ms = excluded.updated_ms",
+                    )?
+                    .execute(params![
+                        namespace,
+                        o.keep_last.map(i64::from),
+                        o.protected_tags.map(|p| serde_json::to_string(&p).expect("strings serialize")),
+                        o.max_age_ms,
+                        o.keep_pattern,
+                        now_ms()
+                    ])?;
+                }
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    // ------------------------------------------------------------ runs ----
+
+    /// Records that a run started; returns its id. `finished_ms` stays 0
+    /// until `finish_gc_run`, so a run cut short by a crash is visible.
+    pub async fn start_gc_run(
+        &self,
+        job: &str,
+        dry_run: bool,
+        trigger: &str,
+        started_ms: i64,
+        report: serde_json::Value,
+    ) -> Result<i64, StorageError> {
+        let (job, trigger) = (job.to_owned(), trigger.to_owned());
+        self.write(move |tx| {
+            tx.prepare_cached(
+                "INSERT INTO gc_runs (job, dry_run, trigger, started_ms, finished_ms, report) VALUES (?1, ?2, ?3, ?4, 0, ?5)",
+            )?
+            .execute(params![job, dry_run, trigger, started_ms, report.to_string()])?;
+            Ok(tx.last_insert_rowid())
+        })
+        .await
+    }
+
+    pub async fn finish_gc_run(
+        &self,
+        id: i64,
+        finished_ms: i64,
+        report: serde_json::Value,
+    ) -> Result<(), StorageError> {
+        self.write(move |tx| {
+            tx.prepare_cached("UPDATE gc_runs SET finished_ms = ?2, report = ?3 WHERE id = ?1")?
+                .execute(params![id, finished_ms, report.to_string()])?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// Marks runs that never finished (the process died) as interrupted.
+    pub async fn interrupt_unfinished_gc_runs(&self) -> Result<usize, StorageError> {
+        self.write(|tx| {
+            Ok(tx.execute(
+                "UPDATE gc_runs SET finished_ms = ?1, report = json_set(report, '$.status', 'interrupted') WHERE finished_ms = 0",
+                [now_ms()],
+            )?)
+        })
+        .await
+    }
+
+    pub async fn gc_runs(&self, limit: u32) -> Result<Vec<GcRunRecord>, StorageError> {
+        self.read(move |c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT id, job, dry_run, trigger, started_ms, finished_ms, report FROM gc_runs ORDER BY id DESC LIMIT ?1",
+            )?;
+            let runs = stmt
+                .query_map([limit], |r| {
+                    let report: String = r.get(6)?;
+                    Ok(GcRunRecord {
+                        id: r.get(0)?,
+                        job: r.get(1)?,
+                        dry_run: r.get(2)?,
+                        trigger: r.get(3)?,
+                        started_ms: r.get(4)?,
+                        finished_ms: r.get(5)?,
+                        report: serde_json::from_str(&report).unwrap_or(serde_json::Value::Null),
+                    })
+                })?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            Ok(runs)
+        })
+        .await
+    }
+}
+
+fn pin_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Pin> {
+    Ok(Pin {
+        id: r.get(0)?,
+        repository: r.get(1)?,
+        digest: r.get(2)?,
+        reason: r.get(3)?,
+        created_ms: r.get(4)?,
+    })
+}
