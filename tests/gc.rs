@@ -526,7 +526,7 @@ fn storm_push(
         Some(())
     };
     let tag = format!("w{worker}-{n}");
-    let top = if n % 3 == 0 {
+    let top = if n.is_multiple_of(3) {
         let (a, b) = (image(1)?, image(2)?);
         put_manifest(&digest_of(&a), OCI_MANIFEST, &a)?;
         put_manifest(&digest_of(&b), OCI_MANIFEST, &b)?;
@@ -716,7 +716,7 @@ fn gc_storm_loses_nothing_while_pushes_and_pulls_go_on() {
             let client = Client::new(&url, None);
             let mut k = 0u64;
             while !stop.load(Ordering::Relaxed) {
-                let job = if k % 2 == 0 {
+                let job = if k.is_multiple_of(2) {
                     "tag-cleanup"
                 } else {
                     "untagged"

@@ -10,8 +10,32 @@ use berth_storage::{now_ms, Storage, StorageError};
 use std::collections::BTreeMap;
 
 /// Items per write transaction: small enough that a push waiting for the
-/// writer waits milliseconds, large enough to amortise the commit.
+/// writer waits milliseconds, large enough to amortise the commit. A
+/// manifest costs several statements (its references go with it), so its
+/// batches are smaller.
 const BATCH: usize = 256;
+const MANIFEST_BATCH: usize = 64;
+
+/// Records how long a phase took, for the report (and for operators
+/// wondering where a slow run spent its time).
+struct Phases {
+    at: std::time::Instant,
+}
+
+impl Phases {
+    fn start() -> Phases {
+        Phases {
+            at: std::time::Instant::now(),
+        }
+    }
+
+    fn mark(&mut self, report: &mut RunReport, phase: &str) {
+        report
+            .phases_ms
+            .insert(phase.to_owned(), self.at.elapsed().as_millis() as u64);
+        self.at = std::time::Instant::now();
+    }
+}
 
 /// Tag cleanup: applies each namespace's retention policy to every repository.
 pub async fn tag_cleanup(
@@ -20,8 +44,10 @@ pub async fn tag_cleanup(
     report: &mut RunReport,
 ) -> Result<(), StorageError> {
     let now = now_ms();
+    let mut phases = Phases::start();
     let tags = storage.meta.gc_tags().await?;
     let overrides = storage.meta.retention_overrides().await?;
+    phases.mark(report, "read");
     let mut policies: BTreeMap<String, RetentionPolicy> = BTreeMap::new();
     let mut doomed: Vec<TagRow> = Vec::new();
     let mut start = 0;
@@ -57,6 +83,7 @@ pub async fn tag_cleanup(
         );
         start = end;
     }
+    phases.mark(report, "select");
     let removed = if report.dry_run {
         doomed
     } else {
@@ -66,6 +93,7 @@ pub async fn tag_cleanup(
         }
         removed
     };
+    phases.mark(report, "delete");
     report.tags_removed = removed.len();
     report.removed.tags = removed
         .into_iter()
@@ -96,7 +124,9 @@ pub async fn untagged(
     let now = now_ms();
     let manifest_cutoff = now - config.untagged_grace.as_millis() as i64;
     let blob_cutoff = now - config.blob_grace.as_millis() as i64;
+    let mut phases = Phases::start();
     let plan = storage.meta.gc_plan(manifest_cutoff, blob_cutoff).await?;
+    phases.mark(report, "plan");
 
     if report.dry_run {
         report.manifests_removed = plan.manifests.len();
@@ -130,6 +160,50 @@ pub async fn untagged(
         return Ok(());
     }
 
+    // The quota reconcile is a read of one snapshot (ledger and data change
+    // in the same transactions, so any snapshot is consistent): it runs on
+    // a reader alongside the deletions, which hold the writer.
+    let reconcile = {
+        let meta = storage.meta.clone();
+        tokio::spawn(async move { meta.reconcile_quota().await })
+    };
+    let deleted = delete_planned(
+        storage,
+        config,
+        report,
+        &plan,
+        manifest_cutoff,
+        blob_cutoff,
+        now,
+        &mut phases,
+    )
+    .await;
+    let drift = reconcile
+        .await
+        .map_err(|e| StorageError::Internal(format!("reconcile task failed: {e}")))?;
+    deleted?;
+    let drift = drift?;
+    if !drift.is_empty() {
+        tracing::warn!(namespaces = drift.len(), "quota reconcile fixed drift");
+        report.quota_drift_fixed = drift.len();
+    }
+    phases.mark(report, "reconcile_wait");
+    Ok(())
+}
+
+/// The real run's deletions, in order: manifests, blob links, blobs,
+/// orphan objects, expired uploads.
+#[allow(clippy::too_many_arguments)]
+async fn delete_planned(
+    storage: &Storage,
+    config: &GcConfig,
+    report: &mut RunReport,
+    plan: &berth_storage::meta::GcPlan,
+    manifest_cutoff: i64,
+    blob_cutoff: i64,
+    now: i64,
+    phases: &mut Phases,
+) -> Result<(), StorageError> {
     // 1. Manifests, in batches; an index's children and a subject's
     // referrers may sit in a later batch than their parent, so what a
     // batch skipped gets retried until nothing more goes.
@@ -138,7 +212,7 @@ pub async fn untagged(
     loop {
         let before = pending.len();
         let mut skipped = Vec::new();
-        for batch in pending.chunks(BATCH) {
+        for batch in pending.chunks(MANIFEST_BATCH) {
             let deleted = storage
                 .meta
                 .delete_manifests_checked(batch.to_vec(), manifest_cutoff)
@@ -167,6 +241,7 @@ pub async fn untagged(
         }
     }
     report.manifests_removed = report.removed.manifests.len();
+    phases.mark(report, "manifests");
 
     // 2. Blob links nothing needs any more (the plan already counted the
     // links of the manifests just deleted).
@@ -186,6 +261,7 @@ pub async fn untagged(
     }
     report.blob_links_removed = report.removed.blob_links.len();
     report.freed_per_namespace = freed;
+    phases.mark(report, "blob_links");
 
     // 3. Blobs linked nowhere: rows, then objects, under the blob locks.
     for batch in plan.blobs.chunks(BATCH) {
@@ -197,6 +273,7 @@ pub async fn untagged(
             .extend(deleted.iter().map(|b| item("", &b.digest, b.size)));
     }
     report.blobs_removed = report.removed.blobs.len();
+    phases.mark(report, "blobs");
 
     // 4. Objects without rows (a crash between row and object deletion,
     // or an upload refused after its object was stored).
@@ -208,17 +285,13 @@ pub async fn untagged(
         .map(|o| item("", &o.digest, o.size))
         .collect();
 
+    phases.mark(report, "orphans");
+
     // 5. Abandoned uploads.
     report.uploads_expired = storage
         .uploads
         .expire(now - config.upload_expiry.as_millis() as i64)
         .await;
 
-    // 6. Keep the quota ledger honest.
-    let drift = storage.meta.reconcile_quota().await?;
-    if !drift.is_empty() {
-        tracing::warn!(namespaces = drift.len(), "quota reconcile fixed drift");
-        report.quota_drift_fixed = drift.len();
-    }
     Ok(())
 }

@@ -105,6 +105,8 @@ pub struct RunReport {
     pub freed_per_namespace: BTreeMap<String, u64>,
     /// Namespaces whose quota ledger the run's reconcile pass corrected.
     pub quota_drift_fixed: usize,
+    /// Milliseconds spent in each phase of the run.
+    pub phases_ms: BTreeMap<String, u64>,
     pub errors: Vec<String>,
     pub removed: Removed,
 }
@@ -128,6 +130,7 @@ impl RunReport {
             bytes_freed: 0,
             freed_per_namespace: BTreeMap::new(),
             quota_drift_fixed: 0,
+            phases_ms: BTreeMap::new(),
             errors: Vec::new(),
             removed: Removed::default(),
         }

@@ -146,6 +146,44 @@ impl BlobStore {
         }
     }
 
+    /// Deletes many objects; missing ones are not an error. On the local
+    /// filesystem this is one trip to a blocking thread for the batch.
+    /// Returns the digests whose deletion failed (with why).
+    pub async fn delete_many(
+        &self,
+        digests: Vec<Digest>,
+    ) -> Result<Vec<(Digest, String)>, StorageError> {
+        if let Some(local) = &self.local {
+            let paths: Vec<(Digest, std::path::PathBuf)> = digests
+                .into_iter()
+                .map(|d| {
+                    local
+                        .path_to_filesystem(&Self::object_path(&d))
+                        .map(|p| (d, p))
+                })
+                .collect::<Result<_, _>>()?;
+            return tokio::task::spawn_blocking(move || {
+                paths
+                    .into_iter()
+                    .filter_map(|(d, p)| match std::fs::remove_file(&p) {
+                        Ok(()) => None,
+                        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+                        Err(e) => Some((d, e.to_string())),
+                    })
+                    .collect()
+            })
+            .await
+            .map_err(|e| StorageError::Internal(format!("delete task failed: {e}")));
+        }
+        let mut failed = Vec::new();
+        for d in digests {
+            if let Err(e) = self.delete(&d).await {
+                failed.push((d, e.to_string()));
+            }
+        }
+        Ok(failed)
+    }
+
     /// Every blob object in the store. Paths that are not blob objects
     /// (foreign files) are skipped.
     pub async fn list(&self) -> Result<Vec<StoredObject>, StorageError> {

@@ -123,17 +123,12 @@ impl Storage {
             .lock_many(digests.iter().map(String::as_str))
             .await;
         let deleted = self.meta.delete_blob_rows_checked(batch, cutoff).await?;
-        for b in &deleted {
-            match b.digest.parse::<Digest>() {
-                Ok(d) => {
-                    if let Err(e) = self.blobs.delete(&d).await {
-                        tracing::warn!(digest = %b.digest, error = %e, "blob object not deleted; a later sweep retries");
-                    }
-                }
-                Err(e) => {
-                    tracing::warn!(digest = %b.digest, error = %e, "unparseable digest in blobs table")
-                }
-            }
+        let digests: Vec<Digest> = deleted
+            .iter()
+            .filter_map(|b| b.digest.parse().ok())
+            .collect();
+        for (d, e) in self.blobs.delete_many(digests).await? {
+            tracing::warn!(digest = %d, error = %e, "blob object not deleted; a later sweep retries");
         }
         Ok(deleted)
     }

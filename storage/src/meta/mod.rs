@@ -41,6 +41,8 @@ pub struct Metadata {
 
 struct Inner {
     writer: Mutex<Option<(mpsc::Sender<WriteJob>, JoinHandle<()>)>>,
+    /// Stops the checkpointer thread when dropped or sent to.
+    checkpointer: Mutex<Option<(mpsc::Sender<()>, JoinHandle<()>)>>,
     readers: Mutex<Vec<Connection>>,
     reader_slots: Semaphore,
     path: PathBuf,
@@ -63,6 +65,10 @@ impl Metadata {
             },
         )?;
         writer.pragma_update(None, "foreign_keys", "ON")?;
+        // Checkpoints run on their own thread (below): an automatic one
+        // would run inside some push's commit and, after a long read had
+        // let the WAL grow, stall it for as long as the copy takes.
+        writer.pragma_update(None, "wal_autocheckpoint", 0)?;
         writer.busy_timeout(std::time::Duration::from_secs(30))?;
         schema::migrate(&mut writer)?;
 
@@ -76,6 +82,7 @@ impl Metadata {
             readers.push(r);
         }
 
+        let checkpointer = spawn_checkpointer(path)?;
         let (tx, rx) = mpsc::channel::<WriteJob>();
         let handle = std::thread::Builder::new()
             .name("berth-sqlite-writer".into())
@@ -89,6 +96,7 @@ impl Metadata {
         Ok(Metadata {
             inner: Arc::new(Inner {
                 writer: Mutex::new(Some((tx, handle))),
+                checkpointer: Mutex::new(Some(checkpointer)),
                 readers: Mutex::new(readers),
                 reader_slots: Semaphore::new(READERS),
                 path: path.to_owned(),
@@ -177,5 +185,47 @@ impl Metadata {
             drop(sender);
             let _ = tokio::task::spawn_blocking(move || handle.join()).await;
         }
+        let checkpointer = self
+            .inner
+            .checkpointer
+            .lock()
+            .expect("checkpointer lock")
+            .take();
+        if let Some((stop, handle)) = checkpointer {
+            let _ = stop.send(());
+            let _ = tokio::task::spawn_blocking(move || handle.join()).await;
+        }
     }
+}
+
+/// How often the WAL is checkpointed into the database file.
+const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// A thread with its own connection that checkpoints the WAL in PASSIVE
+/// mode (never blocking the writer or readers), and fully when stopped.
+fn spawn_checkpointer(path: &Path) -> Result<(mpsc::Sender<()>, JoinHandle<()>), StorageError> {
+    let conn = Connection::open(path)?;
+    conn.busy_timeout(std::time::Duration::from_secs(5))?;
+    let (stop_tx, stop_rx) = mpsc::channel::<()>();
+    let handle = std::thread::Builder::new()
+        .name("berth-sqlite-checkpoint".into())
+        .spawn(move || {
+            let checkpoint = |mode: &str| {
+                if let Err(e) =
+                    conn.query_row(&format!("PRAGMA wal_checkpoint({mode})"), [], |_| Ok(()))
+                {
+                    tracing::warn!(error = %e, mode, "WAL checkpoint failed");
+                }
+            };
+            loop {
+                match stop_rx.recv_timeout(CHECKPOINT_EVERY) {
+                    Err(mpsc::RecvTimeoutError::Timeout) => checkpoint("PASSIVE"),
+                    _ => {
+                        checkpoint("TRUNCATE");
+                        return;
+                    }
+                }
+            }
+        })?;
+    Ok((stop_tx, handle))
 }

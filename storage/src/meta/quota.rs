@@ -380,52 +380,84 @@ impl Metadata {
         Ok(self.quota(ns).await?.expect("namespace row exists"))
     }
 
-    /// Recomputes every namespace's usage and blob counts from the tables,
-    /// fixes the ledger where it drifted, and reports what it fixed.
+    /// Recomputes every namespace's usage from the tables and fixes the
+    /// ledger where it drifted; returns what it fixed. Drift is found on a
+    /// read snapshot (the ledger changes in the same transactions as the
+    /// data, so a snapshot comparison is exact); only drifted namespaces
+    /// are then recomputed, each in a short write transaction, so pushes
+    /// never wait behind a whole-registry recount.
     pub async fn reconcile_quota(&self) -> Result<Vec<Drift>, StorageError> {
-        self.write(|tx| {
-            let now = now_ms();
-            tx.execute_batch(
-                "CREATE TEMP TABLE IF NOT EXISTS actual_blobs (namespace TEXT, digest TEXT, repos INTEGER, PRIMARY KEY (namespace, digest));
-                 DELETE FROM actual_blobs;
-                 INSERT INTO actual_blobs SELECT r.namespace, rb.digest, COUNT(*) FROM repo_blobs rb
-                     JOIN repositories r ON r.id = rb.repo_id GROUP BY r.namespace, rb.digest;",
-            )?;
-            // Namespaces that hold anything get a row.
-            tx.execute(
-                "INSERT INTO namespaces (name, updated_ms) SELECT DISTINCT namespace, ?1 FROM repositories WHERE true
-                 ON CONFLICT (name) DO NOTHING",
-                [now],
-            )?;
-            let mut stmt = tx.prepare(
-                "SELECT n.name, n.used_bytes,
-                        COALESCE((SELECT SUM(b.size) FROM actual_blobs a JOIN blobs b ON b.digest = a.digest WHERE a.namespace = n.name), 0)
-                      + COALESCE((SELECT SUM(m.size) FROM manifests m JOIN repositories r ON r.id = m.repo_id WHERE r.namespace = n.name), 0)
-                 FROM namespaces n",
-            )?;
-            let drifts = stmt
-                .query_map([], |r| {
-                    Ok(Drift { namespace: r.get(0)?, recorded_bytes: r.get::<_, i64>(1)? as u64, actual_bytes: r.get::<_, i64>(2)? as u64 })
-                })?
-                .collect::<rusqlite::Result<Vec<_>>>()?
-                .into_iter()
-                .filter(|d| d.recorded_bytes != d.actual_bytes)
-                .collect::<Vec<_>>();
-            drop(stmt);
-            for d in &drifts {
-                tx.execute(
-                    "UPDATE namespaces SET used_bytes = ?2, updated_ms = ?3 WHERE name = ?1",
-                    params![d.namespace, d.actual_bytes as i64, now],
-                )?;
-            }
-            tx.execute_batch(
-                "DELETE FROM namespace_blobs;
-                 INSERT INTO namespace_blobs SELECT namespace, digest, repos FROM actual_blobs;
-                 DELETE FROM actual_blobs;",
-            )?;
-            Ok(drifts)
-        })
-        .await
+        let suspects = self
+            .read(|c| {
+                c.execute("BEGIN", [])?;
+                let result = (|| {
+                    let mut stmt = c.prepare(
+                        "WITH ns AS (SELECT DISTINCT namespace AS name FROM repositories UNION SELECT name FROM namespaces),
+                              blob_use AS (SELECT x.namespace, SUM(b.size) AS bytes
+                                           FROM (SELECT DISTINCT r.namespace, rb.digest FROM repo_blobs rb JOIN repositories r ON r.id = rb.repo_id) x
+                                           JOIN blobs b ON b.digest = x.digest GROUP BY x.namespace),
+                              manifest_use AS (SELECT r.namespace, SUM(m.size) AS bytes FROM manifests m
+                                               JOIN repositories r ON r.id = m.repo_id GROUP BY r.namespace)
+                         SELECT ns.name, COALESCE(n.used_bytes, -1),
+                                COALESCE((SELECT bytes FROM blob_use WHERE blob_use.namespace = ns.name), 0)
+                              + COALESCE((SELECT bytes FROM manifest_use WHERE manifest_use.namespace = ns.name), 0)
+                         FROM ns LEFT JOIN namespaces n ON n.name = ns.name",
+                    )?;
+                    let rows = stmt
+                        .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?, r.get::<_, i64>(2)?)))?
+                        .collect::<rusqlite::Result<Vec<_>>>()?;
+                    // Blob counts per namespace that disagree with the links.
+                    let mut stmt = c.prepare(
+                        "SELECT DISTINCT namespace FROM (
+                            SELECT r.namespace, rb.digest, COUNT(*) AS n FROM repo_blobs rb JOIN repositories r ON r.id = rb.repo_id
+                            GROUP BY r.namespace, rb.digest
+                            EXCEPT SELECT namespace, digest, repos FROM namespace_blobs
+                            UNION ALL
+                            SELECT * FROM (SELECT namespace, digest, repos FROM namespace_blobs
+                            EXCEPT SELECT r.namespace, rb.digest, COUNT(*) FROM repo_blobs rb JOIN repositories r ON r.id = rb.repo_id
+                            GROUP BY r.namespace, rb.digest))",
+                    )?;
+                    let counts = stmt.query_map([], |r| r.get::<_, String>(0))?.collect::<rusqlite::Result<Vec<_>>>()?;
+                    Ok::<_, rusqlite::Error>((rows, counts))
+                })();
+                c.execute("COMMIT", [])?;
+                let (rows, counts) = result?;
+                let mut suspects: std::collections::BTreeSet<String> =
+                    rows.into_iter().filter(|(_, recorded, actual)| recorded != actual).map(|(n, _, _)| n).collect();
+                suspects.extend(counts);
+                Ok(suspects)
+            })
+            .await?;
+        let mut drifts = Vec::new();
+        for ns in suspects {
+            let fixed = self
+                .write(move |tx| {
+                    let now = now_ms();
+                    ensure_namespace(tx, &ns, now)?;
+                    tx.execute("DELETE FROM namespace_blobs WHERE namespace = ?1", [&ns])?;
+                    tx.execute(
+                        "INSERT INTO namespace_blobs (namespace, digest, repos)
+                         SELECT r.namespace, rb.digest, COUNT(*) FROM repo_blobs rb JOIN repositories r ON r.id = rb.repo_id
+                         WHERE r.namespace = ?1 GROUP BY r.namespace, rb.digest",
+                        [&ns],
+                    )?;
+                    let recorded: i64 = tx.query_row("SELECT used_bytes FROM namespaces WHERE name = ?1", [&ns], |r| r.get(0))?;
+                    let actual: i64 = tx.query_row(
+                        "SELECT COALESCE((SELECT SUM(b.size) FROM namespace_blobs nb JOIN blobs b ON b.digest = nb.digest WHERE nb.namespace = ?1), 0)
+                              + COALESCE((SELECT SUM(m.size) FROM manifests m JOIN repositories r ON r.id = m.repo_id WHERE r.namespace = ?1), 0)",
+                        [&ns],
+                        |r| r.get(0),
+                    )?;
+                    if recorded == actual {
+                        return Ok(None);
+                    }
+                    tx.execute("UPDATE namespaces SET used_bytes = ?2, updated_ms = ?3 WHERE name = ?1", params![ns, actual, now])?;
+                    Ok(Some(Drift { namespace: ns, recorded_bytes: recorded.max(0) as u64, actual_bytes: actual.max(0) as u64 }))
+                })
+                .await?;
+            drifts.extend(fixed);
+        }
+        Ok(drifts)
     }
 
     /// Bytes `ns` may still take, `None` when unlimited (for refusing an
