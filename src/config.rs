@@ -15,6 +15,7 @@ pub struct Config {
     pub auth: Auth,
     pub quota: Quota,
     pub gc: Gc,
+    pub builds: Builds,
     pub metrics: Metrics,
     pub log: Log,
 }
@@ -178,6 +179,114 @@ impl Gc {
             },
         })
     }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Builds {
+    pub enabled: bool,
+    pub runner: berth_builds::RunnerKind,
+    pub lifecycle_dir: PathBuf,
+    pub buildpacks_dir: PathBuf,
+    pub order: PathBuf,
+    pub run_image: String,
+    pub builder_image: String,
+    pub container_engine: String,
+    pub platform_api: String,
+    pub uid: u32,
+    pub gid: u32,
+    pub max_parallel: usize,
+    pub per_tool_parallel: usize,
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+    pub keep_successful: usize,
+    pub keep_failed: usize,
+    #[serde(with = "humantime_serde")]
+    pub log_retention: Duration,
+    pub source_schemes: Vec<String>,
+    pub registry_host: Option<String>,
+}
+
+impl Default for Builds {
+    fn default() -> Self {
+        let d = berth_builds::BuildsConfig::defaults(PathBuf::new(), String::new());
+        Builds {
+            enabled: true,
+            runner: d.runner,
+            lifecycle_dir: d.lifecycle_dir,
+            buildpacks_dir: d.buildpacks_dir,
+            order: d.order,
+            run_image: d.run_image,
+            builder_image: d.builder_image,
+            container_engine: d.container_engine,
+            platform_api: d.platform_api,
+            uid: d.uid,
+            gid: d.gid,
+            max_parallel: d.max_parallel,
+            per_tool_parallel: d.per_tool_parallel,
+            timeout: d.timeout,
+            keep_successful: d.keep_successful,
+            keep_failed: d.keep_failed,
+            log_retention: d.log_retention,
+            source_schemes: d.source_schemes,
+            registry_host: None,
+        }
+    }
+}
+
+impl Builds {
+    /// The engine's configuration; the registry host defaults to the
+    /// address berth listens on (loopback when it listens on all).
+    pub fn engine_config(&self, cfg: &Config) -> Result<berth_builds::BuildsConfig, String> {
+        let registry_host = match &self.registry_host {
+            Some(h) => h.clone(),
+            None if cfg.server.listen.ip().is_unspecified() => {
+                format!("127.0.0.1:{}", cfg.server.listen.port())
+            }
+            None => cfg.server.listen.to_string(),
+        };
+        if self.max_parallel == 0 || self.per_tool_parallel == 0 {
+            return Err("[builds] max_parallel and per_tool_parallel must be at least 1".into());
+        }
+        check_run_image(&self.run_image)?;
+        Ok(berth_builds::BuildsConfig {
+            enabled: self.enabled,
+            runner: self.runner,
+            lifecycle_dir: self.lifecycle_dir.clone(),
+            buildpacks_dir: self.buildpacks_dir.clone(),
+            order: self.order.clone(),
+            run_image: self.run_image.clone(),
+            builder_image: self.builder_image.clone(),
+            container_engine: self.container_engine.clone(),
+            platform_api: self.platform_api.clone(),
+            uid: self.uid,
+            gid: self.gid,
+            max_parallel: self.max_parallel,
+            per_tool_parallel: self.per_tool_parallel,
+            timeout: self.timeout,
+            keep_successful: self.keep_successful,
+            keep_failed: self.keep_failed,
+            log_retention: self.log_retention,
+            source_schemes: self
+                .source_schemes
+                .iter()
+                .map(|s| s.to_ascii_lowercase())
+                .collect(),
+            registry_host,
+            tool_prefix: cfg.registry.tool_prefix.clone(),
+            dir: cfg.storage.data_dir.join("builds"),
+        })
+    }
+}
+
+/// `run_image` must be `repository:tag` of this registry.
+fn check_run_image(run_image: &str) -> Result<(), String> {
+    let (repo, tag) = run_image
+        .rsplit_once(':')
+        .ok_or_else(|| format!("[builds] run_image {run_image:?} must be repository:tag, e.g. \"toolforge/run:latest\""))?;
+    berth_storage::RepoName::parse(repo).map_err(|e| format!("[builds] run_image: {e}"))?;
+    berth_storage::names::validate_tag(tag).map_err(|e| format!("[builds] run_image: {e}"))?;
+    Ok(())
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -389,6 +498,11 @@ mod tests {
             default.gc.retention.protected_tags
         );
         assert!(example.gc.engine_config().is_ok());
+        assert_eq!(example.builds.run_image, default.builds.run_image);
+        assert_eq!(example.builds.max_parallel, default.builds.max_parallel);
+        assert_eq!(example.builds.timeout, default.builds.timeout);
+        assert_eq!(example.builds.source_schemes, default.builds.source_schemes);
+        assert!(example.builds.engine_config(&example).is_ok());
     }
 
     #[test]

@@ -190,6 +190,7 @@ async fn serve(cfg: Config) -> Result<(), String> {
         Err(e) => return Err(format!("cannot read GC run records: {e}")),
     }
     let gc = berth_gc::Gc::new(storage.clone(), gc_config.clone());
+    let builds_config = cfg.builds.engine_config(&cfg)?;
     let listener = tokio::net::TcpListener::bind(cfg.server.listen)
         .await
         .map_err(|e| format!("cannot listen on {}: {e}", cfg.server.listen))?;
@@ -200,11 +201,26 @@ async fn serve(cfg: Config) -> Result<(), String> {
         version = env!("CARGO_PKG_VERSION"),
         "berth is serving"
     );
-    let auth = {
+    let auth: Arc<berth_registry::auth::Auth> = {
         let cfg = cfg.clone();
         tokio::task::spawn_blocking(move || auth_from_config(&cfg))
             .await
             .map_err(|e| format!("auth start-up task failed: {e}"))??
+            .into()
+    };
+    let builds = berth_builds::Builds::new(storage.clone(), builds_config, auth.clone());
+    let dispatcher = if cfg.builds.enabled {
+        match builds.recover().await {
+            Ok(0) => {}
+            Ok(n) => tracing::warn!(
+                builds = n,
+                "builds running when berth stopped were marked failed"
+            ),
+            Err(e) => return Err(format!("cannot read build records: {e}")),
+        }
+        Some(tokio::spawn(builds.clone().dispatch()))
+    } else {
+        None
     };
     let state = Arc::new(State {
         auth,
@@ -226,6 +242,7 @@ async fn serve(cfg: Config) -> Result<(), String> {
             m
         },
         gc: gc.clone(),
+        builds,
     });
     let mut scheduler = if gc_config.enabled {
         Some(
@@ -242,6 +259,9 @@ async fn serve(cfg: Config) -> Result<(), String> {
         .map_err(|e| format!("server failed: {e}"))?;
     if let Some(s) = scheduler.as_mut() {
         let _ = s.shutdown().await;
+    }
+    if let Some(d) = dispatcher {
+        d.abort();
     }
     storage.close().await;
     tracing::info!("berth stopped cleanly");

@@ -14,7 +14,9 @@ use auth::Action;
 use berth_storage::Storage;
 use body::Body;
 use error::{ApiError, ApiResult, Code};
-use handlers::{admin, blobs, discovery, gc, manifests, method_not_allowed, quota, token, uploads};
+use handlers::{
+    admin, blobs, builds, discovery, gc, manifests, method_not_allowed, quota, token, uploads,
+};
 use http::{HeaderValue, Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
@@ -58,9 +60,10 @@ impl Default for RegistryConfig {
 pub struct State {
     pub storage: Storage,
     pub config: RegistryConfig,
-    pub auth: auth::Auth,
+    pub auth: std::sync::Arc<auth::Auth>,
     pub metrics: metrics::Metrics,
     pub gc: std::sync::Arc<berth_gc::Gc>,
+    pub builds: std::sync::Arc<berth_builds::Builds>,
 }
 
 /// Answers one request. Never fails: errors become OCI error responses.
@@ -157,6 +160,26 @@ async fn dispatch(
                 Method::GET => quota::tool(state, &ns).await,
                 m => Err(method_not_allowed(&m)),
             }
+        }
+        Route::Builds(tool) => {
+            auth.require_owner(&caller, &format!("{}{tool}", state.config.tool_prefix))?;
+            builds::collection(state, &tool, req).await
+        }
+        Route::Build(tool, id) => {
+            auth.require_owner(&caller, &format!("{}{tool}", state.config.tool_prefix))?;
+            builds::one(state, &tool, &id, &method, req.uri().query()).await
+        }
+        Route::BuildLogs(tool, id) => {
+            auth.require_owner(&caller, &format!("{}{tool}", state.config.tool_prefix))?;
+            builds::logs(state, &tool, &id, &method, req.uri().query()).await
+        }
+        Route::BuildCancel(tool, id) => {
+            auth.require_owner(&caller, &format!("{}{tool}", state.config.tool_prefix))?;
+            builds::cancel(state, &tool, &id, &method).await
+        }
+        Route::Clean(tool) => {
+            auth.require_owner(&caller, &format!("{}{tool}", state.config.tool_prefix))?;
+            builds::clean(state, &tool, &method).await
         }
         Route::Metrics => {
             if !state.config.metrics_public {

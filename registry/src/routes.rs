@@ -48,6 +48,16 @@ pub enum Route {
     Quota(String),
     /// `/v1/tool/<tool>/quotas` (Toolforge build API shape)
     ToolQuota(String),
+    /// `/v1/tool/<tool>/builds`
+    Builds(String),
+    /// `/v1/tool/<tool>/builds/<id>`
+    Build(String, String),
+    /// `/v1/tool/<tool>/builds/<id>/logs`
+    BuildLogs(String, String),
+    /// `/v1/tool/<tool>/builds/<id>/cancel`
+    BuildCancel(String, String),
+    /// `/v1/tool/<tool>/clean`
+    Clean(String),
     /// `/admin/v1/gc/runs`
     GcRuns,
     /// `/admin/v1/gc/<job>`
@@ -88,6 +98,19 @@ pub fn parse(path: &str) -> ApiResult<Option<Route>> {
         let parts: Vec<&str> = rest.split('/').collect();
         return Ok(match parts.as_slice() {
             [tool, "quotas"] => Some(Route::ToolQuota(validate_tool(tool)?)),
+            [tool, "builds"] => Some(Route::Builds(validate_tool(tool)?)),
+            [tool, "builds", id] => {
+                Some(Route::Build(validate_tool(tool)?, validate_build_id(id)?))
+            }
+            [tool, "builds", id, "logs"] => Some(Route::BuildLogs(
+                validate_tool(tool)?,
+                validate_build_id(id)?,
+            )),
+            [tool, "builds", id, "cancel"] => Some(Route::BuildCancel(
+                validate_tool(tool)?,
+                validate_build_id(id)?,
+            )),
+            [tool, "clean"] => Some(Route::Clean(validate_tool(tool)?)),
             _ => None,
         });
     }
@@ -168,6 +191,20 @@ pub fn validate_tool(tool: &str) -> ApiResult<String> {
                 tool.chars().take(64).collect::<String>()
             ),
         ))
+    }
+}
+
+/// Build ids are `<tool>-buildpacks-<hex>` or `latest`: no path tricks.
+fn validate_build_id(id: &str) -> ApiResult<String> {
+    if !id.is_empty()
+        && id.len() <= 300
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    {
+        Ok(id.to_owned())
+    } else {
+        Err(ApiError::not_found(Code::NameUnknown, "no such build"))
     }
 }
 

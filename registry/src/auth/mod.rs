@@ -389,6 +389,24 @@ impl Auth {
         }
     }
 
+    /// Access for a build: push and pull on `push_repo`, pull on `pull_repo`.
+    pub fn mint_build_token(&self, subject: &str, push_repo: &str, pull_repo: &str) -> String {
+        let grant = |name: &str, actions: &[&str]| Grant {
+            kind: "repository".into(),
+            name: name.to_owned(),
+            actions: actions.iter().map(|a| a.to_string()).collect(),
+        };
+        // Generous enough for the slowest build's export, still short-lived.
+        self.mint(
+            subject,
+            vec![
+                grant(push_repo, &["pull", "push"]),
+                grant(pull_repo, &["pull"]),
+            ],
+            Some(Duration::from_secs(3 * 3600)),
+        )
+    }
+
     /// Requires the admin (admin API).
     pub fn require_admin(&self, caller: &Caller) -> ApiResult<()> {
         match caller.principal {
@@ -549,6 +567,12 @@ impl Auth {
             None,
             "malformed Authorization header; use Basic <base64 user:password> or Bearer <token>",
         )
+    }
+}
+
+impl berth_builds::TokenMinter for Auth {
+    fn mint(&self, subject: &str, push_repo: &str, pull_repo: &str) -> String {
+        self.mint_build_token(subject, push_repo, pull_repo)
     }
 }
 

@@ -4,6 +4,7 @@
 
 pub mod admin;
 pub mod blobs;
+pub mod builds;
 pub mod discovery;
 pub mod gc;
 pub mod manifests;

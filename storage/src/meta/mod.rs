@@ -4,6 +4,7 @@
 //! of connections on tokio's blocking threads. No SQLite call ever runs on an
 //! async worker thread. All SQL lives in this module and `queries`.
 
+pub mod builds;
 mod gc;
 mod queries;
 mod quota;

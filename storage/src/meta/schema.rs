@@ -145,6 +145,26 @@ const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX gc_runs_started ON gc_runs(started_ms DESC);
     "#,
+    // 5: builds (Toolforge-compatible build API). `params` is the request
+    // as JSON; `log_path` outlives the record (logs have their own retention).
+    r#"
+    CREATE TABLE builds (
+        id                 TEXT PRIMARY KEY,
+        tool               TEXT NOT NULL,
+        image_name         TEXT NOT NULL,
+        status             TEXT NOT NULL,
+        message            TEXT NOT NULL DEFAULT '',
+        params             TEXT NOT NULL,
+        resolved_ref       TEXT NOT NULL,
+        destination_image  TEXT NOT NULL DEFAULT '',
+        log_path           TEXT NOT NULL,
+        created_ms         INTEGER NOT NULL,
+        start_ms           INTEGER,
+        end_ms             INTEGER
+    ) WITHOUT ROWID;
+    CREATE INDEX builds_tool ON builds(tool, created_ms DESC);
+    CREATE INDEX builds_status ON builds(status, created_ms);
+    "#,
 ];
 
 /// Brings the database up to the newest schema, one transaction per step.

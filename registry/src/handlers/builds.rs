@@ -1,0 +1,255 @@
+//! The Toolforge-compatible build API at `/v1/tool/{tool}/...`: start,
+//! list, show (and `latest`), logs (with `?follow=true`), cancel, delete,
+//! clean. Bodies carry Toolforge's `messages: {info, warning, error}`.
+
+use crate::body::{self, Body};
+use crate::error::{ApiError, ApiResult, Code};
+use crate::routes::{query_get, query_pairs};
+use crate::State;
+use berth_builds::{BuildError, BuildRequest};
+use berth_storage::meta::builds::BuildRecord;
+use bytes::Bytes;
+use futures_util::stream;
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use std::time::Duration;
+
+const MAX_BODY: usize = 256 * 1024;
+
+fn messages(info: Vec<String>, warning: Vec<String>) -> serde_json::Value {
+    serde_json::json!({ "info": info, "warning": warning, "error": [] })
+}
+
+fn time(ms: Option<i64>) -> serde_json::Value {
+    match ms {
+        Some(ms) => humantime::format_rfc3339_seconds(
+            std::time::UNIX_EPOCH + Duration::from_millis(ms.max(0) as u64),
+        )
+        .to_string()
+        .into(),
+        None => serde_json::Value::Null,
+    }
+}
+
+/// A build in Toolforge's shape.
+fn build_json(b: &BuildRecord) -> serde_json::Value {
+    serde_json::json!({
+        "build_id": b.id,
+        "status": b.status,
+        "message": b.message,
+        "start_time": time(b.start_ms.or(Some(b.created_ms))),
+        "end_time": time(b.end_ms),
+        "parameters": b.params,
+        "destination_image": b.destination_image,
+        "resolved_ref": b.resolved_ref,
+    })
+}
+
+impl From<BuildError> for ApiError {
+    fn from(e: BuildError) -> ApiError {
+        match e {
+            BuildError::Invalid(m) => ApiError::bad_request(Code::Unsupported, m),
+            BuildError::NotFound(id) => {
+                ApiError::not_found(Code::NameUnknown, format!("no build {id}"))
+            }
+            BuildError::Finished(id) => ApiError::new(
+                StatusCode::CONFLICT,
+                Code::Denied,
+                format!("build {id} has already finished"),
+            ),
+            BuildError::Storage(s) => s.into(),
+        }
+    }
+}
+
+/// `GET` lists the tool's builds (newest first); `POST` starts one.
+pub async fn collection(
+    state: &State,
+    tool: &str,
+    req: Request<Incoming>,
+) -> ApiResult<Response<Body>> {
+    match *req.method() {
+        Method::GET => {
+            let builds: Vec<_> = state
+                .builds
+                .list(tool)
+                .await?
+                .iter()
+                .map(build_json)
+                .collect();
+            Ok(body::json_response(
+                StatusCode::OK,
+                &serde_json::json!({ "builds": builds, "messages": messages(vec![], vec![]) }),
+            ))
+        }
+        Method::POST => {
+            let bytes = http_body_util::Limited::new(req.into_body(), MAX_BODY)
+                .collect()
+                .await
+                .map_err(|e| {
+                    ApiError::bad_request(Code::Unsupported, format!("cannot read body: {e}"))
+                })?
+                .to_bytes();
+            let request: BuildRequest = serde_json::from_slice(&bytes).map_err(|e| {
+                ApiError::bad_request(Code::Unsupported, format!("body must be {{\"source_url\": ..., \"ref\": ..., \"image_name\": ..., \"envvars\": {{}}}}: {e}"))
+            })?;
+            let (record, warnings) = state.builds.start(tool, request).await?;
+            Ok(body::json_response(
+                StatusCode::OK,
+                &serde_json::json!({
+                    "new_build": { "name": record.id, "resolved_ref": record.resolved_ref, "parameters": record.params },
+                    "messages": messages(vec![format!("build {} queued", record.id)], warnings),
+                }),
+            ))
+        }
+        ref m => Err(super::method_not_allowed(m)),
+    }
+}
+
+/// `GET` one build (or `latest`); `DELETE` it (`?delete_image=true` also
+/// deletes the image it pushed, unless pinned).
+pub async fn one(
+    state: &State,
+    tool: &str,
+    id: &str,
+    method: &Method,
+    query: Option<&str>,
+) -> ApiResult<Response<Body>> {
+    match *method {
+        Method::GET => {
+            let b = state.builds.get(tool, id).await?;
+            Ok(body::json_response(
+                StatusCode::OK,
+                &serde_json::json!({ "build": build_json(&b), "messages": messages(vec![], vec![]) }),
+            ))
+        }
+        Method::DELETE => {
+            let delete_image = query_get(&query_pairs(query), "delete_image") == Some("true");
+            let info = state.builds.delete(tool, id, delete_image).await?;
+            Ok(body::json_response(
+                StatusCode::OK,
+                &serde_json::json!({ "messages": messages(info, vec![]) }),
+            ))
+        }
+        ref m => Err(super::method_not_allowed(m)),
+    }
+}
+
+/// `PUT .../builds/{id}/cancel`: 409 when already finished.
+pub async fn cancel(
+    state: &State,
+    tool: &str,
+    id: &str,
+    method: &Method,
+) -> ApiResult<Response<Body>> {
+    if method != Method::PUT && method != Method::POST {
+        return Err(super::method_not_allowed(method));
+    }
+    let b = state.builds.cancel(tool, id).await?;
+    Ok(body::json_response(
+        StatusCode::OK,
+        &serde_json::json!({ "build": build_json(&b), "messages": messages(vec![format!("build {} cancelled", b.id)], vec![]) }),
+    ))
+}
+
+/// `POST /v1/tool/{tool}/clean`.
+pub async fn clean(state: &State, tool: &str, method: &Method) -> ApiResult<Response<Body>> {
+    if method != Method::POST {
+        return Err(super::method_not_allowed(method));
+    }
+    let info = state.builds.clean(tool).await?;
+    Ok(body::json_response(
+        StatusCode::OK,
+        &serde_json::json!({ "messages": messages(info, vec![]) }),
+    ))
+}
+
+/// `GET .../builds/{id}/logs[?follow=true]`: the log as text; following
+/// streams new lines until the build ends.
+pub async fn logs(
+    state: &State,
+    tool: &str,
+    id: &str,
+    method: &Method,
+    query: Option<&str>,
+) -> ApiResult<Response<Body>> {
+    if method != Method::GET {
+        return Err(super::method_not_allowed(method));
+    }
+    let b = state.builds.get(tool, id).await?;
+    let follow = query_get(&query_pairs(query), "follow") == Some("true");
+    let path = std::path::PathBuf::from(&b.log_path);
+    let builds = state.builds.clone();
+    let build_id = b.id.clone();
+    struct Cursor {
+        file: Option<tokio::fs::File>,
+        done: bool,
+    }
+    let chunks = stream::unfold(
+        Cursor {
+            file: None,
+            done: false,
+        },
+        move |mut c| {
+            let (path, builds, build_id) = (path.clone(), builds.clone(), build_id.clone());
+            async move {
+                use tokio::io::AsyncReadExt;
+                if c.done {
+                    return None;
+                }
+                if c.file.is_none() {
+                    match tokio::fs::File::open(&path).await {
+                        Ok(f) => c.file = Some(f),
+                        Err(e) => {
+                            c.done = true;
+                            return Some((
+                                Ok(Bytes::from(format!(
+                                    "error: the build log cannot be read: {e}\n"
+                                ))),
+                                c,
+                            ));
+                        }
+                    }
+                }
+                loop {
+                    // Checked before reading, so the lines written just before
+                    // the end are read after it is seen.
+                    let finished = !follow || builds.finished(&build_id).await;
+                    let mut buf = vec![0u8; 64 * 1024];
+                    let n = match c.file.as_mut().expect("opened above").read(&mut buf).await {
+                        Ok(n) => n,
+                        Err(e) => {
+                            c.done = true;
+                            return Some((
+                                Ok(Bytes::from(format!(
+                                    "error: reading the build log failed: {e}\n"
+                                ))),
+                                c,
+                            ));
+                        }
+                    };
+                    if n > 0 {
+                        buf.truncate(n);
+                        return Some((Ok::<_, std::io::Error>(Bytes::from(buf)), c));
+                    }
+                    if finished {
+                        return None;
+                    }
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+            }
+        },
+    );
+    let mut resp = Response::new(BodyExt::boxed_unsync(http_body_util::StreamBody::new(
+        futures_util::StreamExt::map(chunks, |r| {
+            r.map(hyper::body::Frame::data)
+                .map_err(|e| Box::new(e) as crate::body::BoxError)
+        }),
+    )));
+    resp.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    Ok(resp)
+}
