@@ -111,7 +111,10 @@ fn sigkill_mid_push_loses_nothing_and_hides_the_interrupted_upload() {
         None,
     );
     assert_eq!(status, 404, "a half-received blob must not be visible");
-    let leftovers: Vec<_> = std::fs::read_dir(data.join("uploads")).unwrap().collect();
+    let leftovers: Vec<_> = std::fs::read_dir(data.join("uploads"))
+        .unwrap()
+        .flat_map(|shard| std::fs::read_dir(shard.unwrap().path()).unwrap())
+        .collect();
     assert!(
         leftovers.is_empty(),
         "staging files of dead uploads are removed at start: {leftovers:?}"

@@ -62,7 +62,13 @@ impl Uploads {
         if dir.exists() {
             std::fs::remove_dir_all(dir)?;
         }
-        std::fs::create_dir_all(dir)?;
+        // Staging files are spread over 256 subdirectories: creating files
+        // in one busy directory serialises on its lock and on the
+        // filesystem's inode allocation for it (the top of the profile of
+        // small-image pushes before this).
+        for shard in 0..=255u8 {
+            std::fs::create_dir_all(dir.join(format!("{shard:02x}")))?;
+        }
         Ok(Uploads {
             dir: dir.to_owned(),
             sessions: Mutex::new(HashMap::new()),
@@ -76,7 +82,8 @@ impl Uploads {
     /// Starts an upload into `repo` with an empty staging file.
     pub async fn start(&self, repo: &RepoName) -> Result<SessionHandle, StorageError> {
         let id = Uuid::new_v4();
-        let path = self.dir.join(id.to_string());
+        let name = id.simple().to_string();
+        let path = self.dir.join(&name[..2]).join(&name);
         let p = path.clone();
         let file = tokio::task::spawn_blocking(move || std::fs::File::create_new(p))
             .await

@@ -29,6 +29,8 @@ pub const ANONYMOUS: &str = "anonymous";
 /// How long a verified Basic login is remembered, sparing argon2 on every
 /// request of a client that sends Basic credentials each time.
 const LOGIN_CACHE_TTL: Duration = Duration::from_secs(60);
+/// Verified tokens remembered at most (expired ones are dropped first).
+const VERIFIED_TOKENS: usize = 10_000;
 
 /// What a request wants to do to a repository.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -130,6 +132,9 @@ pub struct Auth {
     policy: Policy,
     throttle: LoginThrottle,
     logins: Mutex<HashMap<[u8; 32], (Principal, Instant)>>,
+    /// Tokens already verified, with their expiry (unix seconds): a client
+    /// sends the same token on every request of a pull or push.
+    verified: Mutex<HashMap<String, (Caller, u64)>>,
 }
 
 impl Auth {
@@ -145,6 +150,7 @@ impl Auth {
             policy,
             throttle: LoginThrottle::default(),
             logins: Mutex::new(HashMap::new()),
+            verified: Mutex::new(HashMap::new()),
         }
     }
 
@@ -195,14 +201,34 @@ impl Auth {
             .split_once(' ')
             .ok_or_else(|| self.malformed(headers))?;
         if scheme.eq_ignore_ascii_case("bearer") {
-            let claims = self.keys.verify(rest.trim()).map_err(|e| {
+            let token = rest.trim();
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0);
+            if let Some((caller, exp)) = self.verified.lock().expect("token cache lock").get(token)
+            {
+                if *exp > now {
+                    return Ok(caller.clone());
+                }
+            }
+            let claims = self.keys.verify(token).map_err(|e| {
                 tracing::info!(%peer, reason = %e, "bearer token refused");
                 self.unauthorized(headers, None, Some("invalid_token"), &e.to_string())
             })?;
-            return Ok(Caller {
+            let caller = Caller {
                 principal: Principal::from_subject(&claims.sub),
                 grants: Some(claims.access),
-            });
+            };
+            let mut cache = self.verified.lock().expect("token cache lock");
+            if cache.len() >= VERIFIED_TOKENS {
+                cache.retain(|_, (_, exp)| *exp > now);
+                if cache.len() >= VERIFIED_TOKENS {
+                    cache.clear();
+                }
+            }
+            cache.insert(token.to_owned(), (caller.clone(), claims.exp));
+            return Ok(caller);
         }
         if scheme.eq_ignore_ascii_case("basic") {
             let (user, password) = decode_basic(rest).ok_or_else(|| self.malformed(headers))?;

@@ -16,7 +16,9 @@ pub use quota::*;
 
 use crate::StorageError;
 use rusqlite::{Connection, OpenFlags, Transaction, TransactionBehavior};
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, Mutex, RwLock};
 use std::thread::JoinHandle;
 use tokio::sync::{oneshot, Semaphore};
@@ -48,7 +50,22 @@ struct Inner {
     reader_slots: Semaphore,
     path: PathBuf,
     quota: RwLock<Arc<QuotaPolicy>>,
+    /// Bumped after every committed write; cached reads are valid only for
+    /// the generation they were read at.
+    generation: AtomicU64,
+    manifests: Mutex<ManifestCache>,
 }
+
+/// Manifests by (repository, reference), as of one write generation.
+#[derive(Default)]
+struct ManifestCache {
+    generation: u64,
+    entries: HashMap<(String, String), Arc<StoredManifest>>,
+}
+
+/// Entries kept before the cache starts over (bounded memory: manifests
+/// are at most 4 MiB, typically a few KiB).
+const MANIFEST_CACHE_ENTRIES: usize = 4096;
 
 const READERS: usize = 4;
 
@@ -102,6 +119,8 @@ impl Metadata {
                 reader_slots: Semaphore::new(READERS),
                 path: path.to_owned(),
                 quota: RwLock::new(Arc::new(QuotaPolicy::default())),
+                generation: AtomicU64::new(0),
+                manifests: Mutex::new(ManifestCache::default()),
             }),
         })
     }
@@ -119,6 +138,50 @@ impl Metadata {
         self.inner.quota.read().expect("quota policy lock").clone()
     }
 
+    /// The current write generation (see `cache_manifest`).
+    pub(crate) fn generation(&self) -> u64 {
+        self.inner.generation.load(Ordering::SeqCst)
+    }
+
+    /// A cached manifest if nothing was written since it was cached.
+    pub(crate) fn cached_manifest(
+        &self,
+        repo: &str,
+        reference: &str,
+    ) -> Option<Arc<StoredManifest>> {
+        let now = self.generation();
+        let cache = self.inner.manifests.lock().expect("manifest cache lock");
+        if cache.generation != now {
+            return None;
+        }
+        cache
+            .entries
+            .get(&(repo.to_owned(), reference.to_owned()))
+            .cloned()
+    }
+
+    /// Caches what a read that started at `read_generation` found, unless
+    /// a write committed since (then the read may be stale: skip it).
+    pub(crate) fn cache_manifest(
+        &self,
+        read_generation: u64,
+        repo: &str,
+        reference: &str,
+        m: &StoredManifest,
+    ) {
+        let mut cache = self.inner.manifests.lock().expect("manifest cache lock");
+        if self.generation() != read_generation {
+            return;
+        }
+        if cache.generation != read_generation || cache.entries.len() >= MANIFEST_CACHE_ENTRIES {
+            cache.entries.clear();
+            cache.generation = read_generation;
+        }
+        cache
+            .entries
+            .insert((repo.to_owned(), reference.to_owned()), Arc::new(m.clone()));
+    }
+
     pub fn schema_version() -> usize {
         schema::latest_version()
     }
@@ -131,11 +194,15 @@ impl Metadata {
         F: FnOnce(&Transaction<'_>) -> Result<T, StorageError> + Send + 'static,
     {
         let (done_tx, done_rx) = oneshot::channel();
+        let inner = self.inner.clone();
         let job: WriteJob = Box::new(move |conn: &mut Connection| {
             let result = (|| {
                 let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
                 let value = f(&tx)?;
                 tx.commit()?;
+                // After the commit: a read that began before it cannot
+                // cache what it saw (see `cache_manifest`).
+                inner.generation.fetch_add(1, Ordering::SeqCst);
                 Ok(value)
             })();
             let _ = done_tx.send(result);

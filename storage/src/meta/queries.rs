@@ -329,35 +329,56 @@ impl Metadata {
         by_digest: bool,
         with_bytes: bool,
     ) -> Result<Option<StoredManifest>, StorageError> {
+        if let Some(hit) = self.cached_manifest(repo.as_str(), reference) {
+            let mut m = (*hit).clone();
+            if !with_bytes {
+                m.bytes = Vec::new();
+            }
+            return Ok(Some(m));
+        }
+        let read_generation = self.generation();
         let (repo, reference) = (repo.as_str().to_owned(), reference.to_owned());
-        self.read(move |c| {
-            let bytes_col = if with_bytes { "m.bytes" } else { "X''" };
-            let sql = if by_digest {
-                format!(
-                    "SELECT m.digest, m.media_type, m.size, {bytes_col} FROM manifests m
+        let (repo_key, reference_key) = (repo.clone(), reference.clone());
+        // Always read the body: it is small, and caching it lets the HEADs
+        // that clients send before every pull hit the cache too.
+        let found = self
+            .read(move |c| {
+                let bytes_col = "m.bytes";
+                let sql = if by_digest {
+                    format!(
+                        "SELECT m.digest, m.media_type, m.size, {bytes_col} FROM manifests m
                      JOIN repositories r ON r.id = m.repo_id
                      WHERE r.name = ?1 AND m.digest = ?2"
-                )
-            } else {
-                format!(
-                    "SELECT m.digest, m.media_type, m.size, {bytes_col} FROM tags t
+                    )
+                } else {
+                    format!(
+                        "SELECT m.digest, m.media_type, m.size, {bytes_col} FROM tags t
                      JOIN repositories r ON r.id = t.repo_id
                      JOIN manifests m ON m.repo_id = t.repo_id AND m.digest = t.digest
                      WHERE r.name = ?1 AND t.name = ?2"
-                )
-            };
-            Ok(c.prepare_cached(&sql)?
-                .query_row(params![repo, reference], |r| {
-                    Ok(StoredManifest {
-                        digest: r.get(0)?,
-                        media_type: r.get(1)?,
-                        size: r.get::<_, i64>(2)? as u64,
-                        bytes: r.get(3)?,
+                    )
+                };
+                Ok(c.prepare_cached(&sql)?
+                    .query_row(params![repo, reference], |r| {
+                        Ok(StoredManifest {
+                            digest: r.get(0)?,
+                            media_type: r.get(1)?,
+                            size: r.get::<_, i64>(2)? as u64,
+                            bytes: r.get(3)?,
+                        })
                     })
-                })
-                .optional()?)
-        })
-        .await
+                    .optional()?)
+            })
+            .await?;
+        if let Some(m) = &found {
+            self.cache_manifest(read_generation, &repo_key, &reference_key, m);
+        }
+        Ok(found.map(|mut m| {
+            if !with_bytes {
+                m.bytes = Vec::new();
+            }
+            m
+        }))
     }
 
     /// Stores a manifest and points `tags` at it, after checking inside the

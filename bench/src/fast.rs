@@ -1,0 +1,109 @@
+//! The request-rate scenarios' driver: one async client thread keeping
+//! `conns` HTTP/1.1 keep-alive connections busy. A thread per connection
+//! (the blocking client) spent more CPU than the server under test on a
+//! 2-core machine; this spends a fraction of one core.
+
+use crate::load::{Figures, Target};
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty};
+use hyper::Request;
+use hyper_util::rt::TokioIo;
+use std::time::{Duration, Instant};
+
+/// Sends `method path` on `conns` connections for `duration`; 200 is success.
+pub fn hammer(
+    target: &Target,
+    method: &'static str,
+    path: &str,
+    accept: Option<&'static str>,
+    conns: usize,
+    duration: Duration,
+) -> Figures {
+    let host = target.url.trim_start_matches("http://").to_owned();
+    let auth = target.authorization();
+    let path = path.to_owned();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(async move {
+        let deadline = Instant::now() + duration;
+        let started = Instant::now();
+        let tasks: Vec<_> = (0..conns)
+            .map(|_| {
+                let (host, auth, path) = (host.clone(), auth.clone(), path.clone());
+                tokio::spawn(async move {
+                    let mut lat: Vec<u32> = Vec::new();
+                    let mut errors = 0u64;
+                    let stream = match tokio::net::TcpStream::connect(&host).await {
+                        Ok(s) => s,
+                        Err(_) => return (lat, 1),
+                    };
+                    let _ = stream.set_nodelay(true);
+                    let Ok((mut sender, conn)) =
+                        hyper::client::conn::http1::handshake(TokioIo::new(stream)).await
+                    else {
+                        return (lat, 1);
+                    };
+                    tokio::spawn(conn);
+                    while Instant::now() < deadline {
+                        let mut req = Request::builder()
+                            .method(method)
+                            .uri(path.as_str())
+                            .header("host", host.as_str());
+                        if let Some(a) = accept {
+                            req = req.header("accept", a);
+                        }
+                        if let Some(a) = &auth {
+                            req = req.header("authorization", a.as_str());
+                        }
+                        let req = req.body(Empty::<Bytes>::new()).expect("request");
+                        let t0 = Instant::now();
+                        match sender.send_request(req).await {
+                            Ok(resp) => {
+                                let ok = resp.status() == 200;
+                                let body = resp.into_body().collect().await;
+                                if ok && body.is_ok() {
+                                    lat.push(t0.elapsed().as_micros().min(u32::MAX as u128) as u32);
+                                } else {
+                                    errors += 1;
+                                }
+                            }
+                            Err(_) => {
+                                errors += 1;
+                                break;
+                            }
+                        }
+                    }
+                    (lat, errors)
+                })
+            })
+            .collect();
+        let mut all = Vec::new();
+        let mut errors = 0;
+        for t in tasks {
+            if let Ok((l, e)) = t.await {
+                all.extend(l);
+                errors += e;
+            }
+        }
+        let seconds = started.elapsed().as_secs_f64();
+        all.sort_unstable();
+        let pct = |p: f64| {
+            if all.is_empty() {
+                0.0
+            } else {
+                all[((all.len() - 1) as f64 * p).round() as usize] as f64 / 1000.0
+            }
+        };
+        Figures {
+            ops: all.len() as u64,
+            seconds,
+            per_second: all.len() as f64 / seconds,
+            mb_per_second: 0.0,
+            p50_ms: pct(0.5),
+            p99_ms: pct(0.99),
+            errors,
+        }
+    })
+}
