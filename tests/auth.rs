@@ -531,15 +531,12 @@ fn docker_login_push_pull_and_refusals() {
     // Seed an image with skopeo as tool-dock.
     let layout = dir.path().join("layout");
     write_oci_layout(&layout, "v1", "docker-auth", 2);
-    run(Command::new(tool("skopeo"))
-        .args([
-            "copy",
-            "--dest-tls-verify=false",
-            "--dest-creds",
-            &format!("tool-dock:{a}"),
-        ])
-        .arg(format!("oci:{}:v1", layout.display()))
-        .arg(format!("docker://{host}/tool-dock/base:v1")));
+    skopeo_push_layout(
+        &layout,
+        "v1",
+        &format!("{host}/tool-dock/base:v1"),
+        &format!("tool-dock:{a}"),
+    );
 
     // Anonymous docker pull of a public image.
     run(dockerd
@@ -565,11 +562,11 @@ fn docker_login_push_pull_and_refusals() {
     );
 
     // Wrong password: docker login fails.
-    let err = docker_login_output(&dockerd, &host, "tool-dock", "wrong");
+    let err = dockerd.login(&host, "tool-dock", "wrong");
     assert!(err.is_err(), "docker login with a wrong password must fail");
 
     // Logged in: push into its own namespace, pull it back.
-    docker_login_output(&dockerd, &host, "tool-dock", &a).unwrap();
+    dockerd.login(&host, "tool-dock", &a).unwrap();
     let out = run(dockerd
         .cmd()
         .args(["push", &format!("{host}/tool-dock/app:v1")]));
@@ -606,41 +603,7 @@ fn docker_login_push_pull_and_refusals() {
     assert_eq!(status, 204);
     run(dockerd.cmd().args(["logout", &host]));
     assert!(
-        docker_login_output(&dockerd, &host, "tool-dock", &a).is_err(),
+        dockerd.login(&host, "tool-dock", &a).is_err(),
         "revoked credentials must not log in"
     );
-}
-
-fn docker_login_output(
-    dockerd: &Dockerd,
-    host: &str,
-    user: &str,
-    password: &str,
-) -> Result<String, String> {
-    use std::io::Write;
-    let mut child = dockerd
-        .cmd()
-        .args(["login", host, "--username", user, "--password-stdin"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(password.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    if out.status.success() {
-        Ok(text)
-    } else {
-        Err(text)
-    }
 }

@@ -91,15 +91,12 @@ fn start_berth(dir: &Path, extra: &str) -> (Berth, PathBuf) {
     // The run image, as the platform provides it.
     let layout = dir.join("run-image");
     write_oci_layout(&layout, "latest", "run image", 2);
-    run(Command::new(tool("skopeo"))
-        .args([
-            "copy",
-            "--dest-tls-verify=false",
-            "--dest-creds",
-            &format!("admin:{ADMIN_PASSWORD}"),
-        ])
-        .arg(format!("oci:{}:latest", layout.display()))
-        .arg(format!("docker://{}/toolforge/run:latest", berth.host())));
+    skopeo_push_layout(
+        &layout,
+        "latest",
+        &format!("{}/toolforge/run:latest", berth.host()),
+        &format!("admin:{ADMIN_PASSWORD}"),
+    );
     (berth, data)
 }
 

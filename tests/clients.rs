@@ -148,7 +148,9 @@ fn docker_pulls_and_pushes_schema2_and_oci_images() {
         "oci",
         &creds,
     );
-    docker_login(&dockerd, &host, "tool-e2e", &password);
+    dockerd
+        .login(&host, "tool-e2e", &password)
+        .expect("docker login");
 
     for tag in ["schema2", "oci"] {
         let src = format!("{host}/tool-e2e/docker-src:{tag}");
@@ -204,30 +206,6 @@ fn docker_pulls_and_pushes_schema2_and_oci_images() {
     assert!(
         err.contains("not found") || err.contains("manifest unknown"),
         "docker pull of a missing tag: {err}"
-    );
-}
-
-fn docker_login(dockerd: &Dockerd, host: &str, user: &str, password: &str) {
-    use std::io::Write;
-    let mut child = dockerd
-        .cmd()
-        .args(["login", host, "--username", user, "--password-stdin"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(password.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "docker login failed: {}",
-        String::from_utf8_lossy(&out.stderr)
     );
 }
 

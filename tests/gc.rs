@@ -921,15 +921,12 @@ fn docker_pulls_a_pinned_image_after_cleanup_would_have_removed_it() {
     for tag in ["v1", "v2", "v3"] {
         let layout = dir.path().join(format!("layout-{tag}"));
         write_oci_layout(&layout, tag, &format!("pinned-{tag}"), 1);
-        run(Command::new(tool("skopeo"))
-            .args([
-                "copy",
-                "--dest-tls-verify=false",
-                "--dest-creds",
-                &format!("admin:{ADMIN_PASSWORD}"),
-            ])
-            .arg(format!("oci:{}:{tag}", layout.display()))
-            .arg(format!("docker://{host}/tool-pin/app:{tag}")));
+        skopeo_push_layout(
+            &layout,
+            tag,
+            &format!("{host}/tool-pin/app:{tag}"),
+            &format!("admin:{ADMIN_PASSWORD}"),
+        );
         let r = admin_client(&berth)
             .head(&format!("/v2/tool-pin/app/manifests/{tag}"))
             .unwrap();

@@ -564,15 +564,12 @@ fn docker_push_over_quota_shows_the_message() {
     let host = berth.host();
     let layout = dir.path().join("layout");
     write_oci_layout(&layout, "v1", "quota-docker", 2);
-    run(Command::new(tool("skopeo"))
-        .args([
-            "copy",
-            "--dest-tls-verify=false",
-            "--dest-creds",
-            &format!("admin:{ADMIN_PASSWORD}"),
-        ])
-        .arg(format!("oci:{}:v1", layout.display()))
-        .arg(format!("docker://{host}/toolforge/base:v1")));
+    skopeo_push_layout(
+        &layout,
+        "v1",
+        &format!("{host}/toolforge/base:v1"),
+        &format!("admin:{ADMIN_PASSWORD}"),
+    );
     let password = berth.namespace_credentials("tool-small");
     set_limit(
         &berth,
@@ -580,21 +577,9 @@ fn docker_push_over_quota_shows_the_message() {
         serde_json::json!({ "limit_bytes": 500 }),
     );
 
-    let mut login = dockerd
-        .cmd()
-        .args([
-            "login",
-            &host,
-            "--username",
-            "tool-small",
-            "--password-stdin",
-        ])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    std::io::Write::write_all(&mut login.stdin.take().unwrap(), password.as_bytes()).unwrap();
-    assert!(login.wait().unwrap().success());
+    dockerd
+        .login(&host, "tool-small", &password)
+        .expect("docker login");
     run(dockerd
         .cmd()
         .args(["pull", &format!("{host}/toolforge/base:v1")]));

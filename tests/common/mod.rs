@@ -336,6 +336,15 @@ pub fn write_oci_layout(dir: &Path, tag: &str, seed: &str, layers: usize) -> Vec
     layer_blobs
 }
 
+/// Copies an OCI layout's `tag` into the registry as `image` (host/repo:tag)
+/// with skopeo, logged in as `creds` (user:password).
+pub fn skopeo_push_layout(layout: &Path, tag: &str, image: &str, creds: &str) {
+    run(Command::new(tool("skopeo"))
+        .args(["copy", "--dest-tls-verify=false", "--dest-creds", creds])
+        .arg(format!("oci:{}:{tag}", layout.display()))
+        .arg(format!("docker://{image}")));
+}
+
 // ------------------------------------------------------------ dockerd ----
 
 /// A dockerd of our own on a private socket, with its data in a temp dir.
@@ -392,6 +401,35 @@ impl Dockerd {
                 );
             }
             std::thread::sleep(Duration::from_millis(250));
+        }
+    }
+
+    /// `docker login` with the password on stdin; the output either way.
+    pub fn login(&self, host: &str, user: &str, password: &str) -> Result<String, String> {
+        let mut child = self
+            .cmd()
+            .args(["login", host, "--username", user, "--password-stdin"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(password.as_bytes())
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        if out.status.success() {
+            Ok(text)
+        } else {
+            Err(text)
         }
     }
 

@@ -53,6 +53,26 @@ fn unknown_upload(id: &str) -> ApiError {
     )
 }
 
+/// The upload `id` of `repo`, locked for this request; unknown when it does
+/// not exist, belongs to another repository, or was finished or cancelled
+/// by a request that held the lock before this one.
+async fn open_session(
+    state: &State,
+    repo: &RepoName,
+    id: &str,
+) -> ApiResult<tokio::sync::OwnedMutexGuard<Session>> {
+    let session = state
+        .storage
+        .uploads
+        .get(id, repo)
+        .ok_or_else(|| unknown_upload(id))?;
+    let session = session.lock_owned().await;
+    if !session.is_open() {
+        return Err(unknown_upload(id));
+    }
+    Ok(session)
+}
+
 fn digest_param(query: &[(String, String)]) -> ApiResult<Option<Digest>> {
     query_get(query, "digest")
         .map(|d| d.parse().map_err(ApiError::from))
@@ -196,15 +216,7 @@ pub async fn patch(
     id: &str,
     req: Request<Incoming>,
 ) -> ApiResult<Response<Body>> {
-    let session = state
-        .storage
-        .uploads
-        .get(id, repo)
-        .ok_or_else(|| unknown_upload(id))?;
-    let mut session = session.lock().await;
-    if !session.is_open() {
-        return Err(unknown_upload(id));
-    }
+    let mut session = open_session(state, repo, id).await?;
     check_chunk(repo, &session, req.headers())?;
     append_within_quota(state, repo, &mut session, req).await?;
     Ok(progress(StatusCode::ACCEPTED, repo, &session))
@@ -223,15 +235,7 @@ pub async fn put(
             "closing an upload needs ?digest=<algorithm>:<hex>",
         )
     })?;
-    let session = state
-        .storage
-        .uploads
-        .get(id, repo)
-        .ok_or_else(|| unknown_upload(id))?;
-    let mut session = session.lock().await;
-    if !session.is_open() {
-        return Err(unknown_upload(id));
-    }
+    let mut session = open_session(state, repo, id).await?;
     check_chunk(repo, &session, req.headers())?;
     append_within_quota(state, repo, &mut session, req).await?;
     complete(state, repo, &mut session, &digest).await
@@ -337,28 +341,12 @@ async fn quota_refusal(state: &State, repo: &RepoName, size: u64) -> ApiError {
 }
 
 pub async fn status(state: &State, repo: &RepoName, id: &str) -> ApiResult<Response<Body>> {
-    let session = state
-        .storage
-        .uploads
-        .get(id, repo)
-        .ok_or_else(|| unknown_upload(id))?;
-    let session = session.lock().await;
-    if !session.is_open() {
-        return Err(unknown_upload(id));
-    }
+    let session = open_session(state, repo, id).await?;
     Ok(progress(StatusCode::NO_CONTENT, repo, &session))
 }
 
 pub async fn cancel(state: &State, repo: &RepoName, id: &str) -> ApiResult<Response<Body>> {
-    let session = state
-        .storage
-        .uploads
-        .get(id, repo)
-        .ok_or_else(|| unknown_upload(id))?;
-    let mut session = session.lock().await;
-    if !session.is_open() {
-        return Err(unknown_upload(id));
-    }
+    let mut session = open_session(state, repo, id).await?;
     state.storage.uploads.cancel(&mut session).await?;
     Ok(body::status_only(StatusCode::NO_CONTENT))
 }
