@@ -107,3 +107,117 @@ pub fn hammer(
         }
     })
 }
+
+/// Small-image pushes (config + `layer_size` layer + manifest, each blob by
+/// POST then PUT with the body) from `clients` connections on one async
+/// thread, for `duration`. Latency is per image.
+pub fn push_images(
+    target: &Target,
+    clients: usize,
+    layer_size: usize,
+    duration: Duration,
+) -> Figures {
+    use http_body_util::Full;
+    let host = target.url.trim_start_matches("http://").to_owned();
+    let auth = target.authorization();
+    let run = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(async move {
+        let deadline = Instant::now() + duration;
+        let started = Instant::now();
+        let tasks: Vec<_> = (0..clients)
+            .map(|t| {
+                let (host, auth) = (host.clone(), auth.clone());
+                tokio::spawn(async move {
+                    let (mut lat, mut errors) = (Vec::<u32>::new(), 0u64);
+                    let Ok(stream) = tokio::net::TcpStream::connect(&host).await else { return (lat, 1) };
+                    let _ = stream.set_nodelay(true);
+                    let Ok((mut sender, conn)) = hyper::client::conn::http1::handshake::<_, Full<Bytes>>(TokioIo::new(stream)).await else {
+                        return (lat, 1);
+                    };
+                    tokio::spawn(conn);
+                    let repo = format!("bench/push{t}");
+                    let mut i = 0u64;
+                    while Instant::now() < deadline {
+                        i += 1;
+                        let seed = run ^ ((t as u64) << 40) ^ i;
+                        let t0 = Instant::now();
+                        let mut send = async |method: &str, uri: String, ctype: Option<&str>, body: Bytes| -> Result<(u16, Option<String>), ()> {
+                            let mut req = Request::builder().method(method).uri(uri).header("host", host.as_str());
+                            if let Some(c) = ctype {
+                                req = req.header("content-type", c);
+                            }
+                            if let Some(a) = &auth {
+                                req = req.header("authorization", a.as_str());
+                            }
+                            let resp = sender.send_request(req.body(Full::new(body)).map_err(|_| ())?).await.map_err(|_| ())?;
+                            let status = resp.status().as_u16();
+                            let location = resp.headers().get("location").and_then(|v| v.to_str().ok()).map(str::to_owned);
+                            resp.into_body().collect().await.map_err(|_| ())?;
+                            Ok((status, location))
+                        };
+                        let config = Bytes::from(format!("{{\"architecture\":\"amd64\",\"os\":\"linux\",\"seed\":{seed},\"rootfs\":{{\"type\":\"layers\",\"diff_ids\":[]}}}}"));
+                        let layer = Bytes::from(crate::load::content(seed, layer_size));
+                        let (cd, ld) = (crate::load::sha256(&config), crate::load::sha256(&layer));
+                        let mut ok = true;
+                        for (blob, digest) in [(&config, &cd), (&layer, &ld)] {
+                            let started = send("POST", format!("/v2/{repo}/blobs/uploads/"), None, Bytes::new()).await;
+                            let Ok((202, Some(loc))) = started else { ok = false; break };
+                            let path = loc.strip_prefix(&format!("http://{host}")).unwrap_or(&loc).to_owned();
+                            let sep = if path.contains('?') { '&' } else { '?' };
+                            if !matches!(send("PUT", format!("{path}{sep}digest={digest}"), Some("application/octet-stream"), blob.clone()).await, Ok((201, _))) {
+                                ok = false;
+                                break;
+                            }
+                        }
+                        if ok {
+                            let manifest = serde_json::to_vec(&serde_json::json!({
+                                "schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
+                                "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": cd, "size": config.len()},
+                                "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", "digest": ld, "size": layer.len()}]
+                            }))
+                            .expect("json");
+                            ok = matches!(
+                                send("PUT", format!("/v2/{repo}/manifests/t{i}"), Some("application/vnd.oci.image.manifest.v1+json"), Bytes::from(manifest)).await,
+                                Ok((201, _))
+                            );
+                        }
+                        if ok {
+                            lat.push(t0.elapsed().as_micros().min(u32::MAX as u128) as u32);
+                        } else {
+                            errors += 1;
+                            break;
+                        }
+                    }
+                    (lat, errors)
+                })
+            })
+            .collect();
+        let mut all = Vec::new();
+        let mut errors = 0;
+        for t in tasks {
+            if let Ok((l, e)) = t.await {
+                all.extend(l);
+                errors += e;
+            }
+        }
+        let seconds = started.elapsed().as_secs_f64();
+        all.sort_unstable();
+        let pct = |p: f64| if all.is_empty() { 0.0 } else { all[((all.len() - 1) as f64 * p).round() as usize] as f64 / 1000.0 };
+        Figures {
+            ops: all.len() as u64,
+            seconds,
+            per_second: all.len() as f64 / seconds,
+            mb_per_second: (all.len() * layer_size) as f64 / seconds / 1e6,
+            p50_ms: pct(0.5),
+            p99_ms: pct(0.99),
+            errors,
+        }
+    })
+}

@@ -121,20 +121,7 @@ fn manifest_head(t: &Target, d: Duration) -> Result<Figures, String> {
 }
 
 fn small_image_push(target: &Target, d: Duration) -> Result<Figures, String> {
-    let run = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos() as u64;
-    Ok(timed(target, 8, d, 16 * 1024, move |c, t, i| {
-        push_image(
-            c,
-            &format!("bench/push{t}"),
-            &format!("t{i}"),
-            run ^ ((t as u64) << 40) ^ i,
-            16 * 1024,
-        )
-        .map(|_| ())
-    }))
+    Ok(fast::push_images(target, 8, 16 * 1024, d))
 }
 
 /// Pushes `count` blobs of `size` one after another; MB/s of the whole.
