@@ -228,7 +228,6 @@ async fn serve(cfg: Config) -> Result<(), String> {
         config: RegistryConfig {
             chunk_min_length: cfg.registry.chunk_min_length,
             shutdown_grace: cfg.server.shutdown_grace,
-            tool_prefix: cfg.registry.tool_prefix.clone(),
             metrics_public: cfg.metrics.public,
             // Well inside the blob grace period, so a HEAD always protects.
             touch_interval: (gc_config.blob_grace / 4).clamp(

@@ -35,8 +35,6 @@ pub struct RegistryConfig {
     pub chunk_min_length: Option<u64>,
     /// How long in-flight requests may run on after a shutdown signal.
     pub shutdown_grace: Duration,
-    /// Tool `foo` owns namespace `<tool_prefix>foo`.
-    pub tool_prefix: String,
     /// Whether `/metrics` answers without admin credentials.
     pub metrics_public: bool,
     /// A blob HEAD refreshes the blob's last use when it is older than
@@ -49,7 +47,6 @@ impl Default for RegistryConfig {
         RegistryConfig {
             chunk_min_length: None,
             shutdown_grace: Duration::from_secs(30),
-            tool_prefix: "tool-".into(),
             metrics_public: true,
             touch_interval: Duration::from_secs(60),
         }
@@ -154,7 +151,7 @@ async fn dispatch(
             quota::namespace(state, &ns, req).await
         }
         Route::ToolQuota(tool) => {
-            let ns = format!("{}{tool}", state.config.tool_prefix);
+            let ns = state.builds.namespace(&tool);
             auth.require_owner(&caller, &ns)?;
             match method {
                 Method::GET => quota::tool(state, &ns).await,
@@ -162,23 +159,23 @@ async fn dispatch(
             }
         }
         Route::Builds(tool) => {
-            auth.require_owner(&caller, &format!("{}{tool}", state.config.tool_prefix))?;
+            auth.require_owner(&caller, &state.builds.namespace(&tool))?;
             builds::collection(state, &tool, req).await
         }
         Route::Build(tool, id) => {
-            auth.require_owner(&caller, &format!("{}{tool}", state.config.tool_prefix))?;
+            auth.require_owner(&caller, &state.builds.namespace(&tool))?;
             builds::one(state, &tool, &id, &method, req.uri().query()).await
         }
         Route::BuildLogs(tool, id) => {
-            auth.require_owner(&caller, &format!("{}{tool}", state.config.tool_prefix))?;
+            auth.require_owner(&caller, &state.builds.namespace(&tool))?;
             builds::logs(state, &tool, &id, &method, req.uri().query()).await
         }
         Route::BuildCancel(tool, id) => {
-            auth.require_owner(&caller, &format!("{}{tool}", state.config.tool_prefix))?;
+            auth.require_owner(&caller, &state.builds.namespace(&tool))?;
             builds::cancel(state, &tool, &id, &method).await
         }
         Route::Clean(tool) => {
-            auth.require_owner(&caller, &format!("{}{tool}", state.config.tool_prefix))?;
+            auth.require_owner(&caller, &state.builds.namespace(&tool))?;
             builds::clean(state, &tool, &method).await
         }
         Route::Metrics => {

@@ -174,14 +174,7 @@ pub fn parse(path: &str) -> ApiResult<Option<Route>> {
 
 /// A Toolforge tool name: `^[a-z]([-_a-z0-9]{0,254}[a-z0-9])?$`.
 pub fn validate_tool(tool: &str) -> ApiResult<String> {
-    let b = tool.as_bytes();
-    let ok = !b.is_empty()
-        && b.len() <= 256
-        && b[0].is_ascii_lowercase()
-        && (b.len() == 1 || b[b.len() - 1].is_ascii_lowercase() || b[b.len() - 1].is_ascii_digit())
-        && b.iter()
-            .all(|&c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'-' || c == b'_');
-    if ok {
+    if berth_builds::valid_tool(tool) {
         Ok(tool.to_owned())
     } else {
         Err(ApiError::bad_request(

@@ -396,20 +396,20 @@ impl Metadata {
             let mut deleted = Vec::new();
             let mut freed: BTreeMap<String, u64> = BTreeMap::new();
             for l in batch {
-                let size: Option<i64> = tx
+                let still_garbage = tx
                     .prepare_cached(
-                        "SELECT b.size FROM repo_blobs rb JOIN blobs b ON b.digest = rb.digest
+                        "SELECT 1 FROM repo_blobs rb JOIN blobs b ON b.digest = rb.digest
                          WHERE rb.repo_id = ?1 AND rb.digest = ?2 AND rb.linked_ms < ?3 AND b.touched_ms < ?3
                            AND NOT EXISTS (SELECT 1 FROM manifest_refs mr
                                            WHERE mr.repo_id = rb.repo_id AND mr.child_digest = rb.digest AND mr.kind = 'blob')",
                     )?
-                    .query_row(params![l.repo_id, l.digest, cutoff], |r| r.get(0))
-                    .optional()?;
-                let Some(size) = size else { continue };
-                tx.prepare_cached("DELETE FROM repo_blobs WHERE repo_id = ?1 AND digest = ?2")?
-                    .execute(params![l.repo_id, l.digest])?;
-                if quota::count_unlink(tx, &l.namespace, &l.digest)? {
-                    *freed.entry(l.namespace.clone()).or_default() += size.max(0) as u64;
+                    .exists(params![l.repo_id, l.digest, cutoff])?;
+                if !still_garbage {
+                    continue;
+                }
+                let released = super::queries::remove_link(tx, l.repo_id, &l.namespace, &l.digest)?.unwrap_or(0);
+                if released > 0 {
+                    *freed.entry(l.namespace.clone()).or_default() += released;
                 }
                 deleted.push(l);
             }

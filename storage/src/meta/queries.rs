@@ -124,39 +124,31 @@ fn link(
     Ok(Ok(()))
 }
 
-/// Removes a blob link and releases its size when it was the namespace's
-/// last link of the blob. Returns false when there was no link.
-fn unlink(conn: &Connection, repo_id: i64, ns: &str, digest: &str) -> rusqlite::Result<bool> {
-    let linked = conn
-        .prepare_cached("SELECT 1 FROM repo_blobs WHERE repo_id = ?1 AND digest = ?2")?
-        .exists(params![repo_id, digest])?;
-    if linked {
-        unlink_released(conn, repo_id, ns, digest)?;
-    }
-    Ok(linked)
-}
-
-/// Removes a blob link; returns the bytes released to the namespace (the
-/// blob's size if this was the namespace's last link of it, else 0).
-pub(super) fn unlink_released(
+/// Removes a blob link. `None` when there was none; otherwise the bytes the
+/// namespace gets back (the blob's size if this was its last link of the
+/// blob, else 0), which the caller releases from the ledger in the same
+/// transaction (GC releases once per namespace per batch).
+pub(super) fn remove_link(
     conn: &Connection,
     repo_id: i64,
     ns: &str,
     digest: &str,
-) -> rusqlite::Result<u64> {
+) -> rusqlite::Result<Option<u64>> {
     let n = conn
         .prepare_cached("DELETE FROM repo_blobs WHERE repo_id = ?1 AND digest = ?2")?
         .execute(params![repo_id, digest])?;
-    if n == 0 || !quota::count_unlink(conn, ns, digest)? {
-        return Ok(0);
+    if n == 0 {
+        return Ok(None);
+    }
+    if !quota::count_unlink(conn, ns, digest)? {
+        return Ok(Some(0));
     }
     let size: i64 = conn
         .prepare_cached("SELECT size FROM blobs WHERE digest = ?1")?
         .query_row([digest], |r| r.get(0))
         .optional()?
         .unwrap_or(0);
-    quota::release(conn, ns, size.max(0) as u64)?;
-    Ok(size.max(0) as u64)
+    Ok(Some(size.max(0) as u64))
 }
 
 /// Marks that a manifest lost a tag now: its untagged grace period
@@ -311,10 +303,12 @@ impl Metadata {
             if let Some(m) = user {
                 return Ok(UnlinkBlobOutcome::ReferencedByManifest(m));
             }
-            Ok(if unlink(tx, id, &ns, &digest)? {
-                UnlinkBlobOutcome::Unlinked
-            } else {
-                UnlinkBlobOutcome::NotFound
+            Ok(match remove_link(tx, id, &ns, &digest)? {
+                Some(freed) => {
+                    quota::release(tx, &ns, freed)?;
+                    UnlinkBlobOutcome::Unlinked
+                }
+                None => UnlinkBlobOutcome::NotFound,
             })
         })
         .await
@@ -343,22 +337,17 @@ impl Metadata {
         // that clients send before every pull hit the cache too.
         let found = self
             .read(move |c| {
-                let bytes_col = "m.bytes";
                 let sql = if by_digest {
-                    format!(
-                        "SELECT m.digest, m.media_type, m.size, {bytes_col} FROM manifests m
+                    "SELECT m.digest, m.media_type, m.size, m.bytes FROM manifests m
                      JOIN repositories r ON r.id = m.repo_id
                      WHERE r.name = ?1 AND m.digest = ?2"
-                    )
                 } else {
-                    format!(
-                        "SELECT m.digest, m.media_type, m.size, {bytes_col} FROM tags t
+                    "SELECT m.digest, m.media_type, m.size, m.bytes FROM tags t
                      JOIN repositories r ON r.id = t.repo_id
                      JOIN manifests m ON m.repo_id = t.repo_id AND m.digest = t.digest
                      WHERE r.name = ?1 AND t.name = ?2"
-                    )
                 };
-                Ok(c.prepare_cached(&sql)?
+                Ok(c.prepare_cached(sql)?
                     .query_row(params![repo, reference], |r| {
                         Ok(StoredManifest {
                             digest: r.get(0)?,
