@@ -3,12 +3,24 @@
 //! (the blocking client) spent more CPU than the server under test on a
 //! 2-core machine; this spends a fraction of one core.
 
-use crate::load::{Figures, Target};
+use crate::load::{micros_since, Figures, Target};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty};
 use hyper::Request;
 use hyper_util::rt::TokioIo;
 use std::time::{Duration, Instant};
+
+/// Waits for every connection's task; their latencies and error counts.
+async fn gather(tasks: Vec<tokio::task::JoinHandle<(Vec<u32>, u64)>>) -> (Vec<u32>, u64) {
+    let (mut all, mut errors) = (Vec::new(), 0);
+    for t in tasks {
+        if let Ok((l, e)) = t.await {
+            all.extend(l);
+            errors += e;
+        }
+    }
+    (all, errors)
+}
 
 /// Sends `method path` on `conns` connections for `duration`; 200 is success.
 pub fn hammer(
@@ -64,7 +76,7 @@ pub fn hammer(
                                 let ok = resp.status() == 200;
                                 let body = resp.into_body().collect().await;
                                 if ok && body.is_ok() {
-                                    lat.push(t0.elapsed().as_micros().min(u32::MAX as u128) as u32);
+                                    lat.push(micros_since(t0));
                                 } else {
                                     errors += 1;
                                 }
@@ -79,32 +91,8 @@ pub fn hammer(
                 })
             })
             .collect();
-        let mut all = Vec::new();
-        let mut errors = 0;
-        for t in tasks {
-            if let Ok((l, e)) = t.await {
-                all.extend(l);
-                errors += e;
-            }
-        }
-        let seconds = started.elapsed().as_secs_f64();
-        all.sort_unstable();
-        let pct = |p: f64| {
-            if all.is_empty() {
-                0.0
-            } else {
-                all[((all.len() - 1) as f64 * p).round() as usize] as f64 / 1000.0
-            }
-        };
-        Figures {
-            ops: all.len() as u64,
-            seconds,
-            per_second: all.len() as f64 / seconds,
-            mb_per_second: 0.0,
-            p50_ms: pct(0.5),
-            p99_ms: pct(0.99),
-            errors,
-        }
+        let (all, errors) = gather(tasks).await;
+        Figures::from_latencies(all, errors, started.elapsed().as_secs_f64(), 0)
     })
 }
 
@@ -189,7 +177,7 @@ pub fn push_images(
                             );
                         }
                         if ok {
-                            lat.push(t0.elapsed().as_micros().min(u32::MAX as u128) as u32);
+                            lat.push(micros_since(t0));
                         } else {
                             errors += 1;
                             break;
@@ -199,25 +187,7 @@ pub fn push_images(
                 })
             })
             .collect();
-        let mut all = Vec::new();
-        let mut errors = 0;
-        for t in tasks {
-            if let Ok((l, e)) = t.await {
-                all.extend(l);
-                errors += e;
-            }
-        }
-        let seconds = started.elapsed().as_secs_f64();
-        all.sort_unstable();
-        let pct = |p: f64| if all.is_empty() { 0.0 } else { all[((all.len() - 1) as f64 * p).round() as usize] as f64 / 1000.0 };
-        Figures {
-            ops: all.len() as u64,
-            seconds,
-            per_second: all.len() as f64 / seconds,
-            mb_per_second: (all.len() * layer_size) as f64 / seconds / 1e6,
-            p50_ms: pct(0.5),
-            p99_ms: pct(0.99),
-            errors,
-        }
+        let (all, errors) = gather(tasks).await;
+        Figures::from_latencies(all, errors, started.elapsed().as_secs_f64(), layer_size as u64)
     })
 }

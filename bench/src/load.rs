@@ -2,6 +2,7 @@
 //! measured. Blocking clients on threads (ureq, keep-alive), so the figures
 //! include a real client's per-request work.
 
+use berth_conformance::client::parse_challenge;
 use sha2::{Digest as _, Sha256};
 use std::io::Read;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -46,12 +47,39 @@ pub fn sha256(b: &[u8]) -> String {
     format!("sha256:{:x}", Sha256::digest(b))
 }
 
-fn percentile(lat: &mut [u32], p: f64) -> f64 {
-    if lat.is_empty() {
-        return 0.0;
+impl Figures {
+    /// Figures of `ops` successful operations (their latencies in
+    /// microseconds) and `errors` failed ones over `seconds`.
+    pub fn from_latencies(
+        mut lat_us: Vec<u32>,
+        errors: u64,
+        seconds: f64,
+        bytes_per_op: u64,
+    ) -> Figures {
+        lat_us.sort_unstable();
+        let pct = |p: f64| {
+            if lat_us.is_empty() {
+                0.0
+            } else {
+                lat_us[((lat_us.len() - 1) as f64 * p).round() as usize] as f64 / 1000.0
+            }
+        };
+        let ops = lat_us.len() as u64;
+        Figures {
+            ops,
+            seconds,
+            per_second: ops as f64 / seconds,
+            mb_per_second: (ops * bytes_per_op) as f64 / seconds / 1e6,
+            p50_ms: pct(0.5),
+            p99_ms: pct(0.99),
+            errors,
+        }
     }
-    lat.sort_unstable();
-    lat[((lat.len() - 1) as f64 * p).round() as usize] as f64 / 1000.0
+}
+
+/// Microseconds since `t0`, as latencies are kept.
+pub fn micros_since(t0: Instant) -> u32 {
+    t0.elapsed().as_micros().min(u32::MAX as u128) as u32
 }
 
 impl Target {
@@ -92,14 +120,8 @@ impl Target {
             *self.auth.lock().unwrap() = basic;
             return Ok(());
         }
-        let param = |k: &str| {
-            challenge
-                .split(&format!("{k}=\""))
-                .nth(1)
-                .and_then(|s| s.split('"').next())
-                .unwrap_or("")
-                .to_owned()
-        };
+        let params = parse_challenge(challenge.trim_start_matches("Bearer "));
+        let param = |k: &str| params.get(k).cloned().unwrap_or_default();
         let mut url = format!("{}?service={}", param("realm"), param("service"));
         for s in scopes {
             url.push_str(&format!("&scope={s}"));
@@ -204,33 +226,43 @@ impl Conn {
         }
     }
 
-    /// POST + PUT with the whole blob.
-    pub fn push_blob(&self, repo: &str, bytes: &[u8], digest: &str) -> Result<(), String> {
+    /// Starts an upload; returns its Location.
+    fn start_upload(&self, repo: &str) -> Result<String, String> {
         let r = self.send(
             "POST",
             &format!("/v2/{repo}/blobs/uploads/"),
             &[],
             Vec::new(),
         )?;
-        let loc = r
-            .location
+        r.location
             .filter(|_| r.status == 202)
-            .ok_or_else(|| format!("upload start: HTTP {}", r.status))?;
+            .ok_or_else(|| format!("upload start: HTTP {}", r.status))
+    }
+
+    /// Closes the upload at `loc` with `digest`, sending `body` as its last
+    /// bytes (empty when everything was PATCHed); 201 is success.
+    fn close_upload(&self, loc: &str, digest: &str, body: Vec<u8>) -> Result<(), String> {
         let sep = if loc.contains('?') { '&' } else { '?' };
         let r = self.send(
             "PUT",
-            &format!("{}{sep}digest={digest}", self.absolute(&loc)),
+            &format!("{}{sep}digest={digest}", self.absolute(loc)),
             &[("content-type", "application/octet-stream")],
-            bytes.to_vec(),
+            body,
         )?;
         if r.status != 201 {
             return Err(format!(
-                "blob PUT: HTTP {} {}",
+                "closing PUT: HTTP {} {}",
                 r.status,
                 String::from_utf8_lossy(&r.body)
             ));
         }
         Ok(())
+    }
+
+    /// POST + PUT with the whole blob.
+    pub fn push_blob(&self, repo: &str, bytes: &[u8], digest: &str) -> Result<(), String> {
+        let loc = self.start_upload(repo)?;
+        self.close_upload(&loc, digest, bytes.to_vec())
     }
 
     /// POST, PATCH chunks with Content-Range, final PUT.
@@ -241,16 +273,7 @@ impl Conn {
         digest: &str,
         chunk: usize,
     ) -> Result<(), String> {
-        let r = self.send(
-            "POST",
-            &format!("/v2/{repo}/blobs/uploads/"),
-            &[],
-            Vec::new(),
-        )?;
-        let mut loc = r
-            .location
-            .filter(|_| r.status == 202)
-            .ok_or_else(|| format!("upload start: HTTP {}", r.status))?;
+        let mut loc = self.start_upload(repo)?;
         for (i, part) in bytes.chunks(chunk).enumerate() {
             let start = i * chunk;
             let range = format!("{start}-{}", start + part.len() - 1);
@@ -270,17 +293,7 @@ impl Conn {
                 .filter(|_| r.status == 202)
                 .ok_or_else(|| format!("chunk PATCH: HTTP {}", r.status))?;
         }
-        let sep = if loc.contains('?') { '&' } else { '?' };
-        let r = self.send(
-            "PUT",
-            &format!("{}{sep}digest={digest}", self.absolute(&loc)),
-            &[],
-            Vec::new(),
-        )?;
-        if r.status != 201 {
-            return Err(format!("closing PUT: HTTP {}", r.status));
-        }
-        Ok(())
+        self.close_upload(&loc, digest, Vec::new())
     }
 
     /// POST, then one streamed PATCH of `total` generated bytes (hashed on
@@ -307,16 +320,7 @@ impl Conn {
                 Ok(n)
             }
         }
-        let r = self.send(
-            "POST",
-            &format!("/v2/{repo}/blobs/uploads/"),
-            &[],
-            Vec::new(),
-        )?;
-        let loc = r
-            .location
-            .filter(|_| r.status == 202)
-            .ok_or_else(|| format!("upload start: HTTP {}", r.status))?;
+        let loc = self.start_upload(repo)?;
         let hasher = Arc::new(std::sync::Mutex::new(Sha256::new()));
         let gen = Gen {
             left: total,
@@ -338,17 +342,7 @@ impl Conn {
             .ok_or("PATCH without Location")?;
         let _ = r.body_mut().read_to_vec();
         let digest = format!("sha256:{:x}", hasher.lock().unwrap().clone().finalize());
-        let sep = if loc.contains('?') { '&' } else { '?' };
-        let r = self.send(
-            "PUT",
-            &format!("{}{sep}digest={digest}", self.absolute(&loc)),
-            &[],
-            Vec::new(),
-        )?;
-        if r.status != 201 {
-            return Err(format!("closing PUT: HTTP {}", r.status));
-        }
-        Ok(())
+        self.close_upload(&loc, &digest, Vec::new())
     }
 }
 
@@ -423,7 +417,7 @@ where
                 while !stop.load(Ordering::Relaxed) {
                     let t0 = Instant::now();
                     match op(&conn, t, i) {
-                        Ok(()) => lat.push(t0.elapsed().as_micros().min(u32::MAX as u128) as u32),
+                        Ok(()) => lat.push(micros_since(t0)),
                         Err(e) => {
                             if errors == 0 {
                                 eprintln!("bench: {e}");
@@ -446,15 +440,5 @@ where
         all.extend(l);
         errors += e;
     }
-    let seconds = started.elapsed().as_secs_f64();
-    let ops = all.len() as u64;
-    Figures {
-        ops,
-        seconds,
-        per_second: ops as f64 / seconds,
-        mb_per_second: (ops * bytes_per_op) as f64 / seconds / 1e6,
-        p50_ms: percentile(&mut all, 0.5),
-        p99_ms: percentile(&mut all, 0.99),
-        errors,
-    }
+    Figures::from_latencies(all, errors, started.elapsed().as_secs_f64(), bytes_per_op)
 }

@@ -10,7 +10,7 @@ mod fast;
 mod load;
 
 use clap::{Parser, Subcommand};
-use load::{content, push_image, sha256, timed, Conn, Figures, Target, ACCEPT};
+use load::{content, micros_since, push_image, sha256, timed, Conn, Figures, Target, ACCEPT};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -147,19 +147,14 @@ fn sequential_pushes(target: &Target, count: usize, chunked: bool) -> Result<Fig
         } else {
             conn.push_blob("bench/blobs", b, d)?;
         }
-        lat.push(t0.elapsed());
+        lat.push(micros_since(t0));
     }
-    let seconds = started.elapsed().as_secs_f64();
-    lat.sort();
-    Ok(Figures {
-        ops: count as u64,
-        seconds,
-        per_second: count as f64 / seconds,
-        mb_per_second: (count * BIG_BLOB) as f64 / seconds / 1e6,
-        p50_ms: lat[lat.len() / 2].as_secs_f64() * 1e3,
-        p99_ms: lat[lat.len() - 1].as_secs_f64() * 1e3,
-        errors: 0,
-    })
+    Ok(Figures::from_latencies(
+        lat,
+        0,
+        started.elapsed().as_secs_f64(),
+        BIG_BLOB as u64,
+    ))
 }
 
 fn blob_push_monolithic(t: &Target, _: Duration) -> Result<Figures, String> {

@@ -237,7 +237,9 @@ fn mount_scope(url: &str) -> Vec<String> {
         .collect()
 }
 
-fn parse_challenge(s: &str) -> HashMap<String, String> {
+/// The parameters of a `WWW-Authenticate: Bearer` challenge (what follows
+/// `Bearer `): `realm`, `service`, `scope`, `error`.
+pub fn parse_challenge(s: &str) -> HashMap<String, String> {
     let mut out = HashMap::new();
     let mut rest = s.trim();
     while let Some(eq) = rest.find('=') {

@@ -8,6 +8,7 @@
 //! image's layers, one PATCH without Content-Range, an empty PUT, the
 //! manifest PUT, then report.toml. Nothing in berth special-cases it.
 
+use berth_conformance::client::parse_challenge;
 use sha2::{Digest as _, Sha256};
 use std::collections::HashMap;
 use std::io::Write;
@@ -159,14 +160,8 @@ impl Registry {
             .and_then(|v| v.to_str().ok())
             .unwrap_or("")
             .to_owned();
-        let param = |k: &str| {
-            challenge
-                .split(&format!("{k}=\""))
-                .nth(1)
-                .and_then(|s| s.split('"').next())
-                .unwrap_or("")
-                .to_owned()
-        };
+        let params = parse_challenge(challenge.trim_start_matches("Bearer "));
+        let param = |k: &str| params.get(k).cloned().unwrap_or_default();
         let url = format!(
             "{}?service={}&scope={scope}",
             param("realm"),
