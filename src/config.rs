@@ -18,6 +18,7 @@ pub struct Config {
     pub builds: Builds,
     pub metrics: Metrics,
     pub log: Log,
+    pub limits: Limits,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -108,8 +109,6 @@ pub struct Gc {
     pub untagged_grace: Duration,
     #[serde(with = "humantime_serde")]
     pub blob_grace: Duration,
-    #[serde(with = "humantime_serde")]
-    pub upload_expiry: Duration,
     pub retention: Retention,
 }
 
@@ -122,7 +121,6 @@ impl Default for Gc {
             untagged_schedule: d.untagged_schedule,
             untagged_grace: d.untagged_grace,
             blob_grace: d.blob_grace,
-            upload_expiry: d.upload_expiry,
             retention: Retention::default(),
         }
     }
@@ -170,7 +168,6 @@ impl Gc {
             untagged_schedule: self.untagged_schedule.clone(),
             untagged_grace: self.untagged_grace,
             blob_grace: self.blob_grace,
-            upload_expiry: self.upload_expiry,
             retention: berth_gc::RetentionPolicy {
                 keep_last: self.retention.keep_last,
                 protected_tags: self.retention.protected_tags.clone(),
@@ -333,7 +330,7 @@ impl Default for Auth {
 }
 
 impl Auth {
-    pub fn registry_config(&self) -> berth_registry::auth::AuthConfig {
+    pub fn registry_config(&self, limits: &Limits) -> berth_registry::auth::AuthConfig {
         berth_registry::auth::AuthConfig {
             enabled: self.enabled,
             service: self.service.clone(),
@@ -341,7 +338,133 @@ impl Auth {
             token_ttl: self.token_ttl,
             anonymous_pull: self.anonymous_pull,
             private_namespaces: self.private_namespaces.clone(),
+            limits: limits.auth_limits(),
         }
+    }
+}
+
+/// What any one caller can make berth hold, and the overall bounds
+/// (SECURITY.md lists each with its reason).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    pub max_connections: usize,
+    pub max_connections_per_address: usize,
+    #[serde(with = "humantime_serde")]
+    pub header_timeout: Duration,
+    #[serde(with = "size")]
+    pub max_header_bytes: u64,
+    #[serde(with = "humantime_serde")]
+    pub body_idle_timeout: Duration,
+    #[serde(with = "size")]
+    pub body_min_rate: u64,
+    #[serde(with = "humantime_serde")]
+    pub body_rate_grace: Duration,
+    pub uploads_per_namespace: usize,
+    pub uploads_total: usize,
+    #[serde(with = "humantime_serde")]
+    pub upload_idle_timeout: Duration,
+    pub token_max_scopes: usize,
+    #[serde(with = "size")]
+    pub token_max_bytes: u64,
+    #[serde(with = "size")]
+    pub token_cache_bytes: u64,
+    pub logins_per_address: usize,
+    pub logins_per_account: usize,
+    pub password_checks: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        let conn = berth_registry::ConnectionLimits::default();
+        let uploads = berth_storage::UploadLimits::default();
+        let auth = berth_registry::auth::AuthLimits::default();
+        Limits {
+            max_connections: conn.max_connections,
+            max_connections_per_address: conn.max_connections_per_address,
+            header_timeout: conn.header_timeout,
+            max_header_bytes: conn.max_header_bytes as u64,
+            body_idle_timeout: conn.body_pace.idle,
+            body_min_rate: conn.body_pace.min_rate,
+            body_rate_grace: conn.body_pace.grace,
+            uploads_per_namespace: uploads.per_namespace,
+            uploads_total: uploads.total,
+            upload_idle_timeout: uploads.idle_timeout,
+            token_max_scopes: auth.token_max_scopes,
+            token_max_bytes: auth.token_max_bytes as u64,
+            token_cache_bytes: auth.token_cache_bytes as u64,
+            logins_per_address: auth.logins_per_address,
+            logins_per_account: auth.logins_per_account,
+            password_checks: auth.password_checks,
+        }
+    }
+}
+
+impl Limits {
+    /// The connection limits, with `max_connections` held under what the
+    /// process's descriptor limit allows (`fd_budget`: descriptors left for
+    /// connections, each of which may also hold one file open).
+    pub fn connection_limits(&self, fd_budget: Option<u64>) -> berth_registry::ConnectionLimits {
+        let max_connections = match fd_budget {
+            Some(budget) => self.max_connections.min((budget / 2).max(16) as usize),
+            None => self.max_connections,
+        };
+        berth_registry::ConnectionLimits {
+            max_connections,
+            max_connections_per_address: self.max_connections_per_address,
+            header_timeout: self.header_timeout,
+            body_pace: berth_registry::request_body::BodyPace {
+                idle: self.body_idle_timeout,
+                min_rate: self.body_min_rate,
+                grace: self.body_rate_grace,
+            },
+            max_header_bytes: self.max_header_bytes.min(usize::MAX as u64) as usize,
+        }
+    }
+
+    pub fn upload_limits(&self) -> berth_storage::UploadLimits {
+        berth_storage::UploadLimits {
+            per_namespace: self.uploads_per_namespace,
+            total: self.uploads_total,
+            idle_timeout: self.upload_idle_timeout,
+        }
+    }
+
+    pub fn auth_limits(&self) -> berth_registry::auth::AuthLimits {
+        berth_registry::auth::AuthLimits {
+            token_max_scopes: self.token_max_scopes,
+            token_max_bytes: self.token_max_bytes as usize,
+            token_cache_bytes: self.token_cache_bytes as usize,
+            logins_per_address: self.logins_per_address,
+            logins_per_account: self.logins_per_account,
+            password_checks: self.password_checks,
+        }
+    }
+
+    pub fn validate(&self) -> Result<(), String> {
+        let positive = [
+            ("max_connections", self.max_connections),
+            ("uploads_per_namespace", self.uploads_per_namespace),
+            ("uploads_total", self.uploads_total),
+            ("token_max_scopes", self.token_max_scopes),
+            ("logins_per_address", self.logins_per_address),
+            ("logins_per_account", self.logins_per_account),
+            ("password_checks", self.password_checks),
+        ];
+        for (key, value) in positive {
+            if value == 0 {
+                return Err(format!("[limits] {key} must be at least 1"));
+            }
+        }
+        if self.max_header_bytes < 8192 {
+            return Err("[limits] max_header_bytes must be at least 8KiB".into());
+        }
+        if self.body_idle_timeout.is_zero() || self.header_timeout.is_zero() {
+            return Err(
+                "[limits] header_timeout and body_idle_timeout must be more than 0s".into(),
+            );
+        }
+        Ok(())
     }
 }
 
@@ -422,6 +545,31 @@ pub fn parse_size_or_unlimited(s: &str) -> Result<Option<u64>, String> {
         .map_err(|e| format!("{s:?} is not a size like \"1GiB\" or \"unlimited\": {e}"))
 }
 
+/// Sizes as strings such as "64KiB" or "16 MiB" (or a plain number of bytes).
+mod size {
+    use serde::{Deserialize, Deserializer};
+
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Raw {
+        Bytes(u64),
+        Text(String),
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+        match Raw::deserialize(d)? {
+            Raw::Bytes(n) => Ok(n),
+            Raw::Text(s) => s
+                .trim()
+                .parse::<bytesize::ByteSize>()
+                .map(|b| b.as_u64())
+                .map_err(|e| {
+                    serde::de::Error::custom(format!("{s:?} is not a size like \"64KiB\": {e}"))
+                }),
+        }
+    }
+}
+
 /// An optional duration: a string such as "30d", or absent.
 mod humantime_serde_opt {
     use serde::{Deserialize, Deserializer};
@@ -488,7 +636,32 @@ mod tests {
         assert_eq!(example.gc.untagged_schedule, default.gc.untagged_schedule);
         assert_eq!(example.gc.untagged_grace, default.gc.untagged_grace);
         assert_eq!(example.gc.blob_grace, default.gc.blob_grace);
-        assert_eq!(example.gc.upload_expiry, default.gc.upload_expiry);
+        assert_eq!(
+            example.limits.upload_idle_timeout,
+            default.limits.upload_idle_timeout
+        );
+        assert_eq!(
+            example.limits.max_connections,
+            default.limits.max_connections
+        );
+        assert_eq!(
+            example.limits.max_connections_per_address,
+            default.limits.max_connections_per_address
+        );
+        assert_eq!(example.limits.body_min_rate, default.limits.body_min_rate);
+        assert_eq!(
+            example.limits.token_cache_bytes,
+            default.limits.token_cache_bytes
+        );
+        assert_eq!(
+            example.limits.max_header_bytes,
+            default.limits.max_header_bytes
+        );
+        assert_eq!(
+            example.limits.uploads_per_namespace,
+            default.limits.uploads_per_namespace
+        );
+        assert!(example.limits.validate().is_ok());
         assert_eq!(
             example.gc.retention.keep_last,
             default.gc.retention.keep_last

@@ -164,9 +164,16 @@ fn init_logging(cfg: &Config) {
 }
 
 async fn serve(cfg: Config) -> Result<(), String> {
+    cfg.limits.validate()?;
+    // Everything berth writes (database, blobs, staging, secrets, logs) is
+    // for berth alone; builds get their own directories explicitly.
+    // SAFETY: umask has no preconditions and cannot fail.
+    unsafe { libc::umask(0o077) };
+    let fd_budget = raise_fd_limit();
     let storage_config = StorageConfig {
         data_dir: cfg.storage.data_dir.clone(),
         synchronous: cfg.storage.sqlite_synchronous,
+        uploads: cfg.limits.upload_limits(),
     };
     // Opening runs migrations and touches the filesystem: keep it off the
     // async workers like every other blocking call.
@@ -234,6 +241,7 @@ async fn serve(cfg: Config) -> Result<(), String> {
                 std::time::Duration::from_millis(100),
                 std::time::Duration::from_secs(60),
             ),
+            limits: cfg.limits.connection_limits(fd_budget),
         },
         metrics: {
             let m = berth_registry::metrics::Metrics::new();
@@ -253,6 +261,7 @@ async fn serve(cfg: Config) -> Result<(), String> {
         tracing::warn!("scheduled GC is off ([gc] enabled = false)");
         None
     };
+    let expiry = tokio::spawn(storage.uploads.clone().run_expiry());
     berth_registry::serve(listener, state, shutdown_signal())
         .await
         .map_err(|e| format!("server failed: {e}"))?;
@@ -262,6 +271,7 @@ async fn serve(cfg: Config) -> Result<(), String> {
     if let Some(d) = dispatcher {
         d.abort();
     }
+    expiry.abort();
     storage.close().await;
     tracing::info!("berth stopped cleanly");
     Ok(())
@@ -306,10 +316,50 @@ fn auth_from_config(cfg: &Config) -> Result<berth_registry::auth::Auth, String> 
         );
     }
     Ok(Auth::new(
-        cfg.auth.registry_config(),
+        cfg.auth.registry_config(&cfg.limits),
         admin_password,
         key.as_bytes(),
     ))
+}
+
+/// Descriptors kept back from connections: SQLite (writer, readers, WAL),
+/// the listener, logs, git and build processes' pipes, the checkpointer.
+const RESERVED_FDS: u64 = 256;
+
+/// Raises the soft open-file limit to the hard one (a registry's work is
+/// open files and sockets) and returns how many descriptors connections
+/// may use; `max_connections` is held under it so that berth refuses a
+/// connection before it would run out of descriptors for everyone.
+fn raise_fd_limit() -> Option<u64> {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit only read and write the struct we pass.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
+            return None;
+        }
+        if lim.rlim_cur < lim.rlim_max {
+            let raised = libc::rlimit {
+                rlim_cur: lim.rlim_max,
+                rlim_max: lim.rlim_max,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
+                lim = raised;
+            }
+        }
+    }
+    if lim.rlim_cur == libc::RLIM_INFINITY {
+        return None;
+    }
+    let budget = lim.rlim_cur.saturating_sub(RESERVED_FDS);
+    tracing::info!(
+        open_files = lim.rlim_cur,
+        for_connections = budget,
+        "file descriptor budget"
+    );
+    Some(budget)
 }
 
 /// Resolves on SIGINT or SIGTERM.

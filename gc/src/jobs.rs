@@ -169,12 +169,10 @@ pub async fn untagged(
     };
     let deleted = delete_planned(
         storage,
-        config,
         report,
         &plan,
         manifest_cutoff,
         blob_cutoff,
-        now,
         &mut phases,
     )
     .await;
@@ -193,15 +191,12 @@ pub async fn untagged(
 
 /// The real run's deletions, in order: manifests, blob links, blobs,
 /// orphan objects, expired uploads.
-#[allow(clippy::too_many_arguments)]
 async fn delete_planned(
     storage: &Storage,
-    config: &GcConfig,
     report: &mut RunReport,
     plan: &berth_storage::meta::GcPlan,
     manifest_cutoff: i64,
     blob_cutoff: i64,
-    now: i64,
     phases: &mut Phases,
 ) -> Result<(), StorageError> {
     // 1. Manifests, in batches; an index's children and a subject's
@@ -287,11 +282,9 @@ async fn delete_planned(
 
     phases.mark(report, "orphans");
 
-    // 5. Abandoned uploads.
-    report.uploads_expired = storage
-        .uploads
-        .expire(now - config.upload_expiry.as_millis() as i64)
-        .await;
+    // 5. Abandoned uploads (also expired every minute by the uploads'
+    // own sweeper; this pass reports them with the run).
+    report.uploads_expired = storage.uploads.expire_idle().await;
 
     Ok(())
 }

@@ -34,7 +34,6 @@ pub struct GcConfig {
     pub untagged_schedule: String,
     pub untagged_grace: Duration,
     pub blob_grace: Duration,
-    pub upload_expiry: Duration,
     pub retention: RetentionPolicy,
 }
 
@@ -46,7 +45,6 @@ impl Default for GcConfig {
             untagged_schedule: "0 0 * * * *".into(),
             untagged_grace: Duration::from_secs(3600),
             blob_grace: Duration::from_secs(3600),
-            upload_expiry: Duration::from_secs(24 * 3600),
             retention: RetentionPolicy::default(),
         }
     }

@@ -61,6 +61,9 @@ pub struct ApiError {
     pub detail: Option<serde_json::Value>,
     /// Extra headers (e.g. `Range` and `Location` on a 416 during upload).
     pub headers: Vec<(header::HeaderName, HeaderValue)>,
+    /// The config key of the limit that refused the request (429s), for
+    /// the `limit_refusals_total` metric.
+    pub limit: Option<&'static str>,
 }
 
 impl ApiError {
@@ -71,7 +74,27 @@ impl ApiError {
             message: message.into(),
             detail: None,
             headers: Vec::new(),
+            limit: None,
         }
+    }
+
+    /// 429 TOOMANYREQUESTS: the caller reached `limit` (a config key);
+    /// `message` says which limit, its value, and what to do.
+    pub fn too_many(limit: &'static str, message: impl Into<String>) -> ApiError {
+        let mut e = ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            Code::TooManyRequests,
+            message,
+        )
+        .with_header(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        e.limit = Some(limit);
+        e
+    }
+
+    /// 503: the registry itself is short of something; retry.
+    pub fn unavailable(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, Code::Unavailable, message)
+            .with_header(header::RETRY_AFTER, HeaderValue::from_static("1"))
     }
 
     pub fn with_detail(mut self, detail: serde_json::Value) -> ApiError {
@@ -82,6 +105,19 @@ impl ApiError {
     pub fn with_header(mut self, name: header::HeaderName, value: HeaderValue) -> ApiError {
         self.headers.push((name, value));
         self
+    }
+
+    /// Adds a header built from text; on an error answer a value that
+    /// cannot be a header is left out rather than failing the answer.
+    pub fn with_header_text(
+        self,
+        name: header::HeaderName,
+        value: impl std::fmt::Display,
+    ) -> ApiError {
+        match HeaderValue::from_str(&value.to_string()) {
+            Ok(v) => self.with_header(name, v),
+            Err(_) => self,
+        }
     }
 
     pub fn bad_request(code: Code, message: impl Into<String>) -> ApiError {
@@ -122,12 +158,30 @@ impl From<StorageError> for ApiError {
                 Code::BlobUploadInvalid,
                 format!("could not read the request body: {msg}"),
             ),
+            StorageError::LimitReached { limit, message } => ApiError::too_many(limit, message),
+            StorageError::Io(e) if is_exhaustion(&e) => {
+                tracing::error!(error = %e, "out of a host resource");
+                ApiError::unavailable(format!(
+                    "the registry is short of resources ({e}); retry shortly"
+                ))
+            }
             other => {
                 tracing::error!(error = %other, "storage failure");
                 ApiError::internal(format!("internal storage error: {other}"))
             }
         }
     }
+}
+
+/// Running out of a host resource is the registry's condition, not a bug
+/// nor the caller's fault: it is answered 503 with Retry-After, never 500.
+fn is_exhaustion(e: &std::io::Error) -> bool {
+    use std::io::ErrorKind::*;
+    matches!(e.kind(), OutOfMemory | StorageFull | QuotaExceeded)
+        || matches!(
+            e.raw_os_error(),
+            Some(libc::EMFILE | libc::ENFILE | libc::ENOSPC | libc::ENOMEM)
+        )
 }
 
 impl From<berth_storage::NameError> for ApiError {
@@ -150,15 +204,26 @@ impl From<berth_storage::meta::QuotaExceeded> for ApiError {
                 "used_bytes": q.used,
                 "limit_bytes": q.limit,
                 "needed_bytes": q.needed,
+                "staged_bytes": q.staged,
             }),
         )
     }
 }
 
 /// `quota exceeded for tool-foo: 980.0 MiB used of 1.0 GiB, this push needs 120.0 MiB more`
+/// With unfinished uploads: `quota exceeded for tool-foo: 980.0 MiB used
+/// and 10.0 MiB in unfinished uploads of 1.0 GiB, ...`.
 pub fn quota_message(q: &berth_storage::meta::QuotaExceeded) -> String {
+    let staged = if q.staged > 0 {
+        format!(
+            " and {} in unfinished uploads (cancel them or let them expire)",
+            human_bytes(q.staged)
+        )
+    } else {
+        String::new()
+    };
     format!(
-        "quota exceeded for {}: {} used of {}, this push needs {} more",
+        "quota exceeded for {}: {} used{staged} of {}, this push needs {} more",
         q.namespace,
         human_bytes(q.used),
         human_bytes(q.limit),

@@ -8,7 +8,9 @@ pub mod body;
 pub mod error;
 pub mod handlers;
 pub mod metrics;
+pub mod request_body;
 pub mod routes;
+pub mod server;
 
 use auth::Action;
 use berth_storage::Storage;
@@ -18,15 +20,12 @@ use handlers::{
     admin, blobs, builds, discovery, gc, manifests, method_not_allowed, quota, token, uploads,
 };
 use http::{HeaderValue, Method, Request, Response, StatusCode};
-use hyper::body::Incoming;
-use hyper::server::conn::http1;
-use hyper_util::rt::{TokioIo, TokioTimer};
+use request_body::RequestBody;
 use routes::Route;
-use std::future::Future;
-use std::net::{IpAddr, SocketAddr};
-use std::sync::Arc;
-use std::time::{Duration, Instant};
-use tokio::net::TcpListener;
+use std::net::IpAddr;
+use std::time::Duration;
+
+pub use server::{serve, ConnectionLimits};
 
 /// Settings of the HTTP surface (the `[server]` and `[registry]` config).
 #[derive(Debug, Clone)]
@@ -40,6 +39,8 @@ pub struct RegistryConfig {
     /// A blob HEAD refreshes the blob's last use when it is older than
     /// this; keep it well under the GC blob grace period.
     pub touch_interval: Duration,
+    /// Connection limits and request-body pacing.
+    pub limits: ConnectionLimits,
 }
 
 impl Default for RegistryConfig {
@@ -49,6 +50,7 @@ impl Default for RegistryConfig {
             shutdown_grace: Duration::from_secs(30),
             metrics_public: true,
             touch_interval: Duration::from_secs(60),
+            limits: ConnectionLimits::default(),
         }
     }
 }
@@ -64,24 +66,35 @@ pub struct State {
 }
 
 /// Answers one request. Never fails: errors become OCI error responses.
-pub async fn handle(state: &State, req: Request<Incoming>, peer: IpAddr) -> Response<Body> {
+pub async fn handle(state: &State, req: Request<RequestBody>, peer: IpAddr) -> Response<Body> {
     let is_v2 = req.uri().path().starts_with("/v2");
     let mut resp = match dispatch(state, req, peer).await {
         Ok(resp) => resp,
         Err(e) => e.into_response(),
     };
+    let headers = resp.headers_mut();
     if is_v2 {
-        resp.headers_mut().insert(
+        headers.insert(
             "docker-distribution-api-version",
             HeaderValue::from_static("registry/2.0"),
         );
     }
+    // Whatever a client stored is served as data, never as a page a
+    // browser would render or run (stored manifests, error messages that
+    // echo a name, logs).
+    headers.insert(
+        http::header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    headers
+        .entry(http::header::CONTENT_SECURITY_POLICY)
+        .or_insert(HeaderValue::from_static("default-src 'none'; sandbox"));
     resp
 }
 
 async fn dispatch(
     state: &State,
-    req: Request<Incoming>,
+    req: Request<RequestBody>,
     peer: IpAddr,
 ) -> ApiResult<Response<Body>> {
     let route = routes::parse(req.uri().path())?.ok_or_else(|| {
@@ -182,7 +195,12 @@ async fn dispatch(
             if !state.config.metrics_public {
                 auth.require_admin(&caller)?;
             }
-            let text = state.metrics.render(&state.storage).await?;
+            // Per-namespace figures only for namespaces the caller may
+            // read: private ones stay the admin's (and their owner's).
+            let text = state
+                .metrics
+                .render(&state.storage, |ns| auth.may_list(&caller, ns))
+                .await?;
             let mut resp = Response::new(body::full(text));
             resp.headers_mut().insert(
                 http::header::CONTENT_TYPE,
@@ -296,82 +314,4 @@ async fn health(state: &State) -> ApiResult<Response<Body>> {
             .with_detail(detail))
         }
     }
-}
-
-/// Serves connections from `listener` until `shutdown` resolves, then stops
-/// accepting and lets in-flight requests finish (up to the shutdown grace).
-pub async fn serve(
-    listener: TcpListener,
-    state: Arc<State>,
-    shutdown: impl Future<Output = ()>,
-) -> std::io::Result<()> {
-    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
-    tokio::pin!(shutdown);
-    loop {
-        let (stream, peer) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(a) => a,
-                Err(e) => {
-                    // Out of file descriptors and the like: back off, keep serving.
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            _ = &mut shutdown => break,
-        };
-        let _ = stream.set_nodelay(true);
-        let state = state.clone();
-        let service = hyper::service::service_fn(move |req| {
-            let state = state.clone();
-            async move { Ok::<_, std::convert::Infallible>(logged(&state, req, peer).await) }
-        });
-        let conn = http1::Builder::new()
-            .timer(TokioTimer::new())
-            .header_read_timeout(Duration::from_secs(30))
-            .serve_connection(TokioIo::new(stream), service);
-        let conn = graceful.watch(conn);
-        tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(%peer, error = %e, "connection ended with an error");
-            }
-        });
-    }
-    drop(listener);
-    tracing::info!("shutting down: waiting for in-flight requests");
-    if tokio::time::timeout(state.config.shutdown_grace, graceful.shutdown())
-        .await
-        .is_err()
-    {
-        tracing::warn!("in-flight requests did not finish within the shutdown grace; closing them");
-    }
-    Ok(())
-}
-
-async fn logged(state: &State, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
-    let started = Instant::now();
-    let method = req.method().clone();
-    let path = req.uri().path().to_owned();
-    let resp = handle(state, req, peer.ip()).await;
-    let bytes = resp
-        .headers()
-        .get(http::header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok())
-        .or_else(|| hyper::body::Body::size_hint(resp.body()).exact());
-    state.metrics.observe(
-        method.as_str(),
-        resp.status().as_u16(),
-        started.elapsed().as_secs_f64(),
-    );
-    tracing::info!(
-        target: "berth::access",
-        %peer,
-        %method,
-        path,
-        status = resp.status().as_u16(),
-        bytes,
-        duration_us = started.elapsed().as_micros() as u64,
-    );
-    resp
 }

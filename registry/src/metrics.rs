@@ -3,6 +3,7 @@
 //! scrape time, so they are never stale and cost nothing between scrapes.
 
 use berth_storage::Storage;
+use prometheus::core::Collector;
 use prometheus::{
     Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
     TextEncoder,
@@ -12,10 +13,13 @@ pub struct Metrics {
     registry: Registry,
     requests: IntCounterVec,
     duration: HistogramVec,
-    quota_used: IntGaugeVec,
-    quota_limit: IntGaugeVec,
     uploads_open: IntGauge,
+    refusals: IntCounterVec,
 }
+
+/// Methods counted under their own name; anything else is `OTHER`, so a
+/// client inventing methods cannot grow the label set without bound.
+const METHODS: &[&str] = &["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"];
 
 impl Default for Metrics {
     fn default() -> Self {
@@ -47,30 +51,21 @@ impl Metrics {
             &["method"],
         )
         .expect("valid metric");
-        let quota_used = IntGaugeVec::new(
-            Opts::new(
-                "namespace_used_bytes",
-                "Bytes a namespace uses (quota ledger)",
-            ),
-            &["namespace"],
-        )
-        .expect("valid metric");
-        let quota_limit = IntGaugeVec::new(
-            Opts::new(
-                "namespace_limit_bytes",
-                "A namespace's quota limit in bytes (absent when unlimited)",
-            ),
-            &["namespace"],
-        )
-        .expect("valid metric");
         let uploads_open =
             IntGauge::new("uploads_open", "Blob uploads in progress").expect("valid metric");
+        let refusals = IntCounterVec::new(
+            Opts::new(
+                "limit_refusals_total",
+                "Requests and connections refused because a tenant or overall limit was reached, by limit",
+            ),
+            &["limit"],
+        )
+        .expect("valid metric");
         for c in [
             Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(duration.clone()),
-            Box::new(quota_used.clone()),
-            Box::new(quota_limit.clone()),
             Box::new(uploads_open.clone()),
+            Box::new(refusals.clone()),
         ] {
             registry.register(c).expect("metrics register once");
         }
@@ -78,9 +73,8 @@ impl Metrics {
             registry,
             requests,
             duration,
-            quota_used,
-            quota_limit,
             uploads_open,
+            refusals,
         }
     }
 
@@ -92,32 +86,66 @@ impl Metrics {
     }
 
     pub fn observe(&self, method: &str, status: u16, seconds: f64) {
+        let method = METHODS
+            .iter()
+            .find(|m| **m == method)
+            .copied()
+            .unwrap_or("OTHER");
         self.requests
             .with_label_values(&[method, &status.to_string()])
             .inc();
         self.duration.with_label_values(&[method]).observe(seconds);
     }
 
-    /// Refreshes the gauges from storage and renders the text format.
-    pub async fn render(&self, storage: &Storage) -> Result<String, berth_storage::StorageError> {
+    /// Counts one refusal by a named limit (e.g. `uploads_per_namespace`).
+    pub fn limit_refused(&self, limit: &str) {
+        self.refusals.with_label_values(&[limit]).inc();
+    }
+
+    pub fn connection_refused(&self) {
+        self.limit_refused("connections");
+    }
+
+    /// Renders the text format with per-namespace gauges read from the
+    /// ledger now, for the namespaces `visible` lets this caller see
+    /// (private namespaces are the admin's business only). The gauges are
+    /// built per scrape, so two scrapers never see each other's view.
+    pub async fn render(
+        &self,
+        storage: &Storage,
+        visible: impl Fn(&str) -> bool,
+    ) -> Result<String, berth_storage::StorageError> {
         let quotas = storage.meta.quota_list().await?;
-        self.quota_used.reset();
-        self.quota_limit.reset();
-        for q in quotas {
-            self.quota_used
-                .with_label_values(&[&q.namespace])
-                .set(q.used_bytes as i64);
+        let gauge = |name: &str, help: &str| {
+            IntGaugeVec::new(Opts::new(name, help).namespace("berth"), &["namespace"])
+                .expect("valid metric")
+        };
+        let used = gauge(
+            "namespace_used_bytes",
+            "Bytes a namespace uses (quota ledger)",
+        );
+        let limit = gauge(
+            "namespace_limit_bytes",
+            "A namespace's quota limit in bytes (absent when unlimited)",
+        );
+        for q in quotas.iter().filter(|q| visible(&q.namespace)) {
+            used.with_label_values(&[&q.namespace])
+                .set(q.used_bytes.min(i64::MAX as u64) as i64);
             if let Some(l) = q.limit_bytes {
-                self.quota_limit
+                limit
                     .with_label_values(&[&q.namespace])
                     .set(l.min(i64::MAX as u64) as i64);
             }
         }
         self.uploads_open.set(storage.uploads.open_count() as i64);
+        let mut families = self.registry.gather();
+        families.extend(used.collect());
+        families.extend(limit.collect());
+        families.sort_by(|a, b| a.name().cmp(b.name()));
         let mut out = Vec::new();
         TextEncoder::new()
-            .encode(&self.registry.gather(), &mut out)
-            .expect("text encoding cannot fail");
-        Ok(String::from_utf8(out).expect("the text format is UTF-8"))
+            .encode(&families, &mut out)
+            .map_err(|e| berth_storage::StorageError::Internal(e.to_string()))?;
+        String::from_utf8(out).map_err(|e| berth_storage::StorageError::Internal(e.to_string()))
     }
 }

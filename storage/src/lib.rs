@@ -19,8 +19,10 @@ pub use blobs::BlobStore;
 pub use digest::{Algorithm, Digest, DigestError};
 pub use meta::{Metadata, Synchronous};
 pub use names::{NameError, RepoName};
-pub use uploads::Uploads;
+pub use uploads::{UploadLimits, Uploads};
 
+use std::io::{Read, Seek, Write};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -35,12 +37,58 @@ pub enum StorageError {
     ObjectStore(#[from] object_store::Error),
     #[error("request body error: {0}")]
     Body(String),
-    #[error("upload passed its size limit of {limit} bytes ({received} received)")]
-    TooLarge { limit: u64, received: u64 },
     #[error("storage is shutting down")]
     Closed,
+    /// A tenant or overall bound was reached (answered 429, never 500):
+    /// `limit` names the config key, `message` says what to do.
+    #[error("{message}")]
+    LimitReached {
+        limit: &'static str,
+        message: String,
+    },
+    /// Another berth process holds this data dir.
+    #[error("{0}")]
+    Locked(String),
     #[error("{0}")]
     Internal(String),
+}
+
+/// Creates the data dir (mode 0700: it holds every tenant's data and
+/// berth's secrets) and takes an exclusive lock on `<dir>/berth.lock`,
+/// which names the holder's pid. A second process is refused with that pid.
+pub fn lock_data_dir(dir: &Path) -> Result<std::fs::File, StorageError> {
+    std::fs::create_dir_all(dir)?;
+    let mode = std::fs::metadata(dir)?.permissions().mode() & 0o777;
+    if mode & 0o077 != 0 {
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+        tracing::warn!(dir = %dir.display(), was = format!("{mode:o}"), "data dir was readable by others; set it to 0700");
+    }
+    let path = dir.join("berth.lock");
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)?;
+    match file.try_lock() {
+        Ok(()) => {}
+        Err(std::fs::TryLockError::WouldBlock) => {
+            let mut holder = String::new();
+            let _ = file.read_to_string(&mut holder);
+            let holder = holder.trim();
+            return Err(StorageError::Locked(format!(
+                "data dir {} is in use by another berth process (pid {}); stop it first, or give this one its own --data-dir",
+                dir.display(),
+                if holder.is_empty() { "unknown" } else { holder }
+            )));
+        }
+        Err(std::fs::TryLockError::Error(e)) => return Err(e.into()),
+    }
+    file.set_len(0)?;
+    file.rewind()?;
+    writeln!(file, "{}", std::process::id())?;
+    file.flush()?;
+    Ok(file)
 }
 
 /// Current time as unix milliseconds, the unit of every stored timestamp.
@@ -56,6 +104,7 @@ pub fn now_ms() -> i64 {
 pub struct StorageConfig {
     pub data_dir: PathBuf,
     pub synchronous: Synchronous,
+    pub uploads: UploadLimits,
 }
 
 /// The storage parts the registry uses, opened together on one data dir.
@@ -66,24 +115,32 @@ pub struct Storage {
     pub uploads: Arc<Uploads>,
     pub locks: Arc<locks::BlobLocks>,
     data_dir: PathBuf,
+    /// Held open until `close`: its lock is what keeps a second berth off
+    /// this data dir.
+    dir_lock: Arc<std::sync::Mutex<Option<std::fs::File>>>,
 }
 
 impl Storage {
     /// Opens the embedded default: `<data_dir>/berth.db` for metadata,
     /// `<data_dir>/blobs/` for blobs and `<data_dir>/uploads/` for staging
     /// (on the same filesystem, so committing an upload is a rename).
+    ///
+    /// Takes the data dir's lock first: one process per data dir, because
+    /// the upload staging, the per-digest locks, the manifest cache and
+    /// the GC job locks all live in this process.
     pub fn open(config: &StorageConfig) -> Result<Storage, StorageError> {
         let dir = &config.data_dir;
-        std::fs::create_dir_all(dir)?;
+        let dir_lock = lock_data_dir(dir)?;
         let meta = Metadata::open(&dir.join("berth.db"), config.synchronous)?;
         let blobs = BlobStore::local(dir)?;
-        let uploads = Arc::new(Uploads::open(&dir.join("uploads"))?);
+        let uploads = Arc::new(Uploads::open(&dir.join("uploads"), config.uploads.clone())?);
         Ok(Storage {
             meta,
             blobs,
             uploads,
             locks: Arc::new(locks::BlobLocks::default()),
             data_dir: dir.clone(),
+            dir_lock: Arc::new(std::sync::Mutex::new(Some(dir_lock))),
         })
     }
 
@@ -170,8 +227,13 @@ impl Storage {
         Ok(orphans)
     }
 
-    /// Closes the database cleanly (pending writes finish first).
+    /// Closes the database cleanly (pending writes finish first), then
+    /// gives up the data dir.
     pub async fn close(&self) {
         self.meta.close().await;
+        self.dir_lock
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
     }
 }

@@ -16,6 +16,34 @@ pub const DOCKER_MANIFEST_LIST: &str = "application/vnd.docker.distribution.mani
 /// Largest manifest accepted, as DESIGN.md fixes (manifests live in SQLite).
 pub const MAX_MANIFEST_BYTES: usize = 4 * 1024 * 1024;
 
+/// The media types a manifest may be stored and served as. Anything else
+/// (`text/html` above all) is refused: a stored manifest is served with
+/// its media type as Content-Type, and must never become a page.
+pub const MANIFEST_TYPES: &[&str] = &[
+    OCI_MANIFEST,
+    OCI_INDEX,
+    DOCKER_MANIFEST,
+    DOCKER_MANIFEST_LIST,
+];
+
+/// RFC 6838's grammar: `type "/" subtype`, each a restricted-name of at
+/// most 127 characters (letters, digits and `!#$&-^_.+`, starting with a
+/// letter or digit). No parameters, spaces or control characters.
+pub fn is_media_type(s: &str) -> bool {
+    fn restricted_name(n: &str) -> bool {
+        let b = n.as_bytes();
+        !b.is_empty()
+            && b.len() <= 127
+            && b[0].is_ascii_alphanumeric()
+            && b.iter()
+                .all(|c| c.is_ascii_alphanumeric() || b"!#$&-^_.+".contains(c))
+    }
+    match s.split_once('/') {
+        Some((t, sub)) => restricted_name(t) && restricted_name(sub),
+        None => false,
+    }
+}
+
 /// What a manifest references and how it describes itself.
 #[derive(Debug, Clone)]
 pub struct ParsedManifest {
@@ -40,6 +68,16 @@ pub enum ManifestError {
     Digest { field: &'static str, reason: String },
     #[error("{0}")]
     Shape(String),
+    #[error("manifest is not valid UTF-8 (at byte {0})")]
+    Utf8(usize),
+    #[error("{what} {value:?} is not a manifest media type; berth stores {}", MANIFEST_TYPES.join(", "))]
+    MediaType { what: &'static str, value: String },
+    #[error("{field} {value:?} is not a media type (type/subtype, RFC 6838)")]
+    BadMediaType { field: &'static str, value: String },
+}
+
+fn shown(value: &str) -> String {
+    value.chars().take(100).collect()
 }
 
 #[derive(Deserialize)]
@@ -101,6 +139,8 @@ pub fn is_index_type(media_type: &str) -> bool {
 /// if any). The stored media type is the Content-Type when it names a
 /// manifest type, else the body's `mediaType`, else the OCI manifest type.
 pub fn parse(bytes: &[u8], content_type: Option<&str>) -> Result<ParsedManifest, ManifestError> {
+    // serde_json does not check the UTF-8 of values it skips, so check all.
+    std::str::from_utf8(bytes).map_err(|e| ManifestError::Utf8(e.valid_up_to()))?;
     let raw: Raw = serde_json::from_slice(bytes).map_err(|e| ManifestError::Json(e.to_string()))?;
     if raw.schema_version != Some(2) {
         return Err(ManifestError::SchemaVersion);
@@ -108,6 +148,33 @@ pub fn parse(bytes: &[u8], content_type: Option<&str>) -> Result<ParsedManifest,
     let header_type = content_type
         .map(|c| c.split(';').next().unwrap_or("").trim())
         .filter(|c| !c.is_empty() && *c != "application/json" && *c != "application/octet-stream");
+    for (what, value) in [
+        ("Content-Type", header_type),
+        ("mediaType", raw.media_type.as_deref()),
+    ] {
+        if let Some(v) = value {
+            if !MANIFEST_TYPES.contains(&v) {
+                return Err(ManifestError::MediaType {
+                    what,
+                    value: shown(v),
+                });
+            }
+        }
+    }
+    let config_type = raw.config.as_ref().and_then(|c| c.media_type.as_deref());
+    for (field, value) in [
+        ("artifactType", raw.artifact_type.as_deref()),
+        ("config.mediaType", config_type),
+    ] {
+        if let Some(v) = value {
+            if !is_media_type(v) {
+                return Err(ManifestError::BadMediaType {
+                    field,
+                    value: shown(v),
+                });
+            }
+        }
+    }
     if let (Some(h), Some(b)) = (header_type, raw.media_type.as_deref()) {
         if h != b {
             return Err(ManifestError::Shape(format!(
@@ -237,5 +304,91 @@ mod tests {
         ));
         let mismatch = format!(r#"{{"schemaVersion":2,"mediaType":"{OCI_INDEX}","manifests":[]}}"#);
         assert!(parse(mismatch.as_bytes(), Some(OCI_MANIFEST)).is_err());
+    }
+
+    fn image(media_type: &str, config_type: &str, extra: &str) -> String {
+        format!(
+            r#"{{"schemaVersion":2,"mediaType":"{media_type}","config":{{"mediaType":"{config_type}","digest":"{}","size":2}},"layers":[]{extra}}}"#,
+            d('a')
+        )
+    }
+
+    #[test]
+    fn only_manifest_media_types_are_stored() {
+        let ok = image(OCI_MANIFEST, "application/vnd.oci.image.config.v1+json", "");
+        assert!(parse(ok.as_bytes(), Some(OCI_MANIFEST)).is_ok());
+        assert!(parse(ok.as_bytes(), Some("application/json; charset=utf-8")).is_ok());
+        // A page, by header or by body, is refused.
+        assert!(matches!(
+            parse(ok.as_bytes(), Some("text/html")),
+            Err(ManifestError::MediaType {
+                what: "Content-Type",
+                ..
+            })
+        ));
+        let html = image("text/html", "application/vnd.oci.image.config.v1+json", "");
+        assert!(matches!(
+            parse(html.as_bytes(), None),
+            Err(ManifestError::MediaType { .. })
+        ));
+        // A control character in a media type (it would become a header).
+        let ctl = image(
+            "application/vnd.oci.image.manifest.v1+json\\u0001",
+            "x/y",
+            "",
+        );
+        assert!(parse(ctl.as_bytes(), None).is_err());
+        let bad_config = image(OCI_MANIFEST, "a b/c", "");
+        assert!(matches!(
+            parse(bad_config.as_bytes(), None),
+            Err(ManifestError::BadMediaType {
+                field: "config.mediaType",
+                ..
+            })
+        ));
+        let bad_artifact = image(OCI_MANIFEST, "x/y", r#","artifactType":"x\ny""#);
+        assert!(matches!(
+            parse(bad_artifact.as_bytes(), None),
+            Err(ManifestError::BadMediaType {
+                field: "artifactType",
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn invalid_utf8_anywhere_is_refused() {
+        let mut body = image(OCI_MANIFEST, "x/y", r#","annotations":{"k":"XX"}"#).into_bytes();
+        let at = body.windows(2).position(|w| w == b"XX").unwrap();
+        body[at] = 0xff;
+        assert!(matches!(parse(&body, None), Err(ManifestError::Utf8(_))));
+        let mut unknown = image(OCI_MANIFEST, "x/y", r#","unknownField":"XX""#).into_bytes();
+        let at = unknown.windows(2).position(|w| w == b"XX").unwrap();
+        unknown[at] = 0xc3;
+        assert!(matches!(parse(&unknown, None), Err(ManifestError::Utf8(_))));
+    }
+
+    #[test]
+    fn media_type_grammar() {
+        for good in [
+            "application/vnd.oci.image.config.v1+json",
+            "a/b",
+            "x-y/z.w^1",
+        ] {
+            assert!(is_media_type(good), "{good}");
+        }
+        for bad in [
+            "",
+            "a",
+            "/b",
+            "a/",
+            "a/b/c",
+            "a /b",
+            "a/b; x=y",
+            "text/h\u{7f}",
+            "-a/b",
+        ] {
+            assert!(!is_media_type(bad), "{bad}");
+        }
     }
 }

@@ -1,8 +1,15 @@
 //! Blob upload sessions. Bytes stream into a staging file under
 //! `<data dir>/uploads/` while a running SHA-256 is updated, so memory per
-//! upload is one buffered chunk, never the blob. Session state lives only in
+//! upload is one buffered batch, never the blob. Session state lives only in
 //! this process: after a restart the staging directory is emptied and old
 //! upload URLs answer BLOB_UPLOAD_UNKNOWN.
+//!
+//! Every session is a tenant's claim on the host, so each is bounded: no
+//! file descriptor is held between requests (the staging file is opened
+//! for the length of one PATCH/PUT), sessions are capped per namespace and
+//! overall, idle ones expire in minutes, and staged bytes count against
+//! the namespace's quota (`stored + staged <= limit`) through the staging
+//! ledger kept here.
 
 use crate::digest::{Algorithm, Digest, Hasher};
 use crate::names::RepoName;
@@ -12,7 +19,8 @@ use futures_util::{Stream, StreamExt};
 use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
 use uuid::Uuid;
 
 /// Bytes gathered from the request body before one trip to a blocking
@@ -22,12 +30,47 @@ const WRITE_BATCH: usize = 1024 * 1024;
 /// A session shared between the requests that address it.
 pub type SessionHandle = Arc<tokio::sync::Mutex<Session>>;
 
-/// All open upload sessions.
+/// Bounds on what upload sessions may hold (`[limits]` in the config).
+#[derive(Debug, Clone)]
+pub struct UploadLimits {
+    /// Open sessions per namespace.
+    pub per_namespace: usize,
+    /// Open sessions overall.
+    pub total: usize,
+    /// A session not written to for this long is cancelled.
+    pub idle_timeout: Duration,
+}
+
+impl Default for UploadLimits {
+    fn default() -> Self {
+        UploadLimits {
+            per_namespace: 64,
+            total: 4096,
+            idle_timeout: Duration::from_secs(30 * 60),
+        }
+    }
+}
+
+/// All open upload sessions and what each namespace has staged.
 pub struct Uploads {
     dir: PathBuf,
-    /// The repository is kept beside the lock so that a request for another
-    /// repository is turned away without waiting for the session.
-    sessions: Mutex<HashMap<Uuid, (RepoName, SessionHandle)>>,
+    limits: UploadLimits,
+    state: Mutex<State>,
+}
+
+#[derive(Default)]
+struct State {
+    /// The repository is kept beside the lock so that a request for
+    /// another repository is turned away without waiting for the session.
+    sessions: HashMap<Uuid, (RepoName, SessionHandle)>,
+    namespaces: HashMap<String, Staging>,
+}
+
+/// One namespace's open sessions and the bytes they hold or have reserved.
+#[derive(Debug, Default, Clone, Copy)]
+struct Staging {
+    sessions: usize,
+    bytes: u64,
 }
 
 /// One upload: its staging file and how far it has got. Lock it (it is
@@ -37,9 +80,13 @@ pub struct Session {
     pub id: Uuid,
     pub repo: RepoName,
     path: PathBuf,
-    /// `None` only while a blocking write has it, or once finished.
-    io: Option<(std::fs::File, Hasher)>,
+    /// The running hash of what is in the file; `None` while a blocking
+    /// write has it, or once finished.
+    hasher: Option<Hasher>,
     offset: u64,
+    /// Bytes this session holds in its namespace's staging ledger: its
+    /// offset, plus what the request in flight has reserved.
+    charged: u64,
     pub started_ms: i64,
     pub updated_ms: i64,
     /// Set when the session was finished or cancelled by a request that held
@@ -56,9 +103,31 @@ pub enum FinishError {
     Storage(#[from] StorageError),
 }
 
+/// A namespace's staged bytes would pass the room its quota leaves.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{namespace} has {staged} bytes in unfinished uploads and room for {room}; {needed} more do not fit")]
+pub struct StagingFull {
+    pub namespace: String,
+    /// Bytes staged by the namespace's sessions (this one included).
+    pub staged: u64,
+    /// What the quota left when the request began (limit - stored).
+    pub room: u64,
+    /// What this request tried to add.
+    pub needed: u64,
+}
+
+/// Why an append stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum AppendError {
+    #[error(transparent)]
+    Quota(#[from] StagingFull),
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+}
+
 impl Uploads {
     /// Opens the staging directory, discarding leftovers of a previous run.
-    pub fn open(dir: &Path) -> Result<Uploads, StorageError> {
+    pub fn open(dir: &Path, limits: UploadLimits) -> Result<Uploads, StorageError> {
         if dir.exists() {
             std::fs::remove_dir_all(dir)?;
         }
@@ -71,7 +140,8 @@ impl Uploads {
         }
         Ok(Uploads {
             dir: dir.to_owned(),
-            sessions: Mutex::new(HashMap::new()),
+            limits,
+            state: Mutex::new(State::default()),
         })
     }
 
@@ -79,29 +149,73 @@ impl Uploads {
         &self.dir
     }
 
-    /// Starts an upload into `repo` with an empty staging file.
+    pub fn limits(&self) -> &UploadLimits {
+        &self.limits
+    }
+
+    fn state(&self) -> MutexGuard<'_, State> {
+        // Nothing panics while holding it; a poisoned lock still holds
+        // consistent counts.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Starts an upload into `repo` with an empty staging file, unless the
+    /// namespace or the registry already holds as many sessions as allowed.
     pub async fn start(&self, repo: &RepoName) -> Result<SessionHandle, StorageError> {
+        let ns = repo.namespace().to_owned();
+        {
+            let mut state = self.state();
+            if state.sessions.len() >= self.limits.total {
+                return Err(StorageError::LimitReached {
+                    limit: "uploads_total",
+                    message: format!(
+                        "the registry has {} unfinished uploads, its limit ([limits] uploads_total); retry shortly",
+                        self.limits.total
+                    ),
+                });
+            }
+            let staging = state.namespaces.entry(ns.clone()).or_default();
+            if staging.sessions >= self.limits.per_namespace {
+                return Err(StorageError::LimitReached {
+                    limit: "uploads_per_namespace",
+                    message: format!(
+                        "{ns} has {} unfinished uploads, its limit ([limits] uploads_per_namespace); finish or cancel some (idle ones expire after {})",
+                        self.limits.per_namespace,
+                        humantime::format_duration(self.limits.idle_timeout)
+                    ),
+                });
+            }
+            // Counted now so that concurrent starts cannot pass the limit.
+            staging.sessions += 1;
+        }
         let id = Uuid::new_v4();
         let name = id.simple().to_string();
         let path = self.dir.join(&name[..2]).join(&name);
         let p = path.clone();
-        let file = tokio::task::spawn_blocking(move || std::fs::File::create_new(p))
+        // The file exists from the start (an empty upload is valid) but is
+        // closed again at once: an idle session holds no descriptor.
+        let created = tokio::task::spawn_blocking(move || std::fs::File::create_new(p).map(drop))
             .await
-            .map_err(|e| StorageError::Internal(e.to_string()))??;
+            .map_err(|e| StorageError::Internal(e.to_string()))
+            .and_then(|r| r.map_err(StorageError::from));
+        if let Err(e) = created {
+            self.release(&ns, 0, true);
+            return Err(e);
+        }
         let now = now_ms();
         let session = Arc::new(tokio::sync::Mutex::new(Session {
             id,
             repo: repo.clone(),
             path,
-            io: Some((file, Hasher::new(Algorithm::Sha256))),
+            hasher: Some(Hasher::new(Algorithm::Sha256)),
             offset: 0,
+            charged: 0,
             started_ms: now,
             updated_ms: now,
             closed: false,
         }));
-        self.sessions
-            .lock()
-            .expect("sessions lock")
+        self.state()
+            .sessions
             .insert(id, (repo.clone(), session.clone()));
         Ok(session)
     }
@@ -109,43 +223,154 @@ impl Uploads {
     /// The session `id` if it exists and belongs to `repo`.
     pub fn get(&self, id: &str, repo: &RepoName) -> Option<SessionHandle> {
         let id = Uuid::parse_str(id).ok()?;
-        let sessions = self.sessions.lock().expect("sessions lock");
-        let (owner, session) = sessions.get(&id)?;
+        let state = self.state();
+        let (owner, session) = state.sessions.get(&id)?;
         (owner == repo).then(|| session.clone())
     }
 
-    fn forget(&self, id: Uuid) {
-        self.sessions.lock().expect("sessions lock").remove(&id);
+    /// Bytes the namespace's unfinished uploads hold.
+    pub fn staged_bytes(&self, namespace: &str) -> u64 {
+        self.state()
+            .namespaces
+            .get(namespace)
+            .map_or(0, |s| s.bytes)
+    }
+
+    /// Takes `bytes` off the namespace's ledger, and the session itself
+    /// when it closes.
+    fn release(&self, namespace: &str, bytes: u64, session_closed: bool) {
+        let mut state = self.state();
+        if let Some(s) = state.namespaces.get_mut(namespace) {
+            s.bytes = s.bytes.saturating_sub(bytes);
+            if session_closed {
+                s.sessions = s.sessions.saturating_sub(1);
+            }
+            if s.sessions == 0 && s.bytes == 0 {
+                state.namespaces.remove(namespace);
+            }
+        }
+    }
+
+    /// Reserves `n` more staged bytes for `session`, if its namespace's
+    /// staged total stays within `room` (None: unlimited).
+    fn reserve(&self, session: &mut Session, n: u64, room: Option<u64>) -> Result<(), StagingFull> {
+        let mut state = self.state();
+        let staging = state
+            .namespaces
+            .entry(session.repo.namespace().to_owned())
+            .or_default();
+        if let Some(room) = room {
+            if staging.bytes + n > room {
+                return Err(StagingFull {
+                    namespace: session.repo.namespace().to_owned(),
+                    staged: staging.bytes,
+                    room,
+                    needed: session.charged + n,
+                });
+            }
+        }
+        staging.bytes += n;
+        session.charged += n;
+        Ok(())
+    }
+
+    /// Brings the session's charge back to what it actually holds (after a
+    /// request, whether it finished its body or not).
+    fn settle(&self, session: &mut Session) {
+        if session.charged > session.offset {
+            let excess = session.charged - session.offset;
+            self.release(session.repo.namespace(), excess, false);
+            session.charged = session.offset;
+        }
+    }
+
+    /// Ends a session: it leaves the table and gives back its staging.
+    fn close(&self, session: &mut Session) {
+        if session.closed {
+            return;
+        }
+        session.closed = true;
+        session.hasher = None;
+        self.state().sessions.remove(&session.id);
+        self.release(session.repo.namespace(), session.charged, true);
+        session.charged = 0;
     }
 
     /// Cancels an upload and deletes its staging file.
     pub async fn cancel(&self, session: &mut Session) -> Result<(), StorageError> {
-        self.forget(session.id);
-        session.closed = true;
-        session.io = None;
+        self.close(session);
         remove_quietly(session.path.clone()).await;
         Ok(())
     }
 
+    /// Appends a body stream to the staging file, hashing as it goes.
+    /// Memory stays at one `WRITE_BATCH` however large the body is. Each
+    /// chunk is reserved in the namespace's staging ledger before it is
+    /// kept; with `room` (what the quota leaves), the append stops with
+    /// `AppendError::Quota` as soon as staged bytes would pass it (nothing
+    /// past it is written). The file is open only during this call.
+    pub async fn append<S, E>(
+        &self,
+        session: &mut Session,
+        mut body: S,
+        room: Option<u64>,
+    ) -> Result<u64, AppendError>
+    where
+        S: Stream<Item = Result<Bytes, E>> + Unpin,
+        E: std::fmt::Display,
+    {
+        let mut file: Option<std::fs::File> = None;
+        let mut batch = BytesMut::new();
+        let mut written = 0u64;
+        let result = async {
+            while let Some(chunk) = body.next().await {
+                let chunk = chunk.map_err(|e| StorageError::Body(e.to_string()))?;
+                self.reserve(session, chunk.len() as u64, room)?;
+                batch.extend_from_slice(&chunk);
+                if batch.len() >= WRITE_BATCH {
+                    written += session
+                        .write_batch(&mut file, batch.split().freeze())
+                        .await?;
+                }
+            }
+            if !batch.is_empty() {
+                written += session
+                    .write_batch(&mut file, batch.split().freeze())
+                    .await?;
+            }
+            Ok::<_, AppendError>(written)
+        }
+        .await;
+        // Bytes reserved but never written (a body cut short, a refusal)
+        // go back to the namespace.
+        self.settle(session);
+        if let Some(f) = file {
+            // Closing can block on some filesystems.
+            let _ = tokio::task::spawn_blocking(move || drop(f)).await;
+        }
+        result
+    }
+
     /// Verifies the received bytes against `expected` and hands back the
     /// staging file to be committed to the blob store, with the blob's size.
-    /// On a mismatch the upload is discarded.
+    /// On a mismatch the upload is discarded. Either way the session ends.
     pub async fn finish(
         &self,
         session: &mut Session,
         expected: &Digest,
     ) -> Result<(PathBuf, u64), FinishError> {
-        self.forget(session.id);
-        session.closed = true;
-        let (file, hasher) = session
-            .io
-            .take()
-            .ok_or_else(|| StorageError::Internal("upload has no open file".into()))?;
+        let hasher = session.hasher.take();
+        self.close(session);
+        let hasher =
+            hasher.ok_or_else(|| StorageError::Internal("upload has no running hash".into()))?;
         let path = session.path.clone();
         let algorithm = expected.algorithm();
         let verified = tokio::task::spawn_blocking(move || -> Result<Digest, StorageError> {
-            file.sync_data()?;
-            drop(file);
+            // What the requests wrote is flushed before the blob is named.
+            std::fs::OpenOptions::new()
+                .write(true)
+                .open(&path)?
+                .sync_data()?;
             Ok(match algorithm {
                 Algorithm::Sha256 => hasher.finish(),
                 // The running hash is sha256; a sha512 upload is rare, so
@@ -172,18 +397,18 @@ impl Uploads {
         Ok((session.path.clone(), session.offset))
     }
 
-    /// Cancels uploads not written to since `cutoff_ms`; returns how many.
+    /// Cancels sessions not written to since `cutoff_ms`; returns how many.
+    /// A session a request is using right now is not idle and is skipped.
     pub async fn expire(&self, cutoff_ms: i64) -> usize {
         let sessions: Vec<_> = self
+            .state()
             .sessions
-            .lock()
-            .expect("sessions lock")
             .values()
             .map(|(_, s)| s.clone())
             .collect();
         let mut expired = 0;
         for s in sessions {
-            let mut s = s.lock().await;
+            let Ok(mut s) = s.try_lock() else { continue };
             if !s.closed && s.updated_ms < cutoff_ms {
                 let _ = self.cancel(&mut s).await;
                 expired += 1;
@@ -192,8 +417,27 @@ impl Uploads {
         expired
     }
 
+    /// Cancels sessions idle for longer than the idle timeout.
+    pub async fn expire_idle(&self) -> usize {
+        let idle = self.limits.idle_timeout.as_millis() as i64;
+        self.expire(now_ms() - idle).await
+    }
+
+    /// Expires idle sessions every so often, for as long as the task runs.
+    pub async fn run_expiry(self: Arc<Self>) {
+        let every = (self.limits.idle_timeout / 4)
+            .clamp(Duration::from_millis(100), Duration::from_secs(60));
+        loop {
+            tokio::time::sleep(every).await;
+            let n = self.expire_idle().await;
+            if n > 0 {
+                tracing::info!(expired = n, "cancelled idle uploads");
+            }
+        }
+    }
+
     pub fn open_count(&self) -> usize {
-        self.sessions.lock().expect("sessions lock").len()
+        self.state().sessions.len()
     }
 }
 
@@ -208,58 +452,37 @@ impl Session {
         !self.closed
     }
 
-    /// Appends a body stream to the staging file, hashing as it goes.
-    /// Memory stays at one `WRITE_BATCH` however large the body is. With
-    /// `max_total`, stops with `StorageError::TooLarge` as soon as the
-    /// upload would pass that many bytes (nothing past it is written).
-    pub async fn append<S, E>(
+    /// Writes one batch on a blocking thread, opening the staging file for
+    /// appending on the first batch of a request.
+    async fn write_batch(
         &mut self,
-        mut body: S,
-        max_total: Option<u64>,
-    ) -> Result<u64, StorageError>
-    where
-        S: Stream<Item = Result<Bytes, E>> + Unpin,
-        E: std::fmt::Display,
-    {
-        let mut batch = BytesMut::new();
-        let mut written = 0u64;
-        while let Some(chunk) = body.next().await {
-            let chunk = chunk.map_err(|e| StorageError::Body(e.to_string()))?;
-            if let Some(max) = max_total {
-                let total = self.offset + batch.len() as u64 + chunk.len() as u64;
-                if total > max {
-                    return Err(StorageError::TooLarge {
-                        limit: max,
-                        received: total,
-                    });
-                }
-            }
-            batch.extend_from_slice(&chunk);
-            if batch.len() >= WRITE_BATCH {
-                written += self.write_batch(batch.split().freeze()).await?;
-            }
-        }
-        if !batch.is_empty() {
-            written += self.write_batch(batch.freeze()).await?;
-        }
-        Ok(written)
-    }
-
-    async fn write_batch(&mut self, data: Bytes) -> Result<u64, StorageError> {
-        let (mut file, mut hasher) = self
-            .io
+        file: &mut Option<std::fs::File>,
+        data: Bytes,
+    ) -> Result<u64, StorageError> {
+        let mut hasher = self
+            .hasher
             .take()
-            .ok_or_else(|| StorageError::Internal("upload has no open file".into()))?;
-        let (io, result) = tokio::task::spawn_blocking(move || {
-            let r = file.write_all(&data).map(|_| data.len() as u64);
+            .ok_or_else(|| StorageError::Internal("upload has no running hash".into()))?;
+        let open = file.take();
+        let path = self.path.clone();
+        let (f, hasher, result) = tokio::task::spawn_blocking(move || {
+            let mut f = match open {
+                Some(f) => f,
+                None => match std::fs::OpenOptions::new().append(true).open(&path) {
+                    Ok(f) => f,
+                    Err(e) => return (None, hasher, Err(e)),
+                },
+            };
+            let r = f.write_all(&data).map(|_| data.len() as u64);
             if r.is_ok() {
                 hasher.update(&data);
             }
-            ((file, hasher), r)
+            (Some(f), hasher, r)
         })
         .await
         .map_err(|e| StorageError::Internal(e.to_string()))?;
-        self.io = Some(io);
+        self.hasher = Some(hasher);
+        *file = f;
         let n = result?;
         self.offset += n;
         self.updated_ms = now_ms();
@@ -285,5 +508,109 @@ async fn remove_quietly(path: PathBuf) {
         if e.kind() != std::io::ErrorKind::NotFound {
             tracing::warn!(path = %path.display(), error = %e, "could not remove staging file");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn body(chunks: &[&'static [u8]]) -> impl Stream<Item = Result<Bytes, String>> + Unpin {
+        futures_util::stream::iter(
+            chunks
+                .iter()
+                .map(|c| Ok(Bytes::from_static(c)))
+                .collect::<Vec<_>>(),
+        )
+    }
+
+    fn uploads(dir: &Path, per_namespace: usize, total: usize) -> Uploads {
+        Uploads::open(
+            &dir.join("uploads"),
+            UploadLimits {
+                per_namespace,
+                total,
+                idle_timeout: Duration::from_secs(60),
+            },
+        )
+        .unwrap()
+    }
+
+    #[tokio::test]
+    async fn sessions_are_capped_per_namespace_and_overall() {
+        let dir = tempfile::tempdir().unwrap();
+        let u = uploads(dir.path(), 2, 3);
+        let a = RepoName::parse("tool-a/x").unwrap();
+        let b = RepoName::parse("tool-b/x").unwrap();
+        let a1 = u.start(&a).await.unwrap();
+        let _a2 = u.start(&a).await.unwrap();
+        assert!(matches!(
+            u.start(&a).await,
+            Err(StorageError::LimitReached {
+                limit: "uploads_per_namespace",
+                ..
+            })
+        ));
+        let _b1 = u.start(&b).await.unwrap();
+        assert!(matches!(
+            u.start(&b).await,
+            Err(StorageError::LimitReached {
+                limit: "uploads_total",
+                ..
+            })
+        ));
+        u.cancel(&mut *a1.lock().await).await.unwrap();
+        assert!(u.start(&b).await.is_ok());
+    }
+
+    #[tokio::test]
+    async fn staged_bytes_count_against_the_room_and_come_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let u = uploads(dir.path(), 10, 10);
+        let repo = RepoName::parse("tool-a/x").unwrap();
+        let s1 = u.start(&repo).await.unwrap();
+        let s2 = u.start(&repo).await.unwrap();
+        let mut s1 = s1.lock().await;
+        let mut s2 = s2.lock().await;
+        u.append(&mut s1, body(&[b"12345", b"678"]), Some(10))
+            .await
+            .unwrap();
+        assert_eq!(u.staged_bytes("tool-a"), 8);
+        // Only 2 bytes of room are left for the second session.
+        let refused = u.append(&mut s2, body(&[b"12", b"345"]), Some(10)).await;
+        assert!(matches!(refused, Err(AppendError::Quota(_))));
+        assert_eq!(s2.offset(), 0, "nothing past the room is written");
+        assert_eq!(
+            u.staged_bytes("tool-a"),
+            8,
+            "an unwritten reservation is given back"
+        );
+        u.cancel(&mut s1).await.unwrap();
+        assert_eq!(u.staged_bytes("tool-a"), 0);
+        u.append(&mut s2, body(&[b"0123456789"]), Some(10))
+            .await
+            .unwrap();
+        let digest = Digest::compute(Algorithm::Sha256, b"0123456789");
+        let (path, size) = u.finish(&mut s2, &digest).await.unwrap();
+        assert_eq!(size, 10);
+        assert_eq!(std::fs::read(path).unwrap(), b"0123456789");
+        assert_eq!(u.staged_bytes("tool-a"), 0);
+        assert_eq!(u.open_count(), 0);
+    }
+
+    #[tokio::test]
+    async fn idle_sessions_expire_but_busy_ones_do_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let u = uploads(dir.path(), 10, 10);
+        let repo = RepoName::parse("tool-a/x").unwrap();
+        let idle = u.start(&repo).await.unwrap();
+        let busy = u.start(&repo).await.unwrap();
+        u.append(&mut *idle.lock().await, body(&[b"abc"]), None)
+            .await
+            .unwrap();
+        let _held = busy.lock().await;
+        assert_eq!(u.expire(now_ms() + 1).await, 1);
+        assert_eq!(u.open_count(), 1);
+        assert_eq!(u.staged_bytes("tool-a"), 0);
     }
 }

@@ -18,6 +18,7 @@ fn open(dir: &std::path::Path) -> Storage {
     Storage::open(&StorageConfig {
         data_dir: dir.to_owned(),
         synchronous: Synchronous::Full,
+        uploads: Default::default(),
     })
     .unwrap()
 }
@@ -37,7 +38,10 @@ async fn store_blob(s: &Storage, repo: &RepoName, bytes: &'static [u8]) -> Diges
     let digest = Digest::sha256_of(bytes);
     let session = s.uploads.start(repo).await.unwrap();
     let mut session = session.lock().await;
-    session.append(body(&[bytes]), None).await.unwrap();
+    s.uploads
+        .append(&mut session, body(&[bytes]), None)
+        .await
+        .unwrap();
     let (path, size) = s.uploads.finish(&mut session, &digest).await.unwrap();
     assert_eq!(size, bytes.len() as u64);
     s.blobs.commit_staged(path, &digest).await.unwrap();
@@ -182,8 +186,8 @@ async fn uploads_verify_sha256_and_sha512_and_discard_mismatches() {
 
     let session = s.uploads.start(&repo).await.unwrap();
     let mut session = session.lock().await;
-    session
-        .append(body(&[b"hello ", b"world"]), None)
+    s.uploads
+        .append(&mut session, body(&[b"hello ", b"world"]), None)
         .await
         .unwrap();
     assert_eq!(session.offset(), 11);
@@ -210,7 +214,10 @@ async fn uploads_verify_sha256_and_sha512_and_discard_mismatches() {
         "sessions belong to one repo"
     );
     let mut session = session.lock().await;
-    session.append(body(&[b"hello world"]), None).await.unwrap();
+    s.uploads
+        .append(&mut session, body(&[b"hello world"]), None)
+        .await
+        .unwrap();
     let d512 = Digest::compute(Algorithm::Sha512, b"hello world");
     let (path, size) = s.uploads.finish(&mut session, &d512).await.unwrap();
     s.blobs.commit_staged(path, &d512).await.unwrap();

@@ -29,8 +29,49 @@ pub const ANONYMOUS: &str = "anonymous";
 /// How long a verified Basic login is remembered, sparing argon2 on every
 /// request of a client that sends Basic credentials each time.
 const LOGIN_CACHE_TTL: Duration = Duration::from_secs(60);
-/// Verified tokens remembered at most (expired ones are dropped first).
-const VERIFIED_TOKENS: usize = 10_000;
+/// Remembered logins at most (each is a hash and a principal).
+const LOGIN_CACHE_ENTRIES: usize = 10_000;
+/// How long a login waits for one of the `password_checks` places.
+const PASSWORD_CHECK_WAIT: Duration = Duration::from_secs(5);
+
+/// Bounds on what callers can make authentication hold (`[limits]`).
+#[derive(Debug, Clone)]
+pub struct AuthLimits {
+    /// Scopes one `/token` request may ask for.
+    pub token_max_scopes: usize,
+    /// Largest token issued, and largest bearer token even looked at.
+    pub token_max_bytes: usize,
+    /// Memory for verified tokens remembered until their expiry.
+    pub token_cache_bytes: usize,
+    /// Password checks in flight per client address.
+    pub logins_per_address: usize,
+    /// Login attempts in flight per account.
+    pub logins_per_account: usize,
+    /// Password hashes (argon2, ~19 MiB each) computed at once, overall.
+    pub password_checks: usize,
+}
+
+impl Default for AuthLimits {
+    fn default() -> Self {
+        AuthLimits {
+            token_max_scopes: 32,
+            token_max_bytes: 16 * 1024,
+            token_cache_bytes: 16 * 1024 * 1024,
+            logins_per_address: 8,
+            logins_per_account: 4,
+            password_checks: 4,
+        }
+    }
+}
+
+/// Why a login did not produce a principal.
+#[derive(Debug)]
+pub enum LoginError {
+    /// Wrong name or password (401); the message is for the client.
+    Invalid(String),
+    /// A limit or the database stopped the attempt before it was judged.
+    Refused(ApiError),
+}
 
 /// What a request wants to do to a repository.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -110,6 +151,7 @@ pub struct AuthConfig {
     pub token_ttl: Duration,
     pub anonymous_pull: bool,
     pub private_namespaces: Vec<String>,
+    pub limits: AuthLimits,
 }
 
 impl Default for AuthConfig {
@@ -121,6 +163,7 @@ impl Default for AuthConfig {
             token_ttl: Duration::from_secs(300),
             anonymous_pull: true,
             private_namespaces: Vec::new(),
+            limits: AuthLimits::default(),
         }
     }
 }
@@ -131,10 +174,67 @@ pub struct Auth {
     keys: TokenKeys,
     policy: Policy,
     throttle: LoginThrottle,
+    password_checks: tokio::sync::Semaphore,
     logins: Mutex<HashMap<[u8; 32], (Principal, Instant)>>,
-    /// Tokens already verified, with their expiry (unix seconds): a client
-    /// sends the same token on every request of a pull or push.
-    verified: Mutex<HashMap<String, (Caller, u64)>>,
+    /// Tokens already verified: a client sends the same token on every
+    /// request of a pull or push.
+    verified: Mutex<TokenCache>,
+}
+
+/// Verified tokens by their SHA-256, until their own expiry, bounded in
+/// bytes (a token's grants can be large) rather than in entries.
+#[derive(Default)]
+struct TokenCache {
+    entries: HashMap<[u8; 32], (Caller, u64, usize)>,
+    bytes: usize,
+}
+
+impl TokenCache {
+    fn get(&self, key: &[u8; 32], now: u64) -> Option<Caller> {
+        self.entries
+            .get(key)
+            .filter(|(_, exp, _)| *exp > now)
+            .map(|(c, _, _)| c.clone())
+    }
+
+    fn insert(&mut self, key: [u8; 32], caller: Caller, exp: u64, now: u64, budget: usize) {
+        let size = caller_bytes(&caller);
+        if size > budget / 4 {
+            return; // never worth evicting everyone else for
+        }
+        if self.bytes + size > budget {
+            self.entries.retain(|_, (_, e, _)| *e > now);
+            self.bytes = self.entries.values().map(|(_, _, n)| n).sum();
+        }
+        while self.bytes + size > budget {
+            // Still full of live tokens: drop some; they are re-verified
+            // (cheaply) when they come back.
+            let Some(k) = self.entries.keys().next().copied() else {
+                break;
+            };
+            if let Some((_, _, n)) = self.entries.remove(&k) {
+                self.bytes -= n;
+            }
+        }
+        if let Some((_, _, old)) = self.entries.insert(key, (caller, exp, size)) {
+            self.bytes -= old;
+        }
+        self.bytes += size;
+    }
+}
+
+/// What a cached caller costs in memory, roughly.
+fn caller_bytes(c: &Caller) -> usize {
+    let grants: usize = c
+        .grants
+        .as_deref()
+        .unwrap_or_default()
+        .iter()
+        .map(|g| {
+            64 + g.kind.len() + g.name.len() + g.actions.iter().map(|a| a.len() + 24).sum::<usize>()
+        })
+        .sum();
+    128 + c.principal.name().len() + grants
 }
 
 impl Auth {
@@ -143,14 +243,16 @@ impl Auth {
             anonymous_pull: config.anonymous_pull,
             private_namespaces: config.private_namespaces.iter().cloned().collect(),
         };
+        let password_checks = tokio::sync::Semaphore::new(config.limits.password_checks.max(1));
         Auth {
             keys: TokenKeys::new(token_key, &config.service),
             config,
             admin_password,
             policy,
             throttle: LoginThrottle::default(),
+            password_checks,
             logins: Mutex::new(HashMap::new()),
-            verified: Mutex::new(HashMap::new()),
+            verified: Mutex::new(TokenCache::default()),
         }
     }
 
@@ -173,7 +275,7 @@ impl Auth {
     /// Forgets remembered logins; called when any credential changes so a
     /// revoked or rotated secret stops working at once.
     pub fn credentials_changed(&self) {
-        self.logins.lock().expect("login cache lock").clear();
+        self.login_cache().clear();
     }
 
     /// Works out who sent the request. No credentials is the anonymous
@@ -202,15 +304,24 @@ impl Auth {
             .ok_or_else(|| self.malformed(headers))?;
         if scheme.eq_ignore_ascii_case("bearer") {
             let token = rest.trim();
+            if token.len() > self.config.limits.token_max_bytes {
+                return Err(self.unauthorized(
+                    headers,
+                    None,
+                    Some("invalid_token"),
+                    &format!(
+                        "bearer token is longer than any this registry issues ({} bytes, [limits] token_max_bytes)",
+                        self.config.limits.token_max_bytes
+                    ),
+                ));
+            }
             let now = std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map(|d| d.as_secs())
                 .unwrap_or(0);
-            if let Some((caller, exp)) = self.verified.lock().expect("token cache lock").get(token)
-            {
-                if *exp > now {
-                    return Ok(caller.clone());
-                }
+            let key: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+            if let Some(caller) = self.token_cache().get(&key, now) {
+                return Ok(caller);
             }
             let claims = self.keys.verify(token).map_err(|e| {
                 tracing::info!(%peer, reason = %e, "bearer token refused");
@@ -220,22 +331,26 @@ impl Auth {
                 principal: Principal::from_subject(&claims.sub),
                 grants: Some(claims.access),
             };
-            let mut cache = self.verified.lock().expect("token cache lock");
-            if cache.len() >= VERIFIED_TOKENS {
-                cache.retain(|_, (_, exp)| *exp > now);
-                if cache.len() >= VERIFIED_TOKENS {
-                    cache.clear();
-                }
-            }
-            cache.insert(token.to_owned(), (caller.clone(), claims.exp));
+            self.token_cache().insert(
+                key,
+                caller.clone(),
+                claims.exp,
+                now,
+                self.config.limits.token_cache_bytes,
+            );
             return Ok(caller);
         }
         if scheme.eq_ignore_ascii_case("basic") {
             let (user, password) = decode_basic(rest).ok_or_else(|| self.malformed(headers))?;
-            let principal = self
-                .login(meta, &user, &password, peer)
-                .await
-                .map_err(|reason| self.unauthorized(headers, None, None, &reason))?;
+            let principal =
+                self.login(meta, &user, &password, peer)
+                    .await
+                    .map_err(|e| match e {
+                        LoginError::Invalid(reason) => {
+                            self.unauthorized(headers, None, None, &reason)
+                        }
+                        LoginError::Refused(e) => e,
+                    })?;
             return Ok(Caller {
                 principal,
                 grants: None,
@@ -244,40 +359,82 @@ impl Auth {
         Err(self.malformed(headers))
     }
 
-    /// Verifies a user name and password, slowing down repeated failures
-    /// from one address. The error is the message for the client.
+    fn token_cache(&self) -> std::sync::MutexGuard<'_, TokenCache> {
+        self.verified.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn login_cache(&self) -> std::sync::MutexGuard<'_, HashMap<[u8; 32], (Principal, Instant)>> {
+        self.logins.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Verifies a user name and password. Repeated failures at one account
+    /// from one address are slowed down; attempts in flight are capped per
+    /// account and per address, and password hashing overall, so parallel
+    /// guessing is refused (429) rather than queued.
     pub async fn login(
         &self,
         meta: &Metadata,
         user: &str,
         password: &str,
         peer: IpAddr,
-    ) -> Result<Principal, String> {
+    ) -> Result<Principal, LoginError> {
         let cache_key: [u8; 32] = Sha256::new()
             .chain_update(user.as_bytes())
             .chain_update([0u8])
             .chain_update(password.as_bytes())
             .finalize()
             .into();
-        if let Some((p, at)) = self
-            .logins
-            .lock()
-            .expect("login cache lock")
-            .get(&cache_key)
-        {
+        if let Some((p, at)) = self.login_cache().get(&cache_key) {
             if at.elapsed() < LOGIN_CACHE_TTL {
                 return Ok(p.clone());
             }
         }
-        let delay = self.throttle.delay_for(peer);
+        let limits = &self.config.limits;
+        let busy = |b: throttle::Busy| {
+            let (limit, message) = match b {
+                throttle::Busy::Account(n) => ("logins_per_account", format!(
+                    "too many logins in flight for {:?} (limit {n}, [limits] logins_per_account); retry shortly",
+                    truncate(user)
+                )),
+                throttle::Busy::Address(n) => ("logins_per_address", format!(
+                    "too many logins in flight from your address (limit {n}, [limits] logins_per_address); retry shortly"
+                )),
+            };
+            tracing::warn!(%peer, user = %truncate(user), limit, "login refused: too many in flight");
+            LoginError::Refused(ApiError::too_many(limit, message))
+        };
+        let _account = self
+            .throttle
+            .enter_account(user, limits.logins_per_account)
+            .map_err(busy)?;
+        let delay = self.throttle.delay_for(peer, user);
         if !delay.is_zero() {
             tokio::time::sleep(delay).await;
         }
+        let _address = self
+            .throttle
+            .enter_address(peer, limits.logins_per_address)
+            .map_err(busy)?;
         let principal = if user == ADMIN_USER {
             secrets::secrets_equal(password, &self.admin_password).then_some(Principal::Admin)
         } else {
             match meta.namespace_account(user).await {
                 Ok(Some(account)) => {
+                    let _check = tokio::time::timeout(
+                        PASSWORD_CHECK_WAIT,
+                        self.password_checks.acquire(),
+                    )
+                    .await
+                    .map_err(|_| {
+                        LoginError::Refused(ApiError::too_many(
+                            "password_checks",
+                            format!(
+                                "the registry is busy checking passwords ({} at once, [limits] password_checks); retry shortly",
+                                limits.password_checks
+                            ),
+                        ))
+                    })?
+                    .map_err(|_| LoginError::Refused(ApiError::unavailable("the registry is shutting down")))?;
                     let (password, hash) = (password.to_owned(), account.secret_hash.clone());
                     let ok = tokio::task::spawn_blocking(move || {
                         secrets::verify_secret(&password, &hash)
@@ -289,26 +446,32 @@ impl Auth {
                 Ok(None) => None,
                 Err(e) => {
                     tracing::error!(error = %e, "credential lookup failed");
-                    return Err("credentials could not be checked; try again".into());
+                    return Err(LoginError::Refused(ApiError::unavailable(
+                        "credentials could not be checked; try again",
+                    )));
                 }
             }
         };
         match principal {
             Some(p) => {
-                self.throttle.succeeded(peer);
-                self.logins
-                    .lock()
-                    .expect("login cache lock")
-                    .insert(cache_key, (p.clone(), Instant::now()));
+                self.throttle.succeeded(peer, user);
+                let mut cache = self.login_cache();
+                if cache.len() >= LOGIN_CACHE_ENTRIES {
+                    cache.retain(|_, (_, at)| at.elapsed() < LOGIN_CACHE_TTL);
+                    if cache.len() >= LOGIN_CACHE_ENTRIES {
+                        cache.clear();
+                    }
+                }
+                cache.insert(cache_key, (p.clone(), Instant::now()));
                 Ok(p)
             }
             None => {
-                let failures = self.throttle.failed(peer);
+                let failures = self.throttle.failed(peer, user);
                 tracing::warn!(%peer, user = %truncate(user), failures, "login failed");
-                Err(format!(
+                Err(LoginError::Invalid(format!(
                     "invalid user name or password for {:?}",
                     truncate(user)
-                ))
+                )))
             }
         }
     }
@@ -457,12 +620,24 @@ impl Auth {
     /// Answers `/token`: the intersection of what was asked for and what
     /// the principal may do, signed.
     pub fn issue(&self, principal: &Principal, scopes: &[String]) -> ApiResult<serde_json::Value> {
-        let mut grants: Vec<Grant> = Vec::new();
-        for scope in scopes
+        let limits = &self.config.limits;
+        let scopes: Vec<&str> = scopes
             .iter()
             .flat_map(|s| s.split(' '))
             .filter(|s| !s.is_empty())
-        {
+            .collect();
+        if scopes.len() > limits.token_max_scopes {
+            return Err(ApiError::too_many(
+                "token_max_scopes",
+                format!(
+                    "{} scopes asked for; one token request may ask for at most {} ([limits] token_max_scopes)",
+                    scopes.len(),
+                    limits.token_max_scopes
+                ),
+            ));
+        }
+        let mut grants: Vec<Grant> = Vec::new();
+        for scope in scopes {
             let (kind, name, actions) = parse_scope(scope).ok_or_else(|| {
                 ApiError::new(
                     StatusCode::FORBIDDEN,
@@ -525,6 +700,16 @@ impl Auth {
         let (token, claims) = self
             .keys
             .mint(principal.name(), grants, self.config.token_ttl);
+        if token.len() > limits.token_max_bytes {
+            return Err(ApiError::too_many(
+                "token_max_bytes",
+                format!(
+                    "the token for these scopes would be {} bytes, over the limit of {} ([limits] token_max_bytes); ask for fewer or shorter scopes",
+                    token.len(),
+                    limits.token_max_bytes
+                ),
+            ));
+        }
         let issued_at = rfc3339(claims.iat);
         Ok(serde_json::json!({
             "token": token,

@@ -44,10 +44,7 @@ pub async fn get(
                 Code::RangeInvalid,
                 format!("range {v:?} is not satisfiable for a blob of {size} bytes"),
             )
-            .with_header(
-                header::CONTENT_RANGE,
-                header_value(format!("bytes */{size}")),
-            )
+            .with_header_text(header::CONTENT_RANGE, format!("bytes */{size}"))
         })?),
     };
     let (status, len) = match &range {
@@ -85,13 +82,17 @@ pub async fn get(
     set(
         &mut resp,
         "content-type",
-        header_value("application/octet-stream"),
+        header_value("application/octet-stream")?,
     );
-    set(&mut resp, "content-length", header_value(len));
-    set(&mut resp, DIGEST_HEADER, header_value(digest));
-    set(&mut resp, "accept-ranges", header_value("bytes"));
-    set(&mut resp, "etag", header_value(format!("\"{digest}\"")));
-    set(&mut resp, "cache-control", header_value("max-age=31536000"));
+    set(&mut resp, "content-length", header_value(len)?);
+    set(&mut resp, DIGEST_HEADER, header_value(digest)?);
+    set(&mut resp, "accept-ranges", header_value("bytes")?);
+    set(&mut resp, "etag", header_value(format!("\"{digest}\""))?);
+    set(
+        &mut resp,
+        "cache-control",
+        header_value("max-age=31536000")?,
+    );
     if let Some(r) = range {
         set(
             &mut resp,
@@ -100,7 +101,7 @@ pub async fn get(
                 "bytes {}-{}/{size}",
                 r.start,
                 r.end.saturating_sub(1)
-            )),
+            ))?,
         );
     }
     Ok(resp)

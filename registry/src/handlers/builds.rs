@@ -4,6 +4,7 @@
 
 use crate::body::{self, Body};
 use crate::error::{ApiError, ApiResult, Code};
+use crate::request_body::RequestBody;
 use crate::routes::{query_get, query_pairs};
 use crate::State;
 use berth_builds::{BuildError, BuildRequest};
@@ -12,7 +13,6 @@ use bytes::Bytes;
 use futures_util::stream;
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::BodyExt;
-use hyper::body::Incoming;
 use std::time::Duration;
 
 const MAX_BODY: usize = 256 * 1024;
@@ -67,7 +67,7 @@ impl From<BuildError> for ApiError {
 pub async fn collection(
     state: &State,
     tool: &str,
-    req: Request<Incoming>,
+    req: Request<RequestBody>,
 ) -> ApiResult<Response<Body>> {
     match *req.method() {
         Method::GET => {

@@ -83,7 +83,7 @@ pub async fn tags(
         &serde_json::json!({ "name": repo.as_str(), "tags": tags }),
     );
     if let Some(link) = link {
-        set(&mut resp, "link", header_value(link));
+        set(&mut resp, "link", header_value(link)?);
     }
     Ok(resp)
 }
@@ -119,7 +119,7 @@ pub async fn catalog(
         &serde_json::json!({ "repositories": repos }),
     );
     if let Some(link) = link {
-        set(&mut resp, "link", header_value(link));
+        set(&mut resp, "link", header_value(link)?);
     }
     Ok(resp)
 }
@@ -169,13 +169,13 @@ pub async fn referrers(
     set(
         &mut resp,
         "content-type",
-        header_value("application/vnd.oci.image.index.v1+json"),
+        header_value("application/vnd.oci.image.index.v1+json")?,
     );
     if filter.is_some() {
         set(
             &mut resp,
             "oci-filters-applied",
-            header_value("artifactType"),
+            header_value("artifactType")?,
         );
     }
     Ok(resp)

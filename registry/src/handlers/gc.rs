@@ -3,6 +3,7 @@
 
 use crate::body::{self, Body};
 use crate::error::{ApiError, ApiResult, Code};
+use crate::request_body::RequestBody;
 use crate::routes::{query_get, query_pairs};
 use crate::State;
 use berth_gc::JobKind;
@@ -10,11 +11,10 @@ use berth_storage::meta::RetentionOverride;
 use berth_storage::{Digest, RepoName};
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::BodyExt;
-use hyper::body::Incoming;
 
 const MAX_BODY: usize = 64 * 1024;
 
-async fn json_body(req: Request<Incoming>) -> ApiResult<serde_json::Value> {
+async fn json_body(req: Request<RequestBody>) -> ApiResult<serde_json::Value> {
     let bytes = http_body_util::Limited::new(req.into_body(), MAX_BODY)
         .collect()
         .await
@@ -85,7 +85,7 @@ pub async fn runs(
 }
 
 /// `GET`/`POST /admin/v1/pins`.
-pub async fn pins(state: &State, req: Request<Incoming>) -> ApiResult<Response<Body>> {
+pub async fn pins(state: &State, req: Request<RequestBody>) -> ApiResult<Response<Body>> {
     match *req.method() {
         Method::GET => {
             let pins = state.storage.meta.list_pins().await?;
@@ -167,7 +167,7 @@ pub async fn retention(state: &State, method: &Method) -> ApiResult<Response<Bod
 pub async fn retention_namespace(
     state: &State,
     ns: &str,
-    req: Request<Incoming>,
+    req: Request<RequestBody>,
 ) -> ApiResult<Response<Body>> {
     super::admin::validate_namespace(ns)?;
     match *req.method() {

@@ -3,6 +3,7 @@
 use super::{header_value, location, set, DIGEST_HEADER};
 use crate::body::{self, Body};
 use crate::error::{ApiError, ApiResult, Code};
+use crate::request_body::RequestBody;
 use crate::routes::{query_pairs, Reference};
 use crate::State;
 use berth_storage::manifest::{self, MAX_MANIFEST_BYTES};
@@ -10,7 +11,6 @@ use berth_storage::meta::{DeleteManifestOutcome, PutManifestOutcome};
 use berth_storage::{Algorithm, Digest, RepoName};
 use http::{header, Request, Response, StatusCode};
 use http_body_util::BodyExt;
-use hyper::body::Incoming;
 
 fn unknown(repo: &RepoName, reference: &Reference) -> ApiError {
     ApiError::not_found(
@@ -47,13 +47,13 @@ pub async fn get(
     } else {
         body::full(found.bytes)
     });
-    set(&mut resp, "content-type", header_value(&found.media_type));
-    set(&mut resp, "content-length", header_value(size));
-    set(&mut resp, DIGEST_HEADER, header_value(&found.digest));
+    set(&mut resp, "content-type", header_value(&found.media_type)?);
+    set(&mut resp, "content-length", header_value(size)?);
+    set(&mut resp, DIGEST_HEADER, header_value(&found.digest)?);
     set(
         &mut resp,
         "etag",
-        header_value(format!("\"{}\"", found.digest)),
+        header_value(format!("\"{}\"", found.digest))?,
     );
     Ok(resp)
 }
@@ -62,7 +62,7 @@ pub async fn put(
     state: &State,
     repo: &RepoName,
     reference: &Reference,
-    req: Request<Incoming>,
+    req: Request<RequestBody>,
 ) -> ApiResult<Response<Body>> {
     let too_big = |n: String| {
         ApiError::new(
@@ -160,15 +160,15 @@ pub async fn put(
     set(
         &mut resp,
         "location",
-        location(&format!("/v2/{repo}/manifests/{digest}")),
+        location(&format!("/v2/{repo}/manifests/{digest}"))?,
     );
-    set(&mut resp, DIGEST_HEADER, header_value(&digest));
+    set(&mut resp, DIGEST_HEADER, header_value(&digest)?);
     if let Some(s) = subject {
-        set(&mut resp, "oci-subject", header_value(s));
+        set(&mut resp, "oci-subject", header_value(s)?);
     }
     if matches!(reference, Reference::Digest(_)) {
         for t in &tags {
-            resp.headers_mut().append("oci-tag", header_value(t));
+            resp.headers_mut().append("oci-tag", header_value(t)?);
         }
     }
     Ok(resp)

@@ -18,12 +18,19 @@ use http::{header, HeaderValue, Response, StatusCode};
 
 pub const DIGEST_HEADER: &str = "docker-content-digest";
 
-pub fn location(value: &str) -> HeaderValue {
-    HeaderValue::from_str(value).expect("locations are built from validated names")
+pub fn location(value: &str) -> ApiResult<HeaderValue> {
+    header_value(value)
 }
 
-pub fn header_value(value: impl ToString) -> HeaderValue {
-    HeaderValue::from_str(&value.to_string()).expect("header values are built from validated parts")
+/// A header value from parts berth validated (names, digests, numbers)
+/// or stored; a value that still cannot be a header is the registry's
+/// error, answered as one, never a panic.
+pub fn header_value(value: impl std::fmt::Display) -> ApiResult<HeaderValue> {
+    let text = value.to_string();
+    HeaderValue::from_str(&text).map_err(|_| {
+        tracing::error!(value = %text.escape_debug(), "value cannot be sent as a header");
+        ApiError::internal("a stored value cannot be sent as a header; the registry logged it")
+    })
 }
 
 pub fn method_not_allowed(method: &http::Method) -> ApiError {

@@ -3,12 +3,12 @@
 
 use crate::body::{self, Body};
 use crate::error::{ApiError, ApiResult, Code};
+use crate::request_body::RequestBody;
 use crate::routes::{query_get, query_pairs};
 use crate::State;
 use berth_storage::meta::LimitSetting;
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::BodyExt;
-use hyper::body::Incoming;
 
 /// How many of a namespace's largest images the detail view lists.
 const LARGEST_IMAGES: u32 = 10;
@@ -42,7 +42,7 @@ pub async fn list(state: &State, query: Option<&str>) -> ApiResult<Response<Body
 pub async fn namespace(
     state: &State,
     ns: &str,
-    req: Request<Incoming>,
+    req: Request<RequestBody>,
 ) -> ApiResult<Response<Body>> {
     super::admin::validate_namespace(ns)?;
     match *req.method() {

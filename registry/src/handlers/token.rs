@@ -2,14 +2,14 @@
 //! (what docker, podman, skopeo and go-containerregistry send), or POST
 //! with an OAuth2 password-grant form.
 
-use crate::auth::{decode_basic, Principal};
+use crate::auth::{decode_basic, LoginError, Principal};
 use crate::body::{self, Body};
 use crate::error::{ApiError, ApiResult, Code};
+use crate::request_body::RequestBody;
 use crate::routes::query_pairs;
 use crate::State;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::BodyExt;
-use hyper::body::Incoming;
 use std::net::IpAddr;
 
 /// Largest POST form accepted.
@@ -17,7 +17,7 @@ const MAX_FORM: usize = 64 * 1024;
 
 pub async fn token(
     state: &State,
-    req: Request<Incoming>,
+    req: Request<RequestBody>,
     peer: IpAddr,
 ) -> ApiResult<Response<Body>> {
     let (parts, incoming) = req.into_parts();
@@ -73,7 +73,10 @@ pub async fn token(
                 .auth
                 .login(&state.storage.meta, &user, &password, peer)
                 .await
-                .map_err(|reason| bad_login(&reason))?,
+                .map_err(|e| match e {
+                    LoginError::Invalid(reason) => bad_login(&reason),
+                    LoginError::Refused(e) => e,
+                })?,
         }
     };
     let scopes: Vec<String> = params

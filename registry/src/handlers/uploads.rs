@@ -5,13 +5,13 @@
 use super::{content_length, header_value, location, set, DIGEST_HEADER};
 use crate::body::{self, Body};
 use crate::error::{ApiError, ApiResult, Code};
+use crate::request_body::RequestBody;
 use crate::routes::{query_get, query_pairs};
 use crate::State;
-use berth_storage::uploads::{FinishError, Session};
+use berth_storage::uploads::{AppendError, FinishError, Session};
 use berth_storage::{Digest, RepoName};
 use http::{header, HeaderMap, Request, Response, StatusCode};
 use http_body_util::BodyDataStream;
-use hyper::body::Incoming;
 
 fn upload_url(repo: &RepoName, session: &Session) -> String {
     format!("/v2/{repo}/blobs/uploads/{}", session.id)
@@ -23,27 +23,27 @@ fn range_value(offset: u64) -> String {
     format!("0-{}", offset.saturating_sub(1))
 }
 
-fn progress(status: StatusCode, repo: &RepoName, session: &Session) -> Response<Body> {
+fn progress(status: StatusCode, repo: &RepoName, session: &Session) -> ApiResult<Response<Body>> {
     let mut resp = body::status_only(status);
-    set(&mut resp, "location", location(&upload_url(repo, session)));
+    set(&mut resp, "location", location(&upload_url(repo, session))?);
     set(
         &mut resp,
         "range",
-        header_value(range_value(session.offset())),
+        header_value(range_value(session.offset()))?,
     );
-    set(&mut resp, "docker-upload-uuid", header_value(session.id));
-    resp
+    set(&mut resp, "docker-upload-uuid", header_value(session.id)?);
+    Ok(resp)
 }
 
-fn created(repo: &RepoName, digest: &Digest) -> Response<Body> {
+fn created(repo: &RepoName, digest: &Digest) -> ApiResult<Response<Body>> {
     let mut resp = body::status_only(StatusCode::CREATED);
     set(
         &mut resp,
         "location",
-        location(&format!("/v2/{repo}/blobs/{digest}")),
+        location(&format!("/v2/{repo}/blobs/{digest}"))?,
     );
-    set(&mut resp, DIGEST_HEADER, header_value(digest));
-    resp
+    set(&mut resp, DIGEST_HEADER, header_value(digest)?);
+    Ok(resp)
 }
 
 fn unknown_upload(id: &str) -> ApiError {
@@ -84,7 +84,7 @@ fn digest_param(query: &[(String, String)]) -> ApiResult<Option<Digest>> {
 pub async fn start(
     state: &State,
     repo: &RepoName,
-    req: Request<Incoming>,
+    req: Request<RequestBody>,
     may_pull: impl Fn(&RepoName) -> bool,
 ) -> ApiResult<Response<Body>> {
     let query = query_pairs(req.uri().query());
@@ -99,7 +99,7 @@ pub async fn start(
                 None
             };
             match mounted {
-                Some(Ok(_size)) => return Ok(created(repo, &digest)),
+                Some(Ok(_size)) => return created(repo, &digest),
                 // Mounting is possible but the namespace is full: say so
                 // now rather than after the client sends the whole blob.
                 Some(Err(refused)) => return Err(refused.into()),
@@ -112,7 +112,7 @@ pub async fn start(
     let mut session = session.lock().await;
     match monolithic {
         Some(digest) => {
-            let cap = if state
+            let room = if state
                 .storage
                 .meta
                 .namespace_holds_blob(repo.namespace(), &digest.to_string())
@@ -122,26 +122,18 @@ pub async fn start(
             } else {
                 state.storage.meta.quota_available(repo.namespace()).await?
             };
-            let declared = content_length(req.headers())?;
-            let body = req.into_body();
-            let appended = match (declared, cap) {
-                (Some(len), Some(cap)) if len > cap => Err(berth_storage::StorageError::TooLarge {
-                    limit: cap,
-                    received: len,
-                }),
-                _ => session.append(BodyDataStream::new(body), cap).await,
-            };
+            let appended = append_body(state, repo, &mut session, req, room).await;
             if let Err(e) = appended {
                 // Nobody holds this session's URL, so nobody could resume it.
                 state.storage.uploads.cancel(&mut session).await?;
-                return Err(upload_error(state, repo, e).await);
+                return Err(e);
             }
             complete(state, repo, &mut session, &digest).await
         }
         None => {
-            let mut resp = progress(StatusCode::ACCEPTED, repo, &session);
+            let mut resp = progress(StatusCode::ACCEPTED, repo, &session)?;
             if let Some(min) = state.config.chunk_min_length {
-                set(&mut resp, "oci-chunk-min-length", header_value(min));
+                set(&mut resp, "oci-chunk-min-length", header_value(min)?);
             }
             Ok(resp)
         }
@@ -190,8 +182,8 @@ fn check_chunk(repo: &RepoName, session: &Session, headers: &HeaderMap) -> ApiRe
                 session.offset()
             ),
         )
-        .with_header(header::LOCATION, location(&upload_url(repo, session)))
-        .with_header(header::RANGE, header_value(range_value(session.offset())))
+        .with_header_text(header::LOCATION, upload_url(repo, session))
+        .with_header_text(header::RANGE, range_value(session.offset()))
     };
     if start != session.offset() {
         return Err(out_of_order());
@@ -214,19 +206,19 @@ pub async fn patch(
     state: &State,
     repo: &RepoName,
     id: &str,
-    req: Request<Incoming>,
+    req: Request<RequestBody>,
 ) -> ApiResult<Response<Body>> {
     let mut session = open_session(state, repo, id).await?;
     check_chunk(repo, &session, req.headers())?;
     append_within_quota(state, repo, &mut session, req).await?;
-    Ok(progress(StatusCode::ACCEPTED, repo, &session))
+    progress(StatusCode::ACCEPTED, repo, &session)
 }
 
 pub async fn put(
     state: &State,
     repo: &RepoName,
     id: &str,
-    req: Request<Incoming>,
+    req: Request<RequestBody>,
 ) -> ApiResult<Response<Body>> {
     let query = query_pairs(req.uri().query());
     let digest = digest_param(&query)?.ok_or_else(|| {
@@ -271,7 +263,7 @@ async fn complete(
         if let Some(available) = state.storage.meta.quota_available(ns).await? {
             if size > available {
                 let _ = tokio::fs::remove_file(&staged).await;
-                return Err(quota_refusal(state, repo, size).await);
+                return Err(quota_refusal(state, repo, size, 0).await);
             }
         }
     }
@@ -282,47 +274,56 @@ async fn complete(
         .store_upload(staged, repo, digest, size)
         .await??;
     tracing::debug!(%repo, %digest, size, "blob stored");
-    Ok(created(repo, digest))
+    created(repo, digest)
 }
 
-/// Appends the request body, refusing early when the upload would not fit
-/// in the namespace's remaining quota (declared length first, then as the
-/// bytes arrive), so the client is not made to send it all to hear no.
+/// Appends the request body within what the namespace's quota leaves.
 async fn append_within_quota(
     state: &State,
     repo: &RepoName,
     session: &mut Session,
-    req: Request<Incoming>,
+    req: Request<RequestBody>,
 ) -> ApiResult<()> {
-    let cap = state.storage.meta.quota_available(repo.namespace()).await?;
+    let room = state.storage.meta.quota_available(repo.namespace()).await?;
+    append_body(state, repo, session, req, room).await
+}
+
+/// Appends the request body to the session. `room` is what the quota
+/// leaves (None: unlimited); bytes staged by the namespace's unfinished
+/// uploads count against it. The declared length is checked first and the
+/// bytes as they arrive, so a client is not made to send 500 MB to hear no.
+async fn append_body(
+    state: &State,
+    repo: &RepoName,
+    session: &mut Session,
+    req: Request<RequestBody>,
+    room: Option<u64>,
+) -> ApiResult<()> {
     let declared = content_length(req.headers())?;
-    if let (Some(len), Some(cap)) = (declared, cap) {
-        if session.offset() + len > cap {
+    if let (Some(len), Some(room)) = (declared, room) {
+        let staged = state.storage.uploads.staged_bytes(repo.namespace());
+        if staged + len > room {
             super::drain(req.into_body()).await;
-            return Err(quota_refusal(state, repo, session.offset() + len).await);
+            return Err(quota_refusal(state, repo, len, staged).await);
         }
     }
-    match session
-        .append(BodyDataStream::new(req.into_body()), cap)
+    match state
+        .storage
+        .uploads
+        .append(session, BodyDataStream::new(req.into_body()), room)
         .await
     {
         Ok(_) => Ok(()),
-        Err(e) => Err(upload_error(state, repo, e).await),
-    }
-}
-
-/// Turns an append failure into the client's error: a size cap is the quota.
-async fn upload_error(state: &State, repo: &RepoName, e: berth_storage::StorageError) -> ApiError {
-    match e {
-        berth_storage::StorageError::TooLarge { received, .. } => {
-            quota_refusal(state, repo, received).await
+        Err(AppendError::Quota(full)) => {
+            Err(quota_refusal(state, repo, full.needed, full.staged).await)
         }
-        other => other.into(),
+        Err(AppendError::Storage(e)) => Err(e.into()),
     }
 }
 
-/// The quota error for an upload of `size` bytes into `repo`.
-async fn quota_refusal(state: &State, repo: &RepoName, size: u64) -> ApiError {
+/// The quota error for an upload of `size` bytes into `repo`, whose
+/// namespace has `staged` bytes in unfinished uploads.
+async fn quota_refusal(state: &State, repo: &RepoName, size: u64, staged: u64) -> ApiError {
     let ns = repo.namespace();
     match state.storage.meta.quota(ns).await {
         Ok(Some(q)) => berth_storage::meta::QuotaExceeded {
@@ -330,6 +331,7 @@ async fn quota_refusal(state: &State, repo: &RepoName, size: u64) -> ApiError {
             used: q.used_bytes,
             limit: q.limit_bytes.unwrap_or(u64::MAX),
             needed: size,
+            staged,
         }
         .into(),
         Ok(None) | Err(_) => ApiError::new(
@@ -342,7 +344,7 @@ async fn quota_refusal(state: &State, repo: &RepoName, size: u64) -> ApiError {
 
 pub async fn status(state: &State, repo: &RepoName, id: &str) -> ApiResult<Response<Body>> {
     let session = open_session(state, repo, id).await?;
-    Ok(progress(StatusCode::NO_CONTENT, repo, &session))
+    progress(StatusCode::NO_CONTENT, repo, &session)
 }
 
 pub async fn cancel(state: &State, repo: &RepoName, id: &str) -> ApiResult<Response<Body>> {

@@ -193,12 +193,27 @@ impl Metadata {
         T: Send + 'static,
         F: FnOnce(&Transaction<'_>) -> Result<T, StorageError> + Send + 'static,
     {
+        self.write_if(|_| true, f).await
+    }
+
+    /// Like `write`, but commits only when `keep` approves the result: a
+    /// write that ends in a refusal (quota, a missing blob) is rolled back,
+    /// so it leaves no trace (no empty repository, no namespace row).
+    pub(crate) async fn write_if<T, F>(&self, keep: fn(&T) -> bool, f: F) -> Result<T, StorageError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Transaction<'_>) -> Result<T, StorageError> + Send + 'static,
+    {
         let (done_tx, done_rx) = oneshot::channel();
         let inner = self.inner.clone();
         let job: WriteJob = Box::new(move |conn: &mut Connection| {
             let result = (|| {
                 let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
                 let value = f(&tx)?;
+                if !keep(&value) {
+                    tx.rollback()?;
+                    return Ok(value);
+                }
                 tx.commit()?;
                 // After the commit: a read that began before it cannot
                 // cache what it saw (see `cache_manifest`).

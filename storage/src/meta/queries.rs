@@ -240,7 +240,7 @@ impl Metadata {
     ) -> Result<Result<(), QuotaExceeded>, StorageError> {
         let (repo, digest) = (repo.clone(), digest.to_string());
         let policy = self.quota_policy();
-        self.write(move |tx| {
+        self.write_if(Result::is_ok, move |tx| {
             let now = now_ms();
             let id = ensure_repo(tx, &repo, now)?;
             Ok(link(tx, &policy, id, repo.namespace(), &digest, size, now)?)
@@ -259,24 +259,27 @@ impl Metadata {
     ) -> Result<Option<Result<u64, QuotaExceeded>>, StorageError> {
         let (from, to, digest) = (from.as_str().to_owned(), to.clone(), digest.to_string());
         let policy = self.quota_policy();
-        self.write(move |tx| {
-            let size: Option<i64> = tx
-                .prepare_cached(
-                    "SELECT b.size FROM repo_blobs rb
+        self.write_if(
+            |mounted| !matches!(mounted, Some(Err(_))),
+            move |tx| {
+                let size: Option<i64> = tx
+                    .prepare_cached(
+                        "SELECT b.size FROM repo_blobs rb
                      JOIN repositories r ON r.id = rb.repo_id
                      JOIN blobs b ON b.digest = rb.digest
                      WHERE r.name = ?1 AND rb.digest = ?2",
-                )?
-                .query_row(params![from, digest], |r| r.get(0))
-                .optional()?;
-            let Some(size) = size else { return Ok(None) };
-            let now = now_ms();
-            let id = ensure_repo(tx, &to, now)?;
-            Ok(Some(
-                link(tx, &policy, id, to.namespace(), &digest, size as u64, now)?
-                    .map(|()| size as u64),
-            ))
-        })
+                    )?
+                    .query_row(params![from, digest], |r| r.get(0))
+                    .optional()?;
+                let Some(size) = size else { return Ok(None) };
+                let now = now_ms();
+                let id = ensure_repo(tx, &to, now)?;
+                Ok(Some(
+                    link(tx, &policy, id, to.namespace(), &digest, size as u64, now)?
+                        .map(|()| size as u64),
+                ))
+            },
+        )
         .await
     }
 
@@ -382,7 +385,7 @@ impl Metadata {
     ) -> Result<PutManifestOutcome, StorageError> {
         let (repo, digest) = (repo.clone(), digest.to_string());
         let policy = self.quota_policy();
-        self.write(move |tx| {
+        self.write_if(|o| matches!(o, PutManifestOutcome::Stored), move |tx| {
             let now = now_ms();
             let id = ensure_repo(tx, &repo, now)?;
             {

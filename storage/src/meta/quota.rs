@@ -26,6 +26,8 @@ pub struct QuotaExceeded {
     pub limit: u64,
     /// Bytes the refused write would have added.
     pub needed: u64,
+    /// Bytes the namespace holds in unfinished uploads, which count too.
+    pub staged: u64,
 }
 
 /// One namespace's quota as the admin API shows it.
@@ -144,7 +146,7 @@ pub(super) fn charge(
     }
     let now = now_ms();
     ensure_namespace(conn, ns, now)?;
-    let r = row(conn, ns)?.expect("namespace row was just ensured");
+    let r = row(conn, ns)?.ok_or(rusqlite::Error::QueryReturnedNoRows)?;
     let used = r.used.max(0) as u64;
     if let (Some(limit), _) = effective_limit(policy, ns, r.limit_bytes, r.unlimited) {
         if used + delta > limit {
@@ -153,6 +155,7 @@ pub(super) fn charge(
                 used,
                 limit,
                 needed: delta,
+                staged: 0,
             }));
         }
     }
