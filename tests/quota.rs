@@ -355,6 +355,26 @@ fn refused_and_cancelled_pushes_charge_nothing_and_deletes_give_space_back() {
         .unwrap();
     assert_eq!(r.status, 403, "{}", r.describe());
     assert_eq!(used(&berth, "tool-r"), 0);
+    // The unfinished upload still holds its 60,000 staged bytes, which
+    // count against the quota: another 50,000 do not fit beside them.
+    let other = ctx
+        .client
+        .send("POST", "/v2/tool-r/app/blobs/uploads/", &[], Vec::new())
+        .unwrap();
+    let other_loc = other.header("location").unwrap().to_owned();
+    let r = ctx
+        .client
+        .send("PATCH", &other_loc, &[], content("beside", 50_000))
+        .unwrap();
+    assert_eq!(r.status, 403, "{}", r.describe());
+    assert!(
+        r.text().contains("58.6 KiB in unfinished uploads"),
+        "{}",
+        r.text()
+    );
+    assert_eq!(ctx.client.delete(&other_loc).unwrap().status, 204);
+    // Cancelling the stalled upload gives its staged bytes back.
+    assert_eq!(ctx.client.delete(&loc).unwrap().status, 204);
 
     // A cancelled upload charges nothing.
     let post = ctx

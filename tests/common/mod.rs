@@ -56,26 +56,19 @@ impl Berth {
 
     /// Starts berth with `config` (TOML) as its config file.
     pub fn start_with(data_dir: &Path, port: u16, config: &str) -> Berth {
+        Berth::start_limited(data_dir, port, config, None)
+    }
+
+    /// Like `start_with`, and with `open_files` as the process's hard and
+    /// soft RLIMIT_NOFILE (what `ulimit -n` sets), when given.
+    pub fn start_limited(
+        data_dir: &Path,
+        port: u16,
+        config: &str,
+        open_files: Option<u64>,
+    ) -> Berth {
+        let child = Berth::spawn(data_dir, port, config, open_files);
         let log = data_dir.with_extension(format!("{port}.log"));
-        let log_file = std::fs::File::create(&log).unwrap();
-        let config_path = data_dir.with_extension(format!("{port}.toml"));
-        std::fs::write(&config_path, config).unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_berth"))
-            .args([
-                "serve",
-                "--listen",
-                &format!("127.0.0.1:{port}"),
-                "--data-dir",
-            ])
-            .arg(data_dir)
-            .arg("--config")
-            .arg(&config_path)
-            .env("RUST_LOG", "info")
-            .env("BERTH_ADMIN_PASSWORD", ADMIN_PASSWORD)
-            .stdout(Stdio::null())
-            .stderr(log_file)
-            .spawn()
-            .expect("start berth");
         let berth = Berth {
             child: Some(child),
             port,
@@ -84,6 +77,69 @@ impl Berth {
         };
         berth.wait_healthy();
         berth
+    }
+
+    /// Spawns `berth serve` without waiting for it (its log goes to
+    /// `<data dir>.<port>.log`).
+    pub fn spawn(data_dir: &Path, port: u16, config: &str, open_files: Option<u64>) -> Child {
+        use std::os::unix::process::CommandExt;
+        let log = data_dir.with_extension(format!("{port}.log"));
+        let log_file = std::fs::File::create(&log).unwrap();
+        let config_path = data_dir.with_extension(format!("{port}.toml"));
+        std::fs::write(&config_path, config).unwrap();
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_berth"));
+        if let Some(n) = open_files {
+            // SAFETY: setrlimit is async-signal-safe; runs in the child before exec.
+            unsafe {
+                cmd.pre_exec(move || {
+                    let lim = libc::rlimit {
+                        rlim_cur: n as libc::rlim_t,
+                        rlim_max: n as libc::rlim_t,
+                    };
+                    if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+        }
+        cmd.args([
+            "serve",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--data-dir",
+        ])
+        .arg(data_dir)
+        .arg("--config")
+        .arg(&config_path)
+        .env("RUST_LOG", "info")
+        .env("BERTH_ADMIN_PASSWORD", ADMIN_PASSWORD)
+        .stdout(Stdio::null())
+        .stderr(log_file)
+        .spawn()
+        .expect("start berth")
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
+    /// Open file descriptors of the berth process.
+    pub fn open_fds(&self) -> usize {
+        std::fs::read_dir(format!("/proc/{}/fd", self.pid()))
+            .map(|d| d.count())
+            .unwrap_or(0)
+    }
+
+    /// Resident memory of the berth process, in bytes.
+    pub fn rss_bytes(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            .map(|kb| kb * 1024)
+            .unwrap_or(0)
     }
 
     pub fn url(&self) -> String {

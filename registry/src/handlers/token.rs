@@ -45,9 +45,10 @@ pub async fn token(
                 .collect()
                 .await
                 .map_err(|e| {
-                    ApiError::bad_request(
-                        Code::Unsupported,
-                        format!("cannot read the token form: {e}"),
+                    ApiError::new(
+                        StatusCode::PAYLOAD_TOO_LARGE,
+                        Code::SizeInvalid,
+                        format!("cannot read the token form (at most {MAX_FORM} bytes): {e}"),
                     )
                 })?
                 .to_bytes();
