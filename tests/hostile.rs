@@ -268,7 +268,7 @@ fn slow_bodies_slow_headers_and_idle_connections_are_cut_off() {
             if !cut[i] {
                 s.set_read_timeout(Some(Duration::from_millis(10))).unwrap();
                 let mut b = [0u8; 512];
-                if matches!(s.read(&mut b), Ok(_)) {
+                if s.read(&mut b).is_ok() {
                     cut[i] = true; // an answer (the error) or EOF
                 }
             }
