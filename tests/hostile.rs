@@ -313,6 +313,14 @@ fn connections_are_capped_per_client_address() {
         }
     }
     assert_eq!((silent, refused), (50, 150));
+    let metrics = Client::new(&berth.url(), None)
+        .get("/metrics")
+        .unwrap()
+        .text_all();
+    assert!(
+        metrics.contains("berth_limit_refusals_total{limit=\"max_connections_per_address\"} 150"),
+        "{metrics}"
+    );
     // Another address (the tests' own 127.0.0.1) is served meanwhile.
     others_are_served(&berth, "tool-victim");
     assert!(berth.open_fds() < 200, "{} descriptors", berth.open_fds());

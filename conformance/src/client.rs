@@ -36,8 +36,14 @@ impl Resp {
             .map_err(|e| format!("body is not JSON ({e}): {}", self.text()))
     }
 
+    /// The body's first 500 bytes as text (for messages).
     pub fn text(&self) -> String {
         String::from_utf8_lossy(&self.body[..self.body.len().min(500)]).into_owned()
+    }
+
+    /// The whole body as text.
+    pub fn text_all(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
     }
 
     /// The first OCI error code in the body, if the body is the error shape.

@@ -70,7 +70,12 @@ pub async fn handle(state: &State, req: Request<RequestBody>, peer: IpAddr) -> R
     let is_v2 = req.uri().path().starts_with("/v2");
     let mut resp = match dispatch(state, req, peer).await {
         Ok(resp) => resp,
-        Err(e) => e.into_response(),
+        Err(e) => {
+            if let Some(limit) = e.limit {
+                state.metrics.limit_refused(limit);
+            }
+            e.into_response()
+        }
     };
     let headers = resp.headers_mut();
     if is_v2 {

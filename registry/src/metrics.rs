@@ -102,10 +102,6 @@ impl Metrics {
         self.refusals.with_label_values(&[limit]).inc();
     }
 
-    pub fn connection_refused(&self) {
-        self.limit_refused("connections");
-    }
-
     /// Renders the text format with per-namespace gauges read from the
     /// ledger now, for the namespaces `visible` lets this caller see
     /// (private namespaces are the admin's business only). The gauges are
@@ -141,6 +137,9 @@ impl Metrics {
         let mut families = self.registry.gather();
         families.extend(used.collect());
         families.extend(limit.collect());
+        // The encoder refuses a family without series (e.g. no namespace
+        // is visible to this caller yet).
+        families.retain(|f| !f.get_metric().is_empty());
         families.sort_by(|a, b| a.name().cmp(b.name()));
         let mut out = Vec::new();
         TextEncoder::new()

@@ -169,7 +169,10 @@ pub async fn serve(
         let slot = match admit(&counts, &limits, peer.ip()) {
             Ok(slot) => slot,
             Err(refusal) => {
-                state.metrics.connection_refused();
+                state.metrics.limit_refused(match refusal {
+                    Refusal::Total(_) => "max_connections",
+                    Refusal::Address(_) => "max_connections_per_address",
+                });
                 tokio::spawn(refuse(stream, refusal));
                 continue;
             }

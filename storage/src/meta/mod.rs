@@ -61,11 +61,18 @@ struct Inner {
 struct ManifestCache {
     generation: u64,
     entries: HashMap<(String, String), Arc<StoredManifest>>,
+    /// Manifest bytes held, the bound that matters (entries vary from
+    /// bytes to 4 MiB, and any tenant can make berth read large ones).
+    bytes: usize,
 }
 
-/// Entries kept before the cache starts over (bounded memory: manifests
-/// are at most 4 MiB, typically a few KiB).
+/// Entries kept before the cache starts over.
 const MANIFEST_CACHE_ENTRIES: usize = 4096;
+/// Manifest bytes kept before the cache starts over.
+const MANIFEST_CACHE_BYTES: usize = 64 * 1024 * 1024;
+/// Larger manifests are served from the database each time (rare: a
+/// typical manifest is a few KiB).
+const MANIFEST_CACHE_ITEM_BYTES: usize = 256 * 1024;
 
 const READERS: usize = 4;
 
@@ -150,7 +157,11 @@ impl Metadata {
         reference: &str,
     ) -> Option<Arc<StoredManifest>> {
         let now = self.generation();
-        let cache = self.inner.manifests.lock().expect("manifest cache lock");
+        let cache = self
+            .inner
+            .manifests
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
         if cache.generation != now {
             return None;
         }
@@ -169,17 +180,33 @@ impl Metadata {
         reference: &str,
         m: &StoredManifest,
     ) {
-        let mut cache = self.inner.manifests.lock().expect("manifest cache lock");
+        let size = m.bytes.len() + repo.len() + reference.len() + 128;
+        if size > MANIFEST_CACHE_ITEM_BYTES {
+            return;
+        }
+        let mut cache = self
+            .inner
+            .manifests
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
         if self.generation() != read_generation {
             return;
         }
-        if cache.generation != read_generation || cache.entries.len() >= MANIFEST_CACHE_ENTRIES {
+        if cache.generation != read_generation
+            || cache.entries.len() >= MANIFEST_CACHE_ENTRIES
+            || cache.bytes + size > MANIFEST_CACHE_BYTES
+        {
             cache.entries.clear();
+            cache.bytes = 0;
             cache.generation = read_generation;
         }
-        cache
+        if cache
             .entries
-            .insert((repo.to_owned(), reference.to_owned()), Arc::new(m.clone()));
+            .insert((repo.to_owned(), reference.to_owned()), Arc::new(m.clone()))
+            .is_none()
+        {
+            cache.bytes += size;
+        }
     }
 
     pub fn schema_version() -> usize {
