@@ -187,6 +187,7 @@ async fn serve(cfg: Config) -> Result<(), String> {
             )
         })?;
     storage.meta.set_quota_policy(cfg.quota.policy());
+    storage.meta.set_blob_grace(cfg.gc.blob_grace);
     let gc_config = cfg.gc.engine_config()?;
     match storage.meta.interrupt_unfinished_gc_runs().await {
         Ok(0) => {}
@@ -236,11 +237,6 @@ async fn serve(cfg: Config) -> Result<(), String> {
             chunk_min_length: cfg.registry.chunk_min_length,
             shutdown_grace: cfg.server.shutdown_grace,
             metrics_public: cfg.metrics.public,
-            // Well inside the blob grace period, so a HEAD always protects.
-            touch_interval: (gc_config.blob_grace / 4).clamp(
-                std::time::Duration::from_millis(100),
-                std::time::Duration::from_secs(60),
-            ),
             limits: cfg.limits.connection_limits(fd_budget),
         },
         metrics: {

@@ -36,9 +36,6 @@ pub struct RegistryConfig {
     pub shutdown_grace: Duration,
     /// Whether `/metrics` answers without admin credentials.
     pub metrics_public: bool,
-    /// A blob HEAD refreshes the blob's last use when it is older than
-    /// this; keep it well under the GC blob grace period.
-    pub touch_interval: Duration,
     /// Connection limits and request-body pacing.
     pub limits: ConnectionLimits,
 }
@@ -49,7 +46,6 @@ impl Default for RegistryConfig {
             chunk_min_length: None,
             shutdown_grace: Duration::from_secs(30),
             metrics_public: true,
-            touch_interval: Duration::from_secs(60),
             limits: ConnectionLimits::default(),
         }
     }

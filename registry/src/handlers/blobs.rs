@@ -5,7 +5,7 @@ use crate::body::{self, Body};
 use crate::error::{ApiError, ApiResult, Code};
 use crate::State;
 use berth_storage::meta::UnlinkBlobOutcome;
-use berth_storage::{now_ms, Digest, RepoName};
+use berth_storage::{Digest, RepoName};
 use http::{header, HeaderMap, Response, StatusCode};
 use std::ops::Range;
 
@@ -29,11 +29,15 @@ pub async fn get(
         .linked_blob(repo, digest)
         .await?
         .ok_or_else(|| unknown(repo, digest))?;
-    if head && now_ms() - linked.touched_ms > state.config.touch_interval.as_millis() as i64 {
+    if head {
         // A HEAD is how clients ask "do you still have this?" before
         // skipping an upload: restart the blob's GC grace period before
         // answering yes, so the manifest that follows finds it linked.
-        state.storage.meta.touch_blob(digest).await?;
+        state
+            .storage
+            .meta
+            .blob_used(digest, linked.touched_ms)
+            .await?;
     }
     let size = linked.size;
     let range = match headers.get(header::RANGE) {

@@ -2,17 +2,13 @@
 //! so planning never holds the writer) and checked deletions (each item
 //! re-checked inside the write transaction that removes it, so a push that
 //! raced the plan wins). Also pins, retention overrides and run reports.
-//!
-//! Liveness, in one rule: a manifest lives if it is tagged, pinned, or was
-//! pushed or lost a tag within the grace period; or if it is a child of a
-//! live index; or if its subject lives. Everything else is garbage, and so
-//! are blob links no surviving manifest of the repository needs and that
-//! were not touched within the blob grace period, and blobs linked nowhere.
+//! The rule of what lives is in `liveness`; this module applies it.
 
+use super::liveness;
 use super::quota;
 use super::Metadata;
 use crate::{now_ms, StorageError};
-use rusqlite::{params, Connection, OptionalExtension, Transaction};
+use rusqlite::{named_params, params, Connection, OptionalExtension, Transaction};
 use std::collections::BTreeMap;
 
 /// A tag, as tag cleanup sees it.
@@ -99,24 +95,6 @@ pub struct GcRunRecord {
     pub report: serde_json::Value,
 }
 
-/// Marks the live manifests of every repository into `temp.gc_live`.
-const MARK_LIVE: &str = "
-    INSERT INTO temp.gc_live (repo_id, digest)
-    WITH RECURSIVE live(repo_id, digest) AS (
-        SELECT repo_id, digest FROM main.tags
-        UNION
-        SELECT r.id, p.digest FROM main.pins p JOIN main.repositories r ON r.name = p.repository
-        UNION
-        SELECT repo_id, digest FROM main.manifests WHERE MAX(pushed_ms, released_ms) >= ?1
-        UNION
-        SELECT mr.repo_id, mr.child_digest FROM live l
-            JOIN main.manifest_refs mr ON mr.repo_id = l.repo_id AND mr.manifest_digest = l.digest AND mr.kind = 'manifest'
-        UNION
-        SELECT m.repo_id, m.digest FROM live l
-            JOIN main.manifests m ON m.repo_id = l.repo_id AND m.subject = l.digest
-    )
-    SELECT repo_id, digest FROM live";
-
 fn reset_temp(c: &Connection) -> rusqlite::Result<()> {
     c.execute_batch(
         "CREATE TEMP TABLE IF NOT EXISTS gc_live (repo_id INTEGER, digest TEXT, PRIMARY KEY (repo_id, digest)) WITHOUT ROWID;
@@ -130,7 +108,10 @@ fn plan_on(c: &Connection, manifest_cutoff: i64, blob_cutoff: i64) -> rusqlite::
     reset_temp(c)?;
     c.execute("BEGIN", [])?; // one snapshot for the whole plan
     let result = (|| {
-        c.execute(MARK_LIVE, [manifest_cutoff])?;
+        c.execute(
+            &liveness::MARK_LIVE,
+            named_params! {":manifest_cutoff": manifest_cutoff},
+        )?;
         c.execute(
             "INSERT INTO temp.gc_doomed (repo_id, digest)
              SELECT m.repo_id, m.digest FROM main.manifests m
@@ -156,14 +137,8 @@ fn plan_on(c: &Connection, manifest_cutoff: i64, blob_cutoff: i64) -> rusqlite::
             .collect::<rusqlite::Result<Vec<_>>>()?;
         // Links no surviving manifest of the repository needs.
         c.execute(
-            "INSERT INTO temp.gc_doomed_links (repo_id, digest)
-             SELECT rb.repo_id, rb.digest FROM main.repo_blobs rb JOIN main.blobs b ON b.digest = rb.digest
-             WHERE rb.linked_ms < ?1 AND b.touched_ms < ?1
-               AND NOT EXISTS (
-                   SELECT 1 FROM main.manifest_refs mr
-                   WHERE mr.repo_id = rb.repo_id AND mr.child_digest = rb.digest AND mr.kind = 'blob'
-                     AND NOT EXISTS (SELECT 1 FROM temp.gc_doomed d WHERE d.repo_id = mr.repo_id AND d.digest = mr.manifest_digest))",
-            [blob_cutoff],
+            &liveness::PLAN_LINKS,
+            named_params! {":blob_cutoff": blob_cutoff},
         )?;
         let links = c
             .prepare(
@@ -183,14 +158,13 @@ fn plan_on(c: &Connection, manifest_cutoff: i64, blob_cutoff: i64) -> rusqlite::
             .collect::<rusqlite::Result<Vec<_>>>()?;
         // Blobs that no link will hold once the doomed links are gone.
         let blobs = c
-            .prepare(
-                "SELECT b.digest, b.size FROM main.blobs b
-                 WHERE b.touched_ms < ?1
-                   AND NOT EXISTS (SELECT 1 FROM main.repo_blobs rb WHERE rb.digest = b.digest
-                       AND NOT EXISTS (SELECT 1 FROM temp.gc_doomed_links l WHERE l.repo_id = rb.repo_id AND l.digest = rb.digest))
-                 ORDER BY b.digest",
-            )?
-            .query_map([blob_cutoff], |r| Ok(DoomedBlob { digest: r.get(0)?, size: r.get::<_, i64>(1)? as u64 }))?
+            .prepare(&liveness::PLAN_BLOBS)?
+            .query_map(named_params! {":blob_cutoff": blob_cutoff}, |r| {
+                Ok(DoomedBlob {
+                    digest: r.get(0)?,
+                    size: r.get::<_, i64>(1)? as u64,
+                })
+            })?
             .collect::<rusqlite::Result<Vec<_>>>()?;
         // Quota returned: doomed manifests, plus blobs whose every link in
         // the namespace is doomed.
@@ -246,38 +220,15 @@ fn delete_manifest_if_garbage(
     digest: &str,
     cutoff: i64,
 ) -> rusqlite::Result<Option<u64>> {
-    let row: Option<(i64, i64, i64, Option<String>)> = tx
-        .prepare_cached("SELECT size, pushed_ms, released_ms, subject FROM manifests WHERE repo_id = ?1 AND digest = ?2")?
-        .query_row(params![repo_id, digest], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
-        .optional()?;
-    let Some((size, pushed, released, subject)) = row else {
+    let Some(size) = liveness::manifest_still_garbage(tx, repo_id, digest, cutoff)? else {
         return Ok(None);
     };
-    if pushed.max(released) >= cutoff
-        || tx.prepare_cached("SELECT 1 FROM tags WHERE repo_id = ?1 AND digest = ?2")?.exists(params![repo_id, digest])?
-        || pinned(tx, repo_id, digest)?
-        // A child of an index that still exists lives with it.
-        || tx
-            .prepare_cached("SELECT 1 FROM manifest_refs WHERE repo_id = ?1 AND child_digest = ?2 AND kind = 'manifest'")?
-            .exists(params![repo_id, digest])?
-    {
-        return Ok(None);
-    }
-    if let Some(subject) = subject {
-        // A referrer lives as long as its subject.
-        if tx
-            .prepare_cached("SELECT 1 FROM manifests WHERE repo_id = ?1 AND digest = ?2")?
-            .exists(params![repo_id, subject])?
-        {
-            return Ok(None);
-        }
-    }
     tx.prepare_cached("DELETE FROM manifests WHERE repo_id = ?1 AND digest = ?2")?
         .execute(params![repo_id, digest])?;
     tx.prepare_cached("DELETE FROM manifest_refs WHERE repo_id = ?1 AND manifest_digest = ?2")?
         .execute(params![repo_id, digest])?;
-    quota::release(tx, ns, size.max(0) as u64)?;
-    Ok(Some(size.max(0) as u64))
+    quota::release(tx, ns, size)?;
+    Ok(Some(size))
 }
 
 impl Metadata {
@@ -348,35 +299,22 @@ impl Metadata {
             .await
     }
 
-    /// Deletes the given manifests that are still garbage, parents before
-    /// children and subjects before referrers (by repeating until nothing
-    /// more goes). Returns what was deleted.
+    /// Deletes those of the given manifests that are still garbage, in one
+    /// pass; returns what was deleted. A manifest still held by one that is
+    /// doomed too (an index, a subject) is skipped until its holder is
+    /// gone: the caller retries what was skipped (see berth-gc's jobs).
     pub async fn delete_manifests_checked(
         &self,
         batch: Vec<DoomedManifest>,
         cutoff: i64,
     ) -> Result<Vec<DoomedManifest>, StorageError> {
         self.write(move |tx| {
-            let mut remaining = batch;
             let mut deleted = Vec::new();
-            loop {
-                let before = remaining.len();
-                let mut kept = Vec::new();
-                for m in remaining {
-                    match delete_manifest_if_garbage(
-                        tx,
-                        m.repo_id,
-                        &m.namespace,
-                        &m.digest,
-                        cutoff,
-                    )? {
-                        Some(_) => deleted.push(m),
-                        None => kept.push(m),
-                    }
-                }
-                remaining = kept;
-                if remaining.is_empty() || remaining.len() == before {
-                    break;
+            for m in batch {
+                if delete_manifest_if_garbage(tx, m.repo_id, &m.namespace, &m.digest, cutoff)?
+                    .is_some()
+                {
+                    deleted.push(m);
                 }
             }
             Ok(deleted)
@@ -396,18 +334,11 @@ impl Metadata {
             let mut deleted = Vec::new();
             let mut freed: BTreeMap<String, u64> = BTreeMap::new();
             for l in batch {
-                let still_garbage = tx
-                    .prepare_cached(
-                        "SELECT 1 FROM repo_blobs rb JOIN blobs b ON b.digest = rb.digest
-                         WHERE rb.repo_id = ?1 AND rb.digest = ?2 AND rb.linked_ms < ?3 AND b.touched_ms < ?3
-                           AND NOT EXISTS (SELECT 1 FROM manifest_refs mr
-                                           WHERE mr.repo_id = rb.repo_id AND mr.child_digest = rb.digest AND mr.kind = 'blob')",
-                    )?
-                    .exists(params![l.repo_id, l.digest, cutoff])?;
-                if !still_garbage {
+                if !liveness::link_still_garbage(tx, l.repo_id, &l.digest, cutoff)? {
                     continue;
                 }
-                let released = super::queries::remove_link(tx, l.repo_id, &l.namespace, &l.digest)?.unwrap_or(0);
+                let released = super::queries::remove_link(tx, l.repo_id, &l.namespace, &l.digest)?
+                    .unwrap_or(0);
                 if released > 0 {
                     *freed.entry(l.namespace.clone()).or_default() += released;
                 }
@@ -433,13 +364,7 @@ impl Metadata {
         self.write(move |tx| {
             let mut deleted = Vec::new();
             for b in batch {
-                let n = tx
-                    .prepare_cached(
-                        "DELETE FROM blobs WHERE digest = ?1 AND touched_ms < ?2
-                         AND NOT EXISTS (SELECT 1 FROM repo_blobs rb WHERE rb.digest = ?1)",
-                    )?
-                    .execute(params![b.digest, cutoff])?;
-                if n > 0 {
+                if liveness::delete_blob_if_garbage(tx, &b.digest, cutoff)? {
                     deleted.push(b);
                 }
             }

@@ -6,6 +6,7 @@
 
 pub mod builds;
 mod gc;
+mod liveness;
 mod queries;
 mod quota;
 mod schema;
@@ -54,6 +55,8 @@ struct Inner {
     /// the generation they were read at.
     generation: AtomicU64,
     manifests: Mutex<ManifestCache>,
+    /// See `liveness`: how often a HEAD records a blob's use.
+    touch_interval_ms: AtomicU64,
 }
 
 /// Manifests by (repository, reference), as of one write generation.
@@ -128,6 +131,7 @@ impl Metadata {
                 quota: RwLock::new(Arc::new(QuotaPolicy::default())),
                 generation: AtomicU64::new(0),
                 manifests: Mutex::new(ManifestCache::default()),
+                touch_interval_ms: AtomicU64::new(60_000),
             }),
         })
     }

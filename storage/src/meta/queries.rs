@@ -218,18 +218,6 @@ impl Metadata {
         .await
     }
 
-    /// Records that a blob was used now (HEAD, mount, upload completion), so
-    /// the blob sweep's grace period starts again.
-    pub async fn touch_blob(&self, digest: &Digest) -> Result<(), StorageError> {
-        let digest = digest.to_string();
-        self.write(move |tx| {
-            tx.prepare_cached("UPDATE blobs SET touched_ms = ?2 WHERE digest = ?1")?
-                .execute(params![digest, now_ms()])?;
-            Ok(())
-        })
-        .await
-    }
-
     /// Links a blob whose object is already in the blob store into `repo`
     /// (object first, row second), creating the repository on first use.
     pub async fn link_blob(
@@ -449,10 +437,8 @@ impl Metadata {
                     add_ref.execute(params![id, digest, m.to_string(), "manifest"])?;
                 }
                 // Referenced blobs were just used: restart their grace period.
-                let mut touch =
-                    tx.prepare_cached("UPDATE blobs SET touched_ms = ?2 WHERE digest = ?1")?;
                 for b in &parsed.blobs {
-                    touch.execute(params![b.to_string(), now])?;
+                    super::liveness::record_blob_use(tx, &b.to_string(), now)?;
                 }
             }
             let mut set_tag = tx.prepare_cached(
