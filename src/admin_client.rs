@@ -51,21 +51,43 @@ impl AdminClient {
         })
     }
 
-    /// Sends a request; returns the status and the JSON body (if any), or
-    /// the server's error message.
-    pub fn call(
+    /// Sends a request with an optional JSON body and reads the answer as
+    /// `T` (one of `berth_registry::api`'s types); an error answer becomes
+    /// the server's message.
+    pub fn call<T: serde::de::DeserializeOwned>(
         &self,
         method: &str,
         path: &str,
-        body: Option<serde_json::Value>,
-    ) -> Result<(u16, serde_json::Value), String> {
+        body: Option<&impl serde::Serialize>,
+    ) -> Result<T, String> {
+        let text = self.send(method, path, body)?;
+        serde_json::from_str(&text).map_err(|e| {
+            format!("{method} {path}: the answer is not what this CLI expects ({e}); is the server the same version?")
+        })
+    }
+
+    /// Sends a request whose answer has no body of interest.
+    pub fn call_empty(&self, method: &str, path: &str) -> Result<(), String> {
+        self.send(method, path, None::<&()>).map(drop)
+    }
+
+    fn send(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&impl serde::Serialize>,
+    ) -> Result<String, String> {
         let url = format!("{}{path}", self.base);
+        let body = match body {
+            Some(b) => serde_json::to_string(b).map_err(|e| e.to_string())?,
+            None => String::new(),
+        };
         let req = ureq::http::Request::builder()
             .method(method)
             .uri(&url)
             .header("authorization", &self.authorization)
             .header("content-type", "application/json")
-            .body(body.map(|b| b.to_string()).unwrap_or_default())
+            .body(body)
             .map_err(|e| e.to_string())?;
         let mut resp = self
             .agent
@@ -73,18 +95,13 @@ impl AdminClient {
             .map_err(|e| format!("{method} {url}: {e}"))?;
         let status = resp.status().as_u16();
         let text = resp.body_mut().read_to_string().unwrap_or_default();
-        let json: serde_json::Value = if text.is_empty() {
-            serde_json::Value::Null
-        } else {
-            serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text))
-        };
         if status >= 400 {
-            let message = json["errors"][0]["message"]
-                .as_str()
-                .map(str::to_owned)
-                .unwrap_or_else(|| json.to_string());
+            let message = serde_json::from_str::<serde_json::Value>(&text)
+                .ok()
+                .and_then(|v| v["errors"][0]["message"].as_str().map(str::to_owned))
+                .unwrap_or(text);
             return Err(format!("{method} {path}: HTTP {status}: {message}"));
         }
-        Ok((status, json))
+        Ok(text)
     }
 }

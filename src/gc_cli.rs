@@ -1,8 +1,8 @@
 //! `berth gc run tag-cleanup|untagged [--dry-run]` and `berth gc runs`.
 
 use crate::admin_client::{AdminClient, Connection};
+use berth_registry::api;
 use clap::Subcommand;
-use serde_json::Value;
 
 #[derive(Subcommand)]
 pub enum GcCommand {
@@ -34,27 +34,31 @@ fn human(n: u64) -> String {
     bytesize::ByteSize::b(n).display().iec().to_string()
 }
 
-fn summary(r: &Value) -> String {
-    let n = |k: &str| r[k].as_u64().unwrap_or(0);
+fn summary(r: &api::RunReport) -> String {
     format!(
-        "{} {}{} [{}]: {} tags, {} manifests, {} blob links, {} blobs, {} orphan objects, {} uploads; {} freed in {} ms{}",
-        r["job"].as_str().unwrap_or("?"),
-        if r["dry_run"].as_bool() == Some(true) { "(dry run) " } else { "" },
-        r["trigger"].as_str().map(|t| format!("by {t}")).unwrap_or_default(),
-        r["status"].as_str().unwrap_or("?"),
-        n("tags_removed"),
-        n("manifests_removed"),
-        n("blob_links_removed"),
-        n("blobs_removed"),
-        n("orphan_objects_removed"),
-        n("uploads_expired"),
-        human(n("bytes_freed")),
-        n("finished_ms").saturating_sub(n("started_ms")),
-        match r["errors"].as_array() {
-            Some(e) if !e.is_empty() => format!("; errors: {}", Value::Array(e.clone())),
-            _ => String::new(),
+        "{} {}by {} [{}]: {} tags, {} manifests, {} blob links, {} blobs, {} orphan objects, {} uploads; {} freed in {} ms{}",
+        r.job.as_str(),
+        if r.dry_run { "(dry run) " } else { "" },
+        r.trigger,
+        r.status,
+        r.tags_removed,
+        r.manifests_removed,
+        r.blob_links_removed,
+        r.blobs_removed,
+        r.orphan_objects_removed,
+        r.uploads_expired,
+        human(r.bytes_freed),
+        r.finished_ms.saturating_sub(r.started_ms),
+        if r.errors.is_empty() {
+            String::new()
+        } else {
+            format!("; errors: {}", r.errors.join("; "))
         }
     )
+}
+
+fn pretty(v: &impl serde::Serialize) -> String {
+    serde_json::to_string_pretty(v).unwrap_or_else(|e| format!("(cannot print: {e})"))
 }
 
 pub fn run(command: GcCommand) -> Result<String, String> {
@@ -66,16 +70,12 @@ pub fn run(command: GcCommand) -> Result<String, String> {
             connection,
         } => {
             let client = AdminClient::connect(&connection)?;
-            let (_, r) = client.call(
+            let r: api::RunReport = client.call(
                 "POST",
                 &format!("/admin/v1/gc/{job}?dry_run={dry_run}"),
-                None,
+                None::<&()>,
             )?;
-            Ok(if json {
-                serde_json::to_string_pretty(&r).expect("JSON prints")
-            } else {
-                summary(&r)
-            })
+            Ok(if json { pretty(&r) } else { summary(&r) })
         }
         GcCommand::Runs {
             limit,
@@ -83,15 +83,18 @@ pub fn run(command: GcCommand) -> Result<String, String> {
             connection,
         } => {
             let client = AdminClient::connect(&connection)?;
-            let (_, v) = client.call("GET", &format!("/admin/v1/gc/runs?limit={limit}"), None)?;
+            let v: api::GcRuns = client.call(
+                "GET",
+                &format!("/admin/v1/gc/runs?limit={limit}"),
+                None::<&()>,
+            )?;
             if json {
-                return Ok(serde_json::to_string_pretty(&v).expect("JSON prints"));
+                return Ok(pretty(&v));
             }
-            let lines: Vec<String> = v["runs"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .map(|run| format!("#{} {}", run["id"], summary(&run["report"])))
+            let lines: Vec<String> = v
+                .runs
+                .iter()
+                .map(|run| format!("#{} {}", run.id, summary(&run.report)))
                 .collect();
             Ok(if lines.is_empty() {
                 "no GC runs yet".into()

@@ -143,11 +143,11 @@ fn namespace_credentials(
     let client = admin_client::AdminClient::connect(c)?;
     let path = format!("/admin/v1/namespaces/{ns}/credentials");
     if revoke {
-        client.call("DELETE", &path, None)?;
+        client.call_empty("DELETE", &path)?;
         return Ok(format!("credentials of {ns} revoked"));
     }
-    let (_, json) = client.call("POST", &path, None)?;
-    Ok(serde_json::to_string_pretty(&json).expect("JSON prints"))
+    let credentials: berth_registry::api::Credentials = client.call("POST", &path, None::<&()>)?;
+    serde_json::to_string_pretty(&credentials).map_err(|e| e.to_string())
 }
 
 fn init_logging(cfg: &Config) {

@@ -2,8 +2,8 @@
 //! human-readable sizes or `--json`.
 
 use crate::admin_client::{AdminClient, Connection};
+use berth_registry::api;
 use clap::Subcommand;
-use serde_json::Value;
 
 #[derive(Subcommand)]
 pub enum QuotaCommand {
@@ -43,15 +43,15 @@ pub enum QuotaCommand {
     },
 }
 
-fn human(v: &Value) -> String {
-    match v.as_u64() {
+fn human(n: Option<u64>) -> String {
+    match n {
         Some(n) => bytesize::ByteSize::b(n).display().iec().to_string(),
         None => "unlimited".into(),
     }
 }
 
-fn pretty(v: &Value) -> String {
-    serde_json::to_string_pretty(v).expect("JSON prints")
+fn pretty(v: &impl serde::Serialize) -> String {
+    serde_json::to_string_pretty(v).unwrap_or_else(|e| format!("(cannot print: {e})"))
 }
 
 pub fn run(command: QuotaCommand) -> Result<String, String> {
@@ -66,23 +66,23 @@ pub fn run(command: QuotaCommand) -> Result<String, String> {
                 Some(p) => format!("/admin/v1/quotas?over_percent={p}"),
                 None => "/admin/v1/quotas".into(),
             };
-            let (_, v) = client.call("GET", &path, None)?;
+            let list: api::QuotaList = client.call("GET", &path, None::<&()>)?;
             if json {
-                return Ok(pretty(&v));
+                return Ok(pretty(&list));
             }
             let mut out = format!(
                 "{:<32} {:>12} {:>12} {:>12} {:>7} {:>6}\n",
                 "NAMESPACE", "USED", "LIMIT", "AVAILABLE", "USE%", "REPOS"
             );
-            for n in v["namespaces"].as_array().into_iter().flatten() {
+            for n in &list.namespaces {
                 out.push_str(&format!(
                     "{:<32} {:>12} {:>12} {:>12} {:>6.1}% {:>6}\n",
-                    n["namespace"].as_str().unwrap_or(""),
-                    human(&n["used_bytes"]),
-                    human(&n["limit_bytes"]),
-                    human(&n["available_bytes"]),
-                    n["percent"].as_f64().unwrap_or(0.0),
-                    n["repositories"].as_u64().unwrap_or(0),
+                    n.namespace,
+                    human(Some(n.used_bytes)),
+                    human(n.limit_bytes),
+                    human(n.available_bytes),
+                    n.percent,
+                    n.repositories,
                 ));
             }
             Ok(out.trim_end().to_owned())
@@ -93,46 +93,42 @@ pub fn run(command: QuotaCommand) -> Result<String, String> {
             connection,
         } => {
             let client = AdminClient::connect(&connection)?;
-            let (_, v) = client.call("GET", &format!("/admin/v1/quotas/{namespace}"), None)?;
+            let v: api::NamespaceDetail =
+                client.call("GET", &format!("/admin/v1/quotas/{namespace}"), None::<&()>)?;
             if json {
                 return Ok(pretty(&v));
             }
+            let q = &v.quota;
             let mut out = format!(
                 "{}: {} used of {} ({:.1}%, limit from {}), {} available\n\nREPOSITORY                                 UNIQUE       SHARED  MANIFESTS  TAGS\n",
                 namespace,
-                human(&v["used_bytes"]),
-                human(&v["limit_bytes"]),
-                v["percent"].as_f64().unwrap_or(0.0),
-                v["limit_source"].as_str().unwrap_or("?"),
-                human(&v["available_bytes"]),
+                human(Some(q.used_bytes)),
+                human(q.limit_bytes),
+                q.percent,
+                q.limit_source,
+                human(q.available_bytes),
             );
-            for r in v["repositories_usage"].as_array().into_iter().flatten() {
+            for r in &v.repositories_usage {
                 out.push_str(&format!(
                     "{:<40} {:>10} {:>12} {:>10} {:>5}\n",
-                    r["repository"].as_str().unwrap_or(""),
-                    human(&r["unique_bytes"]),
-                    human(&r["shared_bytes"]),
-                    r["manifests"].as_u64().unwrap_or(0),
-                    r["tags"].as_u64().unwrap_or(0),
+                    r.repository,
+                    human(Some(r.unique_bytes)),
+                    human(Some(r.shared_bytes)),
+                    r.manifests,
+                    r.tags,
                 ));
             }
             out.push_str("\nLARGEST IMAGES\n");
-            for i in v["largest_images"].as_array().into_iter().flatten() {
-                let tags: Vec<&str> = i["tags"]
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .filter_map(|t| t.as_str())
-                    .collect();
+            for i in &v.largest_images {
                 out.push_str(&format!(
                     "{:>10}  {}@{} {}\n",
-                    human(&i["bytes"]),
-                    i["repository"].as_str().unwrap_or(""),
-                    i["digest"].as_str().unwrap_or(""),
-                    if tags.is_empty() {
+                    human(Some(i.bytes)),
+                    i.repository,
+                    i.digest,
+                    if i.tags.is_empty() {
                         "(untagged)".to_owned()
                     } else {
-                        format!("[{}]", tags.join(", "))
+                        format!("[{}]", i.tags.join(", "))
                     },
                 ));
             }
@@ -145,43 +141,43 @@ pub fn run(command: QuotaCommand) -> Result<String, String> {
             connection,
         } => {
             let body = match limit.trim().to_ascii_lowercase().as_str() {
-                "default" => serde_json::json!({ "limit_bytes": null }),
-                "unlimited" => serde_json::json!({ "unlimited": true }),
+                "default" => api::SetQuota::default_limit(),
+                "unlimited" => api::SetQuota::unlimited(),
                 _ => match crate::config::parse_size_or_unlimited(&limit)? {
-                    Some(b) => serde_json::json!({ "limit_bytes": b }),
-                    None => serde_json::json!({ "unlimited": true }),
+                    Some(b) => api::SetQuota::bytes(b),
+                    None => api::SetQuota::unlimited(),
                 },
             };
             let client = AdminClient::connect(&connection)?;
-            let (_, v) =
-                client.call("PUT", &format!("/admin/v1/quotas/{namespace}"), Some(body))?;
+            let q: api::NamespaceQuota =
+                client.call("PUT", &format!("/admin/v1/quotas/{namespace}"), Some(&body))?;
             if json {
-                return Ok(pretty(&v));
+                return Ok(pretty(&q));
             }
             Ok(format!(
                 "{namespace}: limit {} ({}), {} used",
-                human(&v["limit_bytes"]),
-                v["limit_source"].as_str().unwrap_or("?"),
-                human(&v["used_bytes"])
+                human(q.limit_bytes),
+                q.limit_source,
+                human(Some(q.used_bytes))
             ))
         }
         QuotaCommand::Reconcile { json, connection } => {
             let client = AdminClient::connect(&connection)?;
-            let (_, v) = client.call("POST", "/admin/v1/quotas/_reconcile", None)?;
+            let v: api::Reconciled =
+                client.call("POST", "/admin/v1/quotas/_reconcile", None::<&()>)?;
             if json {
                 return Ok(pretty(&v));
             }
-            let drift = v["drift"].as_array().cloned().unwrap_or_default();
-            if drift.is_empty() {
+            if v.drift.is_empty() {
                 return Ok("no drift: every namespace's usage matches its data".into());
             }
-            let mut out = format!("fixed drift in {} namespace(s):\n", drift.len());
-            for d in drift {
+            let mut out = format!("fixed drift in {} namespace(s):\n", v.drift.len());
+            for d in &v.drift {
                 out.push_str(&format!(
                     "  {}: recorded {}, actual {}\n",
-                    d["namespace"].as_str().unwrap_or(""),
-                    human(&d["recorded_bytes"]),
-                    human(&d["actual_bytes"])
+                    d.namespace,
+                    human(Some(d.recorded_bytes)),
+                    human(Some(d.actual_bytes))
                 ));
             }
             Ok(out.trim_end().to_owned())

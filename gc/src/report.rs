@@ -1,13 +1,13 @@
 //! What a GC run did (or, dry, would do): counts, bytes, the items
 //! themselves, errors. Stored in `gc_runs` and returned by the admin API.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
 /// Items listed per kind in a stored report; counts are always exact.
 pub const LISTED_ITEMS: usize = 1000;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum JobKind {
     TagCleanup,
@@ -31,14 +31,14 @@ impl JobKind {
     }
 }
 
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct RemovedTag {
     pub repository: String,
     pub tag: String,
     pub digest: String,
 }
 
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct RemovedItem {
     pub repository: String,
     pub digest: String,
@@ -46,7 +46,8 @@ pub struct RemovedItem {
 }
 
 /// The items a run removed (or would remove), sorted for comparison.
-#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(default)]
 pub struct Removed {
     pub tags: Vec<RemovedTag>,
     pub manifests: Vec<RemovedItem>,
@@ -81,7 +82,9 @@ impl Removed {
     }
 }
 
-#[derive(Debug, Clone, Serialize)]
+/// The admin API's and `gc_runs`' shape of a run (read back by the CLI,
+/// and from rows written by older versions: missing fields default).
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct RunReport {
     /// Row id in `gc_runs` (0 until recorded).
     pub id: i64,
@@ -92,22 +95,35 @@ pub struct RunReport {
     /// `running`, `ok`, `failed` (errors hold why) or `interrupted`.
     pub status: String,
     pub started_ms: i64,
+    #[serde(default)]
     pub finished_ms: i64,
+    #[serde(default)]
     pub tags_removed: usize,
+    #[serde(default)]
     pub manifests_removed: usize,
+    #[serde(default)]
     pub blob_links_removed: usize,
+    #[serde(default)]
     pub blobs_removed: usize,
+    #[serde(default)]
     pub orphan_objects_removed: usize,
+    #[serde(default)]
     pub uploads_expired: usize,
     /// Bytes of blob objects deleted from the store.
+    #[serde(default)]
     pub bytes_freed: u64,
     /// Quota each namespace got back.
+    #[serde(default)]
     pub freed_per_namespace: BTreeMap<String, u64>,
     /// Namespaces whose quota ledger the run's reconcile pass corrected.
+    #[serde(default)]
     pub quota_drift_fixed: usize,
     /// Milliseconds spent in each phase of the run.
+    #[serde(default)]
     pub phases_ms: BTreeMap<String, u64>,
+    #[serde(default)]
     pub errors: Vec<String>,
+    #[serde(default)]
     pub removed: Removed,
 }
 

@@ -28,8 +28,23 @@ pub fn stream(s: ByteStream) -> Body {
     ))
 }
 
-pub fn json_response(status: StatusCode, value: &serde_json::Value) -> Response<Body> {
-    let bytes = serde_json::to_vec(value).expect("JSON values serialize");
+/// A JSON answer. Serializing berth's own types cannot fail (string keys
+/// only); if it ever did, the answer is a plain 500, never a panic.
+pub fn json_response<T: serde::Serialize + ?Sized>(
+    status: StatusCode,
+    value: &T,
+) -> Response<Body> {
+    let (status, bytes) = match serde_json::to_vec(value) {
+        Ok(bytes) => (status, bytes),
+        Err(e) => {
+            tracing::error!(error = %e, "a response did not serialize");
+            (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                br#"{"errors":[{"code":"UNKNOWN","message":"the response could not be encoded"}]}"#
+                    .to_vec(),
+            )
+        }
+    };
     let mut resp = Response::new(full(bytes));
     *resp.status_mut() = status;
     resp.headers_mut().insert(

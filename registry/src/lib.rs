@@ -3,6 +3,7 @@
 //! and `/healthz`. Layering: `routes` parses, `auth` decides, `handlers`
 //! call berth-storage, `error` shapes every failure as the OCI error body.
 
+pub mod api;
 pub mod auth;
 pub mod body;
 pub mod error;

@@ -55,7 +55,8 @@ impl Default for UploadLimits {
 pub struct Uploads {
     dir: PathBuf,
     limits: UploadLimits,
-    state: Mutex<State>,
+    /// Shared with the `StagedHold`s of finished uploads.
+    state: Arc<Mutex<State>>,
 }
 
 #[derive(Default)]
@@ -92,6 +93,30 @@ pub struct Session {
     /// Set when the session was finished or cancelled by a request that held
     /// the lock before this one.
     closed: bool,
+}
+
+/// A finished upload's staged bytes, still reserved in its namespace's
+/// ledger until this is dropped: keep it until the blob is linked (and so
+/// charged to the quota), so that no other upload takes the room between
+/// the two. Dropping it gives the bytes back.
+pub struct StagedHold {
+    state: Arc<Mutex<State>>,
+    namespace: String,
+    bytes: u64,
+}
+
+impl Drop for StagedHold {
+    fn drop(&mut self) {
+        release(&self.state, &self.namespace, self.bytes, false);
+    }
+}
+
+/// A verified upload, ready to be committed to the blob store.
+pub struct Finished {
+    /// The staging file holding the blob.
+    pub path: PathBuf,
+    pub size: u64,
+    pub hold: StagedHold,
 }
 
 /// Why an upload could not be completed.
@@ -141,7 +166,7 @@ impl Uploads {
         Ok(Uploads {
             dir: dir.to_owned(),
             limits,
-            state: Mutex::new(State::default()),
+            state: Arc::new(Mutex::new(State::default())),
         })
     }
 
@@ -154,9 +179,7 @@ impl Uploads {
     }
 
     fn state(&self) -> MutexGuard<'_, State> {
-        // Nothing panics while holding it; a poisoned lock still holds
-        // consistent counts.
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
+        lock(&self.state)
     }
 
     /// Starts an upload into `repo` with an empty staging file, unless the
@@ -236,19 +259,8 @@ impl Uploads {
             .map_or(0, |s| s.bytes)
     }
 
-    /// Takes `bytes` off the namespace's ledger, and the session itself
-    /// when it closes.
     fn release(&self, namespace: &str, bytes: u64, session_closed: bool) {
-        let mut state = self.state();
-        if let Some(s) = state.namespaces.get_mut(namespace) {
-            s.bytes = s.bytes.saturating_sub(bytes);
-            if session_closed {
-                s.sessions = s.sessions.saturating_sub(1);
-            }
-            if s.sessions == 0 && s.bytes == 0 {
-                state.namespaces.remove(namespace);
-            }
-        }
+        release(&self.state, namespace, bytes, session_closed);
     }
 
     /// Reserves `n` more staged bytes for `session`, if its namespace's
@@ -284,36 +296,42 @@ impl Uploads {
         }
     }
 
-    /// Ends a session: it leaves the table and gives back its staging.
-    fn close(&self, session: &mut Session) {
+    /// Ends a session: it leaves the table and gives back its place and
+    /// its staged bytes, except `keep` bytes, which the caller holds on to.
+    fn close(&self, session: &mut Session, keep: u64) {
         if session.closed {
             return;
         }
         session.closed = true;
         session.hasher = None;
         self.state().sessions.remove(&session.id);
-        self.release(session.repo.namespace(), session.charged, true);
+        let keep = keep.min(session.charged);
+        self.release(session.repo.namespace(), session.charged - keep, true);
         session.charged = 0;
     }
 
     /// Cancels an upload and deletes its staging file.
     pub async fn cancel(&self, session: &mut Session) -> Result<(), StorageError> {
-        self.close(session);
+        self.close(session, 0);
         remove_quietly(session.path.clone()).await;
         Ok(())
     }
 
     /// Appends a body stream to the staging file, hashing as it goes.
-    /// Memory stays at one `WRITE_BATCH` however large the body is. Each
-    /// chunk is reserved in the namespace's staging ledger before it is
-    /// kept; with `room` (what the quota leaves), the append stops with
-    /// `AppendError::Quota` as soon as staged bytes would pass it (nothing
-    /// past it is written). The file is open only during this call.
+    /// Memory stays at one `WRITE_BATCH` however large the body is. The
+    /// bytes are reserved in the namespace's staging ledger before they are
+    /// kept: all `declared` bytes at once when the length is known (so
+    /// concurrent uploads cannot each get half-way and all fail), else
+    /// chunk by chunk. With `room` (what the quota leaves), the append
+    /// stops with `AppendError::Quota` as soon as staged bytes would pass
+    /// it (nothing past it is written). The file is open only during this
+    /// call.
     pub async fn append<S, E>(
         &self,
         session: &mut Session,
         mut body: S,
         room: Option<u64>,
+        declared: Option<u64>,
     ) -> Result<u64, AppendError>
     where
         S: Stream<Item = Result<Bytes, E>> + Unpin,
@@ -323,9 +341,20 @@ impl Uploads {
         let mut batch = BytesMut::new();
         let mut written = 0u64;
         let result = async {
+            let mut reserved = 0u64;
+            if let Some(n) = declared {
+                self.reserve(session, n, room)?;
+                reserved = n;
+            }
             while let Some(chunk) = body.next().await {
                 let chunk = chunk.map_err(|e| StorageError::Body(e.to_string()))?;
-                self.reserve(session, chunk.len() as u64, room)?;
+                let n = chunk.len() as u64;
+                if n <= reserved {
+                    reserved -= n;
+                } else {
+                    self.reserve(session, n - reserved, room)?;
+                    reserved = 0;
+                }
                 batch.extend_from_slice(&chunk);
                 if batch.len() >= WRITE_BATCH {
                     written += session
@@ -352,15 +381,23 @@ impl Uploads {
     }
 
     /// Verifies the received bytes against `expected` and hands back the
-    /// staging file to be committed to the blob store, with the blob's size.
-    /// On a mismatch the upload is discarded. Either way the session ends.
+    /// staging file to be committed to the blob store, with the blob's size
+    /// and the hold on its staged bytes. On a mismatch the upload is
+    /// discarded. Either way the session ends.
     pub async fn finish(
         &self,
         session: &mut Session,
         expected: &Digest,
-    ) -> Result<(PathBuf, u64), FinishError> {
+    ) -> Result<Finished, FinishError> {
         let hasher = session.hasher.take();
-        self.close(session);
+        let size = session.offset;
+        let namespace = session.repo.namespace().to_owned();
+        self.close(session, size);
+        let hold = StagedHold {
+            state: self.state.clone(),
+            namespace,
+            bytes: size,
+        };
         let hasher =
             hasher.ok_or_else(|| StorageError::Internal("upload has no running hash".into()))?;
         let path = session.path.clone();
@@ -394,7 +431,11 @@ impl Uploads {
                 computed,
             });
         }
-        Ok((session.path.clone(), session.offset))
+        Ok(Finished {
+            path: session.path.clone(),
+            size,
+            hold,
+        })
     }
 
     /// Cancels sessions not written to since `cutoff_ms`; returns how many.
@@ -490,6 +531,26 @@ impl Session {
     }
 }
 
+fn lock(state: &Mutex<State>) -> MutexGuard<'_, State> {
+    // Nothing panics while holding it; a poisoned lock still holds
+    // consistent counts.
+    state.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Takes `bytes` off the namespace's ledger, and a session when one closed.
+fn release(state: &Mutex<State>, namespace: &str, bytes: u64, session_closed: bool) {
+    let mut state = lock(state);
+    if let Some(s) = state.namespaces.get_mut(namespace) {
+        s.bytes = s.bytes.saturating_sub(bytes);
+        if session_closed {
+            s.sessions = s.sessions.saturating_sub(1);
+        }
+        if s.sessions == 0 && s.bytes == 0 {
+            state.namespaces.remove(namespace);
+        }
+    }
+}
+
 fn hash_file(path: &Path, algorithm: Algorithm) -> Result<Digest, StorageError> {
     let mut f = std::fs::File::open(path)?;
     let mut h = Hasher::new(algorithm);
@@ -572,12 +633,14 @@ mod tests {
         let s2 = u.start(&repo).await.unwrap();
         let mut s1 = s1.lock().await;
         let mut s2 = s2.lock().await;
-        u.append(&mut s1, body(&[b"12345", b"678"]), Some(10))
+        u.append(&mut s1, body(&[b"12345", b"678"]), Some(10), None)
             .await
             .unwrap();
         assert_eq!(u.staged_bytes("tool-a"), 8);
         // Only 2 bytes of room are left for the second session.
-        let refused = u.append(&mut s2, body(&[b"12", b"345"]), Some(10)).await;
+        let refused = u
+            .append(&mut s2, body(&[b"12", b"345"]), Some(10), None)
+            .await;
         assert!(matches!(refused, Err(AppendError::Quota(_))));
         assert_eq!(s2.offset(), 0, "nothing past the room is written");
         assert_eq!(
@@ -587,15 +650,45 @@ mod tests {
         );
         u.cancel(&mut s1).await.unwrap();
         assert_eq!(u.staged_bytes("tool-a"), 0);
-        u.append(&mut s2, body(&[b"0123456789"]), Some(10))
+        u.append(&mut s2, body(&[b"0123456789"]), Some(10), Some(10))
             .await
             .unwrap();
         let digest = Digest::compute(Algorithm::Sha256, b"0123456789");
-        let (path, size) = u.finish(&mut s2, &digest).await.unwrap();
-        assert_eq!(size, 10);
-        assert_eq!(std::fs::read(path).unwrap(), b"0123456789");
-        assert_eq!(u.staged_bytes("tool-a"), 0);
+        let done = u.finish(&mut s2, &digest).await.unwrap();
+        assert_eq!(done.size, 10);
+        assert_eq!(std::fs::read(&done.path).unwrap(), b"0123456789");
         assert_eq!(u.open_count(), 0);
+        // Held until the blob is linked, then given back.
+        assert_eq!(u.staged_bytes("tool-a"), 10);
+        drop(done);
+        assert_eq!(u.staged_bytes("tool-a"), 0);
+    }
+
+    #[tokio::test]
+    async fn a_declared_length_is_reserved_whole_before_any_byte() {
+        let dir = tempfile::tempdir().unwrap();
+        let u = uploads(dir.path(), 10, 10);
+        let repo = RepoName::parse("tool-a/x").unwrap();
+        let a = u.start(&repo).await.unwrap();
+        let b = u.start(&repo).await.unwrap();
+        let (mut a, mut b) = (a.lock().await, b.lock().await);
+        // A body shorter than it declared keeps only what it wrote.
+        u.append(&mut a, body(&[b"abc"]), Some(10), Some(6))
+            .await
+            .unwrap();
+        assert_eq!(u.staged_bytes("tool-a"), 3);
+        // 8 declared bytes do not fit beside those 3: refused before any
+        // byte is written.
+        let refused = u
+            .append(&mut b, body(&[b"abcdefgh"]), Some(10), Some(8))
+            .await;
+        assert!(matches!(refused, Err(AppendError::Quota(_))));
+        assert_eq!(b.offset(), 0);
+        assert_eq!(u.staged_bytes("tool-a"), 3);
+        u.append(&mut b, body(&[b"abcdefg"]), Some(10), Some(7))
+            .await
+            .unwrap();
+        assert_eq!(u.staged_bytes("tool-a"), 10);
     }
 
     #[tokio::test]
@@ -605,7 +698,7 @@ mod tests {
         let repo = RepoName::parse("tool-a/x").unwrap();
         let idle = u.start(&repo).await.unwrap();
         let busy = u.start(&repo).await.unwrap();
-        u.append(&mut *idle.lock().await, body(&[b"abc"]), None)
+        u.append(&mut *idle.lock().await, body(&[b"abc"]), None, None)
             .await
             .unwrap();
         let _held = busy.lock().await;

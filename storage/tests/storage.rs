@@ -39,12 +39,13 @@ async fn store_blob(s: &Storage, repo: &RepoName, bytes: &'static [u8]) -> Diges
     let session = s.uploads.start(repo).await.unwrap();
     let mut session = session.lock().await;
     s.uploads
-        .append(&mut session, body(&[bytes]), None)
+        .append(&mut session, body(&[bytes]), None, None)
         .await
         .unwrap();
-    let (path, size) = s.uploads.finish(&mut session, &digest).await.unwrap();
+    let done = s.uploads.finish(&mut session, &digest).await.unwrap();
+    let size = done.size;
     assert_eq!(size, bytes.len() as u64);
-    s.blobs.commit_staged(path, &digest).await.unwrap();
+    s.blobs.commit_staged(done.path, &digest).await.unwrap();
     s.meta
         .link_blob(repo, &digest, size)
         .await
@@ -187,7 +188,7 @@ async fn uploads_verify_sha256_and_sha512_and_discard_mismatches() {
     let session = s.uploads.start(&repo).await.unwrap();
     let mut session = session.lock().await;
     s.uploads
-        .append(&mut session, body(&[b"hello ", b"world"]), None)
+        .append(&mut session, body(&[b"hello ", b"world"]), None, None)
         .await
         .unwrap();
     assert_eq!(session.offset(), 11);
@@ -215,12 +216,13 @@ async fn uploads_verify_sha256_and_sha512_and_discard_mismatches() {
     );
     let mut session = session.lock().await;
     s.uploads
-        .append(&mut session, body(&[b"hello world"]), None)
+        .append(&mut session, body(&[b"hello world"]), None, None)
         .await
         .unwrap();
     let d512 = Digest::compute(Algorithm::Sha512, b"hello world");
-    let (path, size) = s.uploads.finish(&mut session, &d512).await.unwrap();
-    s.blobs.commit_staged(path, &d512).await.unwrap();
+    let done = s.uploads.finish(&mut session, &d512).await.unwrap();
+    let size = done.size;
+    s.blobs.commit_staged(done.path, &d512).await.unwrap();
     assert_eq!(size, 11);
     assert!(dir
         .path()

@@ -50,7 +50,12 @@ pub async fn namespace_credentials(
                 } else {
                     StatusCode::OK
                 },
-                &serde_json::json!({ "username": ns, "password": secret, "namespace": ns, "rotated": !created }),
+                &crate::api::Credentials {
+                    username: ns.to_owned(),
+                    password: secret,
+                    namespace: ns.to_owned(),
+                    rotated: !created,
+                },
             ))
         }
         Method::DELETE => {

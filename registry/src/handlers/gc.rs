@@ -1,28 +1,15 @@
 //! The admin API of garbage collection: run a job now (or dry), list
 //! runs, pins, and per-namespace retention overrides.
 
+use crate::api::{self, json_body};
 use crate::body::{self, Body};
 use crate::error::{ApiError, ApiResult, Code};
 use crate::request_body::RequestBody;
 use crate::routes::{query_get, query_pairs};
 use crate::State;
 use berth_gc::JobKind;
-use berth_storage::meta::RetentionOverride;
 use berth_storage::{Digest, RepoName};
 use http::{Method, Request, Response, StatusCode};
-use http_body_util::BodyExt;
-
-const MAX_BODY: usize = 64 * 1024;
-
-async fn json_body(req: Request<RequestBody>) -> ApiResult<serde_json::Value> {
-    let bytes = http_body_util::Limited::new(req.into_body(), MAX_BODY)
-        .collect()
-        .await
-        .map_err(|e| ApiError::bad_request(Code::Unsupported, format!("cannot read body: {e}")))?
-        .to_bytes();
-    serde_json::from_slice(&bytes)
-        .map_err(|e| ApiError::bad_request(Code::Unsupported, format!("body is not JSON: {e}")))
-}
 
 fn parse_bool(v: Option<&str>, name: &str) -> ApiResult<bool> {
     match v {
@@ -53,10 +40,7 @@ pub async fn run(
     })?;
     let dry_run = parse_bool(query_get(&query_pairs(query), "dry_run"), "dry_run")?;
     let report = state.gc.run(job, dry_run, "admin").await;
-    Ok(body::json_response(
-        StatusCode::OK,
-        &serde_json::to_value(report).expect("reports serialize"),
-    ))
+    Ok(body::json_response(StatusCode::OK, &report))
 }
 
 /// `GET /admin/v1/gc/runs[?limit=N]`: newest first.
@@ -77,11 +61,29 @@ pub async fn runs(
             })?
             .min(1000),
     };
-    let runs = state.storage.meta.gc_runs(limit).await?;
-    Ok(body::json_response(
-        StatusCode::OK,
-        &serde_json::json!({ "runs": runs }),
-    ))
+    let runs = state
+        .storage
+        .meta
+        .gc_runs(limit)
+        .await?
+        .into_iter()
+        .filter_map(|r| match serde_json::from_value(r.report) {
+            Ok(report) => Some(api::GcRun {
+                id: r.id,
+                job: r.job,
+                dry_run: r.dry_run,
+                trigger: r.trigger,
+                started_ms: r.started_ms,
+                finished_ms: r.finished_ms,
+                report,
+            }),
+            Err(e) => {
+                tracing::warn!(run = r.id, error = %e, "a stored GC report is unreadable; left out");
+                None
+            }
+        })
+        .collect();
+    Ok(body::json_response(StatusCode::OK, &api::GcRuns { runs }))
 }
 
 /// `GET`/`POST /admin/v1/pins`.
@@ -91,33 +93,24 @@ pub async fn pins(state: &State, req: Request<RequestBody>) -> ApiResult<Respons
             let pins = state.storage.meta.list_pins().await?;
             Ok(body::json_response(
                 StatusCode::OK,
-                &serde_json::json!({ "pins": pins }),
+                &api::Pins {
+                    pins: pins.into_iter().map(Into::into).collect(),
+                },
             ))
         }
         Method::POST => {
-            let v = json_body(req).await?;
-            let field = |k: &str| v.get(k).and_then(|x| x.as_str()).map(str::to_owned);
-            let repository = field("repository").ok_or_else(|| {
-                ApiError::bad_request(Code::NameInvalid, "a pin needs \"repository\"")
-            })?;
-            let digest = field("digest").ok_or_else(|| {
-                ApiError::bad_request(Code::DigestInvalid, "a pin needs \"digest\"")
-            })?;
-            let repo = RepoName::parse(&repository)?;
-            let digest: Digest = digest.parse()?;
+            let add: api::AddPin = json_body(req).await?;
+            let repo = RepoName::parse(&add.repository)?;
+            let digest: Digest = add.digest.parse()?;
             let pin = state
                 .storage
                 .meta
-                .add_pin(
-                    repo.as_str(),
-                    &digest.to_string(),
-                    &field("reason").unwrap_or_default(),
-                )
+                .add_pin(repo.as_str(), &digest.to_string(), &add.reason)
                 .await?;
             tracing::info!(repository = %repo, %digest, "pinned");
             Ok(body::json_response(
                 StatusCode::CREATED,
-                &serde_json::to_value(pin).expect("serializes"),
+                &api::Pin::from(pin),
             ))
         }
         ref m => Err(super::method_not_allowed(m)),
@@ -150,15 +143,18 @@ pub async fn retention(state: &State, method: &Method) -> ApiResult<Response<Bod
     let overrides = state.storage.meta.retention_overrides().await?;
     Ok(body::json_response(
         StatusCode::OK,
-        &serde_json::json!({
-            "default": {
-                "keep_last": r.keep_last,
-                "protected_tags": r.protected_tags,
-                "max_age_ms": r.max_age.map(|d| d.as_millis() as u64),
-                "keep_pattern": r.keep_pattern.as_ref().map(|p| p.as_str()),
+        &api::Retention {
+            default: api::RetentionDefault {
+                keep_last: r.keep_last,
+                protected_tags: r.protected_tags.clone(),
+                max_age_ms: r.max_age.map(|d| d.as_millis() as u64),
+                keep_pattern: r.keep_pattern.as_ref().map(|p| p.as_str().to_owned()),
             },
-            "overrides": overrides,
-        }),
+            overrides: overrides
+                .into_iter()
+                .map(|(ns, o)| (ns, o.into()))
+                .collect(),
+        },
     ))
 }
 
@@ -176,66 +172,40 @@ pub async fn retention_namespace(
             Ok(body::status_only(StatusCode::NO_CONTENT))
         }
         Method::PUT => {
-            let v = json_body(req).await?;
+            let set: api::SetRetention = json_body(req).await?;
             let bad = |m: String| ApiError::bad_request(Code::Unsupported, m);
-            let keep_last = match v.get("keep_last") {
-                None | Some(serde_json::Value::Null) => None,
-                Some(x) => Some(
-                    x.as_u64()
-                        .filter(|n| *n <= u32::MAX as u64)
-                        .ok_or_else(|| bad("keep_last must be a non-negative integer".into()))?
-                        as u32,
+            let max_age_ms = match &set.max_age {
+                None => None,
+                Some(s) => Some(
+                    humantime::parse_duration(s)
+                        .map_err(|e| {
+                            bad(format!(
+                                "max_age {s:?} is not a duration such as \"30d\": {e}"
+                            ))
+                        })?
+                        .as_millis() as i64,
                 ),
             };
-            let protected_tags = match v.get("protected_tags") {
-                None | Some(serde_json::Value::Null) => None,
-                Some(x) => Some(
-                    x.as_array()
-                        .and_then(|a| {
-                            a.iter()
-                                .map(|t| t.as_str().map(str::to_owned))
-                                .collect::<Option<Vec<_>>>()
-                        })
-                        .ok_or_else(|| bad("protected_tags must be a list of tag names".into()))?,
-                ),
-            };
-            let max_age_ms = match v.get("max_age") {
-                None | Some(serde_json::Value::Null) => None,
-                Some(x) => {
-                    let s = x
-                        .as_str()
-                        .ok_or_else(|| bad("max_age must be a duration such as \"30d\"".into()))?;
-                    Some(
-                        humantime::parse_duration(s)
-                            .map_err(|e| bad(format!("max_age {s:?}: {e}")))?
-                            .as_millis() as i64,
-                    )
-                }
-            };
-            let keep_pattern = match v.get("keep_pattern") {
-                None | Some(serde_json::Value::Null) => None,
-                Some(x) => {
-                    let p = x
-                        .as_str()
-                        .ok_or_else(|| bad("keep_pattern must be a string".into()))?;
-                    berth_gc::retention::compile_pattern(p).map_err(|e| bad(e.to_string()))?;
-                    Some(p.to_owned())
-                }
-            };
-            let o = RetentionOverride {
-                keep_last,
-                protected_tags,
+            if let Some(p) = &set.keep_pattern {
+                berth_gc::retention::compile_pattern(p).map_err(|e| bad(e.to_string()))?;
+            }
+            let o = api::RetentionOverride {
+                keep_last: set.keep_last,
+                protected_tags: set.protected_tags,
                 max_age_ms,
-                keep_pattern,
+                keep_pattern: set.keep_pattern,
             };
             state
                 .storage
                 .meta
-                .set_retention_override(ns, Some(o.clone()))
+                .set_retention_override(ns, Some(o.clone().into()))
                 .await?;
             Ok(body::json_response(
                 StatusCode::OK,
-                &serde_json::json!({ "namespace": ns, "override": o }),
+                &api::RetentionSet {
+                    namespace: ns.to_owned(),
+                    value: o,
+                },
             ))
         }
         ref m => Err(super::method_not_allowed(m)),

@@ -241,7 +241,7 @@ async fn complete(
     session: &mut Session,
     digest: &Digest,
 ) -> ApiResult<Response<Body>> {
-    let (staged, size) = match state.storage.uploads.finish(session, digest).await {
+    let done = match state.storage.uploads.finish(session, digest).await {
         Ok(done) => done,
         Err(FinishError::DigestMismatch { expected, computed }) => {
             return Err(ApiError::bad_request(
@@ -261,18 +261,22 @@ async fn complete(
         .await?
     {
         if let Some(available) = state.storage.meta.quota_available(ns).await? {
-            if size > available {
-                let _ = tokio::fs::remove_file(&staged).await;
-                return Err(quota_refusal(state, repo, size, 0).await);
+            if done.size > available {
+                let _ = tokio::fs::remove_file(&done.path).await;
+                return Err(quota_refusal(state, repo, done.size, 0).await);
             }
         }
     }
     // A refusal here (a concurrent push took the room) leaves the object
-    // uncharged and unreferenced; the blob sweep removes it.
+    // uncharged and unreferenced; the blob sweep removes it. The staged
+    // bytes stay reserved until the blob is charged, then `hold` goes.
+    let size = done.size;
+    let hold = done.hold;
     state
         .storage
-        .store_upload(staged, repo, digest, size)
+        .store_upload(done.path, repo, digest, size)
         .await??;
+    drop(hold);
     tracing::debug!(%repo, %digest, size, "blob stored");
     created(repo, digest)
 }
@@ -310,7 +314,12 @@ async fn append_body(
     match state
         .storage
         .uploads
-        .append(session, BodyDataStream::new(req.into_body()), room)
+        .append(
+            session,
+            BodyDataStream::new(req.into_body()),
+            room,
+            declared,
+        )
         .await
     {
         Ok(_) => Ok(()),

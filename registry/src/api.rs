@@ -1,0 +1,443 @@
+//! The JSON contracts of berth's own APIs (`/admin/v1/...` and the
+//! Toolforge-shaped `/v1/tool/...`), as types: handlers build responses from
+//! them and read requests into them with `json_body`, and the admin CLI
+//! reads the same types back, so a renamed field fails to compile or to
+//! parse instead of silently printing nothing. Storage's own types convert
+//! into these with `From`, so the wire shape does not move when storage
+//! does.
+
+use crate::error::{ApiError, ApiResult, Code};
+use crate::request_body::RequestBody;
+use berth_storage::meta;
+use http::Request;
+use http_body_util::BodyExt;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// Largest JSON request body any of these APIs accepts.
+pub const MAX_JSON_BODY: usize = 256 * 1024;
+
+/// Reads a JSON request body of at most `MAX_JSON_BODY` bytes into `T`.
+/// Unknown fields are errors where `T` says so (`deny_unknown_fields`).
+pub async fn json_body<T: serde::de::DeserializeOwned>(req: Request<RequestBody>) -> ApiResult<T> {
+    let bytes = http_body_util::Limited::new(req.into_body(), MAX_JSON_BODY)
+        .collect()
+        .await
+        .map_err(|e| {
+            ApiError::bad_request(
+                Code::SizeInvalid,
+                format!(
+                    "cannot read the request body (at most {MAX_JSON_BODY} bytes of JSON): {e}"
+                ),
+            )
+        })?
+        .to_bytes();
+    serde_json::from_slice(&bytes).map_err(|e| {
+        ApiError::bad_request(
+            Code::Unsupported,
+            format!("the request body is not what this endpoint takes: {e}"),
+        )
+    })
+}
+
+// ------------------------------------------------------------- quotas ----
+
+/// One namespace's quota.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct NamespaceQuota {
+    pub namespace: String,
+    /// `None` when unlimited.
+    pub limit_bytes: Option<u64>,
+    pub used_bytes: u64,
+    pub available_bytes: Option<u64>,
+    /// Used as a percentage of the limit (0 when unlimited).
+    pub percent: f64,
+    pub repositories: u64,
+    /// Where the limit comes from: `default`, `override` or `unlimited`.
+    pub limit_source: String,
+}
+
+impl From<meta::NamespaceQuota> for NamespaceQuota {
+    fn from(q: meta::NamespaceQuota) -> Self {
+        NamespaceQuota {
+            namespace: q.namespace,
+            limit_bytes: q.limit_bytes,
+            used_bytes: q.used_bytes,
+            available_bytes: q.available_bytes,
+            percent: q.percent,
+            repositories: q.repositories,
+            limit_source: q.limit_source.to_owned(),
+        }
+    }
+}
+
+/// `GET /admin/v1/quotas`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct QuotaList {
+    pub namespaces: Vec<NamespaceQuota>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RepositoryUsage {
+    pub repository: String,
+    /// Blobs no other repository of the namespace links, plus manifests.
+    pub unique_bytes: u64,
+    /// Blobs also linked by another repository of the namespace.
+    pub shared_bytes: u64,
+    pub manifests: u64,
+    pub tags: u64,
+}
+
+impl From<meta::RepositoryUsage> for RepositoryUsage {
+    fn from(r: meta::RepositoryUsage) -> Self {
+        RepositoryUsage {
+            repository: r.repository,
+            unique_bytes: r.unique_bytes,
+            shared_bytes: r.shared_bytes,
+            manifests: r.manifests,
+            tags: r.tags,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ImageSize {
+    pub repository: String,
+    pub digest: String,
+    pub tags: Vec<String>,
+    pub bytes: u64,
+}
+
+impl From<meta::ImageSize> for ImageSize {
+    fn from(i: meta::ImageSize) -> Self {
+        ImageSize {
+            repository: i.repository,
+            digest: i.digest,
+            tags: i.tags,
+            bytes: i.bytes,
+        }
+    }
+}
+
+/// `GET /admin/v1/quotas/{ns}`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct NamespaceDetail {
+    #[serde(flatten)]
+    pub quota: NamespaceQuota,
+    pub repositories_usage: Vec<RepositoryUsage>,
+    pub largest_images: Vec<ImageSize>,
+}
+
+impl From<meta::NamespaceDetail> for NamespaceDetail {
+    fn from(d: meta::NamespaceDetail) -> Self {
+        NamespaceDetail {
+            quota: d.quota.into(),
+            repositories_usage: d.repositories_usage.into_iter().map(Into::into).collect(),
+            largest_images: d.largest_images.into_iter().map(Into::into).collect(),
+        }
+    }
+}
+
+/// `PUT /admin/v1/quotas/{ns}`: `{"limit_bytes": N}`, `{"limit_bytes":
+/// null}` (back to the default) or `{"unlimited": true}`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct SetQuota {
+    /// Absent: not given; `null`: the default; a number: that many bytes.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "present_or_null"
+    )]
+    pub limit_bytes: Option<Option<u64>>,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub unlimited: bool,
+}
+
+/// Tells `{"x": null}` (Some(None)) from a missing field (None).
+fn present_or_null<'de, D, T>(d: D) -> Result<Option<Option<T>>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    Option::<T>::deserialize(d).map(Some)
+}
+
+impl SetQuota {
+    pub fn bytes(n: u64) -> SetQuota {
+        SetQuota {
+            limit_bytes: Some(Some(n)),
+            unlimited: false,
+        }
+    }
+
+    pub fn default_limit() -> SetQuota {
+        SetQuota {
+            limit_bytes: Some(None),
+            unlimited: false,
+        }
+    }
+
+    pub fn unlimited() -> SetQuota {
+        SetQuota {
+            limit_bytes: None,
+            unlimited: true,
+        }
+    }
+
+    pub fn setting(&self) -> ApiResult<meta::LimitSetting> {
+        match (self.unlimited, self.limit_bytes) {
+            (true, None) => Ok(meta::LimitSetting::Unlimited),
+            (false, Some(None)) => Ok(meta::LimitSetting::Default),
+            (false, Some(Some(n))) => Ok(meta::LimitSetting::Bytes(n)),
+            (true, Some(_)) | (false, None) => Err(ApiError::bad_request(
+                Code::Unsupported,
+                "send one of {\"limit_bytes\": N}, {\"limit_bytes\": null} (the default) or {\"unlimited\": true}",
+            )),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Drift {
+    pub namespace: String,
+    pub recorded_bytes: u64,
+    pub actual_bytes: u64,
+}
+
+impl From<meta::Drift> for Drift {
+    fn from(d: meta::Drift) -> Self {
+        Drift {
+            namespace: d.namespace,
+            recorded_bytes: d.recorded_bytes,
+            actual_bytes: d.actual_bytes,
+        }
+    }
+}
+
+/// `POST /admin/v1/quotas/_reconcile`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Reconciled {
+    pub drift: Vec<Drift>,
+}
+
+// ----------------------------------------------------------------- gc ----
+
+pub use berth_gc::report::{JobKind, RunReport};
+
+/// One stored run.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct GcRun {
+    pub id: i64,
+    pub job: String,
+    pub dry_run: bool,
+    pub trigger: String,
+    pub started_ms: i64,
+    pub finished_ms: i64,
+    pub report: RunReport,
+}
+
+/// `GET /admin/v1/gc/runs`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct GcRuns {
+    pub runs: Vec<GcRun>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Pin {
+    pub id: i64,
+    pub repository: String,
+    pub digest: String,
+    pub reason: String,
+    pub created_ms: i64,
+}
+
+impl From<meta::Pin> for Pin {
+    fn from(p: meta::Pin) -> Self {
+        Pin {
+            id: p.id,
+            repository: p.repository,
+            digest: p.digest,
+            reason: p.reason,
+            created_ms: p.created_ms,
+        }
+    }
+}
+
+/// `GET /admin/v1/pins`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Pins {
+    pub pins: Vec<Pin>,
+}
+
+/// `POST /admin/v1/pins`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AddPin {
+    pub repository: String,
+    pub digest: String,
+    #[serde(default)]
+    pub reason: String,
+}
+
+/// The default retention policy as the admin API shows it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RetentionDefault {
+    pub keep_last: u32,
+    pub protected_tags: Vec<String>,
+    pub max_age_ms: Option<u64>,
+    pub keep_pattern: Option<String>,
+}
+
+/// A namespace's override; absent fields inherit the default.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct RetentionOverride {
+    pub keep_last: Option<u32>,
+    pub protected_tags: Option<Vec<String>>,
+    pub max_age_ms: Option<i64>,
+    pub keep_pattern: Option<String>,
+}
+
+impl From<meta::RetentionOverride> for RetentionOverride {
+    fn from(o: meta::RetentionOverride) -> Self {
+        RetentionOverride {
+            keep_last: o.keep_last,
+            protected_tags: o.protected_tags,
+            max_age_ms: o.max_age_ms,
+            keep_pattern: o.keep_pattern,
+        }
+    }
+}
+
+impl From<RetentionOverride> for meta::RetentionOverride {
+    fn from(o: RetentionOverride) -> Self {
+        meta::RetentionOverride {
+            keep_last: o.keep_last,
+            protected_tags: o.protected_tags,
+            max_age_ms: o.max_age_ms,
+            keep_pattern: o.keep_pattern,
+        }
+    }
+}
+
+/// `GET /admin/v1/retention`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Retention {
+    pub default: RetentionDefault,
+    pub overrides: BTreeMap<String, RetentionOverride>,
+}
+
+/// `PUT /admin/v1/retention/{ns}`: absent or null fields inherit.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SetRetention {
+    #[serde(default)]
+    pub keep_last: Option<u32>,
+    #[serde(default)]
+    pub protected_tags: Option<Vec<String>>,
+    /// A duration such as "30d".
+    #[serde(default)]
+    pub max_age: Option<String>,
+    /// A regular expression of tags never removed.
+    #[serde(default)]
+    pub keep_pattern: Option<String>,
+}
+
+/// The answer to `PUT /admin/v1/retention/{ns}`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RetentionSet {
+    pub namespace: String,
+    #[serde(rename = "override")]
+    pub value: RetentionOverride,
+}
+
+// -------------------------------------------------------- credentials ----
+
+/// `POST /admin/v1/namespaces/{ns}/credentials`: shown once.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Credentials {
+    pub username: String,
+    pub password: String,
+    pub namespace: String,
+    /// True when an existing secret was replaced.
+    pub rotated: bool,
+}
+
+// ------------------------------------------------- Toolforge's shapes ----
+
+/// Toolforge's `messages` block, on every Toolforge-shaped answer.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Messages {
+    #[serde(default)]
+    pub info: Vec<String>,
+    #[serde(default)]
+    pub warning: Vec<String>,
+    #[serde(default)]
+    pub error: Vec<String>,
+}
+
+/// `GET /v1/tool/{tool}/quotas`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ToolQuota {
+    pub quota: ToolQuotaCategories,
+    pub messages: Messages,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ToolQuotaCategories {
+    pub categories: Vec<ToolQuotaCategory>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ToolQuotaCategory {
+    pub name: String,
+    pub items: Vec<ToolQuotaItem>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ToolQuotaItem {
+    pub name: String,
+    pub limit: Option<u64>,
+    pub used: u64,
+    pub available: Option<u64>,
+    pub capacity: f64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn set_quota_tells_null_from_absent() {
+        let parse = |s: &str| serde_json::from_str::<SetQuota>(s);
+        assert_eq!(
+            parse(r#"{"limit_bytes": 5}"#).unwrap().setting().unwrap(),
+            meta::LimitSetting::Bytes(5)
+        );
+        assert_eq!(
+            parse(r#"{"limit_bytes": null}"#)
+                .unwrap()
+                .setting()
+                .unwrap(),
+            meta::LimitSetting::Default
+        );
+        assert_eq!(
+            parse(r#"{"unlimited": true}"#).unwrap().setting().unwrap(),
+            meta::LimitSetting::Unlimited
+        );
+        assert!(parse(r#"{}"#).unwrap().setting().is_err());
+        assert!(parse(r#"{"limit_bytes": -1}"#).is_err());
+        assert!(
+            parse(r#"{"limit": 5}"#).is_err(),
+            "a misspelt field is an error"
+        );
+        for s in [
+            SetQuota::bytes(7),
+            SetQuota::default_limit(),
+            SetQuota::unlimited(),
+        ] {
+            let back: SetQuota = serde_json::from_str(&serde_json::to_string(&s).unwrap()).unwrap();
+            assert_eq!(back, s);
+        }
+    }
+}
