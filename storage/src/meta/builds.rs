@@ -158,6 +158,52 @@ impl Metadata {
         .await
     }
 
+    /// The tool's build user number (its uid is `uid_base + n`),
+    /// allocated on first use as the next free one; None when `limit`
+    /// numbers are taken.
+    pub async fn build_user(&self, tool: &str, limit: u32) -> Result<Option<u32>, StorageError> {
+        let tool = tool.to_owned();
+        self.write(move |tx| {
+            let found: Option<i64> = tx
+                .prepare_cached("SELECT n FROM build_users WHERE tool = ?1")?
+                .query_row([&tool], |r| r.get(0))
+                .optional()?;
+            let n = match found {
+                Some(n) => n,
+                None => {
+                    let next: i64 =
+                        tx.query_row("SELECT COALESCE(MAX(n) + 1, 0) FROM build_users", [], |r| {
+                            r.get(0)
+                        })?;
+                    if next >= i64::from(limit) {
+                        return Ok(None);
+                    }
+                    tx.execute(
+                        "INSERT INTO build_users (tool, n, created_ms) VALUES (?1, ?2, ?3)",
+                        params![tool, next, now_ms()],
+                    )?;
+                    next
+                }
+            };
+            Ok(u32::try_from(n).ok().filter(|n| *n < limit))
+        })
+        .await
+    }
+
+    /// Builds of `tool` waiting or running.
+    pub async fn unfinished_builds(&self, tool: &str) -> Result<usize, StorageError> {
+        let tool = tool.to_owned();
+        self.read(move |c| {
+            let n: i64 = c
+                .prepare_cached(
+                    "SELECT COUNT(*) FROM builds WHERE tool = ?1 AND status IN (?2, ?3)",
+                )?
+                .query_row(params![tool, PENDING, RUNNING], |r| r.get(0))?;
+            Ok(n as usize)
+        })
+        .await
+    }
+
     pub async fn delete_build(&self, id: &str) -> Result<bool, StorageError> {
         let id = id.to_owned();
         self.write(move |tx| Ok(tx.execute("DELETE FROM builds WHERE id = ?1", [id])? > 0))

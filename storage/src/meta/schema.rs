@@ -165,6 +165,16 @@ const MIGRATIONS: &[&str] = &[
     CREATE INDEX builds_tool ON builds(tool, created_ms DESC);
     CREATE INDEX builds_status ON builds(status, created_ms);
     "#,
+    // 6: each tool's builds run as their own host uid/gid (`[builds]
+    // uid_base` + `n`), allocated on the tool's first build and never
+    // reused, so files a tool's builds left behind never pass to another.
+    r#"
+    CREATE TABLE build_users (
+        tool        TEXT PRIMARY KEY,
+        n           INTEGER NOT NULL UNIQUE,
+        created_ms  INTEGER NOT NULL
+    ) WITHOUT ROWID;
+    "#,
 ];
 
 /// Brings the database up to the newest schema, one transaction per step.
