@@ -183,6 +183,7 @@ impl Gc {
 pub struct Builds {
     pub enabled: bool,
     pub runner: berth_builds::RunnerKind,
+    pub sandbox: berth_builds::sandbox::SandboxKind,
     pub lifecycle_dir: PathBuf,
     pub buildpacks_dir: PathBuf,
     pub order: PathBuf,
@@ -190,17 +191,33 @@ pub struct Builds {
     pub builder_image: String,
     pub container_engine: String,
     pub platform_api: String,
-    pub uid: u32,
-    pub gid: u32,
+    /// Replaced by `uid_base`; still read so the error can say so.
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
+    pub uid_base: u32,
+    pub uid_count: u32,
     pub max_parallel: usize,
     pub per_tool_parallel: usize,
+    pub queued_per_tool: usize,
     #[serde(with = "humantime_serde")]
     pub timeout: Duration,
     pub keep_successful: usize,
     pub keep_failed: usize,
     #[serde(with = "humantime_serde")]
     pub log_retention: Duration,
+    #[serde(with = "size")]
+    pub max_log_bytes: u64,
     pub source_schemes: Vec<String>,
+    pub source_hosts: Vec<String>,
+    pub private_source_hosts: Vec<String>,
+    #[serde(with = "humantime_serde")]
+    pub git_resolve_timeout: Duration,
+    #[serde(with = "humantime_serde")]
+    pub git_fetch_timeout: Duration,
+    pub git_resolutions_per_tool: usize,
+    pub git_resolutions_total: usize,
+    pub log_follows_per_tool: usize,
+    pub log_follows_total: usize,
     pub registry_host: Option<String>,
 }
 
@@ -210,6 +227,7 @@ impl Default for Builds {
         Builds {
             enabled: true,
             runner: d.runner,
+            sandbox: d.sandbox,
             lifecycle_dir: d.lifecycle_dir,
             buildpacks_dir: d.buildpacks_dir,
             order: d.order,
@@ -217,15 +235,27 @@ impl Default for Builds {
             builder_image: d.builder_image,
             container_engine: d.container_engine,
             platform_api: d.platform_api,
-            uid: d.uid,
-            gid: d.gid,
+            uid: None,
+            gid: None,
+            uid_base: d.uid_base,
+            uid_count: d.uid_count,
             max_parallel: d.max_parallel,
             per_tool_parallel: d.per_tool_parallel,
+            queued_per_tool: d.queued_per_tool,
             timeout: d.timeout,
             keep_successful: d.keep_successful,
             keep_failed: d.keep_failed,
             log_retention: d.log_retention,
+            max_log_bytes: d.max_log_bytes,
             source_schemes: d.source_schemes,
+            source_hosts: d.source_hosts,
+            private_source_hosts: d.private_source_hosts,
+            git_resolve_timeout: d.git_resolve_timeout,
+            git_fetch_timeout: d.git_fetch_timeout,
+            git_resolutions_per_tool: d.git_resolutions_per_tool,
+            git_resolutions_total: d.git_resolutions_total,
+            log_follows_per_tool: d.log_follows_per_tool,
+            log_follows_total: d.log_follows_total,
             registry_host: None,
         }
     }
@@ -242,13 +272,60 @@ impl Builds {
             }
             None => cfg.server.listen.to_string(),
         };
-        if self.max_parallel == 0 || self.per_tool_parallel == 0 {
-            return Err("[builds] max_parallel and per_tool_parallel must be at least 1".into());
+        if self.uid.is_some() || self.gid.is_some() {
+            return Err("[builds] uid and gid are gone: when berth runs as root each tool's builds now run as their own uid and gid, uid_base + n (see config.example.toml); remove uid/gid and set uid_base to a range no account uses".into());
         }
+        let at_least_one = [
+            ("max_parallel", self.max_parallel),
+            ("per_tool_parallel", self.per_tool_parallel),
+            ("queued_per_tool", self.queued_per_tool),
+            ("git_resolutions_per_tool", self.git_resolutions_per_tool),
+            ("git_resolutions_total", self.git_resolutions_total),
+            ("log_follows_per_tool", self.log_follows_per_tool),
+            ("log_follows_total", self.log_follows_total),
+            ("uid_count", self.uid_count as usize),
+        ];
+        for (key, value) in at_least_one {
+            if value == 0 {
+                return Err(format!("[builds] {key} must be at least 1"));
+            }
+        }
+        if self.uid_base < 1000
+            || self
+                .uid_base
+                .checked_add(self.uid_count)
+                .is_none_or(|end| end == u32::MAX)
+        {
+            return Err(format!(
+                "[builds] uid_base = {} with uid_count = {} is not a range of ordinary uids (from 1000 up, below 4294967295)",
+                self.uid_base, self.uid_count
+            ));
+        }
+        if self.git_resolve_timeout.is_zero() || self.git_fetch_timeout.is_zero() {
+            return Err(
+                "[builds] git_resolve_timeout and git_fetch_timeout must be more than 0s".into(),
+            );
+        }
+        let schemes: Vec<String> = self
+            .source_schemes
+            .iter()
+            .map(|s| s.to_ascii_lowercase())
+            .collect();
+        if let Some(s) = schemes
+            .iter()
+            .find(|s| !berth_builds::source::SUPPORTED_SCHEMES.contains(&s.as_str()))
+        {
+            return Err(format!(
+                "[builds] source_schemes: {s:?} is not supported; builds fetch from {:?}",
+                berth_builds::source::SUPPORTED_SCHEMES
+            ));
+        }
+        let hosts = |list: &[String]| list.iter().map(|h| h.to_ascii_lowercase()).collect();
         check_run_image(&self.run_image)?;
         Ok(berth_builds::BuildsConfig {
             enabled: self.enabled,
             runner: self.runner,
+            sandbox: self.sandbox,
             lifecycle_dir: self.lifecycle_dir.clone(),
             buildpacks_dir: self.buildpacks_dir.clone(),
             order: self.order.clone(),
@@ -256,19 +333,25 @@ impl Builds {
             builder_image: self.builder_image.clone(),
             container_engine: self.container_engine.clone(),
             platform_api: self.platform_api.clone(),
-            uid: self.uid,
-            gid: self.gid,
+            uid_base: self.uid_base,
+            uid_count: self.uid_count,
             max_parallel: self.max_parallel,
             per_tool_parallel: self.per_tool_parallel,
+            queued_per_tool: self.queued_per_tool,
             timeout: self.timeout,
             keep_successful: self.keep_successful,
             keep_failed: self.keep_failed,
             log_retention: self.log_retention,
-            source_schemes: self
-                .source_schemes
-                .iter()
-                .map(|s| s.to_ascii_lowercase())
-                .collect(),
+            max_log_bytes: self.max_log_bytes,
+            source_schemes: schemes,
+            source_hosts: hosts(&self.source_hosts),
+            private_source_hosts: hosts(&self.private_source_hosts),
+            git_resolve_timeout: self.git_resolve_timeout,
+            git_fetch_timeout: self.git_fetch_timeout,
+            git_resolutions_per_tool: self.git_resolutions_per_tool,
+            git_resolutions_total: self.git_resolutions_total,
+            log_follows_per_tool: self.log_follows_per_tool,
+            log_follows_total: self.log_follows_total,
             registry_host,
             tool_prefix: cfg.registry.tool_prefix.clone(),
             dir: cfg.storage.data_dir.join("builds"),
@@ -675,7 +758,59 @@ mod tests {
         assert_eq!(example.builds.max_parallel, default.builds.max_parallel);
         assert_eq!(example.builds.timeout, default.builds.timeout);
         assert_eq!(example.builds.source_schemes, default.builds.source_schemes);
-        assert!(example.builds.engine_config(&example).is_ok());
+        let (e, d) = (
+            example.builds.engine_config(&example).unwrap(),
+            default.builds.engine_config(&default).unwrap(),
+        );
+        assert_eq!(e.sandbox, d.sandbox);
+        assert_eq!(e.runner, d.runner);
+        assert_eq!((e.uid_base, e.uid_count), (d.uid_base, d.uid_count));
+        assert_eq!(e.per_tool_parallel, d.per_tool_parallel);
+        assert_eq!(e.queued_per_tool, d.queued_per_tool);
+        assert_eq!(e.max_log_bytes, d.max_log_bytes);
+        assert_eq!(e.source_hosts, d.source_hosts);
+        assert_eq!(e.private_source_hosts, d.private_source_hosts);
+        assert_eq!(e.git_resolve_timeout, d.git_resolve_timeout);
+        assert_eq!(e.git_fetch_timeout, d.git_fetch_timeout);
+        assert_eq!(e.git_resolutions_per_tool, d.git_resolutions_per_tool);
+        assert_eq!(e.git_resolutions_total, d.git_resolutions_total);
+        assert_eq!(e.log_follows_per_tool, d.log_follows_per_tool);
+        assert_eq!(e.log_follows_total, d.log_follows_total);
+        assert_eq!(e.keep_successful, d.keep_successful);
+        assert_eq!(e.keep_failed, d.keep_failed);
+        assert_eq!(e.log_retention, d.log_retention);
+        assert_eq!(e.lifecycle_dir, d.lifecycle_dir);
+        assert_eq!(e.platform_api, d.platform_api);
+    }
+
+    #[test]
+    fn builds_settings_are_checked() {
+        let bad = |text: &str, want: &str| {
+            let c = Config::parse(text).unwrap();
+            let e = c.builds.engine_config(&c).unwrap_err();
+            assert!(e.contains(want), "{text}: {e}");
+        };
+        bad("[builds]\nuid = 1000", "uid_base");
+        bad("[builds]\nuid_base = 0", "uid_base");
+        bad(
+            "[builds]\nuid_base = 4294967200\nuid_count = 1000",
+            "uid_base",
+        );
+        bad(
+            "[builds]\ngit_resolutions_per_tool = 0",
+            "git_resolutions_per_tool",
+        );
+        bad("[builds]\nsource_schemes = [\"ssh\"]", "not supported");
+        assert!(Config::parse("[builds]\nsandbox = \"chroot\"").is_err());
+        let c = Config::parse(
+            "[builds]\nsandbox = \"none\"\nsource_schemes = [\"HTTPS\"]\nprivate_source_hosts = [\"Git.Internal\"]\nmax_log_bytes = \"1MiB\"",
+        )
+        .unwrap();
+        let e = c.builds.engine_config(&c).unwrap();
+        assert_eq!(e.sandbox, berth_builds::sandbox::SandboxKind::None);
+        assert_eq!(e.source_schemes, ["https"]);
+        assert_eq!(e.private_source_hosts, ["git.internal"]);
+        assert_eq!(e.max_log_bytes, 1 << 20);
     }
 
     #[test]

@@ -218,6 +218,7 @@ async fn serve(cfg: Config) -> Result<(), String> {
     };
     let builds = berth_builds::Builds::new(storage.clone(), builds_config, auth.clone());
     let dispatcher = if cfg.builds.enabled {
+        report_builds_readiness(&builds).await;
         match builds.recover().await {
             Ok(0) => {}
             Ok(n) => tracing::warn!(
@@ -271,6 +272,31 @@ async fn serve(cfg: Config) -> Result<(), String> {
     storage.close().await;
     tracing::info!("berth stopped cleanly");
     Ok(())
+}
+
+/// Says at start-up whether builds can run on this host and, if not,
+/// exactly why (build requests are then answered 503 with the same
+/// reason); berth itself serves either way.
+async fn report_builds_readiness(builds: &berth_builds::Builds) {
+    let c = builds.config();
+    match builds.ready().await {
+        Ok(()) => tracing::info!(
+            runner = ?c.runner,
+            sandbox = ?c.sandbox,
+            per_tool_uid = c.per_tool_uid(),
+            uid_base = c.uid_base,
+            "builds can run"
+        ),
+        Err(why) => tracing::error!(
+            "builds cannot run on this host: {why}. Build requests will be refused (503) until this is fixed and berth restarted; set [builds] enabled = false to switch builds off"
+        ),
+    }
+    if c.runner == berth_builds::RunnerKind::Process && !c.lifecycle_dir.join("creator").exists() {
+        tracing::warn!(
+            lifecycle_dir = %c.lifecycle_dir.display(),
+            "the CNB lifecycle is not installed there ([builds] lifecycle_dir): builds will fail until it is"
+        );
+    }
 }
 
 /// Builds the auth layer: the admin password comes from the config, else

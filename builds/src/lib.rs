@@ -3,26 +3,40 @@
 //! straight into berth, with a short-lived token that can push only to the
 //! tool's namespace and pull the run image.
 //!
-//! Flow: `start` validates, resolves the ref (`git ls-remote`) and queues a
+//! Flow: `start` validates the request (`request`), checks the source
+//! (`source`: public hosts only, unless trusted), resolves the ref
+//! (`git`, capped per tool and overall by `caps`) and queues a
 //! BUILD_PENDING record; the dispatcher starts queued builds while fewer
 //! than `max_parallel` run (and fewer than `per_tool_parallel` for that
-//! tool); a run fetches exactly the resolved commit, runs the `creator`
-//! through a `Runner`, reads the digest from `report.toml`, and prunes old
-//! records. Logs go to files that outlive the records.
+//! tool); a run fetches exactly the resolved commit, hands the workspace
+//! and the tool's cache to the tool's own uid, runs the `creator` through
+//! a `runner` (inside the `sandbox`), reads the digest from `report.toml`,
+//! and prunes old records. Logs go to files that outlive the records
+//! (`logs`).
 
+pub mod caps;
 pub mod git;
 pub mod logs;
+pub mod request;
 pub mod runner;
+pub mod sandbox;
+pub mod source;
 
 use berth_storage::meta::builds::{self as status, BuildRecord};
 use berth_storage::{now_ms, RepoName, Storage, StorageError};
-use logs::BuildLog;
-use runner::{RunOutcome, RunSpec, Runner};
+use caps::Cap;
+use git::{Git, GitError};
+use logs::{BuildLog, LogStream};
+pub use request::valid_tool;
+use runner::{RunOutcome, RunSpec, Runner, Sandboxing};
+use sandbox::{Identity, SandboxKind};
+use source::{SourceError, SourcePolicy};
 use std::collections::{BTreeMap, HashMap};
-use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
-use tokio::sync::{watch, Notify};
+use tokio::sync::{watch, Notify, OnceCell};
 
 /// Which backend runs the lifecycle.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
@@ -38,6 +52,8 @@ pub struct BuildsConfig {
     /// When false, build requests are refused (nothing would run them).
     pub enabled: bool,
     pub runner: RunnerKind,
+    /// How the process runner confines the lifecycle.
+    pub sandbox: SandboxKind,
     pub lifecycle_dir: PathBuf,
     pub buildpacks_dir: PathBuf,
     pub order: PathBuf,
@@ -47,15 +63,35 @@ pub struct BuildsConfig {
     /// `docker` or `podman` (container runner).
     pub container_engine: String,
     pub platform_api: String,
-    pub uid: u32,
-    pub gid: u32,
+    /// When berth runs as root, tool number `n` (allocated on its first
+    /// build, never reused) builds as uid and gid `uid_base + n`, for
+    /// `n < uid_count`.
+    pub uid_base: u32,
+    pub uid_count: u32,
     pub max_parallel: usize,
     pub per_tool_parallel: usize,
+    /// Builds of one tool waiting or running; more are refused (429).
+    pub queued_per_tool: usize,
     pub timeout: Duration,
     pub keep_successful: usize,
     pub keep_failed: usize,
     pub log_retention: Duration,
+    /// The most of a build's own output one log keeps.
+    pub max_log_bytes: u64,
     pub source_schemes: Vec<String>,
+    /// When not empty, the only hosts sources may come from.
+    pub source_hosts: Vec<String>,
+    /// Hosts trusted although they resolve to non-public addresses.
+    pub private_source_hosts: Vec<String>,
+    /// Resolving the host and `git ls-remote`, at request time.
+    pub git_resolve_timeout: Duration,
+    /// Each git step of fetching the source, when the build runs.
+    pub git_fetch_timeout: Duration,
+    pub git_resolutions_per_tool: usize,
+    pub git_resolutions_total: usize,
+    /// Followed logs (`?follow=true` of an unfinished build) open at once.
+    pub log_follows_per_tool: usize,
+    pub log_follows_total: usize,
     /// host:port the lifecycle reaches berth at.
     pub registry_host: String,
     /// Tool `foo` owns namespace `<tool_prefix>foo`.
@@ -69,6 +105,7 @@ impl BuildsConfig {
         BuildsConfig {
             enabled: true,
             runner: RunnerKind::Process,
+            sandbox: SandboxKind::Bwrap,
             lifecycle_dir: "/cnb/lifecycle".into(),
             buildpacks_dir: "/cnb/buildpacks".into(),
             order: "/cnb/order.toml".into(),
@@ -76,18 +113,47 @@ impl BuildsConfig {
             builder_image: "heroku/builder:24".into(),
             container_engine: "docker".into(),
             platform_api: "0.13".into(),
-            uid: 1000,
-            gid: 1000,
+            uid_base: 200_000,
+            uid_count: 100_000,
             max_parallel: 2,
             per_tool_parallel: 1,
+            queued_per_tool: 16,
             timeout: Duration::from_secs(30 * 60),
             keep_successful: 4,
             keep_failed: 2,
             log_retention: Duration::from_secs(30 * 86_400),
+            max_log_bytes: 16 << 20,
             source_schemes: vec!["https".into(), "http".into()],
+            source_hosts: Vec::new(),
+            private_source_hosts: Vec::new(),
+            git_resolve_timeout: Duration::from_secs(20),
+            git_fetch_timeout: Duration::from_secs(5 * 60),
+            git_resolutions_per_tool: 2,
+            git_resolutions_total: 16,
+            log_follows_per_tool: 4,
+            log_follows_total: 256,
             registry_host,
             tool_prefix: "tool-".into(),
             dir,
+        }
+    }
+
+    /// Whether each tool builds as its own uid: berth is root and the
+    /// runner can switch users (the bubblewrap sandbox, or a container).
+    pub fn per_tool_uid(&self) -> bool {
+        sandbox::is_root()
+            && match self.runner {
+                RunnerKind::Process => self.sandbox == SandboxKind::Bwrap,
+                RunnerKind::Container => true,
+            }
+    }
+
+    fn source_policy(&self) -> SourcePolicy {
+        SourcePolicy {
+            schemes: self.source_schemes.clone(),
+            hosts: self.source_hosts.clone(),
+            private_hosts: self.private_source_hosts.clone(),
+            resolve_timeout: self.git_resolve_timeout,
         }
     }
 }
@@ -123,6 +189,16 @@ pub enum BuildError {
     /// The build already finished (409).
     #[error("build {0} has already finished")]
     Finished(String),
+    /// The tool (or everyone) reached a limit (429); `limit` is its
+    /// config key under `[builds]`.
+    #[error("{message}")]
+    TooMany {
+        limit: &'static str,
+        message: String,
+    },
+    /// Builds cannot run on this host (503); says why.
+    #[error("{0}")]
+    Unavailable(String),
     #[error(transparent)]
     Storage(#[from] StorageError),
 }
@@ -137,29 +213,40 @@ pub struct Builds {
     config: BuildsConfig,
     runner: Box<dyn Runner>,
     tokens: Arc<dyn TokenMinter>,
+    /// git, or why it cannot be used.
+    git: Result<Git, String>,
+    /// Learned once (at start-up): whether builds can run on this host.
+    readiness: OnceCell<Result<(), String>>,
+    resolutions: Cap,
+    follows: Cap,
     running: Mutex<HashMap<String, Running>>,
     wake: Notify,
 }
 
-/// Tool names as Toolforge has them: `^[a-z]([-_a-z0-9]{0,254}[a-z0-9])?$`.
-pub fn valid_tool(tool: &str) -> bool {
-    let b = tool.as_bytes();
-    !b.is_empty()
-        && b.len() <= 256
-        && b[0].is_ascii_lowercase()
-        && (b.len() == 1 || b[b.len() - 1].is_ascii_lowercase() || b[b.len() - 1].is_ascii_digit())
-        && b.iter()
-            .all(|&c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'-' || c == b'_')
+/// The first git with `http.curloptResolve`, which pins git to the
+/// address that was checked.
+const GIT_MIN: (u32, u32) = (2, 37);
+
+/// Where one build's files are on the host: `<builds>/work/<id>/`
+/// (berth's, 0700) holding the workspace, `/tmp` and the identity files.
+struct BuildDirs {
+    root: PathBuf,
+    workspace: PathBuf,
+    tmp: PathBuf,
+    passwd: PathBuf,
+    group: PathBuf,
 }
 
-/// Environment variable names Toolforge accepts: `^[A-Za-z_][A-Za-z_0-9]{2,}$`.
-fn valid_env_name(n: &str) -> bool {
-    let b = n.as_bytes();
-    b.len() >= 3
-        && (b[0].is_ascii_alphabetic() || b[0] == b'_')
-        && b[1..]
-            .iter()
-            .all(|c| c.is_ascii_alphanumeric() || *c == b'_')
+impl BuildDirs {
+    fn new(root: PathBuf) -> BuildDirs {
+        BuildDirs {
+            workspace: root.join("workspace"),
+            tmp: root.join("tmp"),
+            passwd: root.join("passwd"),
+            group: root.join("group"),
+            root,
+        }
+    }
 }
 
 impl Builds {
@@ -173,17 +260,48 @@ impl Builds {
                 lifecycle_dir: config.lifecycle_dir.clone(),
                 buildpacks_dir: config.buildpacks_dir.clone(),
                 order: config.order.clone(),
+                sandboxing: match config.sandbox {
+                    SandboxKind::None => Sandboxing::None,
+                    SandboxKind::Bwrap => match sandbox::Bwrap::find() {
+                        Ok(b) => Sandboxing::Bwrap(b),
+                        Err(why) => Sandboxing::Missing(why),
+                    },
+                },
             }),
             RunnerKind::Container => Box::new(runner::ContainerRunner {
                 engine: config.container_engine.clone(),
                 builder_image: config.builder_image.clone(),
             }),
         };
+        let git = sandbox::which("git")
+            .map(|program| Git {
+                program,
+                home: config.dir.join("git-home"),
+                resolve_timeout: config.git_resolve_timeout,
+                fetch_timeout: config.git_fetch_timeout,
+            })
+            .ok_or_else(|| "git is not installed (builds fetch their sources with it)".to_owned());
         Arc::new(Builds {
+            resolutions: Cap::new(
+                "git resolutions",
+                "git_resolutions_per_tool",
+                config.git_resolutions_per_tool,
+                "git_resolutions_total",
+                config.git_resolutions_total,
+            ),
+            follows: Cap::new(
+                "followed build logs",
+                "log_follows_per_tool",
+                config.log_follows_per_tool,
+                "log_follows_total",
+                config.log_follows_total,
+            ),
             storage,
             config,
             runner,
             tokens,
+            git,
+            readiness: OnceCell::new(),
             running: Mutex::new(HashMap::new()),
             wake: Notify::new(),
         })
@@ -201,6 +319,76 @@ impl Builds {
         self.config.dir.join("logs")
     }
 
+    fn running(&self) -> MutexGuard<'_, HashMap<String, Running>> {
+        // Every change to the map is one statement: a panic elsewhere
+        // cannot leave it half-changed.
+        self.running.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Whether builds can run on this host: git (new enough) and the
+    /// sandbox (bubblewrap tried for real) or the container engine. Learned
+    /// once; `berth serve` asks at start-up and logs the answer.
+    pub async fn ready(&self) -> Result<(), String> {
+        self.readiness
+            .get_or_init(|| self.check_host())
+            .await
+            .clone()
+    }
+
+    async fn check_host(&self) -> Result<(), String> {
+        let git = self.git.as_ref().map_err(Clone::clone)?;
+        let out = git
+            .command(None, &["version"], None)
+            .output()
+            .await
+            .map_err(|e| format!("cannot run {}: {e}", git.program.display()))?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        let version: Vec<u32> = text
+            .trim()
+            .trim_start_matches("git version ")
+            .split(|c: char| !c.is_ascii_digit())
+            .take(2)
+            .filter_map(|n| n.parse().ok())
+            .collect();
+        if version.len() < 2 || (version[0], version[1]) < GIT_MIN {
+            return Err(format!(
+                "{} is {:?}; builds need git {}.{} or newer (http.curloptResolve pins git to the checked address)",
+                git.program.display(),
+                text.trim(),
+                GIT_MIN.0,
+                GIT_MIN.1
+            ));
+        }
+        match self.config.runner {
+            RunnerKind::Container => {
+                if sandbox::which(&self.config.container_engine).is_none() {
+                    return Err(format!(
+                        "the container engine {:?} ([builds] container_engine) is not installed",
+                        self.config.container_engine
+                    ));
+                }
+            }
+            RunnerKind::Process => match self.config.sandbox {
+                SandboxKind::None => tracing::warn!(
+                    "builds run WITHOUT a sandbox ([builds] sandbox = \"none\"): build code runs as berth's own user and can read the data dir; use this only on a trusted single-user host"
+                ),
+                SandboxKind::Bwrap => {
+                    let bwrap = sandbox::Bwrap::find()?;
+                    let probe_as = if self.config.per_tool_uid() {
+                        Identity {
+                            uid: self.config.uid_base,
+                            gid: self.config.uid_base,
+                        }
+                    } else {
+                        Identity::berth()
+                    };
+                    bwrap.probe(probe_as).await?;
+                }
+            },
+        }
+        Ok(())
+    }
+
     /// Validates and queues a build; returns its record and warnings for
     /// the caller (e.g. a namespace close to its quota).
     pub async fn start(
@@ -213,31 +401,11 @@ impl Builds {
                 "builds are switched off on this registry ([builds] enabled = false)".into(),
             ));
         }
-        let scheme = req
-            .source_url
-            .split_once("://")
-            .map(|(s, _)| s.to_ascii_lowercase())
-            .unwrap_or_default();
-        if !self.config.source_schemes.iter().any(|s| s == &scheme) {
-            return Err(BuildError::Invalid(format!(
-                "source_url {:?} must use one of the schemes {:?}",
-                req.source_url.chars().take(200).collect::<String>(),
-                self.config.source_schemes
-            )));
-        }
-        if req.source_url.starts_with('-')
-            || req.source_url.chars().any(|c| c.is_control() || c == ' ')
-        {
-            return Err(BuildError::Invalid(
-                "source_url contains characters a URL cannot".into(),
-            ));
-        }
+        self.ready().await.map_err(|why| {
+            BuildError::Unavailable(format!("builds cannot run on this registry: {why}"))
+        })?;
         for name in req.envvars.keys() {
-            if !valid_env_name(name) {
-                return Err(BuildError::Invalid(format!(
-                    "environment variable name {name:?} must match ^[A-Za-z_][A-Za-z_0-9]{{2,}}$"
-                )));
-            }
+            request::check_env_name(name).map_err(BuildError::Invalid)?;
         }
         let ns = self.namespace(tool);
         let image_name = req
@@ -255,14 +423,21 @@ impl Builds {
             .clone()
             .filter(|r| !r.is_empty())
             .unwrap_or_else(|| "HEAD".into());
-        if reference.starts_with('-') {
-            return Err(BuildError::Invalid(format!(
-                "ref {reference:?} is not a git ref"
-            )));
+        request::check_ref(&reference).map_err(BuildError::Invalid)?;
+        let unfinished = self.storage.meta.unfinished_builds(tool).await?;
+        if unfinished >= self.config.queued_per_tool {
+            return Err(BuildError::TooMany {
+                limit: "queued_per_tool",
+                message: format!(
+                    "tool {tool} has {unfinished} builds waiting or running, its limit ([builds] queued_per_tool = {}); wait for some to finish or cancel them",
+                    self.config.queued_per_tool
+                ),
+            });
         }
-        let resolved = git::resolve(&req.source_url, &reference)
-            .await
-            .map_err(|e| BuildError::Invalid(e.to_string()))?;
+        let resolved = {
+            let _slot = self.resolutions.try_acquire(tool)?;
+            self.resolve(tool, &req.source_url, &reference).await?
+        };
         let id = format!(
             "{tool}-buildpacks-{}",
             &uuid::Uuid::new_v4().simple().to_string()[..10]
@@ -289,7 +464,7 @@ impl Builds {
             end_ms: None,
         };
         self.storage.meta.insert_build(record.clone()).await?;
-        let log = BuildLog::create(std::path::Path::new(&record.log_path))
+        let log = BuildLog::create(Path::new(&record.log_path), self.config.max_log_bytes)
             .await
             .map_err(StorageError::from)?;
         log.line(
@@ -313,6 +488,31 @@ impl Builds {
         Ok((record, warnings))
     }
 
+    /// Checks `url` and resolves `reference` in it to a commit. What went
+    /// wrong reaching the repository goes to berth's log; the caller gets
+    /// the one generic answer (so the API is no port scanner).
+    async fn resolve(&self, tool: &str, url: &str, reference: &str) -> Result<String, BuildError> {
+        let git = self
+            .git
+            .as_ref()
+            .map_err(|why| BuildError::Unavailable(why.clone()))?;
+        let unreachable = |detail: &str| {
+            tracing::info!(tool, url, detail, "build source refused or unreachable");
+            BuildError::Invalid(source::cannot_fetch(url))
+        };
+        let source = match source::check(&self.config.source_policy(), url).await {
+            Ok(s) => s,
+            Err(SourceError::Refused(why)) => return Err(BuildError::Invalid(why)),
+            Err(SourceError::Unreachable { detail }) => return Err(unreachable(&detail)),
+        };
+        match git.resolve(&source, reference).await {
+            Ok(commit) => Ok(commit),
+            Err(GitError::Unreachable { detail, .. }) => Err(unreachable(&detail)),
+            Err(e @ GitError::UnknownRef { .. }) => Err(BuildError::Invalid(e.to_string())),
+            Err(e) => Err(unreachable(&e.to_string())),
+        }
+    }
+
     pub async fn list(&self, tool: &str) -> Result<Vec<BuildRecord>, BuildError> {
         Ok(self.storage.meta.builds_of(tool).await?)
     }
@@ -329,6 +529,34 @@ impl Builds {
                 .filter(|b| b.tool == tool)
         };
         found.ok_or_else(|| BuildError::NotFound(id.to_owned()))
+    }
+
+    /// A build's log as a stream; with `follow`, it lasts until the build
+    /// ends. Following an unfinished build takes a slot of the follow cap
+    /// (per tool and overall) for as long as the stream is open.
+    pub async fn logs(
+        self: &Arc<Self>,
+        tool: &str,
+        id: &str,
+        follow: bool,
+    ) -> Result<LogStream, BuildError> {
+        let b = self.get(tool, id).await?;
+        let slot = if follow && !status::is_finished(&b.status) {
+            Some(self.follows.try_acquire(tool)?)
+        } else {
+            None
+        };
+        let me = self.clone();
+        let build_id = b.id.clone();
+        Ok(logs::follow(
+            PathBuf::from(&b.log_path),
+            follow,
+            move || {
+                let (me, id) = (me.clone(), build_id.clone());
+                async move { me.finished(&id).await }
+            },
+            slot,
+        ))
     }
 
     pub async fn cancel(&self, tool: &str, id: &str) -> Result<BuildRecord, BuildError> {
@@ -351,10 +579,11 @@ impl Builds {
         {
             return self.get(tool, &b.id).await;
         }
-        if let Some(r) = self.running.lock().expect("running lock").get(&b.id) {
+        if let Some(r) = self.running().get(&b.id) {
             let _ = r.cancel.send(true);
         }
-        // The run task records BUILD_CANCELLED once the lifecycle is dead.
+        // The run task records BUILD_CANCELLED once git or the lifecycle
+        // is dead, whichever was running.
         for _ in 0..100 {
             let now = self.get(tool, &b.id).await?;
             if status::is_finished(&now.status) {
@@ -435,12 +664,21 @@ impl Builds {
         )])
     }
 
-    /// At start: builds a dead process left running have failed.
+    /// At start: builds a dead process left running have failed, and
+    /// their workspaces go.
     pub async fn recover(&self) -> Result<usize, StorageError> {
-        self.storage
+        let failed = self
+            .storage
             .meta
             .fail_orphaned_builds("berth restarted while the build was running; start it again")
-            .await
+            .await?;
+        let work = self.config.dir.join("work");
+        if let Err(e) = tokio::fs::remove_dir_all(&work).await {
+            if e.kind() != std::io::ErrorKind::NotFound {
+                tracing::warn!(dir = %work.display(), error = %e, "cannot remove old build workspaces");
+            }
+        }
+        Ok(failed)
     }
 
     /// The dispatcher: starts queued builds as runners free up. Runs until
@@ -466,7 +704,7 @@ impl Builds {
     async fn start_queued(self: &Arc<Self>) -> Result<(), StorageError> {
         for b in self.storage.meta.pending_builds().await? {
             let (total, for_tool) = {
-                let running = self.running.lock().expect("running lock");
+                let running = self.running();
                 (
                     running.len(),
                     running.values().filter(|r| r.tool == b.tool).count(),
@@ -493,7 +731,7 @@ impl Builds {
                 continue; // cancelled meanwhile
             }
             let (cancel, cancelled) = watch::channel(false);
-            self.running.lock().expect("running lock").insert(
+            self.running().insert(
                 b.id.clone(),
                 Running {
                     tool: b.tool.clone(),
@@ -504,7 +742,7 @@ impl Builds {
             tokio::spawn(async move {
                 let id = b.id.clone();
                 me.execute(b, cancelled).await;
-                me.running.lock().expect("running lock").remove(&id);
+                me.running().remove(&id);
                 me.wake.notify_one();
             });
         }
@@ -512,7 +750,7 @@ impl Builds {
     }
 
     async fn execute(&self, b: BuildRecord, cancelled: watch::Receiver<bool>) {
-        let log = match BuildLog::create(std::path::Path::new(&b.log_path)).await {
+        let log = match BuildLog::create(Path::new(&b.log_path), self.config.max_log_bytes).await {
             Ok(l) => Arc::new(l),
             Err(e) => {
                 let _ = self
@@ -526,91 +764,93 @@ impl Builds {
                 return;
             }
         };
-        let workspace = self.config.dir.join("work").join(&b.id);
+        let dirs = BuildDirs::new(self.config.dir.join("work").join(&b.id));
         let (final_status, message, destination) =
-            self.run_build(&b, &workspace, log.clone(), cancelled).await;
+            self.run_build(&b, &dirs, log.clone(), cancelled).await;
         log.line("berth", &format!("{final_status}: {message}"))
             .await;
-        let _ = tokio::fs::remove_dir_all(&workspace).await;
+        let _ = tokio::fs::remove_dir_all(&dirs.root).await;
         if let Err(e) = self.finish(&b, final_status, message, destination).await {
             tracing::error!(build = %b.id, error = %e, "cannot record the build's end");
+        }
+    }
+
+    /// Who `tool`'s builds run as: its own uid and gid when berth is root
+    /// (allocated on its first build), else berth's.
+    async fn identity(&self, tool: &str) -> Result<Identity, String> {
+        if !self.config.per_tool_uid() {
+            return Ok(Identity::berth());
+        }
+        match self
+            .storage
+            .meta
+            .build_user(tool, self.config.uid_count)
+            .await
+        {
+            Ok(Some(n)) => {
+                let id = self.config.uid_base + n;
+                Ok(Identity { uid: id, gid: id })
+            }
+            Ok(None) => Err(format!(
+                "every build uid is taken ([builds] uid_base = {}, uid_count = {}); an admin must widen the range",
+                self.config.uid_base, self.config.uid_count
+            )),
+            Err(e) => Err(format!("cannot read the tool's build uid: {e}")),
         }
     }
 
     async fn run_build(
         &self,
         b: &BuildRecord,
-        workspace: &std::path::Path,
+        dirs: &BuildDirs,
         log: Arc<BuildLog>,
-        cancelled: watch::Receiver<bool>,
+        mut cancelled: watch::Receiver<bool>,
     ) -> (&'static str, String, Option<String>) {
-        let ns = self.namespace(&b.tool);
+        let fail = |why: String| (status::FAILURE, why, None);
+        let git = match &self.git {
+            Ok(g) => g,
+            Err(why) => return fail(format!("builds cannot run on this registry: {why}")),
+        };
         let url = b.params["source_url"].as_str().unwrap_or_default();
         let reference = b.params["ref"].as_str().unwrap_or("HEAD");
+        // Checked again: what a name resolves to may have changed since
+        // the build was requested.
+        let source = match source::check(&self.config.source_policy(), url).await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::info!(build = %b.id, url, error = %e, "build source refused when the build ran");
+                return fail(source::cannot_fetch(url));
+            }
+        };
+        if let Err(e) = logs::private_dir(&dirs.root).await {
+            return fail(format!("cannot prepare the workspace: {e}"));
+        }
         log.line("berth", &format!("fetching {url} at {}", b.resolved_ref))
             .await;
-        if let Err(e) = git::checkout(
-            url,
-            reference,
-            &b.resolved_ref,
-            &workspace.join("app"),
-            &log,
-        )
-        .await
+        match git
+            .checkout(
+                &source,
+                reference,
+                &b.resolved_ref,
+                &dirs.workspace.join("app"),
+                &log,
+                &mut cancelled,
+            )
+            .await
         {
-            return (
-                status::FAILURE,
-                format!("cannot fetch the source: {e}"),
-                None,
-            );
+            Ok(()) => {}
+            Err(GitError::Cancelled) => return (status::CANCELLED, "cancelled".into(), None),
+            Err(e) => return fail(format!("cannot fetch the source: {e}")),
         }
-        let env_dir = workspace.join("platform").join("env");
-        let setup = async {
-            tokio::fs::create_dir_all(&env_dir).await?;
-            tokio::fs::create_dir_all(workspace.join("layers")).await?;
-            if let Some(vars) = b.params["envvars"].as_object() {
-                for (name, value) in vars {
-                    tokio::fs::write(env_dir.join(name), value.as_str().unwrap_or_default())
-                        .await?;
-                }
-            }
-            Ok::<_, std::io::Error>(())
+        let identity = match self.identity(&b.tool).await {
+            Ok(id) => id,
+            Err(why) => return fail(why),
         };
-        if let Err(e) = setup.await {
-            return (
-                status::FAILURE,
-                format!("cannot prepare the workspace: {e}"),
-                None,
-            );
-        }
-        let cache_dir = self
-            .config
-            .dir
-            .join("cache")
-            .join(&b.tool)
-            .join(&b.image_name);
-        if let Err(e) = tokio::fs::create_dir_all(&cache_dir).await {
-            return (
-                status::FAILURE,
-                format!("cannot prepare the cache: {e}"),
-                None,
-            );
-        }
-        // As root, hand the workspace to the build user the lifecycle drops to.
-        // SAFETY: geteuid has no preconditions.
-        if unsafe { libc::geteuid() } == 0 {
-            let (uid, gid, dirs) = (
-                self.config.uid,
-                self.config.gid,
-                vec![workspace.to_owned(), cache_dir.clone()],
-            );
-            let _ = tokio::task::spawn_blocking(move || {
-                for d in dirs {
-                    chown_tree(&d, uid, gid);
-                }
-            })
-            .await;
-        }
+        let cache_dir = match self.prepare(b, dirs, identity, &log).await {
+            Ok(c) => c,
+            Err(e) => return fail(format!("cannot prepare the workspace: {e}")),
+        };
+        let ns = self.namespace(&b.tool);
         let output_repo = format!("{ns}/{}", b.image_name);
         let run_repo = self
             .config
@@ -625,22 +865,24 @@ impl Builds {
         let host = &self.config.registry_host;
         let spec = RunSpec {
             build_id: b.id.clone(),
-            workspace: workspace.to_owned(),
+            workspace: dirs.workspace.clone(),
             cache_dir,
+            tmp_dir: dirs.tmp.clone(),
+            passwd: dirs.passwd.clone(),
+            group: dirs.group.clone(),
             run_image: format!("{host}/{}", self.config.run_image),
             output_image: format!("{host}/{output_repo}:latest"),
             registry_host: host.clone(),
             registry_auth: serde_json::json!({ host: format!("Bearer {token}") }).to_string(),
             platform_api: self.config.platform_api.clone(),
-            uid: self.config.uid,
-            gid: self.config.gid,
+            identity,
             timeout: self.config.timeout,
         };
         log.line(
             "berth",
             &format!(
-                "running the lifecycle: {} -> {}",
-                spec.run_image, spec.output_image
+                "running the lifecycle as uid {}: {} -> {}",
+                identity.uid, spec.run_image, spec.output_image
             ),
         )
         .await;
@@ -654,30 +896,90 @@ impl Builds {
                 ),
                 None,
             ),
-            RunOutcome::Failed(why) => (status::FAILURE, why, None),
+            RunOutcome::Failed(why) => fail(why),
             RunOutcome::Exited(0) => match read_report(&spec.report_path()).await {
                 Ok(digest) => (
                     status::SUCCESS,
                     "built and pushed".into(),
                     Some(format!("{}@{digest}", spec.output_image)),
                 ),
-                Err(e) => (
-                    status::FAILURE,
-                    format!("the lifecycle succeeded but its report is unusable: {e}"),
-                    None,
-                ),
+                Err(e) => fail(format!(
+                    "the lifecycle succeeded but its report is unusable: {e}"
+                )),
             },
             RunOutcome::Exited(code) => {
                 let why = last_error_line(&b.log_path)
                     .await
                     .unwrap_or_else(|| "see the build log".into());
-                (
-                    status::FAILURE,
-                    format!("the lifecycle exited with status {code}: {why}"),
-                    None,
-                )
+                fail(format!("the lifecycle exited with status {code}: {why}"))
             }
         }
+    }
+
+    /// Makes the workspace (app, layers, platform/env), `/tmp`, the
+    /// identity files and the tool's cache for `b`, all for `id` alone:
+    /// 0700 and, when builds have their own uid, owned by it. Returns the
+    /// cache dir. A cache owned by anyone else (an older berth's shared
+    /// build user) is discarded: caches are disposable, trust in them is
+    /// not.
+    async fn prepare(
+        &self,
+        b: &BuildRecord,
+        dirs: &BuildDirs,
+        id: Identity,
+        log: &BuildLog,
+    ) -> std::io::Result<PathBuf> {
+        let env_dir = dirs.workspace.join("platform").join("env");
+        tokio::fs::create_dir_all(&env_dir).await?;
+        tokio::fs::create_dir_all(dirs.workspace.join("layers")).await?;
+        tokio::fs::create_dir_all(&dirs.tmp).await?;
+        if let Some(vars) = b.params["envvars"].as_object() {
+            for (name, value) in vars {
+                // Names were checked when the build was requested; a
+                // record that holds something else is not trusted.
+                if request::check_env_name(name).is_ok() {
+                    tokio::fs::write(env_dir.join(name), value.as_str().unwrap_or_default())
+                        .await?;
+                }
+            }
+        }
+        let (passwd, group) = sandbox::identity_files(id);
+        for (path, text) in [(&dirs.passwd, passwd), (&dirs.group, group)] {
+            tokio::fs::write(path, text).await?;
+            tokio::fs::set_permissions(path, std::fs::Permissions::from_mode(0o644)).await?;
+        }
+        let tool_cache = self.config.dir.join("cache").join(&b.tool);
+        logs::private_dir(&tool_cache).await?;
+        let cache = tool_cache.join(&b.image_name);
+        match tokio::fs::symlink_metadata(&cache).await {
+            Ok(m) if std::os::unix::fs::MetadataExt::uid(&m) != id.uid || !m.is_dir() => {
+                log.line(
+                    "berth",
+                    "the cache belonged to another user; this build starts with an empty cache",
+                )
+                .await;
+                tokio::fs::remove_dir_all(&cache).await?;
+            }
+            _ => {}
+        }
+        tokio::fs::create_dir_all(&cache).await?;
+        let per_tool = id != Identity::berth();
+        let (workspace, tmp, cache_dir) = (dirs.workspace.clone(), dirs.tmp.clone(), cache.clone());
+        tokio::task::spawn_blocking(move || -> std::io::Result<()> {
+            for d in [&workspace, &tmp, &cache_dir] {
+                std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o700))?;
+            }
+            if per_tool {
+                // Nothing runs in the workspace yet: walking it is safe.
+                chown_tree(&workspace, id)?;
+                std::os::unix::fs::chown(&tmp, Some(id.uid), Some(id.gid))?;
+                std::os::unix::fs::chown(&cache_dir, Some(id.uid), Some(id.gid))?;
+            }
+            Ok(())
+        })
+        .await
+        .map_err(std::io::Error::other)??;
+        Ok(cache)
     }
 
     async fn finish(
@@ -725,25 +1027,47 @@ impl Builds {
     }
 }
 
-fn chown_tree(path: &std::path::Path, uid: u32, gid: u32) {
-    let _ = std::os::unix::fs::lchown(path, Some(uid), Some(gid));
-    if let Ok(entries) = std::fs::read_dir(path) {
-        for e in entries.flatten() {
-            let p = e.path();
-            if e.file_type().map(|t| t.is_dir()).unwrap_or(false) {
-                chown_tree(&p, uid, gid);
-            } else {
-                let _ = std::os::unix::fs::lchown(&p, Some(uid), Some(gid));
-            }
+/// Hands a tree to `id` (lchown: links are not followed).
+fn chown_tree(path: &Path, id: Identity) -> std::io::Result<()> {
+    std::os::unix::fs::lchown(path, Some(id.uid), Some(id.gid))?;
+    for e in std::fs::read_dir(path)? {
+        let e = e?;
+        if e.file_type()?.is_dir() {
+            chown_tree(&e.path(), id)?;
+        } else {
+            std::os::unix::fs::lchown(e.path(), Some(id.uid), Some(id.gid))?;
         }
     }
+    Ok(())
 }
 
-/// The image digest from the lifecycle's `report.toml`.
-async fn read_report(path: &std::path::Path) -> Result<String, String> {
-    let text = tokio::fs::read_to_string(path)
-        .await
-        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+/// The image digest from the lifecycle's `report.toml`. The build wrote
+/// it: only a regular file is read (never through a link, which could
+/// point at berth's secrets), and at most 64 KiB of it.
+async fn read_report(path: &Path) -> Result<String, String> {
+    let path = path.to_owned();
+    let text = tokio::task::spawn_blocking(move || -> Result<String, String> {
+        use std::io::Read;
+        use std::os::unix::fs::OpenOptionsExt;
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+            .open(&path)
+            .map_err(|e| format!("cannot read report.toml: {e}"))?;
+        let meta = file
+            .metadata()
+            .map_err(|e| format!("cannot read report.toml: {e}"))?;
+        if !meta.is_file() {
+            return Err("report.toml is not a regular file".into());
+        }
+        let mut text = String::new();
+        file.take(64 << 10)
+            .read_to_string(&mut text)
+            .map_err(|e| format!("cannot read report.toml: {e}"))?;
+        Ok(text)
+    })
+    .await
+    .map_err(|e| e.to_string())??;
     let v: toml::Value =
         toml::from_str(&text).map_err(|e| format!("report.toml is not TOML: {e}"))?;
     let digest = v
@@ -778,21 +1102,18 @@ async fn last_error_line(log_path: &str) -> Option<String> {
 mod tests {
     use super::*;
 
-    #[test]
-    fn names() {
-        assert!(
-            valid_tool("a")
-                && valid_tool("my-tool_2")
-                && !valid_tool("My")
-                && !valid_tool("a-")
-                && !valid_tool("")
-        );
-        assert!(
-            valid_env_name("FOO")
-                && valid_env_name("_AB")
-                && !valid_env_name("AB")
-                && !valid_env_name("1AB")
-                && !valid_env_name("A-B")
-        );
+    #[tokio::test]
+    async fn the_report_is_read_only_as_a_regular_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let secret = dir.path().join("secret");
+        std::fs::write(&secret, "admin-password-123").unwrap();
+        let report = dir.path().join("report.toml");
+        std::os::unix::fs::symlink(&secret, &report).unwrap();
+        let e = read_report(&report).await.unwrap_err();
+        assert!(!e.contains("admin-password"), "{e}");
+        std::fs::remove_file(&report).unwrap();
+        let digest = format!("sha256:{}", "a".repeat(64));
+        std::fs::write(&report, format!("[image]\ndigest = \"{digest}\"\n")).unwrap();
+        assert_eq!(read_report(&report).await.unwrap(), digest);
     }
 }

@@ -1,29 +1,67 @@
-//! Build logs: one file per build under `<data>/builds/logs/`, a line per
-//! output line with a timestamp and where it came from. Files outlive
-//! build records; their own retention removes them.
+//! Build logs: one file per build under `<data>/builds/logs/` (directory
+//! 0700, files 0600: only berth reads them, and serves them to the tool),
+//! a line per output line with a timestamp and where it came from. A log
+//! holds at most `max_bytes` of the build's own output (berth's lines
+//! always go in), lines are cut at [`MAX_LINE`], so build code cannot fill
+//! the disk or berth's memory. Files outlive build records; their own
+//! retention removes them. [`follow`] reads a log as a stream, waiting for
+//! more while the build runs.
 
+use bytes::Bytes;
+use futures_util::Stream;
+use std::future::Future;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use tokio::io::AsyncWriteExt;
+use std::pin::Pin;
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::sync::Mutex;
+
+/// Longest line kept from a process's output; longer ones are cut.
+pub const MAX_LINE: usize = 16 << 10;
+
+/// How often a followed log is polled for more.
+const FOLLOW_POLL: Duration = Duration::from_millis(200);
 
 pub struct BuildLog {
     path: PathBuf,
-    file: Mutex<tokio::fs::File>,
+    max_bytes: u64,
+    state: Mutex<State>,
+}
+
+struct State {
+    file: tokio::fs::File,
+    written: u64,
+    truncated: bool,
+}
+
+/// Creates `dir` (and parents) readable by berth only.
+pub async fn private_dir(dir: &Path) -> std::io::Result<()> {
+    tokio::fs::create_dir_all(dir).await?;
+    tokio::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).await
 }
 
 impl BuildLog {
-    pub async fn create(path: &Path) -> std::io::Result<BuildLog> {
+    /// Opens (appending) or creates the log at `path`, mode 0600.
+    pub async fn create(path: &Path, max_bytes: u64) -> std::io::Result<BuildLog> {
         if let Some(dir) = path.parent() {
-            tokio::fs::create_dir_all(dir).await?;
+            private_dir(dir).await?;
         }
         let file = tokio::fs::OpenOptions::new()
             .create(true)
             .append(true)
+            .mode(0o600)
             .open(path)
             .await?;
+        let written = file.metadata().await?.len();
         Ok(BuildLog {
             path: path.to_owned(),
-            file: Mutex::new(file),
+            max_bytes,
+            state: Mutex::new(State {
+                file,
+                written,
+                truncated: false,
+            }),
         })
     }
 
@@ -32,16 +70,129 @@ impl BuildLog {
     }
 
     /// Appends `text` as one line from `source` (e.g. `berth`, `git`,
-    /// `lifecycle`), timestamped. Logging never fails a build.
+    /// `lifecycle`), timestamped. Logging never fails a build. Past
+    /// `max_bytes`, only berth's own lines are kept.
     pub async fn line(&self, source: &str, text: &str) {
         let now = humantime::format_rfc3339_millis(std::time::SystemTime::now());
-        let line = format!("{now} [{source}] {}\n", text.trim_end());
-        let mut f = self.file.lock().await;
-        if let Err(e) = f.write_all(line.as_bytes()).await {
+        let mut line = format!("{now} [{source}] {}\n", text.trim_end());
+        let mut s = self.state.lock().await;
+        if source != "berth" && s.written + line.len() as u64 > self.max_bytes {
+            if s.truncated {
+                return;
+            }
+            s.truncated = true;
+            line = format!(
+                "{now} [berth] the log reached its limit of {} bytes ([builds] max_log_bytes); the build's further output is not kept\n",
+                self.max_bytes
+            );
+        }
+        s.written += line.len() as u64;
+        if let Err(e) = s.file.write_all(line.as_bytes()).await {
             tracing::warn!(path = %self.path.display(), error = %e, "cannot write build log");
         }
-        let _ = f.flush().await;
+        let _ = s.file.flush().await;
     }
+}
+
+/// Copies `reader` into `log` line by line as `source`, cutting lines at
+/// [`MAX_LINE`] (memory stays bounded whatever the process prints).
+pub async fn pump(reader: impl AsyncRead + Unpin, log: &BuildLog, source: &str) {
+    let mut reader = reader;
+    let mut pending: Vec<u8> = Vec::new();
+    let mut buf = vec![0u8; 8192];
+    loop {
+        let n = match reader.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        let mut rest = &buf[..n];
+        while let Some(i) = rest.iter().position(|b| *b == b'\n') {
+            if pending.len() < MAX_LINE {
+                let room = MAX_LINE - pending.len();
+                pending.extend_from_slice(&rest[..i.min(room)]);
+            }
+            log.line(source, &String::from_utf8_lossy(&pending)).await;
+            pending.clear();
+            rest = &rest[i + 1..];
+        }
+        let room = MAX_LINE.saturating_sub(pending.len());
+        pending.extend_from_slice(&rest[..rest.len().min(room)]);
+    }
+    if !pending.is_empty() {
+        log.line(source, &String::from_utf8_lossy(&pending)).await;
+    }
+}
+
+/// A log as a body: chunks of text.
+pub type LogStream = Pin<Box<dyn Stream<Item = std::io::Result<Bytes>> + Send>>;
+
+/// Reads the log at `path`. With `follow`, waits for more (polling every
+/// 200 ms) until `finished()` says the build ended, then sends what was
+/// written last and ends. `hold` is kept until the stream ends or is
+/// dropped (a slot of the follow cap). A log that cannot be read ends the
+/// stream with an `error:` line (the answer's status is already sent).
+pub fn follow<F, Fut, H>(path: PathBuf, follow: bool, finished: F, hold: H) -> LogStream
+where
+    F: Fn() -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = bool> + Send,
+    H: Send + 'static,
+{
+    struct Cursor<F, H> {
+        path: PathBuf,
+        file: Option<tokio::fs::File>,
+        done: bool,
+        finished: F,
+        _hold: H,
+    }
+    let start = Cursor {
+        path,
+        file: None,
+        done: false,
+        finished,
+        _hold: hold,
+    };
+    Box::pin(futures_util::stream::unfold(
+        start,
+        move |mut c| async move {
+            if c.done {
+                return None;
+            }
+            let error = |c: &mut Cursor<F, H>, what: String| {
+                c.done = true;
+                Bytes::from(format!("error: {what}\n"))
+            };
+            let file = match c.file.take() {
+                Some(f) => f,
+                None => match tokio::fs::File::open(&c.path).await {
+                    Ok(f) => f,
+                    Err(e) => {
+                        let chunk = error(&mut c, format!("the build log cannot be read: {e}"));
+                        return Some((Ok(chunk), c));
+                    }
+                },
+            };
+            let mut file = file;
+            loop {
+                // Checked before reading, so the lines written just before the
+                // end are read after it is seen.
+                let finished = !follow || (c.finished)().await;
+                let mut buf = vec![0u8; 64 * 1024];
+                match file.read(&mut buf).await {
+                    Ok(0) if finished => return None,
+                    Ok(0) => tokio::time::sleep(FOLLOW_POLL).await,
+                    Ok(n) => {
+                        buf.truncate(n);
+                        c.file = Some(file);
+                        return Some((Ok(Bytes::from(buf)), c));
+                    }
+                    Err(e) => {
+                        let chunk = error(&mut c, format!("reading the build log failed: {e}"));
+                        return Some((Ok(chunk), c));
+                    }
+                }
+            }
+        },
+    ))
 }
 
 /// Removes log files last written before `cutoff` (a SystemTime).
@@ -62,4 +213,69 @@ pub async fn expire(dir: &Path, cutoff: std::time::SystemTime) -> usize {
         }
     }
     removed
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures_util::StreamExt;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+
+    #[tokio::test]
+    async fn output_is_capped_and_lines_are_cut() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("logs/b.log");
+        let log = BuildLog::create(&path, 4096).await.unwrap();
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        let dir_mode = std::fs::metadata(path.parent().unwrap())
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(dir_mode & 0o777, 0o700);
+        // One line of 100 KiB without a newline, then many short ones.
+        let mut input = vec![b'a'; 100 << 10];
+        input.extend(b"\nshort\n".repeat(1000));
+        pump(&input[..], &log, "lifecycle").await;
+        log.line("berth", "BUILD_SUCCESS: done").await;
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(text.len() < 4096 + 512, "{}", text.len());
+        assert!(text.contains("max_log_bytes"), "{text}");
+        assert!(text.ends_with("[berth] BUILD_SUCCESS: done\n"), "{text}");
+        let first = text.lines().next().unwrap();
+        assert!(first.len() < MAX_LINE + 100, "{}", first.len());
+    }
+
+    #[tokio::test]
+    async fn following_ends_when_the_build_does() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("b.log");
+        let log = BuildLog::create(&path, 1 << 20).await.unwrap();
+        log.line("berth", "one").await;
+        let done = Arc::new(AtomicBool::new(false));
+        let d = done.clone();
+        let held = Arc::new(());
+        let stream = follow(
+            path.clone(),
+            true,
+            move || {
+                let d = d.clone();
+                async move { d.load(Ordering::SeqCst) }
+            },
+            held.clone(),
+        );
+        let reader = tokio::spawn(async move {
+            stream
+                .map(|c| String::from_utf8(c.unwrap().to_vec()).unwrap())
+                .collect::<String>()
+                .await
+        });
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        log.line("berth", "two").await;
+        done.store(true, Ordering::SeqCst);
+        let text = reader.await.unwrap();
+        assert!(text.contains("one") && text.contains("two"), "{text}");
+        assert_eq!(Arc::strong_count(&held), 1, "the hold is released");
+    }
 }

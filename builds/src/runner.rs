@@ -1,21 +1,24 @@
 //! Running the CNB lifecycle's `creator`, behind one trait with two
-//! backends: `process` (lifecycle and buildpacks on this host) and
-//! `container` (docker or podman runs the builder image's creator with the
-//! workspace mounted). Both stream output into the build log, enforce the
-//! timeout and kill everything on cancel.
+//! backends: `process` (lifecycle and buildpacks on this host, inside the
+//! bubblewrap sandbox of `sandbox.rs`, or bare with `sandbox = "none"`)
+//! and `container` (docker or podman runs the builder image's creator with
+//! only the workspace and cache mounted). Both run the creator as the
+//! build's [`Identity`], stream its output into the build log (bounded),
+//! enforce the timeout and kill everything on cancel.
 
-use crate::logs::BuildLog;
+use crate::logs::{self, BuildLog};
+use crate::sandbox::{self, Bwrap, Identity, Layout};
+use std::ffi::OsString;
 use std::future::Future;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::Command;
 use tokio::sync::watch;
 
-/// Everything one lifecycle run needs.
+/// Everything one lifecycle run needs. Paths are the host's.
 #[derive(Debug, Clone)]
 pub struct RunSpec {
     pub build_id: String,
@@ -23,6 +26,11 @@ pub struct RunSpec {
     pub workspace: PathBuf,
     /// Kept between builds of one tool and image.
     pub cache_dir: PathBuf,
+    /// The build's `/tmp` (sandbox only).
+    pub tmp_dir: PathBuf,
+    /// The build's `/etc/passwd` and `/etc/group` (sandbox only).
+    pub passwd: PathBuf,
+    pub group: PathBuf,
     /// `<registry>/<run image>`.
     pub run_image: String,
     /// `<registry>/<namespace>/<image>:latest`.
@@ -32,8 +40,8 @@ pub struct RunSpec {
     /// `CNB_REGISTRY_AUTH` JSON.
     pub registry_auth: String,
     pub platform_api: String,
-    pub uid: u32,
-    pub gid: u32,
+    /// Who the creator runs as (and `-uid`/`-gid`).
+    pub identity: Identity,
     pub timeout: Duration,
 }
 
@@ -65,48 +73,138 @@ pub trait Runner: Send + Sync {
     ) -> RunFuture<'a>;
 }
 
+/// Where the creator finds its parts (inside the sandbox or on the host).
+struct CreatorPaths {
+    app: PathBuf,
+    layers: PathBuf,
+    platform: PathBuf,
+    buildpacks: PathBuf,
+    order: PathBuf,
+    launcher: PathBuf,
+    cache: PathBuf,
+    report: PathBuf,
+}
+
+impl CreatorPaths {
+    fn in_workspace(ws: &Path, cache: &Path, buildpacks: &Path, order: &Path, lc: &Path) -> Self {
+        CreatorPaths {
+            app: ws.join("app"),
+            layers: ws.join("layers"),
+            platform: ws.join("platform"),
+            buildpacks: buildpacks.into(),
+            order: order.into(),
+            launcher: lc.join("launcher"),
+            cache: cache.into(),
+            report: ws.join("report.toml"),
+        }
+    }
+}
+
+/// The creator's flags, the same for every backend.
+fn creator_args(p: &CreatorPaths, spec: &RunSpec) -> Vec<OsString> {
+    let mut a: Vec<OsString> = Vec::new();
+    let mut flag = |name: &str, value: OsString| {
+        a.push(name.into());
+        a.push(value);
+    };
+    flag("-app", p.app.clone().into());
+    flag("-layers", p.layers.clone().into());
+    flag("-platform", p.platform.clone().into());
+    flag("-buildpacks", p.buildpacks.clone().into());
+    flag("-order", p.order.clone().into());
+    flag("-launcher", p.launcher.clone().into());
+    flag("-cache-dir", p.cache.clone().into());
+    flag("-run-image", spec.run_image.clone().into());
+    flag("-report", p.report.clone().into());
+    flag("-insecure-registry", spec.registry_host.clone().into());
+    flag("-uid", spec.identity.uid.to_string().into());
+    flag("-gid", spec.identity.gid.to_string().into());
+    flag("-log-level", "info".into());
+    a.push(spec.output_image.clone().into());
+    a
+}
+
+/// How the process runner confines the lifecycle.
+#[derive(Debug, Clone)]
+pub enum Sandboxing {
+    Bwrap(Bwrap),
+    /// `sandbox = "none"`: the host's view, berth's user.
+    None,
+    /// The sandbox was asked for but cannot be made; why. Builds fail
+    /// with this rather than run unconfined.
+    Missing(String),
+}
+
 /// The lifecycle on this host.
 pub struct ProcessRunner {
     pub lifecycle_dir: PathBuf,
     pub buildpacks_dir: PathBuf,
     pub order: PathBuf,
+    pub sandboxing: Sandboxing,
 }
 
 impl ProcessRunner {
-    pub fn command(&self, spec: &RunSpec) -> Command {
-        let ws = &spec.workspace;
-        let mut cmd = Command::new(self.lifecycle_dir.join("creator"));
-        cmd.arg("-app")
-            .arg(ws.join("app"))
-            .arg("-layers")
-            .arg(ws.join("layers"))
-            .arg("-platform")
-            .arg(ws.join("platform"))
-            .arg("-buildpacks")
-            .arg(&self.buildpacks_dir)
-            .arg("-order")
-            .arg(&self.order)
-            .arg("-launcher")
-            .arg(self.lifecycle_dir.join("launcher"))
-            .arg("-cache-dir")
-            .arg(&spec.cache_dir)
-            .arg("-run-image")
-            .arg(&spec.run_image)
-            .arg("-report")
-            .arg(spec.report_path())
-            .arg("-insecure-registry")
-            .arg(&spec.registry_host)
-            .arg("-uid")
-            .arg(spec.uid.to_string())
-            .arg("-gid")
-            .arg(spec.gid.to_string())
-            .arg("-log-level")
-            .arg("info")
-            .arg(&spec.output_image)
-            .env("CNB_PLATFORM_API", &spec.platform_api)
-            .env("CNB_REGISTRY_AUTH", &spec.registry_auth)
-            .current_dir(ws);
-        cmd
+    pub fn command(&self, spec: &RunSpec) -> Result<Command, String> {
+        let env = [
+            ("CNB_PLATFORM_API", spec.platform_api.as_str()),
+            ("CNB_REGISTRY_AUTH", spec.registry_auth.as_str()),
+        ];
+        match &self.sandboxing {
+            Sandboxing::Bwrap(bwrap) => {
+                let inside = CreatorPaths::in_workspace(
+                    Path::new(sandbox::WORKSPACE),
+                    Path::new(sandbox::CACHE),
+                    Path::new(sandbox::BUILDPACKS),
+                    Path::new(sandbox::ORDER),
+                    Path::new(sandbox::LIFECYCLE),
+                );
+                let layout = Layout {
+                    workspace: spec.workspace.clone(),
+                    cache: spec.cache_dir.clone(),
+                    tmp: spec.tmp_dir.clone(),
+                    passwd: spec.passwd.clone(),
+                    group: spec.group.clone(),
+                    lifecycle_dir: self.lifecycle_dir.clone(),
+                    buildpacks_dir: self.buildpacks_dir.clone(),
+                    order: self.order.clone(),
+                };
+                Ok(bwrap.command(
+                    &layout,
+                    spec.identity,
+                    &env,
+                    &format!("{}/creator", sandbox::LIFECYCLE),
+                    &creator_args(&inside, spec),
+                ))
+            }
+            Sandboxing::None => {
+                let host = CreatorPaths::in_workspace(
+                    &spec.workspace,
+                    &spec.cache_dir,
+                    &self.buildpacks_dir,
+                    &self.order,
+                    &self.lifecycle_dir,
+                );
+                let mut cmd = Command::new(self.lifecycle_dir.join("creator"));
+                cmd.args(creator_args(&host, spec))
+                    .env_clear()
+                    .env(
+                        "PATH",
+                        std::env::var_os("PATH")
+                            .unwrap_or_else(|| "/usr/local/bin:/usr/bin:/bin".into()),
+                    )
+                    .envs(env)
+                    .current_dir(&spec.workspace);
+                // SAFETY: umask is async-signal-safe and cannot fail.
+                unsafe {
+                    cmd.pre_exec(|| {
+                        libc::umask(0o022);
+                        Ok(())
+                    });
+                }
+                Ok(cmd)
+            }
+            Sandboxing::Missing(why) => Err(format!("builds cannot run on this host: {why}")),
+        }
     }
 }
 
@@ -118,9 +216,13 @@ impl Runner for ProcessRunner {
         cancel: watch::Receiver<bool>,
     ) -> RunFuture<'a> {
         Box::pin(async move {
-            let mut cmd = self.command(spec);
-            // Its own process group, so cancel and timeout kill the buildpacks'
-            // children too.
+            let mut cmd = match self.command(spec) {
+                Ok(c) => c,
+                Err(why) => return RunOutcome::Failed(why),
+            };
+            // Its own process group: killing it kills the lifecycle (bare)
+            // or bwrap, whose --die-with-parent takes the sandbox's pid
+            // namespace, and everything in it, along.
             cmd.process_group(0);
             supervise(cmd, spec, log, cancel, |pid| {
                 // SAFETY: signalling the process group we created.
@@ -142,7 +244,12 @@ impl ContainerRunner {
         format!("berth-build-{}", spec.build_id)
     }
 
+    /// The engine's command: only the workspace and cache are mounted;
+    /// the creator runs as the build's identity with no capabilities and
+    /// no way to gain any. With rootless podman (berth not root) the
+    /// user namespace keeps berth's uid, so the mounts stay writable.
     pub fn command(&self, spec: &RunSpec) -> Command {
+        let id = spec.identity;
         let mut cmd = Command::new(&self.engine);
         cmd.args([
             "run",
@@ -153,36 +260,34 @@ impl ContainerRunner {
             &Self::container_name(spec),
         ])
         .arg("--user")
-        .arg("0:0")
-        .arg("-v")
-        .arg(format!("{}:/workspace", spec.workspace.display()))
-        .arg("-v")
-        .arg(format!("{}:/cache", spec.cache_dir.display()))
-        .arg("-e")
-        .arg(format!("CNB_PLATFORM_API={}", spec.platform_api))
-        .arg("-e")
-        .arg("CNB_REGISTRY_AUTH")
-        .env("CNB_REGISTRY_AUTH", &spec.registry_auth)
-        .arg(&self.builder_image)
-        .arg("/cnb/lifecycle/creator")
-        .args([
-            "-app",
-            "/workspace/app",
-            "-layers",
-            "/workspace/layers",
-            "-platform",
-            "/workspace/platform",
-        ])
-        .args(["-cache-dir", "/cache", "-report", "/workspace/report.toml"])
-        .arg("-run-image")
-        .arg(&spec.run_image)
-        .arg("-insecure-registry")
-        .arg(&spec.registry_host)
-        .arg("-uid")
-        .arg(spec.uid.to_string())
-        .arg("-gid")
-        .arg(spec.gid.to_string())
-        .arg(&spec.output_image);
+        .arg(format!("{}:{}", id.uid, id.gid))
+        .args(["--cap-drop", "ALL", "--security-opt", "no-new-privileges"]);
+        if !sandbox::is_root() && Path::new(&self.engine).file_name() == Some("podman".as_ref()) {
+            cmd.arg("--userns=keep-id");
+        }
+        let inside = CreatorPaths::in_workspace(
+            Path::new(sandbox::WORKSPACE),
+            Path::new(sandbox::CACHE),
+            Path::new(sandbox::BUILDPACKS),
+            Path::new(sandbox::ORDER),
+            Path::new(sandbox::LIFECYCLE),
+        );
+        cmd.arg("-v")
+            .arg(format!(
+                "{}:{}",
+                spec.workspace.display(),
+                sandbox::WORKSPACE
+            ))
+            .arg("-v")
+            .arg(format!("{}:{}", spec.cache_dir.display(), sandbox::CACHE))
+            .arg("-e")
+            .arg(format!("CNB_PLATFORM_API={}", spec.platform_api))
+            .arg("-e")
+            .arg("CNB_REGISTRY_AUTH")
+            .env("CNB_REGISTRY_AUTH", &spec.registry_auth)
+            .arg(&self.builder_image)
+            .arg(format!("{}/creator", sandbox::LIFECYCLE))
+            .args(creator_args(&inside, spec));
         cmd
     }
 }
@@ -229,31 +334,17 @@ async fn supervise(
     };
     let pid = child.id().unwrap_or(0);
     let mut pumps = Vec::new();
-    for (stream, source) in [
-        (
-            child
-                .stdout
-                .take()
-                .map(|s| Box::new(s) as Box<dyn tokio::io::AsyncRead + Send + Unpin>),
-            "lifecycle",
-        ),
-        (
-            child
-                .stderr
-                .take()
-                .map(|s| Box::new(s) as Box<dyn tokio::io::AsyncRead + Send + Unpin>),
-            "lifecycle:err",
-        ),
-    ] {
-        if let Some(s) = stream {
-            let log = log.clone();
-            pumps.push(tokio::spawn(async move {
-                let mut lines = BufReader::new(s).lines();
-                while let Ok(Some(l)) = lines.next_line().await {
-                    log.line(source, &l).await;
-                }
-            }));
-        }
+    if let Some(out) = child.stdout.take() {
+        let log = log.clone();
+        pumps.push(tokio::spawn(async move {
+            logs::pump(out, &log, "lifecycle").await
+        }));
+    }
+    if let Some(err) = child.stderr.take() {
+        let log = log.clone();
+        pumps.push(tokio::spawn(async move {
+            logs::pump(err, &log, "lifecycle:err").await
+        }));
     }
     let deadline = tokio::time::sleep(spec.timeout);
     tokio::pin!(deadline);
@@ -262,7 +353,7 @@ async fn supervise(
             Ok(s) => RunOutcome::Exited(s.code().unwrap_or(-1)),
             Err(e) => RunOutcome::Failed(format!("waiting for the lifecycle failed: {e}")),
         },
-        _ = async { while cancel.changed().await.is_ok() { if *cancel.borrow() { return; } } std::future::pending::<()>().await } => {
+        _ = crate::git::cancelled(Some(&mut cancel)) => {
             kill(pid);
             let _ = child.wait().await;
             RunOutcome::Cancelled
@@ -288,13 +379,18 @@ mod tests {
             build_id: "tool-x-buildpacks-1".into(),
             workspace: "/w".into(),
             cache_dir: "/c".into(),
+            tmp_dir: "/t".into(),
+            passwd: "/p".into(),
+            group: "/g".into(),
             run_image: "127.0.0.1:5000/toolforge/run:latest".into(),
             output_image: "127.0.0.1:5000/tool-x/tool-x:latest".into(),
             registry_host: "127.0.0.1:5000".into(),
             registry_auth: "{}".into(),
             platform_api: "0.13".into(),
-            uid: 1000,
-            gid: 1000,
+            identity: Identity {
+                uid: 200_004,
+                gid: 200_004,
+            },
             timeout: Duration::from_secs(1),
         }
     }
@@ -313,31 +409,46 @@ mod tests {
             lifecycle_dir: "/cnb/lifecycle".into(),
             buildpacks_dir: "/cnb/buildpacks".into(),
             order: "/cnb/order.toml".into(),
+            sandboxing: Sandboxing::None,
         };
-        let a = argv(&r.command(&spec())).join(" ");
+        let a = argv(&r.command(&spec()).unwrap()).join(" ");
         for want in [
             "/cnb/lifecycle/creator -app /w/app -layers /w/layers -platform /w/platform",
             "-buildpacks /cnb/buildpacks -order /cnb/order.toml -launcher /cnb/lifecycle/launcher -cache-dir /c",
             "-run-image 127.0.0.1:5000/toolforge/run:latest -report /w/report.toml -insecure-registry 127.0.0.1:5000",
-            "-uid 1000 -gid 1000",
+            "-uid 200004 -gid 200004",
         ] {
             assert!(a.contains(want), "{a}");
         }
         assert!(a.ends_with("127.0.0.1:5000/tool-x/tool-x:latest"));
+        let missing = ProcessRunner {
+            sandboxing: Sandboxing::Missing("bwrap is not installed".into()),
+            ..r
+        };
+        assert!(missing
+            .command(&spec())
+            .unwrap_err()
+            .contains("bwrap is not installed"));
     }
 
     #[test]
-    fn container_runner_mounts_the_workspace() {
+    fn container_runner_mounts_only_the_workspace_and_cache() {
         let r = ContainerRunner {
-            engine: "podman".into(),
+            engine: "docker".into(),
             builder_image: "heroku/builder:24".into(),
         };
         let a = argv(&r.command(&spec())).join(" ");
         assert!(
-            a.starts_with("podman run --rm --network host --name berth-build-tool-x-buildpacks-1"),
+            a.starts_with("docker run --rm --network host --name berth-build-tool-x-buildpacks-1 --user 200004:200004 --cap-drop ALL --security-opt no-new-privileges"),
             "{a}"
         );
-        assert!(a.contains("-v /w:/workspace -v /c:/cache"));
+        assert!(a.contains("-v /w:/workspace -v /c:/cache -e"), "{a}");
+        assert_eq!(a.matches(" -v ").count(), 2, "{a}");
         assert!(a.contains("heroku/builder:24 /cnb/lifecycle/creator -app /workspace/app"));
+        assert!(a.contains("-cache-dir /cache"), "{a}");
+        assert!(
+            !a.contains("CNB_REGISTRY_AUTH={}"),
+            "the token is not on the command line"
+        );
     }
 }

@@ -9,8 +9,6 @@ use crate::routes::{query_get, query_pairs};
 use crate::State;
 use berth_builds::{BuildError, BuildRequest};
 use berth_storage::meta::builds::BuildRecord;
-use bytes::Bytes;
-use futures_util::stream;
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::BodyExt;
 use std::time::Duration;
@@ -58,6 +56,11 @@ impl From<BuildError> for ApiError {
                 Code::Denied,
                 format!("build {id} has already finished"),
             ),
+            BuildError::TooMany { limit, message } => ApiError::too_many(limit, message),
+            BuildError::Unavailable(m) => {
+                tracing::error!("{m}");
+                ApiError::unavailable(m)
+            }
             BuildError::Storage(s) => s.into(),
         }
     }
@@ -166,7 +169,9 @@ pub async fn clean(state: &State, tool: &str, method: &Method) -> ApiResult<Resp
 }
 
 /// `GET .../builds/{id}/logs[?follow=true]`: the log as text; following
-/// streams new lines until the build ends.
+/// streams new lines until the build ends (`berth_builds::logs::follow`).
+/// Toolforge's client sends `follow=True`, so the value is read without
+/// regard to case.
 pub async fn logs(
     state: &State,
     tool: &str,
@@ -177,70 +182,9 @@ pub async fn logs(
     if method != Method::GET {
         return Err(super::method_not_allowed(method));
     }
-    let b = state.builds.get(tool, id).await?;
-    let follow = query_get(&query_pairs(query), "follow") == Some("true");
-    let path = std::path::PathBuf::from(&b.log_path);
-    let builds = state.builds.clone();
-    let build_id = b.id.clone();
-    struct Cursor {
-        file: Option<tokio::fs::File>,
-        done: bool,
-    }
-    let chunks = stream::unfold(
-        Cursor {
-            file: None,
-            done: false,
-        },
-        move |mut c| {
-            let (path, builds, build_id) = (path.clone(), builds.clone(), build_id.clone());
-            async move {
-                use tokio::io::AsyncReadExt;
-                if c.done {
-                    return None;
-                }
-                if c.file.is_none() {
-                    match tokio::fs::File::open(&path).await {
-                        Ok(f) => c.file = Some(f),
-                        Err(e) => {
-                            c.done = true;
-                            return Some((
-                                Ok(Bytes::from(format!(
-                                    "error: the build log cannot be read: {e}\n"
-                                ))),
-                                c,
-                            ));
-                        }
-                    }
-                }
-                loop {
-                    // Checked before reading, so the lines written just before
-                    // the end are read after it is seen.
-                    let finished = !follow || builds.finished(&build_id).await;
-                    let mut buf = vec![0u8; 64 * 1024];
-                    let n = match c.file.as_mut().expect("opened above").read(&mut buf).await {
-                        Ok(n) => n,
-                        Err(e) => {
-                            c.done = true;
-                            return Some((
-                                Ok(Bytes::from(format!(
-                                    "error: reading the build log failed: {e}\n"
-                                ))),
-                                c,
-                            ));
-                        }
-                    };
-                    if n > 0 {
-                        buf.truncate(n);
-                        return Some((Ok::<_, std::io::Error>(Bytes::from(buf)), c));
-                    }
-                    if finished {
-                        return None;
-                    }
-                    tokio::time::sleep(Duration::from_millis(200)).await;
-                }
-            }
-        },
-    );
+    let follow =
+        query_get(&query_pairs(query), "follow").is_some_and(|v| v.eq_ignore_ascii_case("true"));
+    let chunks = state.builds.logs(tool, id, follow).await?;
     let mut resp = Response::new(BodyExt::boxed_unsync(http_body_util::StreamBody::new(
         futures_util::StreamExt::map(chunks, |r| {
             r.map(hyper::body::Frame::data)
