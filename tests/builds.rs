@@ -2,185 +2,20 @@
 //! stand-in (conformance's `cnb-creator`) pushing into berth, docker pulling
 //! the result; and the failure paths, cancel, timeout, restart, quota and
 //! the queue, with a `creator` wrapper whose behaviour each build picks
-//! through its env vars (the lifecycle reads them from `platform/env`).
+//! through its env vars (the lifecycle reads them from `platform/env`);
+//! reserved env var names; the cap on followed logs. All of it runs in
+//! the build sandbox (tests/builds_sandbox.rs attacks it).
 
 mod common;
+#[path = "common/builds.rs"]
+mod harness;
 
 use berth_conformance::client::Client;
 use common::*;
-use std::path::{Path, PathBuf};
+use harness::*;
+use std::io::{BufRead, BufReader, Write};
 use std::process::Command;
 use std::time::{Duration, Instant};
-
-/// The lifecycle stand-in binary, built if this test run has not built it.
-fn standin() -> PathBuf {
-    let path = Path::new(env!("CARGO_BIN_EXE_berth")).with_file_name("cnb-creator");
-    if !path.exists() {
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        run(Command::new(cargo).args(["build", "-p", "berth-conformance", "--bin", "cnb-creator"]));
-    }
-    assert!(path.exists(), "{} missing", path.display());
-    path
-}
-
-/// A lifecycle dir whose `creator` runs the stand-in, or (by the build's
-/// MODE env var) fails, sleeps, or records a short timed run.
-fn lifecycle(dir: &Path) -> PathBuf {
-    let lc = dir.join("lifecycle");
-    std::fs::create_dir_all(&lc).unwrap();
-    let script = format!(
-        r#"#!/bin/sh
-prev=""; report=""; platform=""
-for a in "$@"; do
-  case "$prev" in -report) report="$a";; -platform) platform="$a";; esac
-  prev="$a"
-done
-mode=$(cat "$platform/env/MODE" 2>/dev/null || echo real)
-case "$mode" in
-  fail) echo "detecting..."; echo "ERROR: No buildpack groups passed detection." >&2; exit 3;;
-  sleep) echo $$ >> "{state}/pids"; echo "sleeping"; sleep 60; exit 0;;
-  timed) echo "start $(date +%s%N)" >> "{state}/events"; sleep 1; echo "end $(date +%s%N)" >> "{state}/events"
-         printf '[image]\ndigest = "sha256:%064d"\n' 0 > "$report"; exit 0;;
-  *) exec "{standin}" "$@";;
-esac
-"#,
-        state = dir.display(),
-        standin = standin().display()
-    );
-    let creator = lc.join("creator");
-    std::fs::write(&creator, script).unwrap();
-    run(Command::new("chmod").arg("+x").arg(&creator));
-    lc
-}
-
-/// A bare git repository with an app, its `main` branch one commit.
-fn git_repo(dir: &Path) -> String {
-    let work = dir.join("src");
-    std::fs::create_dir_all(&work).unwrap();
-    std::fs::write(work.join("app.py"), "print('hello from a berth build')\n").unwrap();
-    std::fs::write(work.join("Procfile"), "web: python app.py\n").unwrap();
-    let git = |args: &[&str], cwd: &Path| {
-        run(Command::new("git")
-            .args([
-                "-c",
-                "user.name=t",
-                "-c",
-                "user.email=t@example.org",
-                "-c",
-                "init.defaultBranch=main",
-            ])
-            .args(args)
-            .current_dir(cwd));
-    };
-    git(&["init", "-q"], &work);
-    git(&["add", "."], &work);
-    git(&["commit", "-q", "-m", "app"], &work);
-    git(&["branch", "-M", "main"], &work);
-    git(&["clone", "-q", "--bare", "src", "bare.git"], dir);
-    format!("file://{}", dir.join("bare.git").display())
-}
-
-fn start_berth(dir: &Path, extra: &str) -> (Berth, PathBuf) {
-    let data = dir.join("data");
-    let port = free_port();
-    let config = format!(
-        "[quota]\nunlimited = [\"toolforge\"]\n[builds]\nlifecycle_dir = \"{}\"\nsource_schemes = [\"file\"]\nmax_parallel = 2\nper_tool_parallel = 5\n{extra}",
-        lifecycle(dir).display()
-    );
-    let berth = Berth::start_with(&data, port, &config);
-    // The run image, as the platform provides it.
-    let layout = dir.join("run-image");
-    write_oci_layout(&layout, "latest", "run image", 2);
-    skopeo_push_layout(
-        &layout,
-        "latest",
-        &format!("{}/toolforge/run:latest", berth.host()),
-        &format!("admin:{ADMIN_PASSWORD}"),
-    );
-    (berth, data)
-}
-
-struct Tool {
-    client: Client,
-    name: String,
-}
-
-impl Tool {
-    fn new(berth: &Berth, name: &str) -> Tool {
-        let password = berth.namespace_credentials(&format!("tool-{name}"));
-        Tool {
-            client: Client::new(&berth.url(), Some((format!("tool-{name}"), password))),
-            name: name.into(),
-        }
-    }
-
-    fn start(&self, source: &str, extra: serde_json::Value) -> (u16, serde_json::Value) {
-        let mut body = serde_json::json!({ "source_url": source, "ref": "main" });
-        for (k, v) in extra.as_object().unwrap() {
-            body[k] = v.clone();
-        }
-        let r = self
-            .client
-            .send(
-                "POST",
-                &format!("/v1/tool/{}/builds", self.name),
-                &[("content-type", "application/json")],
-                body.to_string().into_bytes(),
-            )
-            .unwrap();
-        (r.status, r.json().unwrap())
-    }
-
-    fn build(&self, id: &str) -> serde_json::Value {
-        let r = self
-            .client
-            .get(&format!("/v1/tool/{}/builds/{id}", self.name))
-            .unwrap();
-        assert_eq!(r.status, 200, "{}", r.describe());
-        r.json().unwrap()["build"].clone()
-    }
-
-    fn wait(&self, id: &str, timeout: Duration) -> serde_json::Value {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let b = self.build(id);
-            let s = b["status"].as_str().unwrap();
-            if s != "BUILD_PENDING" && s != "BUILD_RUNNING" {
-                return b;
-            }
-            assert!(Instant::now() < deadline, "build {id} did not finish: {b}");
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-
-    fn wait_status(&self, id: &str, status: &str) {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while self.build(id)["status"] != status {
-            assert!(
-                Instant::now() < deadline,
-                "build {id} never reached {status}"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    fn logs(&self, id: &str, follow: bool) -> String {
-        let r = self
-            .client
-            .get(&format!(
-                "/v1/tool/{}/builds/{id}/logs?follow={follow}",
-                self.name
-            ))
-            .unwrap();
-        assert_eq!(r.status, 200);
-        String::from_utf8(r.body).unwrap()
-    }
-}
-
-fn started_id(reply: &(u16, serde_json::Value)) -> String {
-    assert_eq!(reply.0, 200, "{}", reply.1);
-    reply.1["new_build"]["name"].as_str().unwrap().to_owned()
-}
 
 /// Finds `file` in any layer of a `docker save` archive.
 fn saved_image_has(archive: &[u8], file: &str) -> bool {
@@ -344,6 +179,13 @@ fn failures_cancel_timeout_quota_and_restart() {
         serde_json::json!({}),
     );
     assert_eq!(status, 400, "{body}");
+    assert!(
+        body["errors"][0]["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("cannot fetch the repository"),
+        "{body}"
+    );
     let (status, body) = tool.start(&source, serde_json::json!({ "ref": "no-such-branch" }));
     assert_eq!(status, 400, "{body}");
     assert!(
@@ -382,43 +224,23 @@ fn failures_cancel_timeout_quota_and_restart() {
     let b = tool.wait(&id, Duration::from_secs(30));
     assert_eq!(b["status"], "BUILD_TIMEOUT", "{b}");
 
-    // Cancel mid-build kills the lifecycle.
+    // Cancel mid-build kills the lifecycle, and everything it started.
+    let marker = format!("{}/tool-f/", berth.host());
     let id = started_id(&tool.start(
         &source,
         serde_json::json!({ "envvars": { "MODE": "sleep" } }),
     ));
-    tool.wait_status(&id, "BUILD_RUNNING");
-    std::thread::sleep(Duration::from_millis(300));
-    let r = tool
-        .client
-        .send(
-            "PUT",
-            &format!("/v1/tool/f/builds/{id}/cancel"),
-            &[],
-            Vec::new(),
-        )
-        .unwrap();
-    assert_eq!(r.status, 200, "{}", r.describe());
+    tool.wait_log(&id, "sleeping");
+    assert!(
+        !processes_with(&marker).is_empty(),
+        "the sleeping lifecycle is visible on the host by its output image"
+    );
+    let (status, body) = tool.cancel(&id);
+    assert_eq!(status, 200, "{body}");
     assert_eq!(tool.build(&id)["status"], "BUILD_CANCELLED");
-    let r = tool
-        .client
-        .send(
-            "PUT",
-            &format!("/v1/tool/f/builds/{id}/cancel"),
-            &[],
-            Vec::new(),
-        )
-        .unwrap();
-    assert_eq!(r.status, 409, "cancelling a finished build");
-    let pids = std::fs::read_to_string(dir.path().join("pids")).unwrap();
-    for pid in pids.lines() {
-        // SAFETY: probing with signal 0.
-        let alive = unsafe { libc::kill(pid.trim().parse().unwrap(), 0) } == 0;
-        assert!(
-            !alive,
-            "lifecycle process {pid} must be dead after timeout/cancel"
-        );
-    }
+    let (status, _) = tool.cancel(&id);
+    assert_eq!(status, 409, "cancelling a finished build");
+    wait_no_processes(&marker, "lifecycle processes must die after timeout/cancel");
 
     // Quota: the push is refused and the build says why.
     let small = Tool::new(&berth, "small");
@@ -444,20 +266,17 @@ fn failures_cancel_timeout_quota_and_restart() {
         .logs(&id, false)
         .contains("quota exceeded for tool-small"));
 
-    // Restart during a build: the record says so.
+    // Restart during a build: the record says so, and the sandbox died
+    // with the berth that ran it (bwrap --die-with-parent).
     let id = started_id(&tool.start(
         &source,
         serde_json::json!({ "envvars": { "MODE": "sleep" } }),
     ));
-    tool.wait_status(&id, "BUILD_RUNNING");
     // Kill berth while the lifecycle itself runs, not while git fetches.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !tool.logs(&id, false).contains("sleeping") {
-        assert!(Instant::now() < deadline, "the lifecycle never started");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    tool.wait_log(&id, "sleeping");
     let port = berth.port;
     berth.kill9();
+    wait_no_processes(&marker, "the build's processes must not outlive berth");
     let berth = Berth::start_with(
         &data,
         port,
@@ -472,13 +291,6 @@ fn failures_cancel_timeout_quota_and_restart() {
         log.contains("running the lifecycle"),
         "the log survives the restart: {log}"
     );
-    for pid in std::fs::read_to_string(dir.path().join("pids"))
-        .unwrap()
-        .lines()
-    {
-        // SAFETY: killing the sleeper the killed berth left behind.
-        unsafe { libc::kill(pid.trim().parse().unwrap(), libc::SIGKILL) };
-    }
 }
 
 #[test]
@@ -509,10 +321,21 @@ fn five_builds_with_two_runners_all_finish_two_at_a_time() {
             "BUILD_SUCCESS"
         );
     }
-    let events = std::fs::read_to_string(dir.path().join("events")).unwrap();
+    // Each run logged "start <ns>" and "end <ns>" (the sandbox gives the
+    // build no way to write anywhere else).
+    let events: Vec<String> = ids
+        .iter()
+        .flat_map(|id| {
+            tool.logs(id, false)
+                .lines()
+                .filter_map(|l| l.split_once("[lifecycle] ").map(|(_, e)| e.to_owned()))
+                .filter(|e| e.starts_with("start ") || e.starts_with("end "))
+                .collect::<Vec<_>>()
+        })
+        .collect();
     let (mut running, mut peak) = (0i32, 0i32);
     let mut points: Vec<(u128, i32)> = events
-        .lines()
+        .iter()
         .map(|l| {
             let (kind, t) = l.split_once(' ').unwrap();
             (
@@ -526,7 +349,7 @@ fn five_builds_with_two_runners_all_finish_two_at_a_time() {
         running += d;
         peak = peak.max(running);
     }
-    assert_eq!(events.lines().filter(|l| l.starts_with("start")).count(), 5);
+    assert_eq!(events.iter().filter(|l| l.starts_with("start")).count(), 5);
     assert_eq!(
         peak, 2,
         "at most max_parallel = 2 at once, and the queue used both"
@@ -539,4 +362,157 @@ fn five_builds_with_two_runners_all_finish_two_at_a_time() {
         .json()
         .unwrap();
     assert_eq!(list["builds"].as_array().unwrap().len(), 4, "{list}");
+}
+
+#[test]
+fn platform_reserved_env_names_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let (berth, _) = start_berth(dir.path(), "");
+    let source = git_repo(dir.path());
+    let tool = Tool::new(&berth, "envs");
+    for name in [
+        "CNB_PLATFORM_API",
+        "CNB_REGISTRY_AUTH",
+        "LD_PRELOAD",
+        "LD_LIBRARY_PATH",
+        "PATH",
+        "HOME",
+        "BASH_ENV",
+        "ENV",
+        "IFS",
+        "GLIBC_TUNABLES",
+        "BERTH_ADMIN_PASSWORD",
+    ] {
+        let reply = tool.start(
+            &source,
+            serde_json::json!({ "envvars": { "GREETING": "hi", name: "x" } }),
+        );
+        assert_eq!(reply.0, 400, "{name}: {}", reply.1);
+        let m = error_message(&reply);
+        assert!(m.contains(name) && m.contains("reserved"), "{name}: {m}");
+    }
+    // Ordinary names, buildpack settings and runtime options still pass,
+    // and reach the lifecycle.
+    let id = started_id(&tool.start(
+        &source,
+        serde_json::json!({ "envvars": { "BP_NODE_VERSION": "20", "NODE_OPTIONS": "--max-old-space-size=512", "GREETING": "hello" } }),
+    ));
+    let b = tool.wait(&id, Duration::from_secs(60));
+    assert_eq!(b["status"], "BUILD_SUCCESS", "{b}");
+    let list = tool
+        .client
+        .get("/v1/tool/envs/builds")
+        .unwrap()
+        .json()
+        .unwrap();
+    assert_eq!(
+        list["builds"].as_array().unwrap().len(),
+        1,
+        "refused requests leave no build behind"
+    );
+}
+
+/// Opens `GET .../logs?follow=true` on a connection of its own and reads
+/// the status line; the connection stays open (the follow goes on).
+fn open_follow(berth: &Berth, tool: &Tool, id: &str) -> (u16, BufReader<std::net::TcpStream>) {
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", berth.port)).unwrap();
+    write!(
+        s,
+        "GET /v1/tool/{t}/builds/{id}/logs?follow=True HTTP/1.1\r\nHost: {h}\r\nAuthorization: {a}\r\nConnection: close\r\n\r\n",
+        t = tool.name,
+        h = berth.host(),
+        a = basic(&format!("tool-{}", tool.name), &tool.password),
+    )
+    .unwrap();
+    let mut r = BufReader::new(s);
+    let mut status = String::new();
+    r.read_line(&mut status).unwrap();
+    let code = status.split_whitespace().nth(1).unwrap().parse().unwrap();
+    (code, r)
+}
+
+/// The rest of an answer whose status line was read: its body as text.
+fn rest(mut r: BufReader<std::net::TcpStream>) -> String {
+    let mut text = String::new();
+    std::io::Read::read_to_string(&mut r, &mut text).unwrap();
+    text
+}
+
+#[test]
+fn followed_logs_are_capped_per_tool() {
+    let dir = tempfile::tempdir().unwrap();
+    let (berth, _) = start_berth(
+        dir.path(),
+        "log_follows_per_tool = 2\nlog_follows_total = 3\n",
+    );
+    let source = git_repo(dir.path());
+    let a = Tool::new(&berth, "followa");
+    let b = Tool::new(&berth, "followb");
+    let c = Tool::new(&berth, "followc");
+    let sleep = serde_json::json!({ "envvars": { "MODE": "sleep" } });
+    let ids: Vec<String> = [&a, &b, &c]
+        .iter()
+        .map(|t| started_id(&t.start(&source, sleep.clone())))
+        .collect();
+    // Two builds running at once (max_parallel = 2); c's waits, and may
+    // be followed too.
+    a.wait_log(&ids[0], "sleeping");
+    let mut open = Vec::new();
+    for _ in 0..2 {
+        let (code, conn) = open_follow(&berth, &a, &ids[0]);
+        assert_eq!(code, 200);
+        open.push(conn);
+    }
+    let (code, conn) = open_follow(&berth, &a, &ids[0]);
+    assert_eq!(code, 429, "a third follow of one tool");
+    let body = rest(conn);
+    assert!(
+        body.contains("TOOMANYREQUESTS") && body.contains("log_follows_per_tool = 2"),
+        "{body}"
+    );
+    // Another tool is served; past the overall cap nobody is.
+    let (code, b_conn) = open_follow(&berth, &b, &ids[1]);
+    assert_eq!(code, 200, "another tool follows its own build");
+    let (code, conn) = open_follow(&berth, &c, &ids[2]);
+    assert_eq!(code, 429);
+    assert!(rest(conn).contains("log_follows_total = 3"));
+    assert_eq!(get(&format!("{}/healthz", berth.url()), None).0, 200);
+    // Reading a log without following takes no slot.
+    assert!(a.logs(&ids[0], false).contains("sleeping"));
+    // A follow that ends gives its slot back: cancelling the build ends it.
+    let (status, _) = b.cancel(&ids[1]);
+    assert_eq!(status, 200);
+    assert!(rest(b_conn).contains("BUILD_CANCELLED"));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (code, conn) = open_follow(&berth, &c, &ids[2]);
+        if code == 200 {
+            drop(conn);
+            break;
+        }
+        assert!(Instant::now() < deadline, "the slot never came back");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // A client that goes away gives its slot back too.
+    drop(open.pop());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (code, conn) = open_follow(&berth, &a, &ids[0]);
+        if code == 200 {
+            open.push(conn);
+            break;
+        }
+        assert!(Instant::now() < deadline, "a closed follow kept its slot");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    a.cancel(&ids[0]);
+    c.cancel(&ids[2]);
+    let metrics = Client::new(&berth.url(), admin())
+        .get("/metrics")
+        .unwrap()
+        .text();
+    assert!(
+        metrics.contains("limit_refusals_total{limit=\"log_follows_per_tool\"}"),
+        "{metrics}"
+    );
 }
