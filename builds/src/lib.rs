@@ -337,6 +337,9 @@ impl Builds {
 
     async fn check_host(&self) -> Result<(), String> {
         let git = self.git.as_ref().map_err(Clone::clone)?;
+        logs::private_dir(&git.home)
+            .await
+            .map_err(|e| format!("cannot create {}: {e}", git.home.display()))?;
         let out = git
             .command(None, &["version"], None)
             .output()

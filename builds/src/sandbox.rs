@@ -139,11 +139,12 @@ pub struct Bwrap {
     root: Vec<(String, RootEntry)>,
 }
 
-/// Finds `name` in PATH (and the usual system directories).
+/// Finds `name` in berth's PATH (the usual system directories when PATH
+/// is not set).
 pub fn which(name: &str) -> Option<PathBuf> {
-    let path = std::env::var_os("PATH").unwrap_or_default();
+    let path = std::env::var_os("PATH")
+        .unwrap_or_else(|| "/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin".into());
     std::env::split_paths(&path)
-        .chain(["/usr/bin", "/usr/sbin", "/bin", "/sbin"].map(PathBuf::from))
         .map(|d| d.join(name))
         .find(|p| {
             std::fs::metadata(p)
@@ -249,6 +250,13 @@ impl Bwrap {
             a.extend(["--ro-bind-try".into(), p.clone().into(), p.into()]);
         }
         a.extend(["--proc", "/proc", "--dev", "/dev"].map(OsString::from));
+        // A small shared-memory tmpfs (POSIX semaphores, multiprocessing).
+        a.extend(
+            [
+                "--perms", "01777", "--size", "67108864", "--tmpfs", "/dev/shm",
+            ]
+            .map(OsString::from),
+        );
         a
     }
 
@@ -288,6 +296,9 @@ impl Bwrap {
         args: &[OsString],
     ) -> Command {
         let mut a = self.base_args();
+        // bwrap makes missing parents 0700 (root's, as root): /cnb must
+        // be traversable by the build's user.
+        a.extend(["--perms", "0755", "--dir", "/cnb"].map(OsString::from));
         let mut bind = |flag: &str, src: &Path, dest: &str| {
             a.extend([flag.into(), src.into(), dest.into()]);
         };
@@ -481,7 +492,9 @@ mod tests {
         echo x > /workspace/w$(id -u) && echo "workspace: writable"
         echo x > /cache/c$(id -u) && echo "cache: writable"
         echo x > /tmp/t$(id -u) && echo "tmp: writable"
+        echo x > /dev/shm/s$(id -u) && echo "shm: writable"
         touch /usr/x 2>/dev/null && echo "usr: WRITABLE"
+        ls /cnb/lifecycle >/dev/null && echo "lifecycle: readable"
         touch /cnb/lifecycle/x 2>/dev/null && echo "lifecycle: WRITABLE"
         touch /x 2>/dev/null && echo "root: WRITABLE"
         test -e "$HOST_PATH" && echo "host path: VISIBLE"
@@ -546,6 +559,8 @@ mod tests {
             "workspace: writable",
             "cache: writable",
             "tmp: writable",
+            "shm: writable",
+            "lifecycle: readable",
             "pid 1: bwrap",
             "env: HOME HOST_PATH HOST_PID LANG PATH PWD",
             "cnb",
