@@ -231,7 +231,7 @@ fn git_resolutions_are_capped_per_tool_and_overall() {
     let metrics = Client::new(&berth.url(), admin())
         .get("/metrics")
         .unwrap()
-        .text();
+        .text_all();
     assert!(
         metrics.contains("limit_refusals_total{limit=\"git_resolutions_per_tool\"} 3"),
         "{metrics}"
