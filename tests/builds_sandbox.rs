@@ -166,7 +166,19 @@ fn a_build_cannot_reach_berth_or_other_tools() {
     std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
     let (berth, data) = start_berth(dir.path(), "");
     let source = git_repo(dir.path());
+    // A cache an older berth left, owned by its shared build user (1000):
+    // not trusted, so discarded.
+    let old_cache = data.join("builds/cache/attacker/tool-attacker");
+    std::fs::create_dir_all(&old_cache).unwrap();
+    std::fs::write(old_cache.join("planted"), "from the shared build user").unwrap();
+    chown_all(&old_cache, 1000);
     let a = attack(&berth, &data, dir.path(), &source);
+    assert!(!old_cache.join("planted").exists());
+    assert!(
+        a.log.contains("the cache belonged to another user"),
+        "{}",
+        a.log
+    );
     for attempt in ATTEMPTS {
         assert!(
             a.log.contains(&format!("ATTACK {attempt}: refused")),

@@ -961,7 +961,11 @@ impl Builds {
                     "the cache belonged to another user; this build starts with an empty cache",
                 )
                 .await;
-                tokio::fs::remove_dir_all(&cache).await?;
+                if m.is_dir() {
+                    tokio::fs::remove_dir_all(&cache).await?;
+                } else {
+                    tokio::fs::remove_file(&cache).await?;
+                }
             }
             _ => {}
         }
@@ -1030,15 +1034,19 @@ impl Builds {
     }
 }
 
-/// Hands a tree to `id` (lchown: links are not followed).
-fn chown_tree(path: &Path, id: Identity) -> std::io::Result<()> {
-    std::os::unix::fs::lchown(path, Some(id.uid), Some(id.gid))?;
-    for e in std::fs::read_dir(path)? {
-        let e = e?;
-        if e.file_type()?.is_dir() {
-            chown_tree(&e.path(), id)?;
-        } else {
+/// Hands a tree to `id` (lchown: links are not followed). A loop, not
+/// recursion: the depth of a checked-out repository is its author's
+/// choice.
+fn chown_tree(root: &Path, id: Identity) -> std::io::Result<()> {
+    let mut dirs = vec![root.to_owned()];
+    std::os::unix::fs::lchown(root, Some(id.uid), Some(id.gid))?;
+    while let Some(dir) = dirs.pop() {
+        for e in std::fs::read_dir(&dir)? {
+            let e = e?;
             std::os::unix::fs::lchown(e.path(), Some(id.uid), Some(id.gid))?;
+            if e.file_type()?.is_dir() {
+                dirs.push(e.path());
+            }
         }
     }
     Ok(())
