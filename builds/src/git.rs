@@ -324,29 +324,25 @@ impl Git {
             reference
         };
         let url = source.url.as_str();
-        let steps: [&[&str]; 5] = [
-            &["init", "-q"],
-            &["fetch", "-q", "--depth", "1", "--", url, wanted],
-            &["fetch", "-q", "--", url, commit],
-            &["checkout", "-q", "--detach", commit],
-            &["fetch", "-q", "--", url, commit],
-        ];
-        // init; a shallow fetch of the ref, else a full fetch of the
-        // commit; checkout of what was resolved (the ref may have moved
-        // since), else fetch that commit and check it out.
-        self.step(source, steps[0], dir, log, cancel).await?;
-        if let Err(e) = self.step(source, steps[1], dir, log, cancel).await {
-            if matches!(e, GitError::Cancelled) {
-                return Err(e);
-            }
-            self.step(source, steps[2], dir, log, cancel).await?;
+        let shallow: &[&str] = &["fetch", "-q", "--depth", "1", "--", url, wanted];
+        let full: &[&str] = &["fetch", "-q", "--", url, commit];
+        let detach: &[&str] = &["checkout", "-q", "--detach", commit];
+        // A shallow fetch of the ref, else a full fetch of the commit;
+        // checkout of what was resolved (the ref may have moved since),
+        // else fetch that commit and check it out. A cancel ends it all.
+        self.step(source, &["init", "-q"], dir, log, cancel).await?;
+        match self.step(source, shallow, dir, log, cancel).await {
+            Err(GitError::Cancelled) => return Err(GitError::Cancelled),
+            Err(_) => self.step(source, full, dir, log, cancel).await?,
+            Ok(()) => {}
         }
-        if let Err(e) = self.step(source, steps[3], dir, log, cancel).await {
-            if matches!(e, GitError::Cancelled) {
-                return Err(e);
+        match self.step(source, detach, dir, log, cancel).await {
+            Err(GitError::Cancelled) => return Err(GitError::Cancelled),
+            Err(_) => {
+                self.step(source, full, dir, log, cancel).await?;
+                self.step(source, detach, dir, log, cancel).await?;
             }
-            self.step(source, steps[4], dir, log, cancel).await?;
-            self.step(source, steps[3], dir, log, cancel).await?;
+            Ok(()) => {}
         }
         let _ = tokio::fs::remove_dir_all(dir.join(".git")).await;
         log.line("git", &format!("checked out {commit}")).await;

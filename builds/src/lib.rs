@@ -212,6 +212,8 @@ pub struct Builds {
     storage: Storage,
     config: BuildsConfig,
     runner: Box<dyn Runner>,
+    /// The process runner's confinement (also what `ready` tries out).
+    sandboxing: Sandboxing,
     tokens: Arc<dyn TokenMinter>,
     /// git, or why it cannot be used.
     git: Result<Git, String>,
@@ -255,18 +257,19 @@ impl Builds {
         config: BuildsConfig,
         tokens: Arc<dyn TokenMinter>,
     ) -> Arc<Builds> {
+        let sandboxing = match config.sandbox {
+            SandboxKind::None => Sandboxing::None,
+            SandboxKind::Bwrap => match sandbox::Bwrap::find() {
+                Ok(b) => Sandboxing::Bwrap(b),
+                Err(why) => Sandboxing::Missing(why),
+            },
+        };
         let runner: Box<dyn Runner> = match config.runner {
             RunnerKind::Process => Box::new(runner::ProcessRunner {
                 lifecycle_dir: config.lifecycle_dir.clone(),
                 buildpacks_dir: config.buildpacks_dir.clone(),
                 order: config.order.clone(),
-                sandboxing: match config.sandbox {
-                    SandboxKind::None => Sandboxing::None,
-                    SandboxKind::Bwrap => match sandbox::Bwrap::find() {
-                        Ok(b) => Sandboxing::Bwrap(b),
-                        Err(why) => Sandboxing::Missing(why),
-                    },
-                },
+                sandboxing: sandboxing.clone(),
             }),
             RunnerKind::Container => Box::new(runner::ContainerRunner {
                 engine: config.container_engine.clone(),
@@ -299,6 +302,7 @@ impl Builds {
             storage,
             config,
             runner,
+            sandboxing,
             tokens,
             git,
             readiness: OnceCell::new(),
@@ -371,12 +375,12 @@ impl Builds {
                     ));
                 }
             }
-            RunnerKind::Process => match self.config.sandbox {
-                SandboxKind::None => tracing::warn!(
+            RunnerKind::Process => match &self.sandboxing {
+                Sandboxing::None => tracing::warn!(
                     "builds run WITHOUT a sandbox ([builds] sandbox = \"none\"): build code runs as berth's own user and can read the data dir; use this only on a trusted single-user host"
                 ),
-                SandboxKind::Bwrap => {
-                    let bwrap = sandbox::Bwrap::find()?;
+                Sandboxing::Missing(why) => return Err(why.clone()),
+                Sandboxing::Bwrap(bwrap) => {
                     let probe_as = if self.config.per_tool_uid() {
                         Identity {
                             uid: self.config.uid_base,
@@ -946,11 +950,6 @@ impl Builds {
                 }
             }
         }
-        let (passwd, group) = sandbox::identity_files(id);
-        for (path, text) in [(&dirs.passwd, passwd), (&dirs.group, group)] {
-            tokio::fs::write(path, text).await?;
-            tokio::fs::set_permissions(path, std::fs::Permissions::from_mode(0o644)).await?;
-        }
         let tool_cache = self.config.dir.join("cache").join(&b.tool);
         logs::private_dir(&tool_cache).await?;
         let cache = tool_cache.join(&b.image_name);
@@ -972,7 +971,13 @@ impl Builds {
         tokio::fs::create_dir_all(&cache).await?;
         let per_tool = id != Identity::berth();
         let (workspace, tmp, cache_dir) = (dirs.workspace.clone(), dirs.tmp.clone(), cache.clone());
+        let (passwd_path, group_path) = (dirs.passwd.clone(), dirs.group.clone());
         tokio::task::spawn_blocking(move || -> std::io::Result<()> {
+            let (passwd, group) = sandbox::identity_files(id);
+            for (path, text) in [(&passwd_path, passwd), (&group_path, group)] {
+                std::fs::write(path, text)?;
+                std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o644))?;
+            }
             for d in [&workspace, &tmp, &cache_dir] {
                 std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o700))?;
             }
