@@ -378,7 +378,7 @@ fn berth_as_an_ordinary_user_still_sandboxes_builds() {
 }
 
 #[test]
-fn without_bubblewrap_berth_serves_and_says_why_builds_cannot_run() {
+fn without_bubblewrap_or_setpriv_berth_serves_and_says_why_builds_cannot_run() {
     let dir = tempfile::tempdir().unwrap();
     // A PATH with git and nothing else: no bwrap.
     let bin = dir.path().join("bin");
@@ -401,4 +401,23 @@ fn without_bubblewrap_berth_serves_and_says_why_builds_cannot_run() {
     assert_eq!(reply.1["errors"][0]["code"], "UNAVAILABLE");
     assert!(error_message(&reply).contains(why), "{}", reply.1);
     assert_eq!(get(&format!("{}/healthz", berth.url()), None).0, 200);
+    drop(berth);
+
+    // As root, bwrap alone is not enough: setpriv drops to the tool's uid.
+    if is_root() {
+        let bwrap = run(Command::new("sh").args(["-c", "command -v bwrap"]));
+        std::os::unix::fs::symlink(bwrap.trim(), bin.join("bwrap")).unwrap();
+        let data = dir.path().join("data2");
+        let berth = spawn_berth(&data, None, None, bin.to_str().unwrap());
+        let why = "setpriv is not installed";
+        assert!(
+            wait_for_line(&berth.log, why, Duration::from_secs(30)),
+            "{}",
+            berth.log_text()
+        );
+        let tool = Tool::new(&berth, "nosetpriv");
+        let reply = tool.start("https://example.org/x.git", serde_json::json!({}));
+        assert_eq!(reply.0, 503, "{}", reply.1);
+        assert!(error_message(&reply).contains(why), "{}", reply.1);
+    }
 }

@@ -450,6 +450,49 @@ mod tests {
         );
     }
 
+    /// curl must connect where the pin says: the name below cannot
+    /// resolve (RFC 6761), so a connection can only come from the pin.
+    #[tokio::test]
+    async fn git_connects_to_the_pinned_address() {
+        let Some(program) = crate::sandbox::which("git") else {
+            panic!("git is not installed; run scripts/install-test-deps");
+        };
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let accepted = tokio::spawn(async move {
+            let (mut s, _) = listener.accept().await.unwrap();
+            let mut head = vec![0u8; 4096];
+            let n = s.read(&mut head).await.unwrap();
+            String::from_utf8_lossy(&head[..n]).into_owned()
+        });
+        let home = tempfile::tempdir().unwrap();
+        let git = Git {
+            program,
+            home: home.path().into(),
+            resolve_timeout: Duration::from_secs(60),
+            fetch_timeout: Duration::from_secs(60),
+        };
+        let source = Source {
+            url: format!("http://pinned.invalid:{port}/x.git"),
+            scheme: "http".into(),
+            pin: Some(Pin {
+                host: "pinned.invalid".into(),
+                port,
+                addrs: vec!["127.0.0.1".parse().unwrap()],
+            }),
+        };
+        let resolving = tokio::spawn(async move { git.resolve(&source, "main").await });
+        let head = tokio::time::timeout(Duration::from_secs(60), accepted)
+            .await
+            .expect("git connected to the pinned address")
+            .unwrap();
+        assert!(head.contains("Host: pinned.invalid"), "{head}");
+        assert!(matches!(
+            resolving.await.unwrap(),
+            Err(GitError::Unreachable { .. })
+        ));
+    }
+
     #[tokio::test]
     async fn a_timed_out_git_is_killed_with_its_children() {
         let dir = tempfile::tempdir().unwrap();

@@ -443,7 +443,15 @@ impl Builds {
         }
         let resolved = {
             let _slot = self.resolutions.try_acquire(tool)?;
-            self.resolve(tool, &req.source_url, &reference).await?
+            // One deadline for the lookup and ls-remote together (each
+            // has its own too); git dies with the dropped future.
+            let limit = self.config.git_resolve_timeout;
+            tokio::time::timeout(limit, self.resolve(tool, &req.source_url, &reference))
+                .await
+                .unwrap_or_else(|_| {
+                    tracing::info!(tool, url = %req.source_url, "build source: resolving took longer than {limit:?}");
+                    Err(BuildError::Invalid(source::cannot_fetch(&req.source_url)))
+                })?
         };
         let id = format!(
             "{tool}-buildpacks-{}",
