@@ -328,6 +328,10 @@ async fn supervise(
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .kill_on_drop(true);
+    // Spawned here, on a runtime worker thread, which lives as long as
+    // berth: bwrap's --die-with-parent follows the thread that spawned it,
+    // so never move this into spawn_blocking (whose idle threads exit and
+    // would take the build with them).
     let mut child = match cmd.spawn() {
         Ok(c) => c,
         Err(e) => return RunOutcome::Failed(format!("cannot start the lifecycle: {e}")),
