@@ -275,7 +275,7 @@ impl Builds {
         if self.uid.is_some() || self.gid.is_some() {
             return Err("[builds] uid and gid are gone: when berth runs as root each tool's builds now run as their own uid and gid, uid_base + n (see config.example.toml); remove uid/gid and set uid_base to a range no account uses".into());
         }
-        let at_least_one = [
+        let positive = [
             ("max_parallel", self.max_parallel),
             ("per_tool_parallel", self.per_tool_parallel),
             ("queued_per_tool", self.queued_per_tool),
@@ -285,11 +285,7 @@ impl Builds {
             ("log_follows_total", self.log_follows_total),
             ("uid_count", self.uid_count as usize),
         ];
-        for (key, value) in at_least_one {
-            if value == 0 {
-                return Err(format!("[builds] {key} must be at least 1"));
-            }
-        }
+        at_least_one("builds", &positive)?;
         if self.uid_base < 1000
             || self
                 .uid_base
@@ -356,6 +352,14 @@ impl Builds {
             tool_prefix: cfg.registry.tool_prefix.clone(),
             dir: cfg.storage.data_dir.join("builds"),
         })
+    }
+}
+
+/// Each `(key, value)` of `[section]` must be 1 or more.
+fn at_least_one(section: &str, values: &[(&str, usize)]) -> Result<(), String> {
+    match values.iter().find(|(_, v)| *v == 0) {
+        Some((key, _)) => Err(format!("[{section}] {key} must be at least 1")),
+        None => Ok(()),
     }
 }
 
@@ -534,11 +538,7 @@ impl Limits {
             ("logins_per_account", self.logins_per_account),
             ("password_checks", self.password_checks),
         ];
-        for (key, value) in positive {
-            if value == 0 {
-                return Err(format!("[limits] {key} must be at least 1"));
-            }
-        }
+        at_least_one("limits", &positive)?;
         if self.max_header_bytes < 8192 {
             return Err("[limits] max_header_bytes must be at least 8KiB".into());
         }

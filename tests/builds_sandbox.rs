@@ -321,34 +321,19 @@ fn berth_as_an_ordinary_user_still_sandboxes_builds() {
     let nobody = 65_534;
     let dir = tempfile::tempdir().unwrap();
     let source = git_repo(dir.path());
-    let lc = lifecycle(dir.path());
+    let config = builds_config(dir.path(), "source_schemes = [\"file\"]\n", "");
     let data = dir.path().join("data");
     std::fs::create_dir(&data).unwrap();
     chown_all(dir.path(), nobody);
     let path = std::env::var("PATH").unwrap_or_default();
-    let berth = spawn_berth(
-        &data,
-        Some(&format!(
-            "[quota]\nunlimited = [\"toolforge\"]\n[builds]\nlifecycle_dir = \"{}\"\nsource_schemes = [\"file\"]\nmax_parallel = 2\nper_tool_parallel = 5\n",
-            lc.display()
-        )),
-        Some(nobody),
-        &path,
-    );
+    let berth = spawn_berth(&data, Some(&config), Some(nobody), &path);
     assert!(
         berth.log_text().contains("builds can run")
             && berth.log_text().contains("per_tool_uid=false"),
         "{}",
         berth.log_text()
     );
-    let layout = dir.path().join("run-image");
-    write_oci_layout(&layout, "latest", "run image", 2);
-    skopeo_push_layout(
-        &layout,
-        "latest",
-        &format!("{}/toolforge/run:latest", berth.host()),
-        &format!("admin:{ADMIN_PASSWORD}"),
-    );
+    push_run_image(&berth, dir.path());
     let a = attack(&berth, &data, dir.path(), &source);
     assert!(
         a.log.contains(&format!("attacker runs as uid {nobody}")),
@@ -388,19 +373,7 @@ fn without_bubblewrap_or_setpriv_berth_serves_and_says_why_builds_cannot_run() {
     let data = dir.path().join("data");
     // No config at all: the README's first command.
     let berth = spawn_berth(&data, None, None, bin.to_str().unwrap());
-    let why = "bubblewrap (bwrap) is not installed";
-    assert!(
-        wait_for_line(&berth.log, why, Duration::from_secs(30)),
-        "{}",
-        berth.log_text()
-    );
-    assert!(berth.log_text().contains("builds cannot run on this host"));
-    let tool = Tool::new(&berth, "nobwrap");
-    let reply = tool.start("https://example.org/x.git", serde_json::json!({}));
-    assert_eq!(reply.0, 503, "{}", reply.1);
-    assert_eq!(reply.1["errors"][0]["code"], "UNAVAILABLE");
-    assert!(error_message(&reply).contains(why), "{}", reply.1);
-    assert_eq!(get(&format!("{}/healthz", berth.url()), None).0, 200);
+    builds_unavailable(&berth, "bubblewrap (bwrap) is not installed");
     drop(berth);
 
     // As root, bwrap alone is not enough: setpriv drops to the tool's uid.
@@ -409,15 +382,23 @@ fn without_bubblewrap_or_setpriv_berth_serves_and_says_why_builds_cannot_run() {
         std::os::unix::fs::symlink(bwrap.trim(), bin.join("bwrap")).unwrap();
         let data = dir.path().join("data2");
         let berth = spawn_berth(&data, None, None, bin.to_str().unwrap());
-        let why = "setpriv is not installed";
-        assert!(
-            wait_for_line(&berth.log, why, Duration::from_secs(30)),
-            "{}",
-            berth.log_text()
-        );
-        let tool = Tool::new(&berth, "nosetpriv");
-        let reply = tool.start("https://example.org/x.git", serde_json::json!({}));
-        assert_eq!(reply.0, 503, "{}", reply.1);
-        assert!(error_message(&reply).contains(why), "{}", reply.1);
+        builds_unavailable(&berth, "setpriv is not installed");
     }
+}
+
+/// berth serves, its log says builds cannot run and `why`, and a build
+/// request gets 503 UNAVAILABLE saying `why`.
+fn builds_unavailable(berth: &Berth, why: &str) {
+    assert!(
+        wait_for_line(&berth.log, why, Duration::from_secs(30)),
+        "{}",
+        berth.log_text()
+    );
+    assert!(berth.log_text().contains("builds cannot run on this host"));
+    let tool = Tool::new(berth, "unavailable");
+    let reply = tool.start("https://example.org/x.git", serde_json::json!({}));
+    assert_eq!(reply.0, 503, "{}", reply.1);
+    assert_eq!(reply.1["errors"][0]["code"], "UNAVAILABLE");
+    assert!(error_message(&reply).contains(why), "{}", reply.1);
+    assert_eq!(get(&format!("{}/healthz", berth.url()), None).0, 200);
 }

@@ -389,14 +389,7 @@ impl Git {
 mod tests {
     use super::*;
     use crate::source::Pin;
-
-    fn argv(cmd: &Command) -> Vec<String> {
-        let c = cmd.as_std();
-        std::iter::once(c.get_program())
-            .chain(c.get_args())
-            .map(|a| a.to_string_lossy().into_owned())
-            .collect()
-    }
+    use crate::test_util::argv;
 
     #[test]
     fn git_is_pinned_and_confined() {

@@ -1123,6 +1123,18 @@ async fn last_error_line(log_path: &str) -> Option<String> {
 }
 
 #[cfg(test)]
+pub(crate) mod test_util {
+    /// A command's program and arguments, for checking what would run.
+    pub fn argv(cmd: &tokio::process::Command) -> Vec<String> {
+        let c = cmd.as_std();
+        std::iter::once(c.get_program())
+            .chain(c.get_args())
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect()
+    }
+}
+
+#[cfg(test)]
 mod tests {
     use super::*;
 

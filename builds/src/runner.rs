@@ -98,6 +98,17 @@ impl CreatorPaths {
             report: ws.join("report.toml"),
         }
     }
+
+    /// The paths inside the sandbox or the builder container.
+    fn inside() -> Self {
+        Self::in_workspace(
+            Path::new(sandbox::WORKSPACE),
+            Path::new(sandbox::CACHE),
+            Path::new(sandbox::BUILDPACKS),
+            Path::new(sandbox::ORDER),
+            Path::new(sandbox::LIFECYCLE),
+        )
+    }
 }
 
 /// The creator's flags, the same for every backend.
@@ -151,13 +162,6 @@ impl ProcessRunner {
         ];
         match &self.sandboxing {
             Sandboxing::Bwrap(bwrap) => {
-                let inside = CreatorPaths::in_workspace(
-                    Path::new(sandbox::WORKSPACE),
-                    Path::new(sandbox::CACHE),
-                    Path::new(sandbox::BUILDPACKS),
-                    Path::new(sandbox::ORDER),
-                    Path::new(sandbox::LIFECYCLE),
-                );
                 let layout = Layout {
                     workspace: spec.workspace.clone(),
                     cache: spec.cache_dir.clone(),
@@ -173,7 +177,7 @@ impl ProcessRunner {
                     spec.identity,
                     &env,
                     &format!("{}/creator", sandbox::LIFECYCLE),
-                    &creator_args(&inside, spec),
+                    &creator_args(&CreatorPaths::inside(), spec),
                 ))
             }
             Sandboxing::None => {
@@ -265,13 +269,6 @@ impl ContainerRunner {
         if !sandbox::is_root() && Path::new(&self.engine).file_name() == Some("podman".as_ref()) {
             cmd.arg("--userns=keep-id");
         }
-        let inside = CreatorPaths::in_workspace(
-            Path::new(sandbox::WORKSPACE),
-            Path::new(sandbox::CACHE),
-            Path::new(sandbox::BUILDPACKS),
-            Path::new(sandbox::ORDER),
-            Path::new(sandbox::LIFECYCLE),
-        );
         cmd.arg("-v")
             .arg(format!(
                 "{}:{}",
@@ -287,7 +284,7 @@ impl ContainerRunner {
             .env("CNB_REGISTRY_AUTH", &spec.registry_auth)
             .arg(&self.builder_image)
             .arg(format!("{}/creator", sandbox::LIFECYCLE))
-            .args(creator_args(&inside, spec));
+            .args(creator_args(&CreatorPaths::inside(), spec));
         cmd
     }
 }
@@ -377,6 +374,7 @@ async fn supervise(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::test_util::argv;
 
     fn spec() -> RunSpec {
         RunSpec {
@@ -397,14 +395,6 @@ mod tests {
             },
             timeout: Duration::from_secs(1),
         }
-    }
-
-    fn argv(cmd: &Command) -> Vec<String> {
-        let c = cmd.as_std();
-        std::iter::once(c.get_program())
-            .chain(c.get_args())
-            .map(|a| a.to_string_lossy().into_owned())
-            .collect()
     }
 
     #[test]

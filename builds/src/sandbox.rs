@@ -407,12 +407,7 @@ mod tests {
     use std::os::unix::fs::PermissionsExt;
 
     fn argv(cmd: &Command) -> String {
-        let c = cmd.as_std();
-        std::iter::once(c.get_program())
-            .chain(c.get_args())
-            .map(|a| a.to_string_lossy().into_owned())
-            .collect::<Vec<_>>()
-            .join(" ")
+        crate::test_util::argv(cmd).join(" ")
     }
 
     fn layout(base: &Path) -> Layout {

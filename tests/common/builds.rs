@@ -134,13 +134,21 @@ pub fn start_berth(dir: &Path, extra: &str) -> (Berth, PathBuf) {
 /// Like `start_berth`, with `schemes` (a `source_schemes = ...` line).
 pub fn start_berth_with(dir: &Path, schemes: &str, extra: &str) -> (Berth, PathBuf) {
     let data = dir.join("data");
-    let port = free_port();
-    let config = format!(
+    let berth = Berth::start_with(&data, free_port(), &builds_config(dir, schemes, extra));
+    push_run_image(&berth, dir);
+    (berth, data)
+}
+
+/// The config of a berth running builds with the lifecycle of `dir`.
+pub fn builds_config(dir: &Path, schemes: &str, extra: &str) -> String {
+    format!(
         "[quota]\nunlimited = [\"toolforge\"]\n[builds]\nlifecycle_dir = \"{}\"\n{schemes}max_parallel = 2\nper_tool_parallel = 5\n{extra}",
         lifecycle(dir).display()
-    );
-    let berth = Berth::start_with(&data, port, &config);
-    // The run image, as the platform provides it.
+    )
+}
+
+/// The run image, as the platform provides it.
+pub fn push_run_image(berth: &Berth, dir: &Path) {
     let layout = dir.join("run-image");
     write_oci_layout(&layout, "latest", "run image", 2);
     skopeo_push_layout(
@@ -149,7 +157,6 @@ pub fn start_berth_with(dir: &Path, schemes: &str, extra: &str) -> (Berth, PathB
         &format!("{}/toolforge/run:latest", berth.host()),
         &format!("admin:{ADMIN_PASSWORD}"),
     );
-    (berth, data)
 }
 
 pub struct Tool {
