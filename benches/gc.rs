@@ -9,6 +9,7 @@
 
 use berth_gc::{Gc, GcConfig, JobKind};
 use berth_storage::manifest;
+use berth_storage::meta::{FixtureBlob, FixtureManifest, FixtureRepo};
 use berth_storage::{Digest, RepoName, Storage, StorageConfig, Synchronous};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -42,44 +43,48 @@ fn pct(samples: &mut [Duration], p: f64) -> f64 {
 }
 
 async fn populate(storage: &Storage) {
-    // Bulk SQL only to build the fixture fast; the measured calls are the jobs.
-    storage
-        .meta
-        .write(|tx| {
-            let day = 86_400_000i64;
-            let now = berth_storage::now_ms();
-            let mut blob = tx.prepare("INSERT INTO blobs (digest, size, created_ms, touched_ms) VALUES (?1, ?2, ?3, ?3)")?;
-            let mut repo = tx.prepare("INSERT INTO repositories (name, namespace, created_ms) VALUES (?1, ?2, ?3)")?;
-            let mut link = tx.prepare("INSERT INTO repo_blobs (repo_id, digest, linked_ms) VALUES (?1, ?2, ?3)")?;
-            let mut m = tx.prepare(
-                "INSERT INTO manifests (repo_id, digest, media_type, size, bytes, pushed_ms) VALUES (?1, ?2, 'application/vnd.oci.image.manifest.v1+json', 900, X'7B7D', ?3)",
-            )?;
-            let mut mref = tx.prepare("INSERT INTO manifest_refs (repo_id, manifest_digest, child_digest, kind) VALUES (?1, ?2, ?3, 'blob')")?;
-            let mut tag = tx.prepare("INSERT INTO tags (repo_id, name, digest, updated_ms) VALUES (?1, ?2, ?3, ?4)")?;
-            let mut n = 0u64;
-            for ns in 0..NAMESPACES {
-                repo.execute(rusqlite::params![format!("tool-{ns:05}/app"), format!("tool-{ns:05}"), now - 30 * day])?;
-                let repo_id = tx.last_insert_rowid();
-                for k in 0..MANIFESTS_PER_REPO {
-                    n += 1;
-                    let digest = format!("sha256:{:064x}", n << 8);
-                    let pushed = now - (30 - k as i64) * day;
-                    m.execute(rusqlite::params![repo_id, digest, pushed])?;
-                    for b in 0..BLOBS_PER_MANIFEST {
-                        let bd = format!("sha256:{:064x}", (n << 8) | (b as u64 + 1));
-                        blob.execute(rusqlite::params![bd, 1_000_000i64, pushed])?;
-                        link.execute(rusqlite::params![repo_id, bd, pushed])?;
-                        mref.execute(rusqlite::params![repo_id, digest, bd])?;
-                    }
-                    if k > 0 {
-                        tag.execute(rusqlite::params![repo_id, format!("v{k}"), digest, pushed])?;
-                    }
-                }
-            }
-            Ok(())
-        })
-        .await
-        .expect("populate");
+    // The fixture goes in through the storage API's bulk loader; the
+    // measured calls are the jobs.
+    let day = 86_400_000i64;
+    let now = berth_storage::now_ms();
+    let mut n = 0u64;
+    let repos = (0..NAMESPACES).map(move |ns| {
+        let mut links = Vec::new();
+        let mut manifests = Vec::new();
+        for k in 0..MANIFESTS_PER_REPO {
+            n += 1;
+            let digest = format!("sha256:{:064x}", n << 8);
+            let pushed = now - (30 - k as i64) * day;
+            let blobs: Vec<String> = (0..BLOBS_PER_MANIFEST)
+                .map(|b| format!("sha256:{:064x}", (n << 8) | (b as u64 + 1)))
+                .collect();
+            links.extend(blobs.iter().map(|d| FixtureBlob {
+                digest: d.clone(),
+                size: 1_000_000,
+                at_ms: pushed,
+            }));
+            manifests.push(FixtureManifest {
+                digest,
+                media_type: manifest::OCI_MANIFEST.into(),
+                bytes: b"{}".to_vec(),
+                size: 900,
+                pushed_ms: pushed,
+                blobs,
+                tags: if k > 0 {
+                    vec![format!("v{k}")]
+                } else {
+                    Vec::new()
+                },
+            });
+        }
+        FixtureRepo {
+            name: format!("tool-{ns:05}/app"),
+            created_ms: now - 30 * day,
+            links,
+            manifests,
+        }
+    });
+    storage.meta.bulk_load(repos).await.expect("populate");
 }
 
 /// Commits small pushes every 5 ms until stopped; returns their latencies.

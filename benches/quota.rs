@@ -6,6 +6,7 @@
 //!
 //! Figures go to BENCHMARKS.md. Nothing here asserts a time.
 
+use berth_storage::meta::{FixtureBlob, FixtureManifest, FixtureRepo};
 use berth_storage::{Metadata, Synchronous};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -31,47 +32,53 @@ fn report(name: &str, samples: &mut [Duration]) {
     );
 }
 
-/// Fills the database in one transaction. Bulk SQL is used only to build
-/// the fixture quickly; the measured calls are the public API.
+/// Fills the database through the storage API's bulk loader; the
+/// measured calls are the public API.
 async fn populate(meta: &Metadata) {
-    meta.write(|tx| {
-        let now = 1_700_000_000_000i64;
-        let mut blob = tx.prepare("INSERT INTO blobs (digest, size, created_ms, touched_ms) VALUES (?1, ?2, ?3, ?3)")?;
-        let mut repo = tx.prepare("INSERT INTO repositories (name, namespace, created_ms) VALUES (?1, ?2, ?3)")?;
-        let mut link = tx.prepare("INSERT INTO repo_blobs (repo_id, digest, linked_ms) VALUES (?1, ?2, ?3)")?;
-        let mut manifest = tx.prepare(
-            "INSERT INTO manifests (repo_id, digest, media_type, size, bytes, pushed_ms) VALUES (?1, ?2, 'application/vnd.oci.image.manifest.v1+json', ?3, ?4, ?5)",
-        )?;
-        let mut mref = tx.prepare("INSERT INTO manifest_refs (repo_id, manifest_digest, child_digest, kind) VALUES (?1, ?2, ?3, 'blob')")?;
-        let mut tag = tx.prepare("INSERT INTO tags (repo_id, name, digest, updated_ms) VALUES (?1, ?2, ?3, ?4)")?;
-        let base = format!("sha256:{:064x}", 0u64);
-        blob.execute(rusqlite::params![base, 50_000_000i64, now])?;
-        let body = vec![b'{'; 700];
-        let mut n = 1u64;
-        for ns in 0..NAMESPACES {
-            let namespace = format!("tool-{ns:05}");
-            for r in 0..REPOS_PER_NAMESPACE {
-                repo.execute(rusqlite::params![format!("{namespace}/app{r}"), namespace, now])?;
-                let repo_id = tx.last_insert_rowid();
-                link.execute(rusqlite::params![repo_id, base, now])?;
+    let now = 1_700_000_000_000i64;
+    let base = format!("sha256:{:064x}", 0u64);
+    let body = vec![b'{'; 700];
+    let mut n = 1u64;
+    let repos = (0..NAMESPACES).flat_map(move |ns| {
+        let namespace = format!("tool-{ns:05}");
+        (0..REPOS_PER_NAMESPACE)
+            .map(|r| {
+                let mut links = vec![FixtureBlob {
+                    digest: base.clone(),
+                    size: 50_000_000,
+                    at_ms: now,
+                }];
+                let mut manifests = Vec::new();
                 for m in 0..MANIFESTS_PER_REPO {
                     let layer = format!("sha256:{n:064x}");
                     n += 1;
                     let digest = format!("sha256:{n:064x}");
                     n += 1;
-                    blob.execute(rusqlite::params![layer, 1_000_000 + (n % 7_000_000) as i64, now])?;
-                    link.execute(rusqlite::params![repo_id, layer, now])?;
-                    manifest.execute(rusqlite::params![repo_id, digest, body.len() as i64, body, now])?;
-                    mref.execute(rusqlite::params![repo_id, digest, base])?;
-                    mref.execute(rusqlite::params![repo_id, digest, layer])?;
-                    tag.execute(rusqlite::params![repo_id, format!("v{m}"), digest, now])?;
+                    links.push(FixtureBlob {
+                        digest: layer.clone(),
+                        size: 1_000_000 + n % 7_000_000,
+                        at_ms: now,
+                    });
+                    manifests.push(FixtureManifest {
+                        digest,
+                        media_type: "application/vnd.oci.image.manifest.v1+json".into(),
+                        bytes: body.clone(),
+                        size: body.len() as u64,
+                        pushed_ms: now,
+                        blobs: vec![base.clone(), layer],
+                        tags: vec![format!("v{m}")],
+                    });
                 }
-            }
-        }
-        Ok(())
-    })
-    .await
-    .expect("populate");
+                FixtureRepo {
+                    name: format!("{namespace}/app{r}"),
+                    created_ms: now,
+                    links,
+                    manifests,
+                }
+            })
+            .collect::<Vec<_>>()
+    });
+    meta.bulk_load(repos).await.expect("populate");
 }
 
 fn main() {

@@ -52,64 +52,36 @@ fn tags_of(client: &Client, repo: &str) -> Vec<String> {
 }
 
 /// Checks the database against the blob store, with berth stopped or
-/// running: every blob row has its object, and (with `strict`) there are
-/// no unreferenced links, no unlinked blob rows and no orphan objects.
+/// running (`berth_storage`'s read-only integrity check, which `berth
+/// fsck` also runs): every blob row has its object, and (with `strict`)
+/// there are no unreferenced links, no unlinked blob rows and no orphan
+/// objects. Returns (blob rows, objects).
 fn check_storage(data: &Path, strict: bool) -> (usize, usize) {
-    let db = rusqlite::Connection::open_with_flags(
-        data.join("berth.db"),
-        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
-    )
-    .unwrap();
-    let rows: Vec<String> = db
-        .prepare("SELECT digest FROM blobs")
+    let report = tokio::runtime::Runtime::new()
         .unwrap()
-        .query_map([], |r| r.get(0))
-        .unwrap()
-        .map(|r| r.unwrap())
-        .collect();
-    let object = |d: &str| {
-        let (alg, hex) = d.split_once(':').unwrap();
-        data.join("blobs").join(alg).join(&hex[..2]).join(hex)
-    };
-    for d in &rows {
-        assert!(object(d).exists(), "blob row {d} has no object: data loss");
-    }
-    let mut objects = 0;
-    for alg in ["sha256", "sha512"] {
-        let dir = data.join("blobs").join(alg);
-        if !dir.exists() {
-            continue;
-        }
-        for prefix in std::fs::read_dir(&dir).unwrap() {
-            for f in std::fs::read_dir(prefix.unwrap().path()).unwrap() {
-                let name = f.unwrap().file_name().to_string_lossy().into_owned();
-                objects += 1;
-                if strict {
-                    assert!(
-                        rows.contains(&format!("{alg}:{name}")),
-                        "orphan object {alg}:{name} left after the final GC"
-                    );
-                }
-            }
-        }
-    }
+        .block_on(berth_storage::Storage::check_integrity(data))
+        .unwrap();
+    assert!(
+        report.rows_without_object.is_empty(),
+        "blob rows without their object: data loss: {:?}",
+        report.rows_without_object
+    );
     if strict {
-        let count = |sql: &str| db.query_row(sql, [], |r| r.get::<_, i64>(0)).unwrap();
+        assert!(
+            report.orphan_objects.is_empty(),
+            "orphan objects left after the final GC: {:?}",
+            report.orphan_objects
+        );
         assert_eq!(
-            count(
-                "SELECT COUNT(*) FROM repo_blobs rb WHERE NOT EXISTS (SELECT 1 FROM manifest_refs mr
-                 WHERE mr.repo_id = rb.repo_id AND mr.child_digest = rb.digest AND mr.kind = 'blob')"
-            ),
-            0,
+            report.unreferenced_links, 0,
             "unreferenced blob links left after the final GC"
         );
         assert_eq!(
-            count("SELECT COUNT(*) FROM blobs b WHERE NOT EXISTS (SELECT 1 FROM repo_blobs rb WHERE rb.digest = b.digest)"),
-            0,
+            report.unlinked_blob_rows, 0,
             "unlinked blobs left after the final GC"
         );
     }
-    (rows.len(), objects)
+    (report.blob_rows, report.objects)
 }
 
 #[test]

@@ -29,8 +29,10 @@ use std::sync::Arc;
 /// Failures of the storage layer itself (not of the client's request).
 #[derive(Debug, thiserror::Error)]
 pub enum StorageError {
+    /// The metadata database failed (its own error, kept opaque so that
+    /// no backend's types leak out of this crate).
     #[error("database error: {0}")]
-    Sqlite(#[from] rusqlite::Error),
+    Database(DatabaseError),
     #[error("file error: {0}")]
     Io(#[from] std::io::Error),
     #[error("blob store error: {0}")]
@@ -89,6 +91,22 @@ pub fn lock_data_dir(dir: &Path) -> Result<std::fs::File, StorageError> {
     writeln!(file, "{}", std::process::id())?;
     file.flush()?;
     Ok(file)
+}
+
+/// A metadata backend's own error.
+#[derive(Debug)]
+pub struct DatabaseError(Box<dyn std::error::Error + Send + Sync>);
+
+impl std::fmt::Display for DatabaseError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl From<rusqlite::Error> for StorageError {
+    fn from(e: rusqlite::Error) -> StorageError {
+        StorageError::Database(DatabaseError(Box::new(e)))
+    }
 }
 
 /// Current time as unix milliseconds, the unit of every stored timestamp.
@@ -225,6 +243,53 @@ impl Storage {
             }
         }
         Ok(orphans)
+    }
+
+    /// Checks the data dir at `dir` (berth running or not: read-only, no
+    /// lock): every blob row has its object, and what is left for GC.
+    pub async fn check_integrity(dir: &Path) -> Result<meta::IntegrityReport, StorageError> {
+        let db = dir.join("berth.db");
+        if !db.exists() {
+            return Err(StorageError::Internal(format!(
+                "{} holds no berth database",
+                dir.display()
+            )));
+        }
+        let (rows, unreferenced_links, unlinked_blob_rows) = {
+            let db = db.clone();
+            tokio::task::spawn_blocking(move || {
+                let i = meta::Integrity::open(&db)?;
+                Ok::<_, StorageError>((
+                    i.blob_digests()?,
+                    i.unreferenced_links()?,
+                    i.unlinked_blob_rows()?,
+                ))
+            })
+            .await
+            .map_err(|e| StorageError::Internal(e.to_string()))??
+        };
+        let objects = BlobStore::local(dir)?.list().await?;
+        let object_set: std::collections::HashSet<String> =
+            objects.iter().map(|o| o.digest.to_string()).collect();
+        let row_set: std::collections::HashSet<&String> = rows.iter().collect();
+        let mut orphan_objects: Vec<String> = object_set
+            .iter()
+            .filter(|d| !row_set.contains(d))
+            .cloned()
+            .collect();
+        orphan_objects.sort();
+        Ok(meta::IntegrityReport {
+            blob_rows: rows.len(),
+            objects: objects.len(),
+            rows_without_object: rows
+                .iter()
+                .filter(|d| !object_set.contains(*d))
+                .cloned()
+                .collect(),
+            orphan_objects,
+            unreferenced_links,
+            unlinked_blob_rows,
+        })
     }
 
     /// Closes the database cleanly (pending writes finish first), then

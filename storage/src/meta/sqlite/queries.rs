@@ -3,68 +3,14 @@
 //! serialises them, so a check and the change it guards cannot interleave
 //! with another write.
 
-use super::quota::{self, QuotaExceeded, QuotaPolicy};
+use super::quota;
 use super::Metadata;
 use crate::digest::Digest;
 use crate::manifest::ParsedManifest;
+use crate::meta::types::*;
 use crate::names::RepoName;
 use crate::{now_ms, StorageError};
 use rusqlite::{params, Connection, OptionalExtension};
-
-/// A manifest as stored: bytes verbatim, with the type it was pushed as.
-#[derive(Debug, Clone)]
-pub struct StoredManifest {
-    pub digest: String,
-    pub media_type: String,
-    pub size: u64,
-    /// Empty when only metadata was asked for (HEAD).
-    pub bytes: Vec<u8>,
-}
-
-/// A blob linked into a repository.
-#[derive(Debug, Clone, Copy)]
-pub struct LinkedBlob {
-    pub size: u64,
-    pub touched_ms: i64,
-}
-
-/// One entry of the referrers API.
-#[derive(Debug, Clone)]
-pub struct Referrer {
-    pub digest: String,
-    pub media_type: String,
-    pub size: u64,
-    pub artifact_type: Option<String>,
-    pub annotations: Option<String>,
-}
-
-/// Result of storing a manifest.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum PutManifestOutcome {
-    Stored,
-    /// The namespace has no room for the manifest.
-    QuotaExceeded(QuotaExceeded),
-    /// A config or layer is not linked into the repository.
-    MissingBlob(Digest),
-    /// A child of an index is not a manifest of the repository.
-    MissingManifest(Digest),
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum DeleteManifestOutcome {
-    Deleted,
-    NotFound,
-    /// Deleting it would break an index of the same repository.
-    ReferencedByIndex(String),
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum UnlinkBlobOutcome {
-    Unlinked,
-    NotFound,
-    /// A manifest of the repository still needs the blob.
-    ReferencedByManifest(String),
-}
 
 fn repo_id(conn: &Connection, repo: &str) -> rusqlite::Result<Option<i64>> {
     conn.prepare_cached("SELECT id FROM repositories WHERE name = ?1")?
@@ -600,16 +546,6 @@ impl Metadata {
         })
         .await
     }
-}
-
-/// A namespace account as stored (the secret only as its hash).
-#[derive(Debug, Clone)]
-pub struct NamespaceAccount {
-    pub name: String,
-    pub namespace: String,
-    pub secret_hash: String,
-    pub created_ms: i64,
-    pub rotated_ms: i64,
 }
 
 impl Metadata {

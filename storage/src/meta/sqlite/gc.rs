@@ -7,93 +7,10 @@
 use super::liveness;
 use super::quota;
 use super::Metadata;
+use crate::meta::types::*;
 use crate::{now_ms, StorageError};
 use rusqlite::{named_params, params, Connection, OptionalExtension, Transaction};
 use std::collections::BTreeMap;
-
-/// A tag, as tag cleanup sees it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TagRow {
-    pub repo_id: i64,
-    pub repository: String,
-    pub namespace: String,
-    pub tag: String,
-    pub digest: String,
-    pub updated_ms: i64,
-    pub pinned: bool,
-}
-
-/// A manifest the plan would delete.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
-pub struct DoomedManifest {
-    #[serde(skip)]
-    pub repo_id: i64,
-    pub repository: String,
-    #[serde(skip)]
-    pub namespace: String,
-    pub digest: String,
-    pub size: u64,
-}
-
-/// A blob link the plan would remove.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
-pub struct DoomedLink {
-    #[serde(skip)]
-    pub repo_id: i64,
-    pub repository: String,
-    #[serde(skip)]
-    pub namespace: String,
-    pub digest: String,
-    pub size: u64,
-}
-
-/// A blob (row and object) the plan would delete.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
-pub struct DoomedBlob {
-    pub digest: String,
-    pub size: u64,
-}
-
-/// What an untagged GC run would remove, computed on one snapshot.
-#[derive(Debug, Clone, Default)]
-pub struct GcPlan {
-    pub manifests: Vec<DoomedManifest>,
-    pub links: Vec<DoomedLink>,
-    pub blobs: Vec<DoomedBlob>,
-    /// Quota each namespace gets back (manifests plus its last links of blobs).
-    pub freed_per_namespace: BTreeMap<String, u64>,
-}
-
-/// A pin: the platform says a workload runs this digest.
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct Pin {
-    pub id: i64,
-    pub repository: String,
-    pub digest: String,
-    pub reason: String,
-    pub created_ms: i64,
-}
-
-/// A namespace's retention override; `None` fields inherit the default.
-#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct RetentionOverride {
-    pub keep_last: Option<u32>,
-    pub protected_tags: Option<Vec<String>>,
-    pub max_age_ms: Option<i64>,
-    pub keep_pattern: Option<String>,
-}
-
-/// A stored GC run report.
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct GcRunRecord {
-    pub id: i64,
-    pub job: String,
-    pub dry_run: bool,
-    pub trigger: String,
-    pub started_ms: i64,
-    pub finished_ms: i64,
-    pub report: serde_json::Value,
-}
 
 fn reset_temp(c: &Connection) -> rusqlite::Result<()> {
     c.execute_batch(

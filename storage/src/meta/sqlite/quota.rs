@@ -5,91 +5,9 @@
 //! pushes can both take the last free bytes.
 
 use super::Metadata;
+use crate::meta::types::*;
 use crate::{now_ms, StorageError};
 use rusqlite::{params, Connection, OptionalExtension};
-use std::collections::HashSet;
-
-/// Limits that come from configuration rather than the database.
-#[derive(Debug, Clone, Default)]
-pub struct QuotaPolicy {
-    /// Limit of namespaces without an override; `None` is unlimited.
-    pub default_limit: Option<u64>,
-    /// Namespaces that are never limited (e.g. the platform's own).
-    pub unlimited: HashSet<String>,
-}
-
-/// A refused charge, with the figures the client's error message needs.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct QuotaExceeded {
-    pub namespace: String,
-    pub used: u64,
-    pub limit: u64,
-    /// Bytes the refused write would have added.
-    pub needed: u64,
-    /// Bytes the namespace holds in unfinished uploads, which count too.
-    pub staged: u64,
-}
-
-/// One namespace's quota as the admin API shows it.
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct NamespaceQuota {
-    pub namespace: String,
-    /// `None` when unlimited.
-    pub limit_bytes: Option<u64>,
-    pub used_bytes: u64,
-    pub available_bytes: Option<u64>,
-    /// Used as a percentage of the limit (0 when unlimited).
-    pub percent: f64,
-    pub repositories: u64,
-    /// Where the limit comes from: `default`, `override` or `unlimited`.
-    pub limit_source: &'static str,
-}
-
-/// A repository's share of its namespace's usage.
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct RepositoryUsage {
-    pub repository: String,
-    /// Blobs no other repository of the namespace links, plus manifests.
-    pub unique_bytes: u64,
-    /// Blobs also linked by another repository of the namespace.
-    pub shared_bytes: u64,
-    pub manifests: u64,
-    pub tags: u64,
-}
-
-/// An image and what it occupies: its manifest plus the blobs it names.
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct ImageSize {
-    pub repository: String,
-    pub digest: String,
-    pub tags: Vec<String>,
-    pub bytes: u64,
-}
-
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct NamespaceDetail {
-    #[serde(flatten)]
-    pub quota: NamespaceQuota,
-    pub repositories_usage: Vec<RepositoryUsage>,
-    pub largest_images: Vec<ImageSize>,
-}
-
-/// A namespace whose ledger disagreed with the tables.
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct Drift {
-    pub namespace: String,
-    pub recorded_bytes: u64,
-    pub actual_bytes: u64,
-}
-
-/// A limit change from the admin API.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LimitSetting {
-    /// Back to the configured default.
-    Default,
-    Bytes(u64),
-    Unlimited,
-}
 
 struct Row {
     limit_bytes: Option<i64>,

@@ -1,0 +1,347 @@
+//! Registry metadata in SQLite. One writer connection lives on a dedicated
+//! thread and runs each write as one `BEGIN IMMEDIATE` transaction, so writes
+//! are serialised (the basis of GC and quota safety); reads use a small pool
+//! of connections on tokio's blocking threads. No SQLite call ever runs on an
+//! async worker thread. All of berth's SQL lives in this directory.
+
+mod builds;
+mod fixture;
+mod gc;
+mod integrity;
+mod liveness;
+mod queries;
+mod quota;
+mod schema;
+
+pub(crate) use integrity::Integrity;
+
+use super::types::*;
+
+use crate::StorageError;
+use rusqlite::{Connection, OpenFlags, Transaction, TransactionBehavior};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{mpsc, Arc, Mutex, RwLock};
+use std::thread::JoinHandle;
+use tokio::sync::{oneshot, Semaphore};
+
+/// How hard SQLite flushes on commit (`[storage] sqlite_synchronous`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Synchronous {
+    /// Durable across process crashes; a power loss may lose the last commits.
+    #[default]
+    Normal,
+    /// Durable across power loss, at the cost of an fsync per commit.
+    Full,
+}
+
+type WriteJob = Box<dyn FnOnce(&mut Connection) + Send>;
+
+/// Handle to the metadata database. Cheap to clone.
+#[derive(Clone)]
+pub struct Metadata {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    writer: Mutex<Option<(mpsc::Sender<WriteJob>, JoinHandle<()>)>>,
+    /// Stops the checkpointer thread when dropped or sent to.
+    checkpointer: Mutex<Option<(mpsc::Sender<()>, JoinHandle<()>)>>,
+    readers: Mutex<Vec<Connection>>,
+    reader_slots: Semaphore,
+    path: PathBuf,
+    quota: RwLock<Arc<QuotaPolicy>>,
+    /// Bumped after every committed write; cached reads are valid only for
+    /// the generation they were read at.
+    generation: AtomicU64,
+    manifests: Mutex<ManifestCache>,
+    /// See `liveness`: how often a HEAD records a blob's use.
+    touch_interval_ms: AtomicU64,
+}
+
+/// Manifests by (repository, reference), as of one write generation.
+#[derive(Default)]
+struct ManifestCache {
+    generation: u64,
+    entries: HashMap<(String, String), Arc<StoredManifest>>,
+    /// Manifest bytes held, the bound that matters (entries vary from
+    /// bytes to 4 MiB, and any tenant can make berth read large ones).
+    bytes: usize,
+}
+
+/// Entries kept before the cache starts over.
+const MANIFEST_CACHE_ENTRIES: usize = 4096;
+/// Manifest bytes kept before the cache starts over.
+const MANIFEST_CACHE_BYTES: usize = 64 * 1024 * 1024;
+/// Larger manifests are served from the database each time (rare: a
+/// typical manifest is a few KiB).
+const MANIFEST_CACHE_ITEM_BYTES: usize = 256 * 1024;
+
+const READERS: usize = 4;
+
+impl Metadata {
+    /// Opens (creating if needed) the database at `path` and migrates it.
+    pub fn open(path: &Path, synchronous: Synchronous) -> Result<Metadata, StorageError> {
+        let mut writer = Connection::open(path)?;
+        writer.pragma_update(None, "journal_mode", "WAL")?;
+        writer.pragma_update(
+            None,
+            "synchronous",
+            match synchronous {
+                Synchronous::Normal => "NORMAL",
+                Synchronous::Full => "FULL",
+            },
+        )?;
+        writer.pragma_update(None, "foreign_keys", "ON")?;
+        // Checkpoints run on their own thread (below): an automatic one
+        // would run inside some push's commit and, after a long read had
+        // let the WAL grow, stall it for as long as the copy takes.
+        writer.pragma_update(None, "wal_autocheckpoint", 0)?;
+        writer.busy_timeout(std::time::Duration::from_secs(30))?;
+        schema::migrate(&mut writer)?;
+
+        let mut readers = Vec::with_capacity(READERS);
+        for _ in 0..READERS {
+            let r = Connection::open_with_flags(
+                path,
+                OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+            )?;
+            r.busy_timeout(std::time::Duration::from_secs(30))?;
+            readers.push(r);
+        }
+
+        let checkpointer = spawn_checkpointer(path)?;
+        let (tx, rx) = mpsc::channel::<WriteJob>();
+        let handle = std::thread::Builder::new()
+            .name("berth-sqlite-writer".into())
+            .spawn(move || {
+                for job in rx {
+                    job(&mut writer);
+                }
+                // Dropping the last connection checkpoints the WAL.
+                drop(writer);
+            })?;
+        Ok(Metadata {
+            inner: Arc::new(Inner {
+                writer: Mutex::new(Some((tx, handle))),
+                checkpointer: Mutex::new(Some(checkpointer)),
+                readers: Mutex::new(readers),
+                reader_slots: Semaphore::new(READERS),
+                path: path.to_owned(),
+                quota: RwLock::new(Arc::new(QuotaPolicy::default())),
+                generation: AtomicU64::new(0),
+                manifests: Mutex::new(ManifestCache::default()),
+                touch_interval_ms: AtomicU64::new(60_000),
+            }),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.inner.path
+    }
+
+    /// Replaces the configured quota limits; the next write uses them.
+    pub fn set_quota_policy(&self, policy: QuotaPolicy) {
+        *self.inner.quota.write().expect("quota policy lock") = Arc::new(policy);
+    }
+
+    pub fn quota_policy(&self) -> Arc<QuotaPolicy> {
+        self.inner.quota.read().expect("quota policy lock").clone()
+    }
+
+    /// The current write generation (see `cache_manifest`).
+    pub(crate) fn generation(&self) -> u64 {
+        self.inner.generation.load(Ordering::SeqCst)
+    }
+
+    /// A cached manifest if nothing was written since it was cached.
+    pub(crate) fn cached_manifest(
+        &self,
+        repo: &str,
+        reference: &str,
+    ) -> Option<Arc<StoredManifest>> {
+        let now = self.generation();
+        let cache = self
+            .inner
+            .manifests
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if cache.generation != now {
+            return None;
+        }
+        cache
+            .entries
+            .get(&(repo.to_owned(), reference.to_owned()))
+            .cloned()
+    }
+
+    /// Caches what a read that started at `read_generation` found, unless
+    /// a write committed since (then the read may be stale: skip it).
+    pub(crate) fn cache_manifest(
+        &self,
+        read_generation: u64,
+        repo: &str,
+        reference: &str,
+        m: &StoredManifest,
+    ) {
+        let size = m.bytes.len() + repo.len() + reference.len() + 128;
+        if size > MANIFEST_CACHE_ITEM_BYTES {
+            return;
+        }
+        let mut cache = self
+            .inner
+            .manifests
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if self.generation() != read_generation {
+            return;
+        }
+        if cache.generation != read_generation
+            || cache.entries.len() >= MANIFEST_CACHE_ENTRIES
+            || cache.bytes + size > MANIFEST_CACHE_BYTES
+        {
+            cache.entries.clear();
+            cache.bytes = 0;
+            cache.generation = read_generation;
+        }
+        if cache
+            .entries
+            .insert((repo.to_owned(), reference.to_owned()), Arc::new(m.clone()))
+            .is_none()
+        {
+            cache.bytes += size;
+        }
+    }
+
+    pub fn schema_version() -> usize {
+        schema::latest_version()
+    }
+
+    /// Runs `f` inside one IMMEDIATE write transaction on the writer thread.
+    /// The transaction commits when `f` returns `Ok` and rolls back otherwise.
+    async fn write<T, F>(&self, f: F) -> Result<T, StorageError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Transaction<'_>) -> Result<T, StorageError> + Send + 'static,
+    {
+        self.write_if(|_| true, f).await
+    }
+
+    /// Like `write`, but commits only when `keep` approves the result: a
+    /// write that ends in a refusal (quota, a missing blob) is rolled back,
+    /// so it leaves no trace (no empty repository, no namespace row).
+    async fn write_if<T, F>(&self, keep: fn(&T) -> bool, f: F) -> Result<T, StorageError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Transaction<'_>) -> Result<T, StorageError> + Send + 'static,
+    {
+        let (done_tx, done_rx) = oneshot::channel();
+        let inner = self.inner.clone();
+        let job: WriteJob = Box::new(move |conn: &mut Connection| {
+            let result = (|| {
+                let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+                let value = f(&tx)?;
+                if !keep(&value) {
+                    tx.rollback()?;
+                    return Ok(value);
+                }
+                tx.commit()?;
+                // After the commit: a read that began before it cannot
+                // cache what it saw (see `cache_manifest`).
+                inner.generation.fetch_add(1, Ordering::SeqCst);
+                Ok(value)
+            })();
+            let _ = done_tx.send(result);
+        });
+        {
+            let guard = self.inner.writer.lock().expect("writer lock");
+            let (sender, _) = guard.as_ref().ok_or(StorageError::Closed)?;
+            sender.send(job).map_err(|_| StorageError::Closed)?;
+        }
+        done_rx.await.map_err(|_| StorageError::Closed)?
+    }
+
+    /// Runs `f` with a read-only connection on a blocking thread.
+    async fn read<T, F>(&self, f: F) -> Result<T, StorageError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T, StorageError> + Send + 'static,
+    {
+        let _slot = self
+            .inner
+            .reader_slots
+            .acquire()
+            .await
+            .map_err(|_| StorageError::Closed)?;
+        let inner = self.inner.clone();
+        tokio::task::spawn_blocking(move || {
+            let conn = inner
+                .readers
+                .lock()
+                .expect("reader pool lock")
+                .pop()
+                .ok_or(StorageError::Closed)?;
+            let result = f(&conn);
+            inner.readers.lock().expect("reader pool lock").push(conn);
+            result
+        })
+        .await
+        .map_err(|e| StorageError::Internal(format!("reader task failed: {e}")))?
+    }
+
+    /// Finishes queued writes, then closes every connection. Later calls fail
+    /// with `StorageError::Closed`.
+    pub async fn close(&self) {
+        self.inner.reader_slots.close();
+        let writer = self.inner.writer.lock().expect("writer lock").take();
+        self.inner.readers.lock().expect("reader pool lock").clear();
+        if let Some((sender, handle)) = writer {
+            drop(sender);
+            let _ = tokio::task::spawn_blocking(move || handle.join()).await;
+        }
+        let checkpointer = self
+            .inner
+            .checkpointer
+            .lock()
+            .expect("checkpointer lock")
+            .take();
+        if let Some((stop, handle)) = checkpointer {
+            let _ = stop.send(());
+            let _ = tokio::task::spawn_blocking(move || handle.join()).await;
+        }
+    }
+}
+
+/// How often the WAL is checkpointed into the database file.
+const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// A thread with its own connection that checkpoints the WAL in PASSIVE
+/// mode (never blocking the writer or readers), and fully when stopped.
+fn spawn_checkpointer(path: &Path) -> Result<(mpsc::Sender<()>, JoinHandle<()>), StorageError> {
+    let conn = Connection::open(path)?;
+    conn.busy_timeout(std::time::Duration::from_secs(5))?;
+    let (stop_tx, stop_rx) = mpsc::channel::<()>();
+    let handle = std::thread::Builder::new()
+        .name("berth-sqlite-checkpoint".into())
+        .spawn(move || {
+            let checkpoint = |mode: &str| {
+                if let Err(e) =
+                    conn.query_row(&format!("PRAGMA wal_checkpoint({mode})"), [], |_| Ok(()))
+                {
+                    tracing::warn!(error = %e, mode, "WAL checkpoint failed");
+                }
+            };
+            loop {
+                match stop_rx.recv_timeout(CHECKPOINT_EVERY) {
+                    Err(mpsc::RecvTimeoutError::Timeout) => checkpoint("PASSIVE"),
+                    _ => {
+                        checkpoint("TRUNCATE");
+                        return;
+                    }
+                }
+            }
+        })?;
+    Ok((stop_tx, handle))
+}

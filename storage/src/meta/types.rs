@@ -1,0 +1,306 @@
+//! What the metadata store holds and answers, as types shared by every
+//! backend (the SQLite one in `sqlite/` today). Nothing here knows SQL.
+
+use crate::digest::Digest;
+use std::collections::{BTreeMap, HashSet};
+
+/// A manifest as stored: bytes verbatim, with the type it was pushed as.
+#[derive(Debug, Clone)]
+pub struct StoredManifest {
+    pub digest: String,
+    pub media_type: String,
+    pub size: u64,
+    /// Empty when only metadata was asked for (HEAD).
+    pub bytes: Vec<u8>,
+}
+
+/// A blob linked into a repository.
+#[derive(Debug, Clone, Copy)]
+pub struct LinkedBlob {
+    pub size: u64,
+    pub touched_ms: i64,
+}
+
+/// One entry of the referrers API.
+#[derive(Debug, Clone)]
+pub struct Referrer {
+    pub digest: String,
+    pub media_type: String,
+    pub size: u64,
+    pub artifact_type: Option<String>,
+    pub annotations: Option<String>,
+}
+
+/// Result of storing a manifest.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PutManifestOutcome {
+    Stored,
+    /// The namespace has no room for the manifest.
+    QuotaExceeded(QuotaExceeded),
+    /// A config or layer is not linked into the repository.
+    MissingBlob(Digest),
+    /// A child of an index is not a manifest of the repository.
+    MissingManifest(Digest),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DeleteManifestOutcome {
+    Deleted,
+    NotFound,
+    /// Deleting it would break an index of the same repository.
+    ReferencedByIndex(String),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UnlinkBlobOutcome {
+    Unlinked,
+    NotFound,
+    /// A manifest of the repository still needs the blob.
+    ReferencedByManifest(String),
+}
+
+/// A namespace account as stored (the secret only as its hash).
+#[derive(Debug, Clone)]
+pub struct NamespaceAccount {
+    pub name: String,
+    pub namespace: String,
+    pub secret_hash: String,
+    pub created_ms: i64,
+    pub rotated_ms: i64,
+}
+
+// ------------------------------------------------------------ quota ----
+
+/// Limits that come from configuration rather than the database.
+#[derive(Debug, Clone, Default)]
+pub struct QuotaPolicy {
+    /// Limit of namespaces without an override; `None` is unlimited.
+    pub default_limit: Option<u64>,
+    /// Namespaces that are never limited (e.g. the platform's own).
+    pub unlimited: HashSet<String>,
+}
+
+/// A refused charge, with the figures the client's error message needs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QuotaExceeded {
+    pub namespace: String,
+    pub used: u64,
+    pub limit: u64,
+    /// Bytes the refused write would have added.
+    pub needed: u64,
+    /// Bytes the namespace holds in unfinished uploads, which count too.
+    pub staged: u64,
+}
+
+/// One namespace's quota as the admin API shows it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct NamespaceQuota {
+    pub namespace: String,
+    /// `None` when unlimited.
+    pub limit_bytes: Option<u64>,
+    pub used_bytes: u64,
+    pub available_bytes: Option<u64>,
+    /// Used as a percentage of the limit (0 when unlimited).
+    pub percent: f64,
+    pub repositories: u64,
+    /// Where the limit comes from: `default`, `override` or `unlimited`.
+    pub limit_source: &'static str,
+}
+
+/// A repository's share of its namespace's usage.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct RepositoryUsage {
+    pub repository: String,
+    /// Blobs no other repository of the namespace links, plus manifests.
+    pub unique_bytes: u64,
+    /// Blobs also linked by another repository of the namespace.
+    pub shared_bytes: u64,
+    pub manifests: u64,
+    pub tags: u64,
+}
+
+/// An image and what it occupies: its manifest plus the blobs it names.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ImageSize {
+    pub repository: String,
+    pub digest: String,
+    pub tags: Vec<String>,
+    pub bytes: u64,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct NamespaceDetail {
+    #[serde(flatten)]
+    pub quota: NamespaceQuota,
+    pub repositories_usage: Vec<RepositoryUsage>,
+    pub largest_images: Vec<ImageSize>,
+}
+
+/// A namespace whose ledger disagreed with the tables.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Drift {
+    pub namespace: String,
+    pub recorded_bytes: u64,
+    pub actual_bytes: u64,
+}
+
+/// A limit change from the admin API.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LimitSetting {
+    /// Back to the configured default.
+    Default,
+    Bytes(u64),
+    Unlimited,
+}
+
+// --------------------------------------------------------------- gc ----
+
+/// A tag, as tag cleanup sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TagRow {
+    pub repo_id: i64,
+    pub repository: String,
+    pub namespace: String,
+    pub tag: String,
+    pub digest: String,
+    pub updated_ms: i64,
+    pub pinned: bool,
+}
+
+/// A manifest the plan would delete.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct DoomedManifest {
+    #[serde(skip)]
+    pub repo_id: i64,
+    pub repository: String,
+    #[serde(skip)]
+    pub namespace: String,
+    pub digest: String,
+    pub size: u64,
+}
+
+/// A blob link the plan would remove.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct DoomedLink {
+    #[serde(skip)]
+    pub repo_id: i64,
+    pub repository: String,
+    #[serde(skip)]
+    pub namespace: String,
+    pub digest: String,
+    pub size: u64,
+}
+
+/// A blob (row and object) the plan would delete.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct DoomedBlob {
+    pub digest: String,
+    pub size: u64,
+}
+
+/// What an untagged GC run would remove, computed on one snapshot.
+#[derive(Debug, Clone, Default)]
+pub struct GcPlan {
+    pub manifests: Vec<DoomedManifest>,
+    pub links: Vec<DoomedLink>,
+    pub blobs: Vec<DoomedBlob>,
+    /// Quota each namespace gets back (manifests plus its last links of blobs).
+    pub freed_per_namespace: BTreeMap<String, u64>,
+}
+
+/// A pin: the platform says a workload runs this digest.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Pin {
+    pub id: i64,
+    pub repository: String,
+    pub digest: String,
+    pub reason: String,
+    pub created_ms: i64,
+}
+
+/// A namespace's retention override; `None` fields inherit the default.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct RetentionOverride {
+    pub keep_last: Option<u32>,
+    pub protected_tags: Option<Vec<String>>,
+    pub max_age_ms: Option<i64>,
+    pub keep_pattern: Option<String>,
+}
+
+/// A stored GC run report.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct GcRunRecord {
+    pub id: i64,
+    pub job: String,
+    pub dry_run: bool,
+    pub trigger: String,
+    pub started_ms: i64,
+    pub finished_ms: i64,
+    pub report: serde_json::Value,
+}
+
+// --------------------------------------------------- bulk and integrity ----
+
+/// A repository for `Metadata::bulk_load`: benchmarks and tests build large
+/// worlds with it without writing SQL. Rows only: run `reconcile_quota`
+/// afterwards to fill the quota ledger.
+#[derive(Debug, Clone)]
+pub struct FixtureRepo {
+    pub name: String,
+    pub created_ms: i64,
+    /// Blobs linked into the repository (rows are made for new digests).
+    pub links: Vec<FixtureBlob>,
+    pub manifests: Vec<FixtureManifest>,
+}
+
+#[derive(Debug, Clone)]
+pub struct FixtureBlob {
+    pub digest: String,
+    pub size: u64,
+    /// When it was linked and last used.
+    pub at_ms: i64,
+}
+
+#[derive(Debug, Clone)]
+pub struct FixtureManifest {
+    pub digest: String,
+    pub media_type: String,
+    /// The stored bytes (may be a stand-in; `size` is what quota counts).
+    pub bytes: Vec<u8>,
+    pub size: u64,
+    pub pushed_ms: i64,
+    /// Blobs it references; they must be among the repository's links.
+    pub blobs: Vec<String>,
+    /// Tags pointing at it (updated at `pushed_ms`).
+    pub tags: Vec<String>,
+}
+
+/// What `Storage::check_integrity` found: rows against objects.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct IntegrityReport {
+    pub blob_rows: usize,
+    pub objects: usize,
+    /// Blob rows whose object is missing: data loss.
+    pub rows_without_object: Vec<String>,
+    /// Objects without a blob row (a sweep removes them).
+    pub orphan_objects: Vec<String>,
+    /// Blob links no manifest of their repository references.
+    pub unreferenced_links: u64,
+    /// Blob rows no repository links.
+    pub unlinked_blob_rows: u64,
+}
+
+impl IntegrityReport {
+    /// Nothing is lost (orphans and unreferenced rows are GC's business).
+    pub fn is_sound(&self) -> bool {
+        self.rows_without_object.is_empty()
+    }
+
+    /// Nothing is lost and nothing is left for GC.
+    pub fn is_clean(&self) -> bool {
+        self.is_sound()
+            && self.orphan_objects.is_empty()
+            && self.unreferenced_links == 0
+            && self.unlinked_blob_rows == 0
+    }
+}
