@@ -15,148 +15,31 @@
 //! (`logs`).
 
 pub mod caps;
+mod config;
+mod execute;
 pub mod git;
 pub mod logs;
+mod queue;
 pub mod request;
 pub mod runner;
 pub mod sandbox;
 pub mod source;
 
-use berth_storage::meta::builds::{self as status, BuildRecord};
+use berth_storage::meta::builds::{BuildParams, BuildRecord, BuildStatus};
 use berth_storage::{now_ms, RepoName, Storage, StorageError};
 use caps::Cap;
+pub use config::{BuildsConfig, RunnerKind};
 use git::{Git, GitError};
 use logs::{BuildLog, LogStream};
 pub use request::valid_tool;
-use runner::{RunOutcome, RunSpec, Runner, Sandboxing};
+use runner::{Runner, Sandboxing};
 use sandbox::{Identity, SandboxKind};
-use source::{SourceError, SourcePolicy};
+use source::SourceError;
 use std::collections::{BTreeMap, HashMap};
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 use tokio::sync::{watch, Notify, OnceCell};
-
-/// Which backend runs the lifecycle.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum RunnerKind {
-    Process,
-    Container,
-}
-
-/// The `[builds]` settings.
-#[derive(Debug, Clone)]
-pub struct BuildsConfig {
-    /// When false, build requests are refused (nothing would run them).
-    pub enabled: bool,
-    pub runner: RunnerKind,
-    /// How the process runner confines the lifecycle.
-    pub sandbox: SandboxKind,
-    pub lifecycle_dir: PathBuf,
-    pub buildpacks_dir: PathBuf,
-    pub order: PathBuf,
-    /// `repository:tag` of the run image in this registry.
-    pub run_image: String,
-    pub builder_image: String,
-    /// `docker` or `podman` (container runner).
-    pub container_engine: String,
-    pub platform_api: String,
-    /// When berth runs as root, tool number `n` (allocated on its first
-    /// build, never reused) builds as uid and gid `uid_base + n`, for
-    /// `n < uid_count`.
-    pub uid_base: u32,
-    pub uid_count: u32,
-    pub max_parallel: usize,
-    pub per_tool_parallel: usize,
-    /// Builds of one tool waiting or running; more are refused (429).
-    pub queued_per_tool: usize,
-    pub timeout: Duration,
-    pub keep_successful: usize,
-    pub keep_failed: usize,
-    pub log_retention: Duration,
-    /// The most of a build's own output one log keeps.
-    pub max_log_bytes: u64,
-    pub source_schemes: Vec<String>,
-    /// When not empty, the only hosts sources may come from.
-    pub source_hosts: Vec<String>,
-    /// Hosts trusted although they resolve to non-public addresses.
-    pub private_source_hosts: Vec<String>,
-    /// Resolving the host and `git ls-remote`, at request time.
-    pub git_resolve_timeout: Duration,
-    /// Each git step of fetching the source, when the build runs.
-    pub git_fetch_timeout: Duration,
-    pub git_resolutions_per_tool: usize,
-    pub git_resolutions_total: usize,
-    /// Followed logs (`?follow=true` of an unfinished build) open at once.
-    pub log_follows_per_tool: usize,
-    pub log_follows_total: usize,
-    /// host:port the lifecycle reaches berth at.
-    pub registry_host: String,
-    /// Tool `foo` owns namespace `<tool_prefix>foo`.
-    pub tool_prefix: String,
-    /// `<data dir>/builds`: workspaces, caches, logs.
-    pub dir: PathBuf,
-}
-
-impl BuildsConfig {
-    pub fn defaults(dir: PathBuf, registry_host: String) -> BuildsConfig {
-        BuildsConfig {
-            enabled: true,
-            runner: RunnerKind::Process,
-            sandbox: SandboxKind::Bwrap,
-            lifecycle_dir: "/cnb/lifecycle".into(),
-            buildpacks_dir: "/cnb/buildpacks".into(),
-            order: "/cnb/order.toml".into(),
-            run_image: "toolforge/run:latest".into(),
-            builder_image: "heroku/builder:24".into(),
-            container_engine: "docker".into(),
-            platform_api: "0.13".into(),
-            uid_base: 200_000,
-            uid_count: 100_000,
-            max_parallel: 2,
-            per_tool_parallel: 1,
-            queued_per_tool: 16,
-            timeout: Duration::from_secs(30 * 60),
-            keep_successful: 4,
-            keep_failed: 2,
-            log_retention: Duration::from_secs(30 * 86_400),
-            max_log_bytes: 16 << 20,
-            source_schemes: vec!["https".into(), "http".into()],
-            source_hosts: Vec::new(),
-            private_source_hosts: Vec::new(),
-            git_resolve_timeout: Duration::from_secs(20),
-            git_fetch_timeout: Duration::from_secs(5 * 60),
-            git_resolutions_per_tool: 2,
-            git_resolutions_total: 16,
-            log_follows_per_tool: 4,
-            log_follows_total: 256,
-            registry_host,
-            tool_prefix: "tool-".into(),
-            dir,
-        }
-    }
-
-    /// Whether each tool builds as its own uid: berth is root and the
-    /// runner can switch users (the bubblewrap sandbox, or a container).
-    pub fn per_tool_uid(&self) -> bool {
-        sandbox::is_root()
-            && match self.runner {
-                RunnerKind::Process => self.sandbox == SandboxKind::Bwrap,
-                RunnerKind::Container => true,
-            }
-    }
-
-    fn source_policy(&self) -> SourcePolicy {
-        SourcePolicy {
-            schemes: self.source_schemes.clone(),
-            hosts: self.source_hosts.clone(),
-            private_hosts: self.private_source_hosts.clone(),
-            resolve_timeout: self.git_resolve_timeout,
-        }
-    }
-}
 
 /// Mints the short-lived token a build pushes with: push and pull on
 /// `push_repo`, pull on `pull_repo`. Implemented by the auth layer.
@@ -461,12 +344,15 @@ impl Builds {
             id: id.clone(),
             tool: tool.to_owned(),
             image_name,
-            status: status::PENDING.into(),
+            status: BuildStatus::Pending,
             message: "waiting for a free runner".into(),
-            params: serde_json::json!({
-                "source_url": req.source_url, "ref": reference, "envvars": req.envvars,
-                "image_name": req.image_name, "use_latest_versions": req.use_latest_versions,
-            }),
+            params: BuildParams {
+                source_url: req.source_url.clone(),
+                reference: reference.clone(),
+                envvars: req.envvars.clone(),
+                image_name: req.image_name.clone(),
+                use_latest_versions: req.use_latest_versions,
+            },
             resolved_ref: resolved,
             destination_image: String::new(),
             log_path: self
@@ -485,8 +371,8 @@ impl Builds {
         log.line(
             "berth",
             &format!(
-                "build {id} queued: {} at {} ({})",
-                record.params["source_url"], reference, record.resolved_ref
+                "build {id} queued: {:?} at {} ({})",
+                record.params.source_url, reference, record.resolved_ref
             ),
         )
         .await;
@@ -556,7 +442,7 @@ impl Builds {
         follow: bool,
     ) -> Result<LogStream, BuildError> {
         let b = self.get(tool, id).await?;
-        let slot = if follow && !status::is_finished(&b.status) {
+        let slot = if follow && !b.status.is_finished() {
             Some(self.follows.try_acquire(tool)?)
         } else {
             None
@@ -576,17 +462,17 @@ impl Builds {
 
     pub async fn cancel(&self, tool: &str, id: &str) -> Result<BuildRecord, BuildError> {
         let b = self.get(tool, id).await?;
-        if status::is_finished(&b.status) {
+        if b.status.is_finished() {
             return Err(BuildError::Finished(b.id));
         }
-        if b.status == status::PENDING
+        if b.status == BuildStatus::Pending
             && self
                 .storage
                 .meta
                 .transition_build(
                     &b.id,
-                    status::PENDING,
-                    status::CANCELLED,
+                    BuildStatus::Pending,
+                    BuildStatus::Cancelled,
                     "cancelled before it started".into(),
                     None,
                 )
@@ -601,7 +487,7 @@ impl Builds {
         // is dead, whichever was running.
         for _ in 0..100 {
             let now = self.get(tool, &b.id).await?;
-            if status::is_finished(&now.status) {
+            if now.status.is_finished() {
                 return Ok(now);
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
@@ -618,7 +504,7 @@ impl Builds {
         delete_image: bool,
     ) -> Result<Vec<String>, BuildError> {
         let b = self.get(tool, id).await?;
-        if !status::is_finished(&b.status) {
+        if !b.status.is_finished() {
             return Err(BuildError::Invalid(format!(
                 "build {} is still {}; cancel it first",
                 b.id, b.status
@@ -678,448 +564,6 @@ impl Builds {
             removed.len()
         )])
     }
-
-    /// At start: builds a dead process left running have failed, and
-    /// their workspaces go.
-    pub async fn recover(&self) -> Result<usize, StorageError> {
-        let failed = self
-            .storage
-            .meta
-            .fail_orphaned_builds("berth restarted while the build was running; start it again")
-            .await?;
-        let work = self.config.dir.join("work");
-        if let Err(e) = tokio::fs::remove_dir_all(&work).await {
-            if e.kind() != std::io::ErrorKind::NotFound {
-                tracing::warn!(dir = %work.display(), error = %e, "cannot remove old build workspaces");
-            }
-        }
-        Ok(failed)
-    }
-
-    /// The dispatcher: starts queued builds as runners free up. Runs until
-    /// the task is dropped.
-    pub async fn dispatch(self: Arc<Self>) {
-        let mut last_log_expiry = std::time::Instant::now() - Duration::from_secs(3600);
-        loop {
-            if let Err(e) = self.start_queued().await {
-                tracing::warn!(error = %e, "build dispatcher");
-            }
-            if last_log_expiry.elapsed() >= Duration::from_secs(3600) {
-                last_log_expiry = std::time::Instant::now();
-                let cutoff = std::time::SystemTime::now() - self.config.log_retention;
-                let n = logs::expire(&self.logs_dir(), cutoff).await;
-                if n > 0 {
-                    tracing::info!(removed = n, "expired build logs");
-                }
-            }
-            let _ = tokio::time::timeout(Duration::from_secs(1), self.wake.notified()).await;
-        }
-    }
-
-    async fn start_queued(self: &Arc<Self>) -> Result<(), StorageError> {
-        for b in self.storage.meta.pending_builds().await? {
-            let (total, for_tool) = {
-                let running = self.running();
-                (
-                    running.len(),
-                    running.values().filter(|r| r.tool == b.tool).count(),
-                )
-            };
-            if total >= self.config.max_parallel {
-                break;
-            }
-            if for_tool >= self.config.per_tool_parallel {
-                continue;
-            }
-            if !self
-                .storage
-                .meta
-                .transition_build(
-                    &b.id,
-                    status::PENDING,
-                    status::RUNNING,
-                    "running".into(),
-                    None,
-                )
-                .await?
-            {
-                continue; // cancelled meanwhile
-            }
-            let (cancel, cancelled) = watch::channel(false);
-            self.running().insert(
-                b.id.clone(),
-                Running {
-                    tool: b.tool.clone(),
-                    cancel,
-                },
-            );
-            let me = self.clone();
-            tokio::spawn(async move {
-                let id = b.id.clone();
-                me.execute(b, cancelled).await;
-                me.running().remove(&id);
-                me.wake.notify_one();
-            });
-        }
-        Ok(())
-    }
-
-    async fn execute(&self, b: BuildRecord, cancelled: watch::Receiver<bool>) {
-        let log = match BuildLog::create(Path::new(&b.log_path), self.config.max_log_bytes).await {
-            Ok(l) => Arc::new(l),
-            Err(e) => {
-                let _ = self
-                    .finish(
-                        &b,
-                        status::FAILURE,
-                        format!("cannot write the build log: {e}"),
-                        None,
-                    )
-                    .await;
-                return;
-            }
-        };
-        let dirs = BuildDirs::new(self.config.dir.join("work").join(&b.id));
-        let (final_status, message, destination) =
-            self.run_build(&b, &dirs, log.clone(), cancelled).await;
-        log.line("berth", &format!("{final_status}: {message}"))
-            .await;
-        let _ = tokio::fs::remove_dir_all(&dirs.root).await;
-        if let Err(e) = self.finish(&b, final_status, message, destination).await {
-            tracing::error!(build = %b.id, error = %e, "cannot record the build's end");
-        }
-    }
-
-    /// Who `tool`'s builds run as: its own uid and gid when berth is root
-    /// (allocated on its first build), else berth's.
-    async fn identity(&self, tool: &str) -> Result<Identity, String> {
-        if !self.config.per_tool_uid() {
-            return Ok(Identity::berth());
-        }
-        match self
-            .storage
-            .meta
-            .build_user(tool, self.config.uid_count)
-            .await
-        {
-            Ok(Some(n)) => {
-                let id = self.config.uid_base + n;
-                Ok(Identity { uid: id, gid: id })
-            }
-            Ok(None) => Err(format!(
-                "every build uid is taken ([builds] uid_base = {}, uid_count = {}); an admin must widen the range",
-                self.config.uid_base, self.config.uid_count
-            )),
-            Err(e) => Err(format!("cannot read the tool's build uid: {e}")),
-        }
-    }
-
-    async fn run_build(
-        &self,
-        b: &BuildRecord,
-        dirs: &BuildDirs,
-        log: Arc<BuildLog>,
-        mut cancelled: watch::Receiver<bool>,
-    ) -> (&'static str, String, Option<String>) {
-        let fail = |why: String| (status::FAILURE, why, None);
-        let git = match &self.git {
-            Ok(g) => g,
-            Err(why) => return fail(format!("builds cannot run on this registry: {why}")),
-        };
-        let url = b.params["source_url"].as_str().unwrap_or_default();
-        let reference = b.params["ref"].as_str().unwrap_or("HEAD");
-        // Checked again: what a name resolves to may have changed since
-        // the build was requested.
-        let source = match source::check(&self.config.source_policy(), url).await {
-            Ok(s) => s,
-            Err(e) => {
-                tracing::info!(build = %b.id, url, error = %e, "build source refused when the build ran");
-                return fail(source::cannot_fetch(url));
-            }
-        };
-        if let Err(e) = logs::private_dir(&dirs.root).await {
-            return fail(format!("cannot prepare the workspace: {e}"));
-        }
-        log.line("berth", &format!("fetching {url} at {}", b.resolved_ref))
-            .await;
-        match git
-            .checkout(
-                &source,
-                reference,
-                &b.resolved_ref,
-                &dirs.workspace.join("app"),
-                &log,
-                &mut cancelled,
-            )
-            .await
-        {
-            Ok(()) => {}
-            Err(GitError::Cancelled) => return (status::CANCELLED, "cancelled".into(), None),
-            Err(e) => return fail(format!("cannot fetch the source: {e}")),
-        }
-        let identity = match self.identity(&b.tool).await {
-            Ok(id) => id,
-            Err(why) => return fail(why),
-        };
-        let cache_dir = match self.prepare(b, dirs, identity, &log).await {
-            Ok(c) => c,
-            Err(e) => return fail(format!("cannot prepare the workspace: {e}")),
-        };
-        let ns = self.namespace(&b.tool);
-        let output_repo = format!("{ns}/{}", b.image_name);
-        let run_repo = self
-            .config
-            .run_image
-            .rsplit_once(':')
-            .map(|(r, _)| r)
-            .unwrap_or(&self.config.run_image)
-            .to_owned();
-        let token = self
-            .tokens
-            .mint(&format!("build:{}", b.id), &output_repo, &run_repo);
-        let host = &self.config.registry_host;
-        let spec = RunSpec {
-            build_id: b.id.clone(),
-            workspace: dirs.workspace.clone(),
-            cache_dir,
-            tmp_dir: dirs.tmp.clone(),
-            passwd: dirs.passwd.clone(),
-            group: dirs.group.clone(),
-            run_image: format!("{host}/{}", self.config.run_image),
-            output_image: format!("{host}/{output_repo}:latest"),
-            registry_host: host.clone(),
-            registry_auth: serde_json::json!({ host: format!("Bearer {token}") }).to_string(),
-            platform_api: self.config.platform_api.clone(),
-            identity,
-            timeout: self.config.timeout,
-        };
-        log.line(
-            "berth",
-            &format!(
-                "running the lifecycle as uid {}: {} -> {}",
-                identity.uid, spec.run_image, spec.output_image
-            ),
-        )
-        .await;
-        match self.runner.run(&spec, log.clone(), cancelled).await {
-            RunOutcome::Cancelled => (status::CANCELLED, "cancelled".into(), None),
-            RunOutcome::TimedOut => (
-                status::TIMEOUT,
-                format!(
-                    "the build ran longer than {:?} and was stopped",
-                    self.config.timeout
-                ),
-                None,
-            ),
-            RunOutcome::Failed(why) => fail(why),
-            RunOutcome::Exited(0) => match read_report(&spec.report_path()).await {
-                Ok(digest) => (
-                    status::SUCCESS,
-                    "built and pushed".into(),
-                    Some(format!("{}@{digest}", spec.output_image)),
-                ),
-                Err(e) => fail(format!(
-                    "the lifecycle succeeded but its report is unusable: {e}"
-                )),
-            },
-            RunOutcome::Exited(code) => {
-                let why = last_error_line(&b.log_path)
-                    .await
-                    .unwrap_or_else(|| "see the build log".into());
-                fail(format!("the lifecycle exited with status {code}: {why}"))
-            }
-        }
-    }
-
-    /// Makes the workspace (app, layers, platform/env), `/tmp`, the
-    /// identity files and the tool's cache for `b`, all for `id` alone:
-    /// 0700 and, when builds have their own uid, owned by it. Returns the
-    /// cache dir. A cache owned by anyone else (an older berth's shared
-    /// build user) is discarded: caches are disposable, trust in them is
-    /// not.
-    async fn prepare(
-        &self,
-        b: &BuildRecord,
-        dirs: &BuildDirs,
-        id: Identity,
-        log: &BuildLog,
-    ) -> std::io::Result<PathBuf> {
-        let env_dir = dirs.workspace.join("platform").join("env");
-        tokio::fs::create_dir_all(&env_dir).await?;
-        tokio::fs::create_dir_all(dirs.workspace.join("layers")).await?;
-        tokio::fs::create_dir_all(&dirs.tmp).await?;
-        if let Some(vars) = b.params["envvars"].as_object() {
-            for (name, value) in vars {
-                // Names were checked when the build was requested; a
-                // record that holds something else is not trusted.
-                if request::check_env_name(name).is_ok() {
-                    tokio::fs::write(env_dir.join(name), value.as_str().unwrap_or_default())
-                        .await?;
-                }
-            }
-        }
-        let tool_cache = self.config.dir.join("cache").join(&b.tool);
-        logs::private_dir(&tool_cache).await?;
-        let cache = tool_cache.join(&b.image_name);
-        match tokio::fs::symlink_metadata(&cache).await {
-            Ok(m) if std::os::unix::fs::MetadataExt::uid(&m) != id.uid || !m.is_dir() => {
-                log.line(
-                    "berth",
-                    "the cache belonged to another user; this build starts with an empty cache",
-                )
-                .await;
-                if m.is_dir() {
-                    tokio::fs::remove_dir_all(&cache).await?;
-                } else {
-                    tokio::fs::remove_file(&cache).await?;
-                }
-            }
-            _ => {}
-        }
-        tokio::fs::create_dir_all(&cache).await?;
-        let per_tool = id != Identity::berth();
-        let (workspace, tmp, cache_dir) = (dirs.workspace.clone(), dirs.tmp.clone(), cache.clone());
-        let (passwd_path, group_path) = (dirs.passwd.clone(), dirs.group.clone());
-        tokio::task::spawn_blocking(move || -> std::io::Result<()> {
-            let (passwd, group) = sandbox::identity_files(id);
-            for (path, text) in [(&passwd_path, passwd), (&group_path, group)] {
-                std::fs::write(path, text)?;
-                std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o644))?;
-            }
-            for d in [&workspace, &tmp, &cache_dir] {
-                std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o700))?;
-            }
-            if per_tool {
-                // Nothing runs in the workspace yet: walking it is safe.
-                chown_tree(&workspace, id)?;
-                std::os::unix::fs::chown(&tmp, Some(id.uid), Some(id.gid))?;
-                std::os::unix::fs::chown(&cache_dir, Some(id.uid), Some(id.gid))?;
-            }
-            Ok(())
-        })
-        .await
-        .map_err(std::io::Error::other)??;
-        Ok(cache)
-    }
-
-    async fn finish(
-        &self,
-        b: &BuildRecord,
-        to: &'static str,
-        message: String,
-        destination: Option<String>,
-    ) -> Result<(), StorageError> {
-        self.storage
-            .meta
-            .transition_build(&b.id, status::RUNNING, to, message, destination)
-            .await?;
-        self.prune(&b.tool, &b.image_name).await
-    }
-
-    /// Keeps the newest `keep_successful` successful and `keep_failed`
-    /// unsuccessful records per tool and image; logs stay on disk.
-    async fn prune(&self, tool: &str, image: &str) -> Result<(), StorageError> {
-        let (mut ok, mut bad) = (0, 0);
-        for b in self.storage.meta.builds_of(tool).await? {
-            if b.image_name != image || !status::is_finished(&b.status) {
-                continue;
-            }
-            let keep = if b.status == status::SUCCESS {
-                ok += 1;
-                ok <= self.config.keep_successful
-            } else {
-                bad += 1;
-                bad <= self.config.keep_failed
-            };
-            if !keep {
-                self.storage.meta.delete_build(&b.id).await?;
-            }
-        }
-        Ok(())
-    }
-
-    /// True once `id` is in a final state (for log following).
-    pub async fn finished(&self, id: &str) -> bool {
-        match self.storage.meta.build(id).await {
-            Ok(Some(b)) => status::is_finished(&b.status),
-            _ => true,
-        }
-    }
-}
-
-/// Hands a tree to `id` (lchown: links are not followed). A loop, not
-/// recursion: the depth of a checked-out repository is its author's
-/// choice.
-fn chown_tree(root: &Path, id: Identity) -> std::io::Result<()> {
-    let mut dirs = vec![root.to_owned()];
-    std::os::unix::fs::lchown(root, Some(id.uid), Some(id.gid))?;
-    while let Some(dir) = dirs.pop() {
-        for e in std::fs::read_dir(&dir)? {
-            let e = e?;
-            std::os::unix::fs::lchown(e.path(), Some(id.uid), Some(id.gid))?;
-            if e.file_type()?.is_dir() {
-                dirs.push(e.path());
-            }
-        }
-    }
-    Ok(())
-}
-
-/// The image digest from the lifecycle's `report.toml`. The build wrote
-/// it: only a regular file is read (never through a link, which could
-/// point at berth's secrets), and at most 64 KiB of it.
-async fn read_report(path: &Path) -> Result<String, String> {
-    let path = path.to_owned();
-    let text = tokio::task::spawn_blocking(move || -> Result<String, String> {
-        use std::io::Read;
-        use std::os::unix::fs::OpenOptionsExt;
-        let file = std::fs::OpenOptions::new()
-            .read(true)
-            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
-            .open(&path)
-            .map_err(|e| format!("cannot read report.toml: {e}"))?;
-        let meta = file
-            .metadata()
-            .map_err(|e| format!("cannot read report.toml: {e}"))?;
-        if !meta.is_file() {
-            return Err("report.toml is not a regular file".into());
-        }
-        let mut text = String::new();
-        file.take(64 << 10)
-            .read_to_string(&mut text)
-            .map_err(|e| format!("cannot read report.toml: {e}"))?;
-        Ok(text)
-    })
-    .await
-    .map_err(|e| e.to_string())??;
-    let v: toml::Value =
-        toml::from_str(&text).map_err(|e| format!("report.toml is not TOML: {e}"))?;
-    let digest = v
-        .get("image")
-        .and_then(|i| i.get("digest"))
-        .and_then(|d| d.as_str())
-        .ok_or("report.toml has no [image] digest")?;
-    digest
-        .parse::<berth_storage::Digest>()
-        .map_err(|e| e.to_string())?;
-    Ok(digest.to_owned())
-}
-
-/// The last error-looking line the lifecycle wrote (for the status message).
-async fn last_error_line(log_path: &str) -> Option<String> {
-    let text = tokio::fs::read_to_string(log_path).await.ok()?;
-    text.lines()
-        .rev()
-        .filter(|l| l.contains("[lifecycle:err]") || l.to_ascii_lowercase().contains("error"))
-        .map(|l| {
-            l.split_once("] ")
-                .map(|(_, rest)| rest)
-                .unwrap_or(l)
-                .trim()
-                .to_owned()
-        })
-        .find(|l| !l.is_empty())
-        .map(|l| l.chars().take(500).collect())
 }
 
 #[cfg(test)]
@@ -1131,25 +575,5 @@ pub(crate) mod test_util {
             .chain(c.get_args())
             .map(|a| a.to_string_lossy().into_owned())
             .collect()
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[tokio::test]
-    async fn the_report_is_read_only_as_a_regular_file() {
-        let dir = tempfile::tempdir().unwrap();
-        let secret = dir.path().join("secret");
-        std::fs::write(&secret, "admin-password-123").unwrap();
-        let report = dir.path().join("report.toml");
-        std::os::unix::fs::symlink(&secret, &report).unwrap();
-        let e = read_report(&report).await.unwrap_err();
-        assert!(!e.contains("admin-password"), "{e}");
-        std::fs::remove_file(&report).unwrap();
-        let digest = format!("sha256:{}", "a".repeat(64));
-        std::fs::write(&report, format!("[image]\ndigest = \"{digest}\"\n")).unwrap();
-        assert_eq!(read_report(&report).await.unwrap(), digest);
     }
 }

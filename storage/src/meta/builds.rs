@@ -1,25 +1,86 @@
 //! Build records: the build queue's state, as the metadata store keeps it.
 
-pub const PENDING: &str = "BUILD_PENDING";
+use std::collections::BTreeMap;
 
-pub const RUNNING: &str = "BUILD_RUNNING";
+/// Where a build is. The names are Toolforge's (`BUILD_PENDING`, ...):
+/// they are what the API shows and what the database stores.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+pub enum BuildStatus {
+    #[serde(rename = "BUILD_PENDING")]
+    Pending,
+    #[serde(rename = "BUILD_RUNNING")]
+    Running,
+    #[serde(rename = "BUILD_SUCCESS")]
+    Success,
+    #[serde(rename = "BUILD_FAILURE")]
+    Failure,
+    #[serde(rename = "BUILD_CANCELLED")]
+    Cancelled,
+    #[serde(rename = "BUILD_TIMEOUT")]
+    Timeout,
+}
 
-pub const SUCCESS: &str = "BUILD_SUCCESS";
+impl BuildStatus {
+    pub const ALL: [BuildStatus; 6] = [
+        BuildStatus::Pending,
+        BuildStatus::Running,
+        BuildStatus::Success,
+        BuildStatus::Failure,
+        BuildStatus::Cancelled,
+        BuildStatus::Timeout,
+    ];
 
-pub const FAILURE: &str = "BUILD_FAILURE";
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BuildStatus::Pending => "BUILD_PENDING",
+            BuildStatus::Running => "BUILD_RUNNING",
+            BuildStatus::Success => "BUILD_SUCCESS",
+            BuildStatus::Failure => "BUILD_FAILURE",
+            BuildStatus::Cancelled => "BUILD_CANCELLED",
+            BuildStatus::Timeout => "BUILD_TIMEOUT",
+        }
+    }
 
-pub const CANCELLED: &str = "BUILD_CANCELLED";
+    pub fn parse(s: &str) -> Option<BuildStatus> {
+        BuildStatus::ALL.into_iter().find(|b| b.as_str() == s)
+    }
 
-pub const TIMEOUT: &str = "BUILD_TIMEOUT";
+    /// A final state: the build will not change again.
+    pub fn is_finished(self) -> bool {
+        !matches!(self, BuildStatus::Pending | BuildStatus::Running)
+    }
+}
+
+impl std::fmt::Display for BuildStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What the build was asked to build (Toolforge's `parameters`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct BuildParams {
+    pub source_url: String,
+    /// The ref as asked for (`HEAD` when none was given).
+    #[serde(rename = "ref")]
+    pub reference: String,
+    #[serde(default)]
+    pub envvars: BTreeMap<String, String>,
+    /// As asked for; the record's `image_name` is what was used.
+    #[serde(default)]
+    pub image_name: Option<String>,
+    #[serde(default)]
+    pub use_latest_versions: bool,
+}
 
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct BuildRecord {
     pub id: String,
     pub tool: String,
     pub image_name: String,
-    pub status: String,
+    pub status: BuildStatus,
     pub message: String,
-    pub params: serde_json::Value,
+    pub params: BuildParams,
     pub resolved_ref: String,
     pub destination_image: String,
     pub log_path: String,
@@ -28,7 +89,17 @@ pub struct BuildRecord {
     pub end_ms: Option<i64>,
 }
 
-/// Whether a status is final.
-pub fn is_finished(status: &str) -> bool {
-    !matches!(status, PENDING | RUNNING)
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statuses_round_trip_by_name() {
+        for s in BuildStatus::ALL {
+            assert_eq!(BuildStatus::parse(s.as_str()), Some(s));
+            assert_eq!(serde_json::to_value(s).unwrap(), s.as_str());
+        }
+        assert_eq!(BuildStatus::parse("BUILD_WHATEVER"), None);
+        assert!(BuildStatus::Cancelled.is_finished() && !BuildStatus::Running.is_finished());
+    }
 }

@@ -12,13 +12,16 @@ const COLUMNS: &str =
 
 fn record(r: &rusqlite::Row<'_>) -> rusqlite::Result<BuildRecord> {
     let params: String = r.get(5)?;
+    let status: String = r.get(3)?;
     Ok(BuildRecord {
         id: r.get(0)?,
         tool: r.get(1)?,
         image_name: r.get(2)?,
-        status: r.get(3)?,
+        // A status this version does not know (a newer one wrote it) reads
+        // as a failure rather than breaking every listing.
+        status: BuildStatus::parse(&status).unwrap_or(BuildStatus::Failure),
         message: r.get(4)?,
-        params: serde_json::from_str(&params).unwrap_or(serde_json::Value::Null),
+        params: serde_json::from_str(&params).unwrap_or_default(),
         resolved_ref: r.get(6)?,
         destination_image: r.get(7)?,
         log_path: r.get(8)?,
@@ -36,9 +39,10 @@ impl Metadata {
                     b.id,
                     b.tool,
                     b.image_name,
-                    b.status,
+                    b.status.as_str(),
                     b.message,
-                    b.params.to_string(),
+                    serde_json::to_string(&b.params)
+                        .map_err(|e| StorageError::Internal(e.to_string()))?,
                     b.resolved_ref,
                     b.destination_image,
                     b.log_path,
@@ -85,7 +89,7 @@ impl Metadata {
                 "SELECT {COLUMNS} FROM builds WHERE status = ?1 ORDER BY created_ms, id"
             ))?;
             let rows = stmt
-                .query_map([PENDING], record)?
+                .query_map([BuildStatus::Pending.as_str()], record)?
                 .collect::<rusqlite::Result<Vec<_>>>()?;
             Ok(rows)
         })
@@ -97,8 +101,8 @@ impl Metadata {
     pub async fn transition_build(
         &self,
         id: &str,
-        from: &'static str,
-        to: &'static str,
+        from: BuildStatus,
+        to: BuildStatus,
         message: String,
         destination: Option<String>,
     ) -> Result<bool, StorageError> {
@@ -113,7 +117,7 @@ impl Metadata {
                          end_ms = CASE WHEN ?3 IN ('BUILD_PENDING', 'BUILD_RUNNING') THEN end_ms ELSE ?6 END
                      WHERE id = ?1 AND status = ?2",
                 )?
-                .execute(params![id, from, to, message, destination, now])?;
+                .execute(params![id, from.as_str(), to.as_str(), message, destination, now])?;
             Ok(n == 1)
         })
         .await
@@ -125,7 +129,12 @@ impl Metadata {
         self.write(move |tx| {
             Ok(tx.execute(
                 "UPDATE builds SET status = ?1, message = ?2, end_ms = ?3 WHERE status = ?4",
-                params![FAILURE, message, now_ms(), RUNNING],
+                params![
+                    BuildStatus::Failure.as_str(),
+                    message,
+                    now_ms(),
+                    BuildStatus::Running.as_str()
+                ],
             )?)
         })
         .await
@@ -171,7 +180,14 @@ impl Metadata {
                 .prepare_cached(
                     "SELECT COUNT(*) FROM builds WHERE tool = ?1 AND status IN (?2, ?3)",
                 )?
-                .query_row(params![tool, PENDING, RUNNING], |r| r.get(0))?;
+                .query_row(
+                    params![
+                        tool,
+                        BuildStatus::Pending.as_str(),
+                        BuildStatus::Running.as_str()
+                    ],
+                    |r| r.get(0),
+                )?;
             Ok(n as usize)
         })
         .await
