@@ -421,24 +421,13 @@ fn storm_push(
         Some(r)
     };
     let upload = |blob: &Blob| -> Option<()> {
-        let post = check(
-            client
-                .send(
-                    "POST",
-                    &format!("/v2/{repo}/blobs/uploads/"),
-                    &[],
-                    Vec::new(),
-                )
-                .ok()?,
-            "POST upload",
-        )?;
-        let location = post.header("location")?.to_owned();
-        let url =
-            berth_conformance::fixtures::with_query(&location, &format!("digest={}", blob.digest));
-        let put = check(
-            client.send("PUT", &url, &[], blob.bytes.clone()).ok()?,
-            "PUT blob",
-        )?;
+        let put = match client.push_blob(&repo, &blob.digest, blob.bytes.clone()) {
+            Ok(r) => check(r, "PUT blob")?,
+            Err(e) => {
+                storm.fail(format!("blob push in {repo}: {e}"));
+                return None;
+            }
+        };
         (put.status == 201).then_some(())
     };
     let image = |k: u64| -> Option<Vec<u8>> {

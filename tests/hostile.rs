@@ -53,14 +53,7 @@ fn assert_refused(r: &Resp, status: u16, code: &str, mentions: &[&str]) {
 }
 
 fn start_upload(client: &Client, repo: &str) -> Resp {
-    client
-        .send(
-            "POST",
-            &format!("/v2/{repo}/blobs/uploads/"),
-            &[],
-            Vec::new(),
-        )
-        .unwrap()
+    client.start_upload(repo).unwrap()
 }
 
 /// A TCP connection to berth from `source` (another loopback address, so

@@ -7,7 +7,7 @@ mod common;
 
 use berth_conformance::client::{Client, Resp};
 use berth_conformance::fixtures::{
-    descriptor, sha256 as digest_of, with_query, Blob, Ctx, OCI_CONFIG, OCI_LAYER, OCI_MANIFEST,
+    descriptor, sha256 as digest_of, Blob, Ctx, OCI_CONFIG, OCI_LAYER, OCI_MANIFEST,
 };
 use common::*;
 use std::process::Command;
@@ -91,23 +91,8 @@ fn fixed_size_image(i: usize) -> (Blob, Blob, Vec<u8>) {
 }
 
 fn push_blob(client: &Client, repo: &str, blob: &Blob) -> Resp {
-    let post = client
-        .send(
-            "POST",
-            &format!("/v2/{repo}/blobs/uploads/"),
-            &[],
-            Vec::new(),
-        )
-        .unwrap();
-    assert_eq!(post.status, 202, "{}", post.describe());
-    let location = post.header("location").unwrap().to_owned();
     client
-        .send(
-            "PUT",
-            &with_query(&location, &format!("digest={}", blob.digest)),
-            &[],
-            blob.bytes.clone(),
-        )
+        .push_blob(repo, &blob.digest, blob.bytes.clone())
         .unwrap()
 }
 

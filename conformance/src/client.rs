@@ -98,6 +98,36 @@ impl Client {
         self.send("DELETE", path, &[], Vec::new())
     }
 
+    /// `POST /v2/<repo>/blobs/uploads/`: starts an upload session.
+    pub fn start_upload(&self, repo: &str) -> Result<Resp, String> {
+        self.send(
+            "POST",
+            &format!("/v2/{repo}/blobs/uploads/"),
+            &[],
+            Vec::new(),
+        )
+    }
+
+    /// The one-request blob push: POST a session (which must answer 202),
+    /// then PUT the whole blob with `?digest=`. Returns the PUT's answer,
+    /// whatever its status (201 is success).
+    pub fn push_blob(&self, repo: &str, digest: &str, bytes: Vec<u8>) -> Result<Resp, String> {
+        let post = self.start_upload(repo)?;
+        if post.status != 202 {
+            return Err(format!(
+                "POST upload: expected 202, got {}",
+                post.describe()
+            ));
+        }
+        let location = post.header("location").ok_or("POST upload: no Location")?;
+        self.send(
+            "PUT",
+            &crate::fixtures::with_query(location, &format!("digest={digest}")),
+            &[("content-type", "application/octet-stream")],
+            bytes,
+        )
+    }
+
     /// Sends a request, answering an auth challenge once if one comes back.
     pub fn send(
         &self,

@@ -103,25 +103,9 @@ impl Ctx {
 
     /// Monolithic push: POST then PUT with the whole body.
     pub fn push_blob(&self, repo: &str, blob: &Blob) -> Result<(), String> {
-        let post = self.client.send(
-            "POST",
-            &format!("/v2/{repo}/blobs/uploads/"),
-            &[],
-            Vec::new(),
-        )?;
-        if post.status != 202 {
-            return Err(format!(
-                "POST upload: expected 202, got {}",
-                post.describe()
-            ));
-        }
-        let location = post.header("location").ok_or("POST upload: no Location")?;
-        let put = self.client.send(
-            "PUT",
-            &with_query(location, &format!("digest={}", blob.digest)),
-            &[("content-type", "application/octet-stream")],
-            blob.bytes.clone(),
-        )?;
+        let put = self
+            .client
+            .push_blob(repo, &blob.digest, blob.bytes.clone())?;
         if put.status != 201 {
             return Err(format!("PUT upload: expected 201, got {}", put.describe()));
         }

@@ -225,13 +225,27 @@ impl Metadata {
         batch: Vec<DoomedManifest>,
         cutoff: i64,
     ) -> Result<Vec<DoomedManifest>, StorageError> {
+        self.delete_each(batch, move |tx, m| {
+            Ok(
+                delete_manifest_if_garbage(tx, m.repo_id, &m.namespace, &m.digest, cutoff)?
+                    .is_some(),
+            )
+        })
+        .await
+    }
+
+    /// Runs `delete` (which re-checks, then deletes) on each item inside
+    /// one write transaction; returns the items it deleted.
+    async fn delete_each<T: Send + 'static>(
+        &self,
+        batch: Vec<T>,
+        delete: impl Fn(&Transaction<'_>, &T) -> rusqlite::Result<bool> + Send + 'static,
+    ) -> Result<Vec<T>, StorageError> {
         self.write(move |tx| {
             let mut deleted = Vec::new();
-            for m in batch {
-                if delete_manifest_if_garbage(tx, m.repo_id, &m.namespace, &m.digest, cutoff)?
-                    .is_some()
-                {
-                    deleted.push(m);
+            for item in batch {
+                if delete(tx, &item)? {
+                    deleted.push(item);
                 }
             }
             Ok(deleted)
@@ -278,14 +292,8 @@ impl Metadata {
         batch: Vec<DoomedBlob>,
         cutoff: i64,
     ) -> Result<Vec<DoomedBlob>, StorageError> {
-        self.write(move |tx| {
-            let mut deleted = Vec::new();
-            for b in batch {
-                if liveness::delete_blob_if_garbage(tx, &b.digest, cutoff)? {
-                    deleted.push(b);
-                }
-            }
-            Ok(deleted)
+        self.delete_each(batch, move |tx, b| {
+            liveness::delete_blob_if_garbage(tx, &b.digest, cutoff)
         })
         .await
     }
