@@ -1,5 +1,5 @@
 //! Builds end to end: a real git repository, the real binary, the lifecycle
-//! stand-in (conformance's `cnb-creator`) pushing into berth, docker pulling
+//! stand-in (test-tools' `cnb-creator`) pushing into berth, docker pulling
 //! the result; and the failure paths, cancel, timeout, restart, quota and
 //! the queue, with a `creator` wrapper whose behaviour each build picks
 //! through its env vars (the lifecycle reads them from `platform/env`);

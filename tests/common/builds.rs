@@ -1,6 +1,6 @@
 //! Shared by the build tests (included with `#[path]` next to `mod
 //! common;`): a lifecycle dir whose `creator` runs the lifecycle stand-in
-//! (conformance's `cnb-creator`) or, by the build's MODE env var, fails,
+//! (test-tools' `cnb-creator`) or, by the build's MODE env var, fails,
 //! sleeps, records a timed run, or attacks the sandbox; a real git
 //! repository; a static HTTP server for it (git's dumb protocol) that can
 //! hang; a berth with builds; a tool's client; and a look at the host's
@@ -25,7 +25,7 @@ pub fn standin() -> PathBuf {
     let path = Path::new(env!("CARGO_BIN_EXE_berth")).with_file_name("cnb-creator");
     if !path.exists() {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        run(Command::new(cargo).args(["build", "-p", "berth-conformance", "--bin", "cnb-creator"]));
+        run(Command::new(cargo).args(["build", "-p", "berth-test-tools", "--bin", "cnb-creator"]));
     }
     assert!(path.exists(), "{} missing", path.display());
     path
