@@ -9,6 +9,7 @@ pub mod body;
 pub mod error;
 pub mod handlers;
 pub mod metrics;
+pub mod ranges;
 pub mod request_body;
 pub mod routes;
 pub mod server;

@@ -3,11 +3,11 @@
 use super::{header_value, set, DIGEST_HEADER};
 use crate::body::{self, Body};
 use crate::error::{ApiError, ApiResult, Code};
+use crate::ranges::parse_range;
 use crate::State;
 use berth_storage::meta::UnlinkBlobOutcome;
 use berth_storage::{Digest, RepoName};
 use http::{header, HeaderMap, Response, StatusCode};
-use std::ops::Range;
 
 fn unknown(repo: &RepoName, digest: &Digest) -> ApiError {
     ApiError::not_found(
@@ -111,36 +111,6 @@ pub async fn get(
     Ok(resp)
 }
 
-/// Parses one `bytes=` range against a blob of `size` bytes into a
-/// half-open range. `None` when it cannot be satisfied.
-pub fn parse_range(value: &str, size: u64) -> Option<Range<u64>> {
-    let spec = value.trim().strip_prefix("bytes=")?;
-    if spec.contains(',') {
-        return None; // multipart ranges are not served
-    }
-    let (start, end) = spec.split_once('-')?;
-    let (start, end) = (start.trim(), end.trim());
-    let range = if start.is_empty() {
-        let suffix: u64 = end.parse().ok()?;
-        if suffix == 0 {
-            return None;
-        }
-        size.saturating_sub(suffix)..size
-    } else {
-        let start: u64 = start.parse().ok()?;
-        let end: u64 = if end.is_empty() {
-            size.checked_sub(1)?
-        } else {
-            end.parse::<u64>().ok()?.min(size.checked_sub(1)?)
-        };
-        if start > end {
-            return None;
-        }
-        start..end + 1
-    };
-    (range.start < size).then_some(range)
-}
-
 pub async fn delete(state: &State, repo: &RepoName, digest: &Digest) -> ApiResult<Response<Body>> {
     match state.storage.meta.unlink_blob(repo, digest).await? {
         UnlinkBlobOutcome::Unlinked => Ok(body::status_only(StatusCode::ACCEPTED)),
@@ -150,23 +120,5 @@ pub async fn delete(state: &State, repo: &RepoName, digest: &Digest) -> ApiResul
             Code::Denied,
             format!("blob {digest} is used by manifest {m} in {repo}; delete that manifest first"),
         )),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::parse_range;
-
-    #[test]
-    fn ranges() {
-        assert_eq!(parse_range("bytes=0-9", 100), Some(0..10));
-        assert_eq!(parse_range("bytes=90-", 100), Some(90..100));
-        assert_eq!(parse_range("bytes=-10", 100), Some(90..100));
-        assert_eq!(parse_range("bytes=95-200", 100), Some(95..100));
-        assert_eq!(parse_range("bytes=100-", 100), None);
-        assert_eq!(parse_range("bytes=5-4", 100), None);
-        assert_eq!(parse_range("bytes=0-1,5-6", 100), None);
-        assert_eq!(parse_range("items=0-1", 100), None);
-        assert_eq!(parse_range("bytes=0-0", 0), None);
     }
 }

@@ -152,18 +152,10 @@ fn content_range(headers: &HeaderMap) -> ApiResult<Option<(u64, u64)>> {
             format!("malformed Content-Range {v:?}; expected <start>-<end>"),
         )
     };
-    let s = v.to_str().map_err(|_| bad())?.trim();
-    let s = s.strip_prefix("bytes ").unwrap_or(s);
-    let s = s.split('/').next().unwrap_or(s);
-    let (a, b) = s.split_once('-').ok_or_else(bad)?;
-    let (a, b): (u64, u64) = (
-        a.trim().parse().map_err(|_| bad())?,
-        b.trim().parse().map_err(|_| bad())?,
-    );
-    if b < a {
-        return Err(bad());
-    }
-    Ok(Some((a, b)))
+    let s = v.to_str().map_err(|_| bad())?;
+    crate::ranges::parse_content_range(s)
+        .map(Some)
+        .ok_or_else(bad)
 }
 
 /// Checks a chunk's Content-Range against what the upload holds: chunks
