@@ -148,3 +148,26 @@ impl Metrics {
         String::from_utf8(out).map_err(|e| berth_storage::StorageError::Internal(e.to_string()))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Found by fuzzing too (fuzz/regressions/request/metrics-on-a-new-registry):
+    /// with no namespace in the ledger, the empty gauges failed the encoder
+    /// and /metrics answered 500.
+    #[tokio::test]
+    async fn renders_a_registry_without_namespaces() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = Storage::open(&berth_storage::StorageConfig {
+            data_dir: dir.path().to_owned(),
+            synchronous: berth_storage::Synchronous::Normal,
+            uploads: Default::default(),
+        })
+        .unwrap();
+        let text = Metrics::new().render(&storage, |_| true).await.unwrap();
+        assert!(text.contains("uploads_open"), "{text}");
+        assert!(!text.contains("berth_namespace_used_bytes{"), "{text}");
+        storage.close().await;
+    }
+}
