@@ -1,0 +1,943 @@
+//! Target `request`: the whole request handler, in-process. One registry
+//! `State` per process (built by `berth::app::build_state` on a temporary
+//! data dir, builds off, GC graces at zero) answers short sequences of
+//! structured random requests: plausible paths and raw ones, odd methods,
+//! Basic and Bearer credentials (the admin's, issued, forged with the real
+//! key, garbage), ranges, and bodies that include blobs and manifests built
+//! from fragments. Later requests of a sequence can use what earlier
+//! answers gave (upload locations, secrets, tokens, manifest digests).
+//!
+//! Every answer must keep berth's promises (`check`): no panic, no 5xx, the
+//! OCI error shape with a spec code on every error, nosniff and CSP on
+//! every answer, consistent lengths, digests and ranges, manifests served
+//! byte-for-byte with a manifest media type; after writes, the quota ledger
+//! must reconcile without drift.
+
+use crate::manifest::{blob, DigestSpec, Known, ManifestSpec, Text};
+use crate::token::ClaimsSpec;
+use arbitrary::{Arbitrary, Unstructured};
+use base64::Engine as _;
+use berth_registry::request_body::RequestBody;
+use berth_registry::routes::Route;
+use berth_registry::State;
+use berth_storage::Digest;
+use bytes::Bytes;
+use http::{header, HeaderName, HeaderValue, Method, Request, StatusCode};
+use http_body_util::BodyExt;
+use std::net::{IpAddr, Ipv6Addr};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+const ADMIN_PASSWORD: &str = "fuzz-admin-password";
+/// Most requests in one input.
+const MAX_STEPS: usize = 12;
+/// A request (or its body) taking longer than this is a hang.
+const HANG: Duration = Duration::from_secs(60);
+
+/// The spec's error codes (registry/src/error.rs `Code::as_str`).
+const CODES: &[&str] = &[
+    "BLOB_UNKNOWN",
+    "BLOB_UPLOAD_INVALID",
+    "BLOB_UPLOAD_UNKNOWN",
+    "DIGEST_INVALID",
+    "MANIFEST_BLOB_UNKNOWN",
+    "MANIFEST_INVALID",
+    "MANIFEST_UNKNOWN",
+    "NAME_INVALID",
+    "NAME_UNKNOWN",
+    "SIZE_INVALID",
+    "UNAUTHORIZED",
+    "DENIED",
+    "UNSUPPORTED",
+    "TOOMANYREQUESTS",
+    "RANGE_INVALID",
+    "UNKNOWN",
+    "UNAVAILABLE",
+];
+
+/// The fuzzed registry's config: small limits so that refusals are
+/// reachable, zero GC graces so that GC deletes, builds off (no git, no
+/// lifecycle: a build request is refused before anything runs).
+fn config_text(dir: &std::path::Path) -> String {
+    format!(
+        r#"
+[storage]
+data_dir = "{}"
+sqlite_synchronous = "normal"
+
+[auth]
+admin_password = "{ADMIN_PASSWORD}"
+private_namespaces = ["tool-private"]
+
+[quota]
+default_limit = "1MiB"
+unlimited = ["library"]
+
+[gc]
+enabled = false
+untagged_grace = "0s"
+blob_grace = "0s"
+
+[builds]
+enabled = false
+
+[limits]
+uploads_per_namespace = 8
+uploads_total = 32
+token_max_scopes = 8
+"#,
+        dir.display()
+    )
+}
+
+struct Harness {
+    rt: tokio::runtime::Runtime,
+    state: Arc<State>,
+    token_key: Vec<u8>,
+}
+
+static DATA_DIR: OnceLock<PathBuf> = OnceLock::new();
+
+extern "C" fn remove_data_dir() {
+    if let Some(dir) = DATA_DIR.get() {
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}
+
+fn harness() -> &'static Harness {
+    static HARNESS: OnceLock<Harness> = OnceLock::new();
+    HARNESS.get_or_init(|| {
+        let dir = tempfile::Builder::new()
+            .prefix("berth-fuzz-")
+            .tempdir()
+            .expect("a temporary directory")
+            .keep();
+        DATA_DIR.set(dir.clone()).expect("set once");
+        // libFuzzer ends with exit(): remove the store then.
+        // SAFETY: registers a plain function without captures.
+        unsafe { libc::atexit(remove_data_dir) };
+        let cfg = berth::config::Config::parse(&config_text(&dir)).expect("fuzz config parses");
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("tokio runtime");
+        let state = rt
+            .block_on(berth::app::build_state(&cfg, None))
+            .expect("fuzz registry starts");
+        let token_key = std::fs::read_to_string(dir.join("token-key"))
+            .expect("token key written at start")
+            .trim()
+            .as_bytes()
+            .to_vec();
+        Harness {
+            rt,
+            state,
+            token_key,
+        }
+    })
+}
+
+/// A distinct client address per request, so the login throttle (which
+/// delays repeated failures per address and account) never sleeps.
+fn next_peer() -> IpAddr {
+    static PEER: AtomicU64 = AtomicU64::new(1);
+    let n = PEER.fetch_add(1, Ordering::Relaxed);
+    IpAddr::V6(Ipv6Addr::from(
+        0xfd00_0000_0000_0000_0000_0000_0000_0000u128 | n as u128,
+    ))
+}
+
+const REPOS: &[&str] = &[
+    "tool-a/web",
+    "tool-a",
+    "tool-b/app",
+    "library/alpine",
+    "tool-private/secret",
+    "tool-a/web/nested/deep",
+    "manifests",
+];
+const TAGS: &[&str] = &["latest", "v1", "1.0.0", "_x", "v1-beta.2", "sha256"];
+const NAMESPACES: &[&str] = &[
+    "tool-a",
+    "tool-b",
+    "library",
+    "tool-private",
+    "admin",
+    "anonymous",
+];
+const TOOLS: &[&str] = &["a", "b", "private", "x_y-z"];
+
+#[derive(Arbitrary, Debug)]
+pub enum Repo {
+    Known(u8),
+    Raw(String),
+}
+
+impl Repo {
+    pub fn text(&self) -> String {
+        match self {
+            Repo::Known(i) => REPOS[*i as usize % REPOS.len()].to_owned(),
+            Repo::Raw(s) => s.clone(),
+        }
+    }
+}
+
+#[derive(Arbitrary, Debug)]
+enum Name {
+    Known(u8),
+    Raw(String),
+}
+
+impl Name {
+    fn pick(&self, list: &[&str]) -> String {
+        match self {
+            Name::Known(i) => list[*i as usize % list.len()].to_owned(),
+            Name::Raw(s) => s.clone(),
+        }
+    }
+}
+
+#[derive(Arbitrary, Debug)]
+enum Reference {
+    Tag(Name),
+    Digest(DigestSpec),
+}
+
+#[derive(Arbitrary, Debug)]
+enum ToolPath {
+    Quotas,
+    Builds,
+    Build(Name),
+    Logs(Name),
+    Cancel(Name),
+    Clean,
+    Other(String),
+}
+
+#[derive(Arbitrary, Debug)]
+enum PathSpec {
+    Base,
+    BaseNoSlash,
+    Catalog,
+    Tags(Repo),
+    Manifest(Repo, Reference),
+    Blob(Repo, DigestSpec),
+    UploadStart(Repo, bool),
+    Upload(Repo, String),
+    /// An upload URL an earlier answer gave.
+    Location(u8),
+    Referrers(Repo, DigestSpec),
+    Token,
+    Healthz,
+    Metrics,
+    Credentials(Name),
+    Quotas,
+    Quota(Name),
+    Reconcile,
+    Gc(u8),
+    GcRuns,
+    Pins,
+    Pin(String),
+    Retention,
+    RetentionNamespace(Name),
+    Admin(String),
+    Tool(Name, ToolPath),
+    Raw(String),
+}
+
+#[derive(Arbitrary, Debug)]
+struct Scope {
+    registry: bool,
+    repo: Repo,
+    actions: Vec<u8>,
+    raw: Option<String>,
+}
+
+impl Scope {
+    fn text(&self) -> String {
+        if let Some(r) = &self.raw {
+            return r.clone();
+        }
+        if self.registry {
+            return "registry:catalog:*".into();
+        }
+        let actions: Vec<&str> = self
+            .actions
+            .iter()
+            .map(|a| ["pull", "push", "delete", "*", "pull,push", ""][*a as usize % 6])
+            .collect();
+        format!("repository:{}:{}", self.repo.text(), actions.join(","))
+    }
+}
+
+#[derive(Arbitrary, Debug)]
+enum Query {
+    Digest(DigestSpec),
+    /// `?digest=` of this request's own body.
+    DigestOfBody,
+    /// `?digest=` of everything this input sent to uploads since the last
+    /// one started, and this body.
+    DigestOfUpload,
+    Mount(DigestSpec, Repo),
+    Tag(Name),
+    N(Option<u32>, String),
+    Last(String),
+    Scope(Scope),
+    Service(String),
+    DryRun(Option<bool>),
+    ArtifactType(Text),
+    Follow,
+    DeleteImage,
+    OverPercent(String),
+    Limit(String),
+    Raw(String, String),
+}
+
+#[derive(Arbitrary, Debug)]
+enum Credentials {
+    None,
+    Admin,
+    AdminWrong(String),
+    /// A namespace secret an earlier answer showed.
+    Secret(u8),
+    Basic(String, String),
+    BasicRaw(String),
+    /// A token an earlier `/token` answer issued.
+    Issued(u8),
+    Forged(ClaimsSpec),
+    ForgedWrongKey(ClaimsSpec),
+    Bearer(String),
+    Raw(Vec<u8>),
+}
+
+#[derive(Arbitrary, Debug)]
+enum RangeSpec {
+    /// The next chunk of the current upload, as far as answers told.
+    Next,
+    Pair(u64, u64),
+    From(u64),
+    Suffix(u64),
+    Raw(String),
+}
+
+#[derive(Arbitrary, Debug)]
+enum Body {
+    Empty,
+    Blob(u8),
+    Manifest(Box<ManifestSpec>),
+    Raw(Vec<u8>),
+    Form {
+        admin: bool,
+        user: Option<(String, String)>,
+        scopes: Vec<Scope>,
+    },
+    Quota {
+        limit: Option<u64>,
+        unlimited: bool,
+    },
+    Pin {
+        repo: Repo,
+        digest: DigestSpec,
+        reason: String,
+    },
+    Retention {
+        keep_last: Option<u32>,
+        protected_tags: Vec<String>,
+        max_age: Option<String>,
+        keep_pattern: Option<String>,
+    },
+    Build {
+        source_url: String,
+        reference: Option<String>,
+        image_name: Option<String>,
+        envvars: Vec<(String, String)>,
+    },
+}
+
+const EXTRA_HEADERS: &[&str] = &[
+    "accept",
+    "host",
+    "user-agent",
+    "docker-content-digest",
+    "if-none-match",
+    "x-forwarded-for",
+    "oci-chunk-min-length",
+    "expect",
+];
+
+#[derive(Arbitrary, Debug)]
+struct Step {
+    method: u8,
+    custom_method: String,
+    path: PathSpec,
+    query: Vec<Query>,
+    raw_query: Option<String>,
+    /// Most steps come from the admin (everything is allowed, so the
+    /// handlers behind the access check get exercised); the rest use
+    /// `credentials`.
+    as_admin: u8,
+    credentials: Credentials,
+    content_type: Option<Text>,
+    content_length: bool,
+    content_range: Option<RangeSpec>,
+    range: Option<RangeSpec>,
+    headers: Vec<(u8, String)>,
+    body: Body,
+}
+
+/// What earlier answers of this input gave.
+#[derive(Default)]
+struct Context {
+    locations: Vec<String>,
+    /// Bytes the newest upload holds, from its last `Range` answer.
+    offset: u64,
+    secrets: Vec<(String, String)>,
+    tokens: Vec<String>,
+    manifests: Vec<String>,
+    wrote: bool,
+    /// Bytes sent to upload sessions since the last one started.
+    uploaded: Vec<u8>,
+}
+
+impl Known for Context {
+    fn manifest(&self, i: u8) -> Option<String> {
+        (!self.manifests.is_empty())
+            .then(|| self.manifests[i as usize % self.manifests.len()].clone())
+    }
+}
+
+fn pick<T: Clone>(list: &[T], i: u8) -> Option<T> {
+    (!list.is_empty()).then(|| list[i as usize % list.len()].clone())
+}
+
+fn method(step: &Step) -> Method {
+    match step.method % 10 {
+        0 | 1 => Method::GET,
+        2 => Method::HEAD,
+        3 => Method::PUT,
+        4 => Method::POST,
+        5 => Method::PATCH,
+        6 => Method::DELETE,
+        7 => Method::OPTIONS,
+        8 => Method::TRACE,
+        _ => Method::from_bytes(step.custom_method.as_bytes()).unwrap_or(Method::GET),
+    }
+}
+
+fn path(spec: &PathSpec, ctx: &Context) -> String {
+    let digest = |d: &DigestSpec| d.resolve(ctx);
+    match spec {
+        PathSpec::Base => "/v2/".into(),
+        PathSpec::BaseNoSlash => "/v2".into(),
+        PathSpec::Catalog => "/v2/_catalog".into(),
+        PathSpec::Tags(r) => format!("/v2/{}/tags/list", r.text()),
+        PathSpec::Manifest(r, reference) => {
+            let reference = match reference {
+                Reference::Tag(t) => t.pick(TAGS),
+                Reference::Digest(d) => digest(d),
+            };
+            format!("/v2/{}/manifests/{reference}", r.text())
+        }
+        PathSpec::Blob(r, d) => format!("/v2/{}/blobs/{}", r.text(), digest(d)),
+        PathSpec::UploadStart(r, slash) => {
+            format!(
+                "/v2/{}/blobs/uploads{}",
+                r.text(),
+                if *slash { "/" } else { "" }
+            )
+        }
+        PathSpec::Upload(r, id) => format!("/v2/{}/blobs/uploads/{id}", r.text()),
+        PathSpec::Location(i) => {
+            pick(&ctx.locations, *i).unwrap_or_else(|| "/v2/tool-a/web/blobs/uploads/".into())
+        }
+        PathSpec::Referrers(r, d) => format!("/v2/{}/referrers/{}", r.text(), digest(d)),
+        PathSpec::Token => "/token".into(),
+        PathSpec::Healthz => "/healthz".into(),
+        PathSpec::Metrics => "/metrics".into(),
+        PathSpec::Credentials(ns) => {
+            format!("/admin/v1/namespaces/{}/credentials", ns.pick(NAMESPACES))
+        }
+        PathSpec::Quotas => "/admin/v1/quotas".into(),
+        PathSpec::Quota(ns) => format!("/admin/v1/quotas/{}", ns.pick(NAMESPACES)),
+        PathSpec::Reconcile => "/admin/v1/quotas/_reconcile".into(),
+        PathSpec::Gc(j) => format!(
+            "/admin/v1/gc/{}",
+            ["untagged", "tag-cleanup", "everything"][*j as usize % 3]
+        ),
+        PathSpec::GcRuns => "/admin/v1/gc/runs".into(),
+        PathSpec::Pins => "/admin/v1/pins".into(),
+        PathSpec::Pin(id) => format!("/admin/v1/pins/{id}"),
+        PathSpec::Retention => "/admin/v1/retention".into(),
+        PathSpec::RetentionNamespace(ns) => {
+            format!("/admin/v1/retention/{}", ns.pick(NAMESPACES))
+        }
+        PathSpec::Admin(rest) => format!("/admin/{rest}"),
+        PathSpec::Tool(tool, p) => {
+            let t = tool.pick(TOOLS);
+            match p {
+                ToolPath::Quotas => format!("/v1/tool/{t}/quotas"),
+                ToolPath::Builds => format!("/v1/tool/{t}/builds"),
+                ToolPath::Build(id) => format!("/v1/tool/{t}/builds/{}", id.pick(&["latest"])),
+                ToolPath::Logs(id) => {
+                    format!("/v1/tool/{t}/builds/{}/logs", id.pick(&["latest"]))
+                }
+                ToolPath::Cancel(id) => {
+                    format!("/v1/tool/{t}/builds/{}/cancel", id.pick(&["latest"]))
+                }
+                ToolPath::Clean => format!("/v1/tool/{t}/clean"),
+                ToolPath::Other(rest) => format!("/v1/tool/{t}/{rest}"),
+            }
+        }
+        PathSpec::Raw(p) => p.clone(),
+    }
+}
+
+fn query(step: &Step, ctx: &Context, body: &[u8]) -> String {
+    let mut q = form_urlencoded::Serializer::new(String::new());
+    for part in &step.query {
+        match part {
+            Query::Digest(d) => q.append_pair("digest", &d.resolve(ctx)),
+            Query::DigestOfBody => q.append_pair("digest", &Digest::sha256_of(body).to_string()),
+            Query::DigestOfUpload => {
+                let all = [ctx.uploaded.as_slice(), body].concat();
+                q.append_pair("digest", &Digest::sha256_of(&all).to_string())
+            }
+            Query::Mount(d, from) => q
+                .append_pair("mount", &d.resolve(ctx))
+                .append_pair("from", &from.text()),
+            Query::Tag(t) => q.append_pair("tag", &t.pick(TAGS)),
+            Query::N(n, raw) => match n {
+                Some(n) => q.append_pair("n", &n.to_string()),
+                None => q.append_pair("n", raw),
+            },
+            Query::Last(l) => q.append_pair("last", l),
+            Query::Scope(s) => q.append_pair("scope", &s.text()),
+            Query::Service(s) => q.append_pair("service", s),
+            Query::DryRun(b) => q.append_pair(
+                "dry_run",
+                match b {
+                    Some(true) => "true",
+                    Some(false) => "false",
+                    None => "maybe",
+                },
+            ),
+            Query::ArtifactType(t) => q.append_pair("artifactType", &t.media_type()),
+            Query::Follow => q.append_pair("follow", "true"),
+            Query::DeleteImage => q.append_pair("delete_image", "true"),
+            Query::OverPercent(p) => q.append_pair("over_percent", p),
+            Query::Limit(l) => q.append_pair("limit", l),
+            Query::Raw(k, v) => q.append_pair(k, v),
+        };
+    }
+    let mut text = q.finish();
+    if let Some(raw) = &step.raw_query {
+        if !text.is_empty() {
+            text.push('&');
+        }
+        text.push_str(raw);
+    }
+    text
+}
+
+fn body(spec: &Body, ctx: &Context) -> Vec<u8> {
+    let json = |v: serde_json::Value| serde_json::to_vec(&v).expect("JSON values serialize");
+    match spec {
+        Body::Empty => Vec::new(),
+        Body::Blob(i) => blob(*i).to_vec(),
+        Body::Manifest(m) => m.to_bytes(ctx),
+        Body::Raw(b) => b.clone(),
+        Body::Form {
+            admin,
+            user,
+            scopes,
+        } => {
+            let mut f = form_urlencoded::Serializer::new(String::new());
+            f.append_pair("grant_type", "password");
+            if *admin {
+                f.append_pair("username", "admin")
+                    .append_pair("password", ADMIN_PASSWORD);
+            } else if let Some((u, p)) = user {
+                f.append_pair("username", u).append_pair("password", p);
+            }
+            for s in scopes {
+                f.append_pair("scope", &s.text());
+            }
+            f.finish().into_bytes()
+        }
+        Body::Quota { limit, unlimited } => {
+            if *unlimited {
+                json(serde_json::json!({ "unlimited": true }))
+            } else {
+                json(serde_json::json!({ "limit_bytes": limit }))
+            }
+        }
+        Body::Pin {
+            repo,
+            digest,
+            reason,
+        } => json(serde_json::json!({
+            "repository": repo.text(), "digest": digest.resolve(ctx), "reason": reason,
+        })),
+        Body::Retention {
+            keep_last,
+            protected_tags,
+            max_age,
+            keep_pattern,
+        } => json(serde_json::json!({
+            "keep_last": keep_last, "protected_tags": protected_tags,
+            "max_age": max_age, "keep_pattern": keep_pattern,
+        })),
+        Body::Build {
+            source_url,
+            reference,
+            image_name,
+            envvars,
+        } => json(serde_json::json!({
+            "source_url": source_url, "ref": reference, "image_name": image_name,
+            "envvars": envvars.iter().cloned().collect::<std::collections::BTreeMap<_, _>>(),
+        })),
+    }
+}
+
+fn range_text(spec: &RangeSpec, ctx: &Context, len: usize, prefix: &str) -> String {
+    match spec {
+        RangeSpec::Next => format!(
+            "{prefix}{}-{}",
+            ctx.offset,
+            (ctx.offset + len as u64).saturating_sub(1)
+        ),
+        RangeSpec::Pair(a, b) => format!("{prefix}{a}-{b}"),
+        RangeSpec::From(a) => format!("{prefix}{a}-"),
+        RangeSpec::Suffix(n) => format!("{prefix}-{n}"),
+        RangeSpec::Raw(s) => s.clone(),
+    }
+}
+
+fn authorization(c: &Credentials, ctx: &Context, key: &[u8]) -> Option<Vec<u8>> {
+    let basic = |u: &str, p: &str| {
+        let enc = base64::engine::general_purpose::STANDARD.encode(format!("{u}:{p}"));
+        format!("Basic {enc}").into_bytes()
+    };
+    match c {
+        Credentials::None => None,
+        Credentials::Admin => Some(basic("admin", ADMIN_PASSWORD)),
+        Credentials::AdminWrong(p) => Some(basic("admin", p)),
+        Credentials::Secret(i) => pick(&ctx.secrets, *i).map(|(u, p)| basic(&u, &p)),
+        Credentials::Basic(u, p) => Some(basic(u, p)),
+        Credentials::BasicRaw(s) => Some(format!("Basic {s}").into_bytes()),
+        Credentials::Issued(i) => pick(&ctx.tokens, *i).map(|t| format!("Bearer {t}").into_bytes()),
+        Credentials::Forged(spec) => Some(format!("Bearer {}", spec.sign(key)).into_bytes()),
+        Credentials::ForgedWrongKey(spec) => {
+            Some(format!("Bearer {}", spec.sign(b"not the key")).into_bytes())
+        }
+        Credentials::Bearer(s) => Some(format!("Bearer {s}").into_bytes()),
+        Credentials::Raw(b) => Some(b.clone()),
+    }
+}
+
+/// Builds the request of `step`; `None` when the fuzzer's text cannot be a
+/// request hyper would hand to berth (invalid URI or header bytes).
+fn build(step: &Step, ctx: &Context, key: &[u8]) -> Option<(Request<RequestBody>, String, Bytes)> {
+    let body = body(&step.body, ctx);
+    let path = path(&step.path, ctx);
+    let query = query(step, ctx, &body);
+    let uri = if query.is_empty() {
+        path.clone()
+    } else {
+        format!("{path}?{query}")
+    };
+    let uri: http::Uri = uri.parse().ok()?;
+    // hyper hands berth origin-form paths only.
+    if !uri.path().starts_with('/') || uri.scheme().is_some() {
+        return None;
+    }
+    let mut req = Request::builder().method(method(step)).uri(uri);
+    let headers = req.headers_mut().expect("builder is fine so far");
+    let mut put = |name: HeaderName, value: &[u8]| -> Option<()> {
+        headers.append(name, HeaderValue::from_bytes(value).ok()?);
+        Some(())
+    };
+    let credentials = if !step.as_admin.is_multiple_of(4) {
+        &Credentials::Admin
+    } else {
+        &step.credentials
+    };
+    if let Some(a) = authorization(credentials, ctx, key) {
+        put(header::AUTHORIZATION, &a)?;
+    }
+    if let Some(ct) = &step.content_type {
+        put(header::CONTENT_TYPE, ct.media_type().as_bytes())?;
+    }
+    if step.content_length {
+        // hyper reads exactly Content-Length bytes: it is always true.
+        put(header::CONTENT_LENGTH, body.len().to_string().as_bytes())?;
+    }
+    if let Some(r) = &step.content_range {
+        put(
+            header::CONTENT_RANGE,
+            range_text(r, ctx, body.len(), "").as_bytes(),
+        )?;
+    }
+    if let Some(r) = &step.range {
+        put(header::RANGE, range_text(r, ctx, 16, "bytes=").as_bytes())?;
+    }
+    for (name, value) in &step.headers {
+        let name = HeaderName::from_static(EXTRA_HEADERS[*name as usize % EXTRA_HEADERS.len()]);
+        put(name, value.as_bytes())?;
+    }
+    let body = Bytes::from(body);
+    let req = req.body(RequestBody::full(body.clone())).ok()?;
+    Some((req, path, body))
+}
+
+pub fn request(data: &[u8]) {
+    let h = harness();
+    let mut u = Unstructured::new(data);
+    let mut steps = Vec::new();
+    while steps.len() < MAX_STEPS && !u.is_empty() {
+        match Step::arbitrary(&mut u) {
+            Ok(s) => steps.push(s),
+            Err(_) => break,
+        }
+    }
+    h.rt.block_on(run(h, &steps));
+}
+
+async fn run(h: &Harness, steps: &[Step]) {
+    let mut ctx = Context::default();
+    for step in steps {
+        let Some((req, path, sent)) = build(step, &ctx, &h.token_key) else {
+            continue;
+        };
+        let method = req.method().clone();
+        let status = send(h, req, &path, &mut ctx).await;
+        match (method, status) {
+            (Method::POST, StatusCode::ACCEPTED) => ctx.uploaded.clear(),
+            (Method::PATCH, StatusCode::ACCEPTED) => ctx.uploaded.extend_from_slice(&sent),
+            _ => {}
+        }
+    }
+    // Leave no session behind: sessions are capped per namespace and overall.
+    for location in std::mem::take(&mut ctx.locations) {
+        let req = Request::delete(location.as_str())
+            .header(
+                header::AUTHORIZATION,
+                authorization(&Credentials::Admin, &ctx, &h.token_key).expect("admin"),
+            )
+            .body(RequestBody::empty())
+            .expect("a location is a URI");
+        send(h, req, &location, &mut ctx).await;
+    }
+    if ctx.wrote {
+        let drift = h
+            .state
+            .storage
+            .meta
+            .reconcile_quota()
+            .await
+            .expect("reconcile runs");
+        assert!(drift.is_empty(), "the quota ledger drifted: {drift:?}");
+    }
+}
+
+/// Sends one request and checks the answer.
+async fn send(h: &Harness, req: Request<RequestBody>, path: &str, ctx: &mut Context) -> StatusCode {
+    let method = req.method().clone();
+    let described = format!("{method} {}", req.uri());
+    let resp = tokio::time::timeout(HANG, berth_registry::handle(&h.state, req, next_peer()))
+        .await
+        .unwrap_or_else(|_| panic!("{described}: no answer in {HANG:?}"));
+    let (parts, body) = resp.into_parts();
+    let body = tokio::time::timeout(HANG, body.collect())
+        .await
+        .unwrap_or_else(|_| panic!("{described}: body did not end in {HANG:?}"))
+        .map(|b| b.to_bytes())
+        .unwrap_or_else(|e| panic!("{described}: body failed: {e}"));
+    if std::env::var_os("BERTH_FUZZ_TRACE").is_some() {
+        eprintln!("berth-fuzz: {described} -> {}", parts.status);
+    }
+    check(&described, &method, path, &parts, &body);
+    learn(ctx, &method, path, &parts, &body);
+    parts.status
+}
+
+/// What later steps may use from an answer.
+fn learn(
+    ctx: &mut Context,
+    method: &Method,
+    path: &str,
+    parts: &http::response::Parts,
+    body: &Bytes,
+) {
+    let status = parts.status;
+    let get = |n: &str| parts.headers.get(n).and_then(|v| v.to_str().ok());
+    if status.is_success() && !matches!(*method, Method::GET | Method::HEAD) {
+        ctx.wrote = true;
+    }
+    if let Some(l) = get("location") {
+        if l.contains("/blobs/uploads/") && !ctx.locations.iter().any(|x| x == l) {
+            ctx.locations.push(l.to_owned());
+        }
+    }
+    if let Some(r) = get("range") {
+        if let Some((_, end)) = r.split_once('-') {
+            ctx.offset = end.parse::<u64>().map(|e| e + 1).unwrap_or(0);
+            if r == "0-0" {
+                ctx.offset = 0;
+            }
+        }
+    }
+    if matches!(
+        berth_registry::routes::parse(path),
+        Ok(Some(Route::Manifest(..)))
+    ) {
+        if let Some(d) = get("docker-content-digest") {
+            if !ctx.manifests.iter().any(|x| x == d) {
+                ctx.manifests.push(d.to_owned());
+            }
+        }
+    }
+    if status.is_success() && !body.is_empty() {
+        if let Ok(v) = serde_json::from_slice::<serde_json::Value>(body) {
+            if let Some(t) = v["token"].as_str() {
+                ctx.tokens.push(t.to_owned());
+            }
+            if let (Some(u), Some(p)) = (v["username"].as_str(), v["password"].as_str()) {
+                ctx.secrets.push((u.to_owned(), p.to_owned()));
+            }
+        }
+    }
+}
+
+/// The promises every answer keeps.
+fn check(req: &str, method: &Method, path: &str, parts: &http::response::Parts, body: &Bytes) {
+    let status = parts.status;
+    let headers = &parts.headers;
+    let get = |n: &str| headers.get(n).map(|v| v.to_str().unwrap_or("<not text>"));
+    let fail = |what: String| -> ! {
+        panic!(
+            "{req} -> {status}: {what}\nheaders: {headers:?}\nbody: {:?}",
+            String::from_utf8_lossy(&body[..body.len().min(2048)])
+        )
+    };
+    let head = *method == Method::HEAD;
+
+    if get("x-content-type-options") != Some("nosniff") {
+        fail("no X-Content-Type-Options: nosniff".into());
+    }
+    if get("content-security-policy").is_none() {
+        fail("no Content-Security-Policy".into());
+    }
+    if path.starts_with("/v2") && get("docker-distribution-api-version") != Some("registry/2.0") {
+        fail("a /v2 answer without Docker-Distribution-API-Version".into());
+    }
+    // The fuzzed store never fails (a temporary dir, nothing else uses it):
+    // any 5xx is berth's own fault.
+    if status.is_server_error() {
+        fail("server error".into());
+    }
+    if status.is_client_error() || status.is_informational() {
+        if get("content-type") != Some("application/json") {
+            fail("an error that is not application/json".into());
+        }
+        let v: serde_json::Value = serde_json::from_slice(body)
+            .unwrap_or_else(|e| fail(format!("error body is not JSON: {e}")));
+        let errors = v["errors"]
+            .as_array()
+            .filter(|e| !e.is_empty())
+            .unwrap_or_else(|| fail("error body has no errors array".into()));
+        for e in errors {
+            let code = e["code"].as_str().unwrap_or_default();
+            if !CODES.contains(&code) {
+                fail(format!("error code {code:?} is not a spec code"));
+            }
+            if !e["message"].is_string() {
+                fail("error without a message".into());
+            }
+        }
+        match status {
+            StatusCode::UNAUTHORIZED if get("www-authenticate").is_none() => {
+                fail("401 without WWW-Authenticate".into())
+            }
+            StatusCode::TOO_MANY_REQUESTS if get("retry-after").is_none() => {
+                fail("429 without Retry-After".into())
+            }
+            StatusCode::METHOD_NOT_ALLOWED if errors[0]["code"] != "UNSUPPORTED" => {
+                fail("405 that is not UNSUPPORTED".into())
+            }
+            _ => {}
+        }
+    } else if get("content-type") == Some("application/json") && !head {
+        if let Err(e) = serde_json::from_slice::<serde_json::Value>(body) {
+            fail(format!("a JSON answer that is not JSON: {e}"));
+        }
+    }
+    if let Some(len) = get("content-length") {
+        let len: u64 = len
+            .parse()
+            .unwrap_or_else(|_| fail("Content-Length is not a number".into()));
+        if !head && len != body.len() as u64 {
+            fail(format!("Content-Length {len} but {} bytes", body.len()));
+        }
+    }
+    let digest = get("docker-content-digest").map(|d| {
+        d.parse::<Digest>()
+            .unwrap_or_else(|e| fail(format!("Docker-Content-Digest: {e}")))
+    });
+    if let Some(l) = get("location") {
+        if !l.starts_with('/') {
+            fail(format!("Location {l:?} is not a path of this registry"));
+        }
+        let p = l.split('?').next().unwrap_or(l);
+        if !matches!(berth_registry::routes::parse(p), Ok(Some(_))) {
+            fail(format!("Location {l:?} is not a route"));
+        }
+    }
+    let route = berth_registry::routes::parse(path).ok().flatten();
+    let is_manifest = matches!(route, Some(Route::Manifest(..)));
+    let is_blob = matches!(route, Some(Route::Blob(..)));
+    if status == StatusCode::OK && *method == Method::GET && (is_manifest || is_blob) {
+        let d = digest.unwrap_or_else(|| fail("no Docker-Content-Digest".into()));
+        if Digest::compute(d.algorithm(), body) != d {
+            fail(format!("the body does not have digest {d}"));
+        }
+    }
+    if is_manifest && status == StatusCode::OK {
+        let ct = get("content-type").unwrap_or_default();
+        if !berth_storage::manifest::MANIFEST_TYPES.contains(&ct) {
+            fail(format!("a manifest served as {ct:?}"));
+        }
+    }
+    if is_blob
+        && status.is_success()
+        && *method != Method::DELETE
+        && get("content-type") != Some("application/octet-stream")
+    {
+        fail("a blob not served as application/octet-stream".into());
+    }
+    if status == StatusCode::PARTIAL_CONTENT {
+        let cr = get("content-range").unwrap_or_else(|| fail("206 without Content-Range".into()));
+        let parsed = cr.strip_prefix("bytes ").and_then(|r| {
+            let (range, total) = r.split_once('/')?;
+            let (a, b) = range.split_once('-')?;
+            Some((
+                a.parse::<u64>().ok()?,
+                b.parse::<u64>().ok()?,
+                total.parse::<u64>().ok()?,
+            ))
+        });
+        let (a, b, total) = parsed.unwrap_or_else(|| fail(format!("Content-Range {cr:?}")));
+        if a > b || b >= total || (!head && body.len() as u64 != b - a + 1) {
+            fail(format!("Content-Range {cr:?} with {} bytes", body.len()));
+        }
+    }
+    // Manifest content types come from what clients stored; they must
+    // never make a page.
+    if let Some(ct) = get("content-type") {
+        if ct.contains("html") || ct.contains("javascript") {
+            fail(format!("served as {ct:?}"));
+        }
+    }
+}
