@@ -138,7 +138,11 @@ pub fn parse(path: &str) -> ApiResult<Option<Route>> {
     if rest.is_empty() || rest == "/" {
         return Ok(Some(Route::Base));
     }
-    let rest = &rest[1..];
+    // `/v2` must be a whole segment: `/v2x/...` is no route, and slicing
+    // past a multi-byte character would panic.
+    let Some(rest) = rest.strip_prefix('/') else {
+        return Ok(None);
+    };
     if rest == "_catalog" {
         return Ok(Some(Route::Catalog));
     }
@@ -290,5 +294,11 @@ mod tests {
         assert!(parse("/v2/a/blobs/sha256:..%2F..%2Fx").is_err());
         assert!(parse(&format!("/v2/{}/tags/list", "a".repeat(5000))).is_err());
         assert!(parse("/v2/a/manifests/bad!tag").is_err());
+        // Found by fuzzing (fuzz/regressions/route/v2-then-multibyte):
+        // a multi-byte character right after /v2 panicked, and any other
+        // character was taken for the slash.
+        assert_eq!(parse("/v2\u{b7}tool-a/web/blobs/x").unwrap(), None);
+        assert_eq!(parse("/v2xtool-a/manifests/latest").unwrap(), None);
+        assert_eq!(parse("/v2_catalog").unwrap(), None);
     }
 }
