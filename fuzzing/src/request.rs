@@ -692,22 +692,147 @@ fn build(step: &Step, ctx: &Context, key: &[u8]) -> Option<(Request<RequestBody>
     Some((req, path, body))
 }
 
+/// What one input does: single requests, and whole pushes the way clients
+/// make them (so that later requests find images, tags, indexes and
+/// referrers to work on).
+#[derive(Arbitrary, Debug)]
+enum Action {
+    Request(Box<Step>),
+    Push(Push),
+}
+
+/// Blobs uploaded monolithically, then an image manifest (or, with
+/// `index`, an index of the manifests pushed so far) referring to them.
+#[derive(Arbitrary, Debug)]
+struct Push {
+    repo: Repo,
+    config: u8,
+    layers: Vec<u8>,
+    tag: Option<Name>,
+    by_digest: bool,
+    docker: bool,
+    index: bool,
+    /// Refers to an earlier manifest (a referrer, e.g. a signature).
+    subject: Option<u8>,
+    artifact_type: Option<Text>,
+    annotations: Vec<(String, String)>,
+}
+
 pub fn request(data: &[u8]) {
     let h = harness();
     let mut u = Unstructured::new(data);
-    let mut steps = Vec::new();
-    while steps.len() < MAX_STEPS && !u.is_empty() {
-        match Step::arbitrary(&mut u) {
-            Ok(s) => steps.push(s),
+    let mut actions = Vec::new();
+    while actions.len() < MAX_STEPS && !u.is_empty() {
+        match Action::arbitrary(&mut u) {
+            Ok(a) => actions.push(a),
             Err(_) => break,
         }
     }
-    h.rt.block_on(run(h, &steps));
+    h.rt.block_on(run(h, &actions));
 }
 
-async fn run(h: &Harness, steps: &[Step]) {
+fn admin_request(method: Method, uri: &str, ctx: &Context, key: &[u8]) -> http::request::Builder {
+    Request::builder().method(method).uri(uri).header(
+        header::AUTHORIZATION,
+        authorization(&Credentials::Admin, ctx, key).expect("admin"),
+    )
+}
+
+async fn push(h: &Harness, p: &Push, ctx: &mut Context) {
+    let repo = p.repo.text();
+    let mut blobs = vec![p.config];
+    blobs.extend(p.layers.iter().take(4));
+    for &b in &blobs {
+        let uri = format!(
+            "/v2/{repo}/blobs/uploads/?digest={}",
+            crate::manifest::blob_digest(b)
+        );
+        let Ok(req) = admin_request(Method::POST, &uri, ctx, &h.token_key)
+            .header(header::CONTENT_LENGTH, blob(b).len())
+            .body(RequestBody::full(blob(b)))
+        else {
+            return;
+        };
+        send(h, req, &uri, ctx).await;
+    }
+    let descriptor = |media_type: &str, digest: String, size: usize| serde_json::json!({ "mediaType": media_type, "digest": digest, "size": size });
+    let blob_descriptor = |media_type: &str, b: u8| {
+        descriptor(
+            media_type,
+            crate::manifest::blob_digest(b).to_string(),
+            blob(b).len(),
+        )
+    };
+    let (media_type, mut manifest) = if p.index {
+        let children: Vec<_> = ctx
+            .manifests
+            .iter()
+            .take(4)
+            .map(|d| descriptor(berth_storage::manifest::OCI_MANIFEST, d.clone(), 2))
+            .collect();
+        (
+            berth_storage::manifest::OCI_INDEX,
+            serde_json::json!({ "schemaVersion": 2, "manifests": children }),
+        )
+    } else if p.docker {
+        (
+            berth_storage::manifest::DOCKER_MANIFEST,
+            serde_json::json!({
+                "schemaVersion": 2,
+                "config": blob_descriptor("application/vnd.docker.container.image.v1+json", p.config),
+                "layers": p.layers.iter().take(4).map(|&b| blob_descriptor("application/vnd.docker.image.rootfs.diff.tar.gzip", b)).collect::<Vec<_>>(),
+            }),
+        )
+    } else {
+        (
+            berth_storage::manifest::OCI_MANIFEST,
+            serde_json::json!({
+                "schemaVersion": 2,
+                "config": blob_descriptor("application/vnd.oci.image.config.v1+json", p.config),
+                "layers": p.layers.iter().take(4).map(|&b| blob_descriptor("application/vnd.oci.image.layer.v1.tar+gzip", b)).collect::<Vec<_>>(),
+            }),
+        )
+    };
+    manifest["mediaType"] = media_type.into();
+    if let Some(t) = &p.artifact_type {
+        manifest["artifactType"] = t.media_type().into();
+    }
+    if let Some(d) = p.subject.and_then(|i| ctx.manifest(i)) {
+        manifest["subject"] = descriptor(berth_storage::manifest::OCI_MANIFEST, d, 2);
+    }
+    if !p.annotations.is_empty() {
+        manifest["annotations"] = p
+            .annotations
+            .iter()
+            .map(|(k, v)| (k.clone(), serde_json::Value::from(v.clone())))
+            .collect::<serde_json::Map<_, _>>()
+            .into();
+    }
+    let bytes = serde_json::to_vec(&manifest).expect("JSON values serialize");
+    let reference = match (&p.tag, p.by_digest) {
+        (Some(t), false) => t.pick(TAGS),
+        _ => Digest::sha256_of(&bytes).to_string(),
+    };
+    let uri = format!("/v2/{repo}/manifests/{reference}");
+    let Ok(req) = admin_request(Method::PUT, &uri, ctx, &h.token_key)
+        .header(header::CONTENT_TYPE, media_type)
+        .body(RequestBody::full(bytes))
+    else {
+        return;
+    };
+    send(h, req, &uri, ctx).await;
+}
+
+async fn run(h: &Harness, actions: &[Action]) {
     let mut ctx = Context::default();
-    for step in steps {
+    for action in actions {
+        let step = match action {
+            Action::Request(step) => step,
+            Action::Push(p) => {
+                push(h, p, &mut ctx).await;
+                continue;
+            }
+        };
         let Some((req, path, sent)) = build(step, &ctx, &h.token_key) else {
             continue;
         };
@@ -721,11 +846,7 @@ async fn run(h: &Harness, steps: &[Step]) {
     }
     // Leave no session behind: sessions are capped per namespace and overall.
     for location in std::mem::take(&mut ctx.locations) {
-        let req = Request::delete(location.as_str())
-            .header(
-                header::AUTHORIZATION,
-                authorization(&Credentials::Admin, &ctx, &h.token_key).expect("admin"),
-            )
+        let req = admin_request(Method::DELETE, &location, &ctx, &h.token_key)
             .body(RequestBody::empty())
             .expect("a location is a URI");
         send(h, req, &location, &mut ctx).await;
