@@ -705,7 +705,9 @@ enum Action {
 /// `index`, an index of the manifests pushed so far) referring to them.
 #[derive(Arbitrary, Debug)]
 struct Push {
-    repo: Repo,
+    repo: u8,
+    /// Blobs go up in two PATCHed chunks instead of one POST.
+    chunked: bool,
     config: u8,
     layers: Vec<u8>,
     tag: Option<Name>,
@@ -738,11 +740,55 @@ fn admin_request(method: Method, uri: &str, ctx: &Context, key: &[u8]) -> http::
     )
 }
 
+/// POST, two PATCHes with Content-Range, PUT with the digest.
+async fn upload_in_chunks(h: &Harness, repo: &str, bytes: &'static [u8], ctx: &mut Context) {
+    let start = format!("/v2/{repo}/blobs/uploads/");
+    let Ok(req) = admin_request(Method::POST, &start, ctx, &h.token_key).body(RequestBody::empty())
+    else {
+        return;
+    };
+    if send(h, req, &start, ctx).await != StatusCode::ACCEPTED {
+        return;
+    }
+    let Some(mut location) = ctx.locations.last().cloned() else {
+        return;
+    };
+    let half = bytes.len() / 2;
+    for (from, chunk) in [(0, &bytes[..half]), (half, &bytes[half..])] {
+        if chunk.is_empty() {
+            continue;
+        }
+        let Ok(req) = admin_request(Method::PATCH, &location, ctx, &h.token_key)
+            .header(
+                header::CONTENT_RANGE,
+                format!("{from}-{}", from + chunk.len() - 1),
+            )
+            .header(header::CONTENT_LENGTH, chunk.len())
+            .body(RequestBody::full(chunk))
+        else {
+            return;
+        };
+        if send(h, req, &location, ctx).await != StatusCode::ACCEPTED {
+            return;
+        }
+        location = ctx.locations.last().cloned().unwrap_or(location);
+    }
+    let uri = format!("{location}?digest={}", Digest::sha256_of(bytes));
+    if let Ok(req) = admin_request(Method::PUT, &uri, ctx, &h.token_key).body(RequestBody::empty())
+    {
+        send(h, req, &location, ctx).await;
+    }
+}
+
 async fn push(h: &Harness, p: &Push, ctx: &mut Context) {
-    let repo = p.repo.text();
+    let repo = REPOS[p.repo as usize % REPOS.len()];
     let mut blobs = vec![p.config];
     blobs.extend(p.layers.iter().take(4));
     for &b in &blobs {
+        if p.chunked {
+            upload_in_chunks(h, repo, blob(b), ctx).await;
+            continue;
+        }
         let uri = format!(
             "/v2/{repo}/blobs/uploads/?digest={}",
             crate::manifest::blob_digest(b)
