@@ -23,13 +23,7 @@ pub fn config(data: &[u8]) {
     let _ = cfg.limits.auth_limits();
     let _ = cfg.quota.policy();
     let _ = cfg.auth.registry_config(&cfg.limits);
-    if let Ok(gc) = cfg.gc.engine_config() {
-        // What build_state derives from it.
-        let _touch = (gc.blob_grace / 4).clamp(
-            std::time::Duration::from_millis(100),
-            std::time::Duration::from_secs(60),
-        );
-    }
+    let _ = cfg.gc.engine_config();
     if let Ok(b) = cfg.builds.engine_config(&cfg) {
         assert!(b.max_parallel >= 1 && b.per_tool_parallel >= 1);
         assert!(b
