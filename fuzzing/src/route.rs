@@ -16,7 +16,7 @@ pub fn route(data: &[u8]) {
         Ok(None) => {}
         Err(e) => {
             assert!(e.status.is_client_error(), "{path:?}: {}", e.status);
-            assert!(e.message.len() < 1024, "error message is bounded");
+            assert!(e.message.len() < 4096, "error message is bounded");
         }
     }
     let pairs = query_pairs(query);
