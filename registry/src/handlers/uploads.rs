@@ -181,12 +181,13 @@ fn check_chunk(repo: &RepoName, session: &Session, headers: &HeaderMap) -> ApiRe
         return Err(out_of_order());
     }
     if let Some(len) = content_length(headers)? {
-        if len != end - start + 1 {
+        // `0-18446744073709551615` is 2^64 bytes: no u64 holds it.
+        if (end - start).checked_add(1) != Some(len) {
             return Err(ApiError::bad_request(
                 Code::BlobUploadInvalid,
                 format!(
                     "Content-Range {start}-{end} is {} bytes but Content-Length is {len}",
-                    end - start + 1
+                    u128::from(end - start) + 1
                 ),
             ));
         }
