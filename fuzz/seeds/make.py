@@ -2,13 +2,18 @@
 """Writes the hand-made seed inputs of the fuzz targets into fuzz/corpus/:
 real manifests (the shapes tests/conformance and the CNB lifecycle push),
 real paths, Range/Content-Range headers, digests, names, tags, tokens and
-config files. Run from the repository root; a fuzz run then grows the
-corpus and `scripts/fuzz --cmin` minimises it."""
-import hashlib, json, os, struct, base64, hmac
+config files (`python3 fuzz/seeds/make.py [TARGET...]`). A fuzz run grows
+the corpus and `scripts/fuzz --cmin` minimises it, then writes these again.
+The request target has no hand-made seeds: its input is a structure built
+from real parts (paths, repositories, media types, manifests, blobs)."""
+import hashlib, json, os, struct, sys, base64, hmac
 
 root = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "corpus")
+only = sys.argv[1:]  # targets to write seeds for (default: all)
 
 def put(target, name, data):
+    if only and target not in only:
+        return
     d = os.path.join(root, target)
     os.makedirs(d, exist_ok=True)
     if isinstance(data, str):
