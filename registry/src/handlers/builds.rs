@@ -2,45 +2,15 @@
 //! list, show (and `latest`), logs (with `?follow=true`), cancel, delete,
 //! clean. Bodies carry Toolforge's `messages: {info, warning, error}`.
 
+use crate::api::{Messages, ToolBuild, ToolBuildShown, ToolBuildStarted, ToolBuilds, ToolMessages};
 use crate::body::{self, Body};
 use crate::error::{ApiError, ApiResult, Code};
 use crate::request_body::RequestBody;
 use crate::routes::{query_get, query_pairs};
 use crate::State;
 use berth_builds::{BuildError, BuildRequest};
-use berth_storage::meta::builds::BuildRecord;
 use http::{Request, Response, StatusCode};
 use http_body_util::BodyExt;
-use std::time::Duration;
-
-fn messages(info: Vec<String>, warning: Vec<String>) -> serde_json::Value {
-    serde_json::json!({ "info": info, "warning": warning, "error": [] })
-}
-
-fn time(ms: Option<i64>) -> serde_json::Value {
-    match ms {
-        Some(ms) => humantime::format_rfc3339_seconds(
-            std::time::UNIX_EPOCH + Duration::from_millis(ms.max(0) as u64),
-        )
-        .to_string()
-        .into(),
-        None => serde_json::Value::Null,
-    }
-}
-
-/// A build in Toolforge's shape.
-fn build_json(b: &BuildRecord) -> serde_json::Value {
-    serde_json::json!({
-        "build_id": b.id,
-        "status": b.status,
-        "message": b.message,
-        "start_time": time(b.start_ms.or(Some(b.created_ms))),
-        "end_time": time(b.end_ms),
-        "parameters": b.params,
-        "destination_image": b.destination_image,
-        "resolved_ref": b.resolved_ref,
-    })
-}
 
 impl From<BuildError> for ApiError {
     fn from(e: BuildError) -> ApiError {
@@ -66,16 +36,13 @@ impl From<BuildError> for ApiError {
 
 /// `GET .../builds`: the tool's builds, newest first.
 pub async fn list(state: &State, tool: &str) -> ApiResult<Response<Body>> {
-    let builds: Vec<_> = state
-        .builds
-        .list(tool)
-        .await?
-        .iter()
-        .map(build_json)
-        .collect();
+    let builds = state.builds.list(tool).await?;
     Ok(body::json_response(
         StatusCode::OK,
-        &serde_json::json!({ "builds": builds, "messages": messages(vec![], vec![]) }),
+        &ToolBuilds {
+            builds: builds.iter().map(ToolBuild::from).collect(),
+            messages: Messages::default(),
+        },
     ))
 }
 
@@ -89,10 +56,18 @@ pub async fn start(
     let (record, warnings) = state.builds.start(tool, request).await?;
     Ok(body::json_response(
         StatusCode::OK,
-        &serde_json::json!({
-            "new_build": { "name": record.id, "resolved_ref": record.resolved_ref, "parameters": record.params },
-            "messages": messages(vec![format!("build {} queued", record.id)], warnings),
-        }),
+        &ToolBuildStarted {
+            messages: Messages {
+                info: vec![format!("build {} queued", record.id)],
+                warning: warnings,
+                error: Vec::new(),
+            },
+            new_build: crate::api::NewBuild {
+                name: record.id,
+                resolved_ref: record.resolved_ref,
+                parameters: record.params,
+            },
+        },
     ))
 }
 
@@ -101,7 +76,10 @@ pub async fn show(state: &State, tool: &str, id: &str) -> ApiResult<Response<Bod
     let b = state.builds.get(tool, id).await?;
     Ok(body::json_response(
         StatusCode::OK,
-        &serde_json::json!({ "build": build_json(&b), "messages": messages(vec![], vec![]) }),
+        &ToolBuildShown {
+            build: ToolBuild::from(&b),
+            messages: Messages::default(),
+        },
     ))
 }
 
@@ -117,7 +95,9 @@ pub async fn delete(
     let info = state.builds.delete(tool, id, delete_image).await?;
     Ok(body::json_response(
         StatusCode::OK,
-        &serde_json::json!({ "messages": messages(info, vec![]) }),
+        &ToolMessages {
+            messages: Messages::info(info),
+        },
     ))
 }
 
@@ -126,7 +106,10 @@ pub async fn cancel(state: &State, tool: &str, id: &str) -> ApiResult<Response<B
     let b = state.builds.cancel(tool, id).await?;
     Ok(body::json_response(
         StatusCode::OK,
-        &serde_json::json!({ "build": build_json(&b), "messages": messages(vec![format!("build {} cancelled", b.id)], vec![]) }),
+        &ToolBuildShown {
+            messages: Messages::info(vec![format!("build {} cancelled", b.id)]),
+            build: ToolBuild::from(&b),
+        },
     ))
 }
 
@@ -135,7 +118,9 @@ pub async fn clean(state: &State, tool: &str) -> ApiResult<Response<Body>> {
     let info = state.builds.clean(tool).await?;
     Ok(body::json_response(
         StatusCode::OK,
-        &serde_json::json!({ "messages": messages(info, vec![]) }),
+        &ToolMessages {
+            messages: Messages::info(info),
+        },
     ))
 }
 
