@@ -141,7 +141,22 @@ pub fn manifest_unknown(ctx: &Ctx) -> CheckResult {
     let r = ctx
         .client
         .head(&format!("/v2/{repo}/manifests/does-not-exist"))?;
-    status(&r, &[404], "HEAD unknown tag")
+    status(&r, &[404], "HEAD unknown tag")?;
+    // The released v1.1 conformance suite asks for a reference that is
+    // neither a tag nor a digest: no such manifest, so 404 (not 400).
+    let r = ctx
+        .client
+        .get(&format!("/v2/{repo}/manifests/.INVALID_MANIFEST_NAME"))?;
+    error(
+        &r,
+        &[404],
+        "MANIFEST_UNKNOWN",
+        "GET an impossible reference",
+    )?;
+    let r = ctx
+        .client
+        .head(&format!("/v2/{repo}/manifests/.INVALID_MANIFEST_NAME"))?;
+    status(&r, &[404], "HEAD an impossible reference")
 }
 
 pub fn manifest_unknown_repository(ctx: &Ctx) -> CheckResult {

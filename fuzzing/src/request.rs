@@ -18,7 +18,7 @@ use crate::token::ClaimsSpec;
 use arbitrary::{Arbitrary, Unstructured};
 use base64::Engine as _;
 use berth_registry::request_body::RequestBody;
-use berth_registry::routes::Route;
+use berth_registry::routes::{OciOp, Route};
 use berth_registry::State;
 use berth_storage::Digest;
 use bytes::Bytes;
@@ -957,8 +957,10 @@ fn learn(
         }
     }
     if matches!(
-        berth_registry::routes::parse(path),
-        Ok(Some(Route::Manifest(..)))
+        berth_registry::routes::parse(method, path),
+        Ok(Some(Route::Oci(
+            OciOp::GetManifest { .. } | OciOp::PutManifest { .. }
+        )))
     ) {
         if let Some(d) = get("docker-content-digest") {
             if !ctx.manifests.iter().any(|x| x == d) {
@@ -1058,13 +1060,22 @@ fn check(req: &str, method: &Method, path: &str, parts: &http::response::Parts, 
             fail(format!("Location {l:?} is not a path of this registry"));
         }
         let p = l.split('?').next().unwrap_or(l);
-        if !matches!(berth_registry::routes::parse(p), Ok(Some(_))) {
+        // A Location is followed with GET (uploads: PATCH/PUT, same route).
+        if !matches!(berth_registry::routes::parse(&Method::GET, p), Ok(Some(_))) {
             fail(format!("Location {l:?} is not a route"));
         }
     }
-    let route = berth_registry::routes::parse(path).ok().flatten();
-    let is_manifest = matches!(route, Some(Route::Manifest(..)));
-    let is_blob = matches!(route, Some(Route::Blob(..)));
+    let route = berth_registry::routes::parse(method, path).ok().flatten();
+    let is_manifest = matches!(
+        route,
+        Some(Route::Oci(
+            OciOp::GetManifest { .. } | OciOp::PutManifest { .. } | OciOp::DeleteManifest { .. }
+        ))
+    );
+    let is_blob = matches!(
+        route,
+        Some(Route::Oci(OciOp::GetBlob { .. } | OciOp::DeleteBlob { .. }))
+    );
     if status == StatusCode::OK && *method == Method::GET && (is_manifest || is_blob) {
         let d = digest.unwrap_or_else(|| fail("no Docker-Content-Digest".into()));
         if Digest::compute(d.algorithm(), body) != d {

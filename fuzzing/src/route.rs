@@ -1,18 +1,46 @@
-//! Target `route`: path → `Route` (berth_registry::routes::parse) and
-//! query decoding. A route berth accepts must name validated parts that
-//! print back to exactly the path it came from (paths are never decoded).
+//! Target `route`: (method, path) → `Route` (berth_registry::routes::parse)
+//! and query decoding. A route berth accepts must name validated parts that
+//! print back to exactly the path it came from (paths are never decoded),
+//! and the operation must be one the method asks for.
 
-use berth_registry::routes::{self, parse_reference, query_get, query_pairs, Reference, Route};
+use berth_registry::routes::{
+    self, parse_reference, query_get, query_pairs, AdminOp, OciOp, OpsOp, Reference, Route, ToolOp,
+};
 use berth_storage::{Digest, RepoName};
+use http::Method;
+
+/// Input starting with `/` is a GET of that path (the corpus's paths);
+/// otherwise the first byte picks the method (standard ones and an
+/// invented one) and the rest is the path.
+fn method_and_path(data: &[u8]) -> (Method, &[u8]) {
+    match data.first() {
+        None | Some(b'/') => (Method::GET, data),
+        Some(b) => (method(*b), &data[1..]),
+    }
+}
+
+fn method(b: u8) -> Method {
+    match b % 8 {
+        0 => Method::GET,
+        1 => Method::HEAD,
+        2 => Method::POST,
+        3 => Method::PUT,
+        4 => Method::PATCH,
+        5 => Method::DELETE,
+        6 => Method::OPTIONS,
+        _ => Method::from_bytes(b"FUZZ").unwrap_or(Method::TRACE),
+    }
+}
 
 pub fn route(data: &[u8]) {
-    let text = crate::text(data);
+    let (method, rest) = method_and_path(data);
+    let text = crate::text(rest);
     let (path, query) = match text.split_once('?') {
         Some((p, q)) => (p, Some(q)),
         None => (text.as_ref(), None),
     };
-    match routes::parse(path) {
-        Ok(Some(route)) => check(path, &route),
+    match routes::parse(&method, path) {
+        Ok(Some(route)) => check(&method, path, &route),
         Ok(None) => {}
         Err(e) => {
             assert!(e.status.is_client_error(), "{path:?}: {}", e.status);
@@ -37,78 +65,104 @@ pub fn route(data: &[u8]) {
     }
 }
 
-fn check(path: &str, route: &Route) {
+fn check(method: &Method, path: &str, route: &Route) {
     let name_ok = |r: &RepoName| assert_eq!(RepoName::parse(r.as_str()).as_ref(), Ok(r));
+    let is = |m: &Method| method == m;
     let printed = match route {
-        Route::Base => {
-            assert!(path == "/v2" || path == "/v2/", "{path:?}");
-            return;
+        Route::Oci(op) => match op {
+            OciOp::Base => {
+                assert!(path == "/v2" || path == "/v2/", "{path:?}");
+                return;
+            }
+            OciOp::Catalog => "/v2/_catalog".to_owned(),
+            OciOp::Tags(r) => {
+                name_ok(r);
+                format!("/v2/{r}/tags/list")
+            }
+            OciOp::GetManifest {
+                repo,
+                reference,
+                head,
+            } => {
+                assert!(is(&Method::GET) || is(&Method::HEAD));
+                assert_eq!(*head, is(&Method::HEAD));
+                name_ok(repo);
+                format!("/v2/{repo}/manifests/{}", reference.as_string())
+            }
+            OciOp::PutManifest { repo, reference } | OciOp::DeleteManifest { repo, reference } => {
+                name_ok(repo);
+                format!("/v2/{repo}/manifests/{}", reference.as_string())
+            }
+            OciOp::ImpossibleManifest { repo, reference } => {
+                assert!(!is(&Method::PUT));
+                assert!(parse_reference(reference).is_err(), "{reference:?}");
+                name_ok(repo);
+                format!("/v2/{repo}/manifests/{reference}")
+            }
+            OciOp::GetBlob { repo, digest, .. } | OciOp::DeleteBlob { repo, digest } => {
+                name_ok(repo);
+                format!("/v2/{repo}/blobs/{digest}")
+            }
+            OciOp::StartUpload(r) => {
+                assert!(is(&Method::POST));
+                name_ok(r);
+                assert!(
+                    path == format!("/v2/{r}/blobs/uploads/")
+                        || path == format!("/v2/{r}/blobs/uploads"),
+                    "{path:?}"
+                );
+                return;
+            }
+            OciOp::PatchUpload(r, id)
+            | OciOp::FinishUpload(r, id)
+            | OciOp::UploadStatus(r, id)
+            | OciOp::CancelUpload(r, id) => {
+                name_ok(r);
+                assert!(!id.is_empty() && !id.contains('/'), "{id:?}");
+                format!("/v2/{r}/blobs/uploads/{id}")
+            }
+            OciOp::Referrers(r, d) => {
+                name_ok(r);
+                format!("/v2/{r}/referrers/{d}")
+            }
+            OciOp::MethodNotAllowed(m) => {
+                assert_eq!(m, method);
+                assert!(path.starts_with("/v2/"), "{path:?}");
+                return;
+            }
+        },
+        Route::Tool(t, op) => {
+            assert!(routes::validate_tool(t).is_ok(), "{t:?}");
+            match op {
+                ToolOp::Quota => format!("/v1/tool/{t}/quotas"),
+                ToolOp::ListBuilds | ToolOp::StartBuild => format!("/v1/tool/{t}/builds"),
+                ToolOp::ShowBuild(id) | ToolOp::DeleteBuild(id) => {
+                    format!("/v1/tool/{t}/builds/{id}")
+                }
+                ToolOp::BuildLogs(id) => format!("/v1/tool/{t}/builds/{id}/logs"),
+                ToolOp::CancelBuild(id) => format!("/v1/tool/{t}/builds/{id}/cancel"),
+                ToolOp::Clean => format!("/v1/tool/{t}/clean"),
+                ToolOp::MethodNotAllowed(m) => {
+                    assert_eq!(m, method);
+                    return;
+                }
+            }
         }
-        Route::Catalog => "/v2/_catalog".to_owned(),
-        Route::Tags(r) => {
-            name_ok(r);
-            format!("/v2/{r}/tags/list")
-        }
-        Route::Manifest(r, reference) => {
-            name_ok(r);
-            format!("/v2/{r}/manifests/{}", reference.as_string())
-        }
-        Route::Blob(r, d) => {
-            name_ok(r);
-            format!("/v2/{r}/blobs/{d}")
-        }
-        Route::UploadStart(r) => {
-            name_ok(r);
-            assert!(
-                path == format!("/v2/{r}/blobs/uploads/")
-                    || path == format!("/v2/{r}/blobs/uploads"),
-                "{path:?}"
-            );
-            return;
-        }
-        Route::Upload(r, id) => {
-            name_ok(r);
-            assert!(!id.is_empty() && !id.contains('/'), "{id:?}");
-            format!("/v2/{r}/blobs/uploads/{id}")
-        }
-        Route::Referrers(r, d) => {
-            name_ok(r);
-            format!("/v2/{r}/referrers/{d}")
-        }
-        Route::ToolQuota(t) => format!("/v1/tool/{t}/quotas"),
-        Route::Builds(t) => format!("/v1/tool/{t}/builds"),
-        Route::Build(t, id) => format!("/v1/tool/{t}/builds/{id}"),
-        Route::BuildLogs(t, id) => format!("/v1/tool/{t}/builds/{id}/logs"),
-        Route::BuildCancel(t, id) => format!("/v1/tool/{t}/builds/{id}/cancel"),
-        Route::Clean(t) => format!("/v1/tool/{t}/clean"),
-        Route::Healthz => "/healthz".to_owned(),
-        Route::Token => "/token".to_owned(),
-        Route::Metrics => "/metrics".to_owned(),
-        Route::NamespaceCredentials(_)
-        | Route::Quotas
-        | Route::QuotaReconcile
-        | Route::Quota(_)
-        | Route::GcRuns
-        | Route::GcRun(_)
-        | Route::Pins
-        | Route::Pin(_)
-        | Route::Retention
-        | Route::RetentionNamespace(_)
-        | Route::AdminUnknown => {
+        Route::Ops(op) => match op {
+            OpsOp::Healthz => "/healthz".to_owned(),
+            OpsOp::Token => "/token".to_owned(),
+            OpsOp::Metrics => "/metrics".to_owned(),
+            OpsOp::MethodNotAllowed(_) => "/token".to_owned(),
+        },
+        Route::Admin(op) => {
             // Validated by their handlers, after the admin check.
             assert!(path.starts_with("/admin/"), "{path:?}");
+            if let AdminOp::MethodNotAllowed(m) = op {
+                assert_eq!(m, method);
+            }
             return;
         }
     };
-    if let Route::ToolQuota(t)
-    | Route::Builds(t)
-    | Route::Build(t, _)
-    | Route::BuildLogs(t, _)
-    | Route::BuildCancel(t, _)
-    | Route::Clean(t) = route
-    {
-        assert!(routes::validate_tool(t).is_ok(), "{t:?}");
-    }
     assert_eq!(
         printed, path,
         "route {route:?} does not print back to its path"

@@ -441,3 +441,82 @@ mod tests {
         }
     }
 }
+
+/// A build in Toolforge's shape.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ToolBuild {
+    pub build_id: String,
+    pub status: berth_storage::meta::builds::BuildStatus,
+    pub message: String,
+    /// RFC 3339.
+    pub start_time: Option<String>,
+    pub end_time: Option<String>,
+    pub parameters: berth_storage::meta::builds::BuildParams,
+    pub destination_image: String,
+    pub resolved_ref: String,
+}
+
+fn rfc3339(ms: i64) -> String {
+    humantime::format_rfc3339_seconds(
+        std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms.max(0) as u64),
+    )
+    .to_string()
+}
+
+impl From<&berth_storage::meta::builds::BuildRecord> for ToolBuild {
+    fn from(b: &berth_storage::meta::builds::BuildRecord) -> Self {
+        ToolBuild {
+            build_id: b.id.clone(),
+            status: b.status,
+            message: b.message.clone(),
+            start_time: Some(rfc3339(b.start_ms.unwrap_or(b.created_ms))),
+            end_time: b.end_ms.map(rfc3339),
+            parameters: b.params.clone(),
+            destination_image: b.destination_image.clone(),
+            resolved_ref: b.resolved_ref.clone(),
+        }
+    }
+}
+
+/// `GET /v1/tool/{tool}/builds`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ToolBuilds {
+    pub builds: Vec<ToolBuild>,
+    pub messages: Messages,
+}
+
+/// `GET .../builds/{id}`, and the answer to a cancel.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ToolBuildShown {
+    pub build: ToolBuild,
+    pub messages: Messages,
+}
+
+/// `POST .../builds`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ToolBuildStarted {
+    pub new_build: NewBuild,
+    pub messages: Messages,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct NewBuild {
+    pub name: String,
+    pub resolved_ref: String,
+    pub parameters: berth_storage::meta::builds::BuildParams,
+}
+
+/// Answers that carry only Toolforge's `messages` (delete, clean).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ToolMessages {
+    pub messages: Messages,
+}
+
+impl Messages {
+    pub fn info(info: Vec<String>) -> Messages {
+        Messages {
+            info,
+            ..Messages::default()
+        }
+    }
+}

@@ -1,7 +1,10 @@
-//! berth-registry: the HTTP service. One hyper listener carries the whole
-//! surface: the OCI distribution API (`/v2/...`), `/token`, `/admin/v1/...`
-//! and `/healthz`. Layering: `routes` parses, `auth` decides, `handlers`
-//! call berth-storage, `error` shapes every failure as the OCI error body.
+//! berth-registry: the HTTP service. One listener (`server`) carries four
+//! surfaces: the OCI distribution API (`/v2/...`), the admin's API
+//! (`/admin/v1/...`), a tool's API (`/v1/tool/{tool}/...`) and operations
+//! (`/healthz`, `/metrics`, `/token`). Layering: `routes` parses method and
+//! path into one surface's operation, the surface (`surfaces::*`) decides
+//! access once through `auth`, `handlers` call berth-storage, and `error`
+//! shapes every failure as the OCI error body.
 
 pub mod api;
 pub mod auth;
@@ -13,15 +16,12 @@ pub mod ranges;
 pub mod request_body;
 pub mod routes;
 pub mod server;
+pub mod surfaces;
 
-use auth::Action;
 use berth_storage::Storage;
 use body::Body;
 use error::{ApiError, ApiResult, Code};
-use handlers::{
-    admin, blobs, builds, discovery, gc, manifests, method_not_allowed, quota, token, uploads,
-};
-use http::{HeaderValue, Method, Request, Response, StatusCode};
+use http::{HeaderValue, Request, Response};
 use request_body::RequestBody;
 use routes::Route;
 use std::net::IpAddr;
@@ -95,226 +95,32 @@ pub async fn handle(state: &State, req: Request<RequestBody>, peer: IpAddr) -> R
     resp
 }
 
+/// Parses the request into one surface's operation and hands it over;
+/// every surface but `ops` needs to know who is calling first.
 async fn dispatch(
     state: &State,
     req: Request<RequestBody>,
     peer: IpAddr,
 ) -> ApiResult<Response<Body>> {
-    let route = routes::parse(req.uri().path())?.ok_or_else(|| {
+    let route = routes::parse(req.method(), req.uri().path())?.ok_or_else(|| {
         ApiError::not_found(
             Code::NameUnknown,
             format!("no such endpoint: {}", req.uri().path()),
         )
     })?;
-    let method = req.method().clone();
+    let caller = match route {
+        Route::Ops(op) => return surfaces::ops::handle(state, op, req, peer).await,
+        _ => {
+            state
+                .auth
+                .authenticate(&state.storage.meta, req.headers(), peer)
+                .await?
+        }
+    };
     match route {
-        Route::Healthz => return health(state).await,
-        Route::Token => return token::token(state, req, peer).await,
-        _ => {}
-    }
-    let auth = &state.auth;
-    let caller = auth
-        .authenticate(&state.storage.meta, req.headers(), peer)
-        .await?;
-    let head = method == Method::HEAD;
-    let headers = req.headers();
-    match route {
-        Route::Healthz | Route::Token => unreachable!("answered above"),
-        Route::NamespaceCredentials(ns) => {
-            auth.require_admin(&caller)?;
-            admin::namespace_credentials(state, &method, &ns).await
-        }
-        Route::Quotas => {
-            auth.require_admin(&caller)?;
-            match method {
-                Method::GET => quota::list(state, req.uri().query()).await,
-                m => Err(method_not_allowed(&m)),
-            }
-        }
-        Route::QuotaReconcile => {
-            auth.require_admin(&caller)?;
-            match method {
-                Method::POST => quota::reconcile(state).await,
-                m => Err(method_not_allowed(&m)),
-            }
-        }
-        Route::GcRun(job) => {
-            auth.require_admin(&caller)?;
-            gc::run(state, &job, &method, req.uri().query()).await
-        }
-        Route::GcRuns => {
-            auth.require_admin(&caller)?;
-            gc::runs(state, &method, req.uri().query()).await
-        }
-        Route::Pins => {
-            auth.require_admin(&caller)?;
-            gc::pins(state, req).await
-        }
-        Route::Pin(id) => {
-            auth.require_admin(&caller)?;
-            gc::pin(state, &id, &method).await
-        }
-        Route::Retention => {
-            auth.require_admin(&caller)?;
-            gc::retention(state, &method).await
-        }
-        Route::RetentionNamespace(ns) => {
-            auth.require_admin(&caller)?;
-            gc::retention_namespace(state, &ns, req).await
-        }
-        Route::Quota(ns) => {
-            auth.require_admin(&caller)?;
-            quota::namespace(state, &ns, req).await
-        }
-        Route::ToolQuota(tool) => {
-            let ns = state.builds.namespace(&tool);
-            auth.require_owner(&caller, &ns)?;
-            match method {
-                Method::GET => quota::tool(state, &ns).await,
-                m => Err(method_not_allowed(&m)),
-            }
-        }
-        Route::Builds(tool) => {
-            auth.require_owner(&caller, &state.builds.namespace(&tool))?;
-            builds::collection(state, &tool, req).await
-        }
-        Route::Build(tool, id) => {
-            auth.require_owner(&caller, &state.builds.namespace(&tool))?;
-            builds::one(state, &tool, &id, &method, req.uri().query()).await
-        }
-        Route::BuildLogs(tool, id) => {
-            auth.require_owner(&caller, &state.builds.namespace(&tool))?;
-            builds::logs(state, &tool, &id, &method, req.uri().query()).await
-        }
-        Route::BuildCancel(tool, id) => {
-            auth.require_owner(&caller, &state.builds.namespace(&tool))?;
-            builds::cancel(state, &tool, &id, &method).await
-        }
-        Route::Clean(tool) => {
-            auth.require_owner(&caller, &state.builds.namespace(&tool))?;
-            builds::clean(state, &tool, &method).await
-        }
-        Route::Metrics => {
-            if !state.config.metrics_public {
-                auth.require_admin(&caller)?;
-            }
-            // Per-namespace figures only for namespaces the caller may
-            // read: private ones stay the admin's (and their owner's).
-            let text = state
-                .metrics
-                .render(&state.storage, |ns| auth.may_list(&caller, ns))
-                .await?;
-            let mut resp = Response::new(body::full(text));
-            resp.headers_mut().insert(
-                http::header::CONTENT_TYPE,
-                HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
-            );
-            Ok(resp)
-        }
-        Route::AdminUnknown => {
-            auth.require_admin(&caller)?;
-            Err(ApiError::not_found(
-                Code::Unsupported,
-                format!("no such admin endpoint: {}", req.uri().path()),
-            ))
-        }
-        Route::Base => {
-            auth.require_known(&caller, headers)?;
-            Ok(body::json_response(StatusCode::OK, &serde_json::json!({})))
-        }
-        Route::Catalog => match method {
-            Method::GET => {
-                discovery::catalog(state, req.uri().query(), |ns| auth.may_list(&caller, ns)).await
-            }
-            m => Err(method_not_allowed(&m)),
-        },
-        Route::Tags(repo) => {
-            auth.require(&caller, headers, &repo, Action::Pull)?;
-            match method {
-                Method::GET => discovery::tags(state, &repo, req.uri().query()).await,
-                m => Err(method_not_allowed(&m)),
-            }
-        }
-        Route::Referrers(repo, digest) => {
-            auth.require(&caller, headers, &repo, Action::Pull)?;
-            match method {
-                Method::GET => discovery::referrers(state, &repo, &digest, req.uri().query()).await,
-                m => Err(method_not_allowed(&m)),
-            }
-        }
-        Route::Manifest(repo, reference) => match method {
-            Method::GET | Method::HEAD => {
-                auth.require(&caller, headers, &repo, Action::Pull)?;
-                manifests::get(state, &repo, &reference, head).await
-            }
-            Method::PUT => {
-                auth.require(&caller, headers, &repo, Action::Push)?;
-                manifests::put(state, &repo, &reference, req).await
-            }
-            Method::DELETE => {
-                auth.require(&caller, headers, &repo, Action::Delete)?;
-                manifests::delete(state, &repo, &reference).await
-            }
-            m => Err(method_not_allowed(&m)),
-        },
-        Route::Blob(repo, digest) => match method {
-            Method::GET | Method::HEAD => {
-                auth.require(&caller, headers, &repo, Action::Pull)?;
-                blobs::get(state, &repo, &digest, headers, head).await
-            }
-            Method::DELETE => {
-                auth.require(&caller, headers, &repo, Action::Delete)?;
-                blobs::delete(state, &repo, &digest).await
-            }
-            m => Err(method_not_allowed(&m)),
-        },
-        Route::UploadStart(repo) => {
-            auth.require(&caller, headers, &repo, Action::Push)?;
-            match method {
-                // A mount needs pull rights on the source; without them the
-                // client gets an ordinary upload and learns nothing.
-                Method::POST => {
-                    uploads::start(state, &repo, req, |from| {
-                        auth.may(&caller, from, Action::Pull)
-                    })
-                    .await
-                }
-                m => Err(method_not_allowed(&m)),
-            }
-        }
-        Route::Upload(repo, id) => {
-            auth.require(&caller, headers, &repo, Action::Push)?;
-            match method {
-                Method::PATCH => uploads::patch(state, &repo, &id, req).await,
-                Method::PUT => uploads::put(state, &repo, &id, req).await,
-                Method::GET => uploads::status(state, &repo, &id).await,
-                Method::DELETE => uploads::cancel(state, &repo, &id).await,
-                m => Err(method_not_allowed(&m)),
-            }
-        }
-    }
-}
-
-/// `/healthz`: 200 when the database and the blob store both answer.
-async fn health(state: &State) -> ApiResult<Response<Body>> {
-    let db = state.storage.meta.ping().await;
-    let blobs = state.storage.blobs.ping().await;
-    match (db, blobs) {
-        (Ok(()), Ok(())) => Ok(body::json_response(
-            StatusCode::OK,
-            &serde_json::json!({"status": "ok"}),
-        )),
-        (db, blobs) => {
-            let detail = serde_json::json!({
-                "database": db.err().map(|e| e.to_string()).unwrap_or_else(|| "ok".into()),
-                "blob_store": blobs.err().map(|e| e.to_string()).unwrap_or_else(|| "ok".into()),
-            });
-            Err(ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                Code::Unavailable,
-                "storage is not answering",
-            )
-            .with_detail(detail))
-        }
+        Route::Oci(op) => surfaces::oci::handle(state, &caller, op, req).await,
+        Route::Admin(op) => surfaces::admin::handle(state, &caller, op, req).await,
+        Route::Tool(tool, op) => surfaces::tool::handle(state, &caller, &tool, op, req).await,
+        Route::Ops(_) => Err(ApiError::internal("operations are answered above")),
     }
 }

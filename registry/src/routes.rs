@@ -6,6 +6,7 @@
 
 use crate::error::{ApiError, ApiResult, Code};
 use berth_storage::{Digest, RepoName};
+use http::Method;
 
 /// Longest path berth will look at; anything longer is refused before parsing.
 const MAX_PATH: usize = 2048;
@@ -25,57 +26,115 @@ impl Reference {
     }
 }
 
+/// What a request asks for: one operation of one surface. `parse` reads
+/// the method and the path together, so each surface's module handles
+/// operations, never methods. A known path with a method it does not take
+/// becomes its surface's `MethodNotAllowed`, answered where that surface
+/// answers its errors (the admin's and a tool's only after authorizing, so
+/// they tell strangers nothing).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Route {
+    /// `/v2/...`: the distribution API.
+    Oci(OciOp),
+    /// `/admin/v1/...`: the admin's API.
+    Admin(AdminOp),
+    /// `/v1/tool/<tool>/...`: a tool's own API, in Toolforge's shapes.
+    Tool(String, ToolOp),
+    /// `/healthz`, `/metrics`, `/token`: for operators and clients' logins.
+    Ops(OpsOp),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OciOp {
+    /// `GET /v2/`
     Base,
     Catalog,
     Tags(RepoName),
-    Manifest(RepoName, Reference),
-    Blob(RepoName, Digest),
-    UploadStart(RepoName),
-    Upload(RepoName, String),
+    GetManifest {
+        repo: RepoName,
+        reference: Reference,
+        head: bool,
+    },
+    PutManifest {
+        repo: RepoName,
+        reference: Reference,
+    },
+    DeleteManifest {
+        repo: RepoName,
+        reference: Reference,
+    },
+    /// GET, HEAD or DELETE of a reference that is neither a tag nor a
+    /// digest: no such manifest can exist (404 once the caller may pull).
+    ImpossibleManifest {
+        repo: RepoName,
+        reference: String,
+    },
+    GetBlob {
+        repo: RepoName,
+        digest: Digest,
+        head: bool,
+    },
+    DeleteBlob {
+        repo: RepoName,
+        digest: Digest,
+    },
+    StartUpload(RepoName),
+    PatchUpload(RepoName, String),
+    FinishUpload(RepoName, String),
+    UploadStatus(RepoName, String),
+    CancelUpload(RepoName, String),
     Referrers(RepoName, Digest),
-    Healthz,
-    Token,
-    Metrics,
-    /// `/admin/v1/namespaces/<ns>/credentials`
-    NamespaceCredentials(String),
-    /// `/admin/v1/quotas`
-    Quotas,
-    /// `/admin/v1/quotas/_reconcile`
-    QuotaReconcile,
-    /// `/admin/v1/quotas/<ns>`
-    Quota(String),
-    /// `/v1/tool/<tool>/quotas` (Toolforge build API shape)
-    ToolQuota(String),
-    /// `/v1/tool/<tool>/builds`
-    Builds(String),
-    /// `/v1/tool/<tool>/builds/<id>`
-    Build(String, String),
-    /// `/v1/tool/<tool>/builds/<id>/logs`
-    BuildLogs(String, String),
-    /// `/v1/tool/<tool>/builds/<id>/cancel`
-    BuildCancel(String, String),
-    /// `/v1/tool/<tool>/clean`
-    Clean(String),
-    /// `/admin/v1/gc/runs`
-    GcRuns,
-    /// `/admin/v1/gc/<job>`
-    GcRun(String),
-    /// `/admin/v1/pins`
-    Pins,
-    /// `/admin/v1/pins/<id>`
-    Pin(String),
-    /// `/admin/v1/retention`
-    Retention,
-    /// `/admin/v1/retention/<ns>`
-    RetentionNamespace(String),
-    /// Any other `/admin/...` path (404 once the caller is known to be admin).
-    AdminUnknown,
+    MethodNotAllowed(Method),
 }
 
-/// Parses a path. `Ok(None)` means "not a route berth has" (404).
-pub fn parse(path: &str) -> ApiResult<Option<Route>> {
+/// The admin's operations. Names and ids are as sent: they are validated
+/// by the handlers, after the caller is known to be the admin.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AdminOp {
+    CreateCredentials(String),
+    RevokeCredentials(String),
+    ListQuotas,
+    ReconcileQuotas,
+    ShowQuota(String),
+    SetQuota(String),
+    RunGc(String),
+    ListGcRuns,
+    ListPins,
+    AddPin,
+    DeletePin(String),
+    ShowRetention,
+    SetRetention(String),
+    DeleteRetention(String),
+    /// Any other `/admin/...` path.
+    NotFound,
+    MethodNotAllowed(Method),
+}
+
+/// A tool's operations (the tool is validated by `parse`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ToolOp {
+    Quota,
+    ListBuilds,
+    StartBuild,
+    ShowBuild(String),
+    DeleteBuild(String),
+    BuildLogs(String),
+    CancelBuild(String),
+    Clean,
+    MethodNotAllowed(Method),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OpsOp {
+    Healthz,
+    Metrics,
+    Token,
+    MethodNotAllowed(Method),
+}
+
+/// Parses a request's method and path. `Ok(None)` means "not a route
+/// berth has" (404); an error is a malformed name or reference (400).
+pub fn parse(method: &Method, path: &str) -> ApiResult<Option<Route>> {
     if path.len() > MAX_PATH {
         return Err(ApiError::not_found(
             Code::NameInvalid,
@@ -85,58 +144,95 @@ pub fn parse(path: &str) -> ApiResult<Option<Route>> {
             ),
         ));
     }
-    if path == "/healthz" {
-        return Ok(Some(Route::Healthz));
-    }
-    if path == "/token" {
-        return Ok(Some(Route::Token));
-    }
-    if path == "/metrics" {
-        return Ok(Some(Route::Metrics));
+    let m = method.clone();
+    let ops = |op: OpsOp, allowed: &[Method]| {
+        Route::Ops(if allowed.is_empty() || allowed.contains(&m) {
+            op
+        } else {
+            OpsOp::MethodNotAllowed(m.clone())
+        })
+    };
+    match path {
+        "/healthz" => return Ok(Some(ops(OpsOp::Healthz, &[]))),
+        "/metrics" => return Ok(Some(ops(OpsOp::Metrics, &[]))),
+        "/token" => return Ok(Some(ops(OpsOp::Token, &[Method::GET, Method::POST]))),
+        _ => {}
     }
     if let Some(rest) = path.strip_prefix("/v1/tool/") {
-        let parts: Vec<&str> = rest.split('/').collect();
-        return Ok(match parts.as_slice() {
-            [tool, "quotas"] => Some(Route::ToolQuota(validate_tool(tool)?)),
-            [tool, "builds"] => Some(Route::Builds(validate_tool(tool)?)),
-            [tool, "builds", id] => {
-                Some(Route::Build(validate_tool(tool)?, validate_build_id(id)?))
-            }
-            [tool, "builds", id, "logs"] => Some(Route::BuildLogs(
-                validate_tool(tool)?,
-                validate_build_id(id)?,
-            )),
-            [tool, "builds", id, "cancel"] => Some(Route::BuildCancel(
-                validate_tool(tool)?,
-                validate_build_id(id)?,
-            )),
-            [tool, "clean"] => Some(Route::Clean(validate_tool(tool)?)),
-            _ => None,
-        });
+        return parse_tool(method, rest);
     }
     if let Some(rest) = path.strip_prefix("/admin/") {
-        let parts: Vec<&str> = rest.split('/').collect();
-        return Ok(Some(match parts.as_slice() {
-            ["v1", "namespaces", ns, "credentials"] => {
-                Route::NamespaceCredentials((*ns).to_owned())
-            }
-            ["v1", "quotas"] => Route::Quotas,
-            ["v1", "quotas", "_reconcile"] => Route::QuotaReconcile,
-            ["v1", "quotas", ns] => Route::Quota((*ns).to_owned()),
-            ["v1", "gc", "runs"] => Route::GcRuns,
-            ["v1", "gc", job] => Route::GcRun((*job).to_owned()),
-            ["v1", "pins"] => Route::Pins,
-            ["v1", "pins", id] => Route::Pin((*id).to_owned()),
-            ["v1", "retention"] => Route::Retention,
-            ["v1", "retention", ns] => Route::RetentionNamespace((*ns).to_owned()),
-            _ => Route::AdminUnknown,
-        }));
+        return Ok(Some(Route::Admin(parse_admin(method, rest))));
     }
     let Some(rest) = path.strip_prefix("/v2") else {
         return Ok(None);
     };
+    Ok(parse_oci(method, rest)?.map(Route::Oci))
+}
+
+fn parse_tool(method: &Method, rest: &str) -> ApiResult<Option<Route>> {
+    use Method as M;
+    let parts: Vec<&str> = rest.split('/').collect();
+    let (tool, op) = match (parts.as_slice(), method) {
+        ([tool, "quotas"], &M::GET) => (tool, ToolOp::Quota),
+        ([tool, "builds"], &M::GET) => (tool, ToolOp::ListBuilds),
+        ([tool, "builds"], &M::POST) => (tool, ToolOp::StartBuild),
+        ([tool, "builds", id], &M::GET) => (tool, ToolOp::ShowBuild(validate_build_id(id)?)),
+        ([tool, "builds", id], &M::DELETE) => (tool, ToolOp::DeleteBuild(validate_build_id(id)?)),
+        ([tool, "builds", id, "logs"], &M::GET) => {
+            (tool, ToolOp::BuildLogs(validate_build_id(id)?))
+        }
+        ([tool, "builds", id, "cancel"], &M::PUT | &M::POST) => {
+            (tool, ToolOp::CancelBuild(validate_build_id(id)?))
+        }
+        ([tool, "clean"], &M::POST) => (tool, ToolOp::Clean),
+        ([tool, "quotas" | "builds" | "clean"], _)
+        | ([tool, "builds", _], _)
+        | ([tool, "builds", _, "logs" | "cancel"], _) => {
+            (tool, ToolOp::MethodNotAllowed(method.clone()))
+        }
+        _ => return Ok(None),
+    };
+    Ok(Some(Route::Tool(validate_tool(tool)?, op)))
+}
+
+fn parse_admin(method: &Method, rest: &str) -> AdminOp {
+    use Method as M;
+    let parts: Vec<&str> = rest.split('/').collect();
+    let own = |s: &&str| (*s).to_owned();
+    match (parts.as_slice(), method) {
+        (["v1", "namespaces", ns, "credentials"], &M::POST) => AdminOp::CreateCredentials(own(ns)),
+        (["v1", "namespaces", ns, "credentials"], &M::DELETE) => {
+            AdminOp::RevokeCredentials(own(ns))
+        }
+        (["v1", "quotas"], &M::GET) => AdminOp::ListQuotas,
+        (["v1", "quotas", "_reconcile"], &M::POST) => AdminOp::ReconcileQuotas,
+        (["v1", "quotas", "_reconcile"], _) => AdminOp::MethodNotAllowed(method.clone()),
+        (["v1", "quotas", ns], &M::GET) => AdminOp::ShowQuota(own(ns)),
+        (["v1", "quotas", ns], &M::PUT) => AdminOp::SetQuota(own(ns)),
+        (["v1", "gc", "runs"], &M::GET) => AdminOp::ListGcRuns,
+        (["v1", "gc", "runs"], _) => AdminOp::MethodNotAllowed(method.clone()),
+        (["v1", "gc", job], &M::POST) => AdminOp::RunGc(own(job)),
+        (["v1", "pins"], &M::GET) => AdminOp::ListPins,
+        (["v1", "pins"], &M::POST) => AdminOp::AddPin,
+        (["v1", "pins", id], &M::DELETE) => AdminOp::DeletePin(own(id)),
+        (["v1", "retention"], &M::GET) => AdminOp::ShowRetention,
+        (["v1", "retention", ns], &M::PUT) => AdminOp::SetRetention(own(ns)),
+        (["v1", "retention", ns], &M::DELETE) => AdminOp::DeleteRetention(own(ns)),
+        (["v1", "namespaces", _, "credentials"], _)
+        | (["v1", "quotas" | "gc" | "pins" | "retention"], _)
+        | (["v1", "quotas" | "gc" | "pins" | "retention", _], _) => {
+            AdminOp::MethodNotAllowed(method.clone())
+        }
+        _ => AdminOp::NotFound,
+    }
+}
+
+fn parse_oci(method: &Method, rest: &str) -> ApiResult<Option<OciOp>> {
+    use Method as M;
+    let not_allowed = || Ok(Some(OciOp::MethodNotAllowed(method.clone())));
     if rest.is_empty() || rest == "/" {
-        return Ok(Some(Route::Base));
+        return Ok(Some(OciOp::Base));
     }
     // `/v2` must be a whole segment: `/v2x/...` is no route, and slicing
     // past a multi-byte character would panic.
@@ -144,34 +240,82 @@ pub fn parse(path: &str) -> ApiResult<Option<Route>> {
         return Ok(None);
     };
     if rest == "_catalog" {
-        return Ok(Some(Route::Catalog));
+        return if method == M::GET {
+            Ok(Some(OciOp::Catalog))
+        } else {
+            not_allowed()
+        };
     }
     if let Some(name) = rest.strip_suffix("/tags/list") {
-        return Ok(Some(Route::Tags(RepoName::parse(name)?)));
+        let repo = RepoName::parse(name)?;
+        return if method == M::GET {
+            Ok(Some(OciOp::Tags(repo)))
+        } else {
+            not_allowed()
+        };
     }
     if let Some(name) = rest
         .strip_suffix("/blobs/uploads/")
         .or_else(|| rest.strip_suffix("/blobs/uploads"))
     {
-        return Ok(Some(Route::UploadStart(RepoName::parse(name)?)));
+        let repo = RepoName::parse(name)?;
+        return if method == M::POST {
+            Ok(Some(OciOp::StartUpload(repo)))
+        } else {
+            not_allowed()
+        };
     }
     if let Some((name, id)) = rsplit_marker(rest, "/blobs/uploads/") {
         if id.contains('/') || id.is_empty() {
             return Ok(None);
         }
-        return Ok(Some(Route::Upload(RepoName::parse(name)?, id.to_owned())));
+        let (repo, id) = (RepoName::parse(name)?, id.to_owned());
+        return Ok(Some(match *method {
+            M::PATCH => OciOp::PatchUpload(repo, id),
+            M::PUT => OciOp::FinishUpload(repo, id),
+            M::GET => OciOp::UploadStatus(repo, id),
+            M::DELETE => OciOp::CancelUpload(repo, id),
+            _ => OciOp::MethodNotAllowed(method.clone()),
+        }));
     }
     if let Some((name, reference)) = rsplit_marker(rest, "/manifests/") {
         let repo = RepoName::parse(name)?;
-        return Ok(Some(Route::Manifest(repo, parse_reference(reference)?)));
+        let parsed = parse_reference(reference);
+        return Ok(Some(match (method, parsed) {
+            (&M::GET | &M::HEAD | &M::DELETE, Err(_)) => OciOp::ImpossibleManifest {
+                repo,
+                reference: reference.to_owned(),
+            },
+            (&M::GET | &M::HEAD, Ok(reference)) => OciOp::GetManifest {
+                repo,
+                reference,
+                head: method == M::HEAD,
+            },
+            (&M::PUT, Ok(reference)) => OciOp::PutManifest { repo, reference },
+            (&M::DELETE, Ok(reference)) => OciOp::DeleteManifest { repo, reference },
+            (&M::PUT, Err(e)) => return Err(e),
+            _ => OciOp::MethodNotAllowed(method.clone()),
+        }));
     }
     if let Some((name, digest)) = rsplit_marker(rest, "/blobs/") {
-        let repo = RepoName::parse(name)?;
-        return Ok(Some(Route::Blob(repo, digest.parse()?)));
+        let (repo, digest) = (RepoName::parse(name)?, digest.parse()?);
+        return Ok(Some(match *method {
+            M::GET | M::HEAD => OciOp::GetBlob {
+                repo,
+                digest,
+                head: method == M::HEAD,
+            },
+            M::DELETE => OciOp::DeleteBlob { repo, digest },
+            _ => OciOp::MethodNotAllowed(method.clone()),
+        }));
     }
     if let Some((name, digest)) = rsplit_marker(rest, "/referrers/") {
-        let repo = RepoName::parse(name)?;
-        return Ok(Some(Route::Referrers(repo, digest.parse()?)));
+        let (repo, digest) = (RepoName::parse(name)?, digest.parse()?);
+        return if method == M::GET {
+            Ok(Some(OciOp::Referrers(repo, digest)))
+        } else {
+            not_allowed()
+        };
     }
     Ok(None)
 }
@@ -248,57 +392,111 @@ mod tests {
         RepoName::parse(s).unwrap()
     }
 
+    fn oci(method: Method, path: &str) -> OciOp {
+        match parse(&method, path).unwrap() {
+            Some(Route::Oci(op)) => op,
+            other => panic!("{path}: {other:?}"),
+        }
+    }
+
     #[test]
     fn routes_nested_names() {
         let d = Digest::sha256_of(b"x");
-        assert_eq!(parse("/v2/").unwrap(), Some(Route::Base));
-        assert_eq!(parse("/v2").unwrap(), Some(Route::Base));
+        assert_eq!(oci(Method::GET, "/v2/"), OciOp::Base);
+        assert_eq!(oci(Method::GET, "/v2"), OciOp::Base);
         assert_eq!(
-            parse("/v2/tool-a/web/manifests/latest").unwrap(),
-            Some(Route::Manifest(
-                repo("tool-a/web"),
-                Reference::Tag("latest".into())
-            ))
+            oci(Method::GET, "/v2/tool-a/web/manifests/latest"),
+            OciOp::GetManifest {
+                repo: repo("tool-a/web"),
+                reference: Reference::Tag("latest".into()),
+                head: false
+            }
         );
         assert_eq!(
-            parse(&format!("/v2/a/blobs/{d}")).unwrap(),
-            Some(Route::Blob(repo("a"), d.clone()))
+            oci(Method::HEAD, &format!("/v2/a/blobs/{d}")),
+            OciOp::GetBlob {
+                repo: repo("a"),
+                digest: d.clone(),
+                head: true
+            }
         );
         assert_eq!(
-            parse("/v2/a/b/blobs/uploads/").unwrap(),
-            Some(Route::UploadStart(repo("a/b")))
+            oci(Method::POST, "/v2/a/b/blobs/uploads/"),
+            OciOp::StartUpload(repo("a/b"))
         );
         assert_eq!(
-            parse("/v2/a/b/blobs/uploads/123").unwrap(),
-            Some(Route::Upload(repo("a/b"), "123".into()))
+            oci(Method::PATCH, "/v2/a/b/blobs/uploads/123"),
+            OciOp::PatchUpload(repo("a/b"), "123".into())
         );
         // A repository may itself be called "manifests" or "blobs".
         assert_eq!(
-            parse("/v2/manifests/manifests/v1").unwrap(),
-            Some(Route::Manifest(
-                repo("manifests"),
-                Reference::Tag("v1".into())
+            oci(Method::PUT, "/v2/manifests/manifests/v1"),
+            OciOp::PutManifest {
+                repo: repo("manifests"),
+                reference: Reference::Tag("v1".into())
+            }
+        );
+        assert_eq!(oci(Method::GET, "/v2/a/tags/list"), OciOp::Tags(repo("a")));
+        assert_eq!(parse(&Method::GET, "/other").unwrap(), None);
+    }
+
+    #[test]
+    fn methods_pick_the_operation() {
+        assert_eq!(
+            oci(Method::POST, "/v2/a/tags/list"),
+            OciOp::MethodNotAllowed(Method::POST)
+        );
+        assert_eq!(
+            parse(&Method::PUT, "/admin/v1/quotas/tool-a").unwrap(),
+            Some(Route::Admin(AdminOp::SetQuota("tool-a".into())))
+        );
+        assert_eq!(
+            parse(&Method::PATCH, "/admin/v1/quotas").unwrap(),
+            Some(Route::Admin(AdminOp::MethodNotAllowed(Method::PATCH)))
+        );
+        assert_eq!(
+            parse(&Method::GET, "/admin/v1/nothing/here").unwrap(),
+            Some(Route::Admin(AdminOp::NotFound))
+        );
+        assert_eq!(
+            parse(&Method::PUT, "/v1/tool/foo/builds/foo-buildpacks-1/cancel").unwrap(),
+            Some(Route::Tool(
+                "foo".into(),
+                ToolOp::CancelBuild("foo-buildpacks-1".into())
             ))
         );
         assert_eq!(
-            parse("/v2/a/tags/list").unwrap(),
-            Some(Route::Tags(repo("a")))
+            parse(&Method::PATCH, "/token").unwrap(),
+            Some(Route::Ops(OpsOp::MethodNotAllowed(Method::PATCH)))
         );
-        assert_eq!(parse("/other").unwrap(), None);
+    }
+
+    #[test]
+    fn an_impossible_reference_is_unknown_to_readers_and_invalid_to_writers() {
+        assert_eq!(
+            oci(Method::GET, "/v2/a/manifests/.INVALID_MANIFEST_NAME"),
+            OciOp::ImpossibleManifest {
+                repo: repo("a"),
+                reference: ".INVALID_MANIFEST_NAME".into()
+            }
+        );
+        assert!(parse(&Method::PUT, "/v2/a/manifests/.INVALID_MANIFEST_NAME").is_err());
     }
 
     #[test]
     fn rejects_tricks() {
-        assert!(parse("/v2/../etc/manifests/latest").is_err());
-        assert!(parse("/v2/a%2Fb/manifests/latest").is_err());
-        assert!(parse("/v2/a/blobs/sha256:..%2F..%2Fx").is_err());
-        assert!(parse(&format!("/v2/{}/tags/list", "a".repeat(5000))).is_err());
-        assert!(parse("/v2/a/manifests/bad!tag").is_err());
+        let get = |p: &str| parse(&Method::GET, p);
+        assert!(get("/v2/../etc/manifests/latest").is_err());
+        assert!(get("/v2/a%2Fb/manifests/latest").is_err());
+        assert!(get("/v2/a/blobs/sha256:..%2F..%2Fx").is_err());
+        assert!(get(&format!("/v2/{}/tags/list", "a".repeat(5000))).is_err());
+        assert!(parse(&Method::PUT, "/v2/a/manifests/bad!tag").is_err());
+        assert!(get("/v1/tool/Bad/builds").is_err());
         // Found by fuzzing (fuzz/regressions/route/v2-then-multibyte):
         // a multi-byte character right after /v2 panicked, and any other
         // character was taken for the slash.
-        assert_eq!(parse("/v2\u{b7}tool-a/web/blobs/x").unwrap(), None);
-        assert_eq!(parse("/v2xtool-a/manifests/latest").unwrap(), None);
-        assert_eq!(parse("/v2_catalog").unwrap(), None);
+        assert_eq!(get("/v2\u{b7}tool-a/web/blobs/x").unwrap(), None);
+        assert_eq!(get("/v2xtool-a/manifests/latest").unwrap(), None);
+        assert_eq!(get("/v2_catalog").unwrap(), None);
     }
 }

@@ -5,7 +5,7 @@ use crate::auth::secrets;
 use crate::body::{self, Body};
 use crate::error::{ApiError, ApiResult, Code};
 use crate::State;
-use http::{Method, Response, StatusCode};
+use http::{Response, StatusCode};
 
 /// Names that can never be namespace accounts: they are principals already.
 const RESERVED: &[&str] = &[
@@ -26,49 +26,43 @@ pub fn validate_namespace(ns: &str) -> ApiResult<()> {
     Ok(())
 }
 
-/// POST creates or rotates the namespace's secret and shows it once;
-/// DELETE revokes it.
-pub async fn namespace_credentials(
-    state: &State,
-    method: &Method,
-    ns: &str,
-) -> ApiResult<Response<Body>> {
+/// `POST .../credentials`: creates or rotates the namespace's secret and
+/// shows it once.
+pub async fn create_credentials(state: &State, ns: &str) -> ApiResult<Response<Body>> {
     validate_namespace(ns)?;
-    match *method {
-        Method::POST => {
-            let secret = secrets::generate_secret();
-            let to_hash = secret.clone();
-            let hash = tokio::task::spawn_blocking(move || secrets::hash_secret(&to_hash))
-                .await
-                .map_err(|e| ApiError::internal(format!("hashing failed: {e}")))?;
-            let created = state.storage.meta.set_namespace_secret(ns, hash).await?;
-            state.auth.credentials_changed();
-            tracing::info!(namespace = ns, created, "namespace credentials issued");
-            Ok(body::json_response(
-                if created {
-                    StatusCode::CREATED
-                } else {
-                    StatusCode::OK
-                },
-                &crate::api::Credentials {
-                    username: ns.to_owned(),
-                    password: secret,
-                    namespace: ns.to_owned(),
-                    rotated: !created,
-                },
-            ))
-        }
-        Method::DELETE => {
-            if !state.storage.meta.delete_namespace_account(ns).await? {
-                return Err(ApiError::not_found(
-                    Code::NameUnknown,
-                    format!("namespace {ns} has no credentials"),
-                ));
-            }
-            state.auth.credentials_changed();
-            tracing::info!(namespace = ns, "namespace credentials revoked");
-            Ok(body::status_only(StatusCode::NO_CONTENT))
-        }
-        ref m => Err(crate::handlers::method_not_allowed(m)),
+    let secret = secrets::generate_secret();
+    let to_hash = secret.clone();
+    let hash = tokio::task::spawn_blocking(move || secrets::hash_secret(&to_hash))
+        .await
+        .map_err(|e| ApiError::internal(format!("hashing failed: {e}")))?;
+    let created = state.storage.meta.set_namespace_secret(ns, hash).await?;
+    state.auth.credentials_changed();
+    tracing::info!(namespace = ns, created, "namespace credentials issued");
+    Ok(body::json_response(
+        if created {
+            StatusCode::CREATED
+        } else {
+            StatusCode::OK
+        },
+        &crate::api::Credentials {
+            username: ns.to_owned(),
+            password: secret,
+            namespace: ns.to_owned(),
+            rotated: !created,
+        },
+    ))
+}
+
+/// `DELETE .../credentials`: revokes the namespace's account.
+pub async fn revoke_credentials(state: &State, ns: &str) -> ApiResult<Response<Body>> {
+    validate_namespace(ns)?;
+    if !state.storage.meta.delete_namespace_account(ns).await? {
+        return Err(ApiError::not_found(
+            Code::NameUnknown,
+            format!("namespace {ns} has no credentials"),
+        ));
     }
+    state.auth.credentials_changed();
+    tracing::info!(namespace = ns, "namespace credentials revoked");
+    Ok(body::status_only(StatusCode::NO_CONTENT))
 }

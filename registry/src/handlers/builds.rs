@@ -2,47 +2,15 @@
 //! list, show (and `latest`), logs (with `?follow=true`), cancel, delete,
 //! clean. Bodies carry Toolforge's `messages: {info, warning, error}`.
 
+use crate::api::{Messages, ToolBuild, ToolBuildShown, ToolBuildStarted, ToolBuilds, ToolMessages};
 use crate::body::{self, Body};
 use crate::error::{ApiError, ApiResult, Code};
 use crate::request_body::RequestBody;
 use crate::routes::{query_get, query_pairs};
 use crate::State;
 use berth_builds::{BuildError, BuildRequest};
-use berth_storage::meta::builds::BuildRecord;
-use http::{Method, Request, Response, StatusCode};
+use http::{Request, Response, StatusCode};
 use http_body_util::BodyExt;
-use std::time::Duration;
-
-const MAX_BODY: usize = 256 * 1024;
-
-fn messages(info: Vec<String>, warning: Vec<String>) -> serde_json::Value {
-    serde_json::json!({ "info": info, "warning": warning, "error": [] })
-}
-
-fn time(ms: Option<i64>) -> serde_json::Value {
-    match ms {
-        Some(ms) => humantime::format_rfc3339_seconds(
-            std::time::UNIX_EPOCH + Duration::from_millis(ms.max(0) as u64),
-        )
-        .to_string()
-        .into(),
-        None => serde_json::Value::Null,
-    }
-}
-
-/// A build in Toolforge's shape.
-fn build_json(b: &BuildRecord) -> serde_json::Value {
-    serde_json::json!({
-        "build_id": b.id,
-        "status": b.status,
-        "message": b.message,
-        "start_time": time(b.start_ms.or(Some(b.created_ms))),
-        "end_time": time(b.end_ms),
-        "parameters": b.params,
-        "destination_image": b.destination_image,
-        "resolved_ref": b.resolved_ref,
-    })
-}
 
 impl From<BuildError> for ApiError {
     fn from(e: BuildError) -> ApiError {
@@ -66,105 +34,93 @@ impl From<BuildError> for ApiError {
     }
 }
 
-/// `GET` lists the tool's builds (newest first); `POST` starts one.
-pub async fn collection(
+/// `GET .../builds`: the tool's builds, newest first.
+pub async fn list(state: &State, tool: &str) -> ApiResult<Response<Body>> {
+    let builds = state.builds.list(tool).await?;
+    Ok(body::json_response(
+        StatusCode::OK,
+        &ToolBuilds {
+            builds: builds.iter().map(ToolBuild::from).collect(),
+            messages: Messages::default(),
+        },
+    ))
+}
+
+/// `POST .../builds` with `{"source_url", "ref", "image_name", "envvars"}`.
+pub async fn start(
     state: &State,
     tool: &str,
     req: Request<RequestBody>,
 ) -> ApiResult<Response<Body>> {
-    match *req.method() {
-        Method::GET => {
-            let builds: Vec<_> = state
-                .builds
-                .list(tool)
-                .await?
-                .iter()
-                .map(build_json)
-                .collect();
-            Ok(body::json_response(
-                StatusCode::OK,
-                &serde_json::json!({ "builds": builds, "messages": messages(vec![], vec![]) }),
-            ))
-        }
-        Method::POST => {
-            let bytes = http_body_util::Limited::new(req.into_body(), MAX_BODY)
-                .collect()
-                .await
-                .map_err(|e| {
-                    ApiError::bad_request(Code::Unsupported, format!("cannot read body: {e}"))
-                })?
-                .to_bytes();
-            let request: BuildRequest = serde_json::from_slice(&bytes).map_err(|e| {
-                ApiError::bad_request(Code::Unsupported, format!("body must be {{\"source_url\": ..., \"ref\": ..., \"image_name\": ..., \"envvars\": {{}}}}: {e}"))
-            })?;
-            let (record, warnings) = state.builds.start(tool, request).await?;
-            Ok(body::json_response(
-                StatusCode::OK,
-                &serde_json::json!({
-                    "new_build": { "name": record.id, "resolved_ref": record.resolved_ref, "parameters": record.params },
-                    "messages": messages(vec![format!("build {} queued", record.id)], warnings),
-                }),
-            ))
-        }
-        ref m => Err(super::method_not_allowed(m)),
-    }
+    let request: BuildRequest = crate::api::json_body(req).await?;
+    let (record, warnings) = state.builds.start(tool, request).await?;
+    Ok(body::json_response(
+        StatusCode::OK,
+        &ToolBuildStarted {
+            messages: Messages {
+                info: vec![format!("build {} queued", record.id)],
+                warning: warnings,
+                error: Vec::new(),
+            },
+            new_build: crate::api::NewBuild {
+                name: record.id,
+                resolved_ref: record.resolved_ref,
+                parameters: record.params,
+            },
+        },
+    ))
 }
 
-/// `GET` one build (or `latest`); `DELETE` it (`?delete_image=true` also
-/// deletes the image it pushed, unless pinned).
-pub async fn one(
+/// `GET .../builds/{id}` (or `latest`).
+pub async fn show(state: &State, tool: &str, id: &str) -> ApiResult<Response<Body>> {
+    let b = state.builds.get(tool, id).await?;
+    Ok(body::json_response(
+        StatusCode::OK,
+        &ToolBuildShown {
+            build: ToolBuild::from(&b),
+            messages: Messages::default(),
+        },
+    ))
+}
+
+/// `DELETE .../builds/{id}` (`?delete_image=true` also deletes the image
+/// it pushed, unless pinned).
+pub async fn delete(
     state: &State,
     tool: &str,
     id: &str,
-    method: &Method,
     query: Option<&str>,
 ) -> ApiResult<Response<Body>> {
-    match *method {
-        Method::GET => {
-            let b = state.builds.get(tool, id).await?;
-            Ok(body::json_response(
-                StatusCode::OK,
-                &serde_json::json!({ "build": build_json(&b), "messages": messages(vec![], vec![]) }),
-            ))
-        }
-        Method::DELETE => {
-            let delete_image = query_get(&query_pairs(query), "delete_image") == Some("true");
-            let info = state.builds.delete(tool, id, delete_image).await?;
-            Ok(body::json_response(
-                StatusCode::OK,
-                &serde_json::json!({ "messages": messages(info, vec![]) }),
-            ))
-        }
-        ref m => Err(super::method_not_allowed(m)),
-    }
+    let delete_image = query_get(&query_pairs(query), "delete_image") == Some("true");
+    let info = state.builds.delete(tool, id, delete_image).await?;
+    Ok(body::json_response(
+        StatusCode::OK,
+        &ToolMessages {
+            messages: Messages::info(info),
+        },
+    ))
 }
 
 /// `PUT .../builds/{id}/cancel`: 409 when already finished.
-pub async fn cancel(
-    state: &State,
-    tool: &str,
-    id: &str,
-    method: &Method,
-) -> ApiResult<Response<Body>> {
-    if method != Method::PUT && method != Method::POST {
-        return Err(super::method_not_allowed(method));
-    }
+pub async fn cancel(state: &State, tool: &str, id: &str) -> ApiResult<Response<Body>> {
     let b = state.builds.cancel(tool, id).await?;
     Ok(body::json_response(
         StatusCode::OK,
-        &serde_json::json!({ "build": build_json(&b), "messages": messages(vec![format!("build {} cancelled", b.id)], vec![]) }),
+        &ToolBuildShown {
+            messages: Messages::info(vec![format!("build {} cancelled", b.id)]),
+            build: ToolBuild::from(&b),
+        },
     ))
 }
 
 /// `POST /v1/tool/{tool}/clean`.
-pub async fn clean(state: &State, tool: &str, method: &Method) -> ApiResult<Response<Body>> {
-    if method != Method::POST {
-        return Err(super::method_not_allowed(method));
-    }
+pub async fn clean(state: &State, tool: &str) -> ApiResult<Response<Body>> {
     let info = state.builds.clean(tool).await?;
     Ok(body::json_response(
         StatusCode::OK,
-        &serde_json::json!({ "messages": messages(info, vec![]) }),
+        &ToolMessages {
+            messages: Messages::info(info),
+        },
     ))
 }
 
@@ -176,12 +132,8 @@ pub async fn logs(
     state: &State,
     tool: &str,
     id: &str,
-    method: &Method,
     query: Option<&str>,
 ) -> ApiResult<Response<Body>> {
-    if method != Method::GET {
-        return Err(super::method_not_allowed(method));
-    }
     let follow =
         query_get(&query_pairs(query), "follow").is_some_and(|v| v.eq_ignore_ascii_case("true"));
     let chunks = state.builds.logs(tool, id, follow).await?;

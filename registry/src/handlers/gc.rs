@@ -9,7 +9,7 @@ use crate::routes::{query_get, query_pairs};
 use crate::State;
 use berth_gc::JobKind;
 use berth_storage::{Digest, RepoName};
-use http::{Method, Request, Response, StatusCode};
+use http::{Request, Response, StatusCode};
 
 fn parse_bool(v: Option<&str>, name: &str) -> ApiResult<bool> {
     match v {
@@ -23,15 +23,7 @@ fn parse_bool(v: Option<&str>, name: &str) -> ApiResult<bool> {
 }
 
 /// `POST /admin/v1/gc/{tag-cleanup|untagged}?dry_run=BOOL`: runs now.
-pub async fn run(
-    state: &State,
-    job: &str,
-    method: &Method,
-    query: Option<&str>,
-) -> ApiResult<Response<Body>> {
-    if method != Method::POST {
-        return Err(super::method_not_allowed(method));
-    }
+pub async fn run(state: &State, job: &str, query: Option<&str>) -> ApiResult<Response<Body>> {
     let job = JobKind::parse(job).ok_or_else(|| {
         ApiError::not_found(
             Code::Unsupported,
@@ -44,14 +36,7 @@ pub async fn run(
 }
 
 /// `GET /admin/v1/gc/runs[?limit=N]`: newest first.
-pub async fn runs(
-    state: &State,
-    method: &Method,
-    query: Option<&str>,
-) -> ApiResult<Response<Body>> {
-    if method != Method::GET {
-        return Err(super::method_not_allowed(method));
-    }
+pub async fn runs(state: &State, query: Option<&str>) -> ApiResult<Response<Body>> {
     let limit = match query_get(&query_pairs(query), "limit") {
         None => 50,
         Some(v) => v
@@ -86,42 +71,36 @@ pub async fn runs(
     Ok(body::json_response(StatusCode::OK, &api::GcRuns { runs }))
 }
 
-/// `GET`/`POST /admin/v1/pins`.
-pub async fn pins(state: &State, req: Request<RequestBody>) -> ApiResult<Response<Body>> {
-    match *req.method() {
-        Method::GET => {
-            let pins = state.storage.meta.list_pins().await?;
-            Ok(body::json_response(
-                StatusCode::OK,
-                &api::Pins {
-                    pins: pins.into_iter().map(Into::into).collect(),
-                },
-            ))
-        }
-        Method::POST => {
-            let add: api::AddPin = json_body(req).await?;
-            let repo = RepoName::parse(&add.repository)?;
-            let digest: Digest = add.digest.parse()?;
-            let pin = state
-                .storage
-                .meta
-                .add_pin(repo.as_str(), &digest.to_string(), &add.reason)
-                .await?;
-            tracing::info!(repository = %repo, %digest, "pinned");
-            Ok(body::json_response(
-                StatusCode::CREATED,
-                &api::Pin::from(pin),
-            ))
-        }
-        ref m => Err(super::method_not_allowed(m)),
-    }
+/// `GET /admin/v1/pins`.
+pub async fn list_pins(state: &State) -> ApiResult<Response<Body>> {
+    let pins = state.storage.meta.list_pins().await?;
+    Ok(body::json_response(
+        StatusCode::OK,
+        &api::Pins {
+            pins: pins.into_iter().map(Into::into).collect(),
+        },
+    ))
+}
+
+/// `POST /admin/v1/pins` with `{"repository", "digest", "reason"}`.
+pub async fn add_pin(state: &State, req: Request<RequestBody>) -> ApiResult<Response<Body>> {
+    let add: api::AddPin = json_body(req).await?;
+    let repo = RepoName::parse(&add.repository)?;
+    let digest: Digest = add.digest.parse()?;
+    let pin = state
+        .storage
+        .meta
+        .add_pin(repo.as_str(), &digest.to_string(), &add.reason)
+        .await?;
+    tracing::info!(repository = %repo, %digest, "pinned");
+    Ok(body::json_response(
+        StatusCode::CREATED,
+        &api::Pin::from(pin),
+    ))
 }
 
 /// `DELETE /admin/v1/pins/{id}`.
-pub async fn pin(state: &State, id: &str, method: &Method) -> ApiResult<Response<Body>> {
-    if method != Method::DELETE {
-        return Err(super::method_not_allowed(method));
-    }
+pub async fn delete_pin(state: &State, id: &str) -> ApiResult<Response<Body>> {
     let id: i64 = id.parse().map_err(|_| {
         ApiError::bad_request(Code::Unsupported, format!("pin id {id:?} is not a number"))
     })?;
@@ -135,10 +114,7 @@ pub async fn pin(state: &State, id: &str, method: &Method) -> ApiResult<Response
 }
 
 /// `GET /admin/v1/retention`: the default policy and every override.
-pub async fn retention(state: &State, method: &Method) -> ApiResult<Response<Body>> {
-    if method != Method::GET {
-        return Err(super::method_not_allowed(method));
-    }
+pub async fn retention(state: &State) -> ApiResult<Response<Body>> {
     let r = &state.gc.config().retention;
     let overrides = state.storage.meta.retention_overrides().await?;
     Ok(body::json_response(
@@ -158,56 +134,54 @@ pub async fn retention(state: &State, method: &Method) -> ApiResult<Response<Bod
     ))
 }
 
+/// `DELETE /admin/v1/retention/{ns}`: back to the default.
+pub async fn delete_retention(state: &State, ns: &str) -> ApiResult<Response<Body>> {
+    super::admin::validate_namespace(ns)?;
+    state.storage.meta.set_retention_override(ns, None).await?;
+    Ok(body::status_only(StatusCode::NO_CONTENT))
+}
+
 /// `PUT /admin/v1/retention/{ns}` with any of `keep_last`, `protected_tags`,
-/// `max_age` ("30d"), `keep_pattern`; `DELETE` returns to the default.
-pub async fn retention_namespace(
+/// `max_age` ("30d"), `keep_pattern`.
+pub async fn set_retention(
     state: &State,
     ns: &str,
     req: Request<RequestBody>,
 ) -> ApiResult<Response<Body>> {
     super::admin::validate_namespace(ns)?;
-    match *req.method() {
-        Method::DELETE => {
-            state.storage.meta.set_retention_override(ns, None).await?;
-            Ok(body::status_only(StatusCode::NO_CONTENT))
-        }
-        Method::PUT => {
-            let set: api::SetRetention = json_body(req).await?;
-            let bad = |m: String| ApiError::bad_request(Code::Unsupported, m);
-            let max_age_ms = match &set.max_age {
-                None => None,
-                Some(s) => Some(
-                    humantime::parse_duration(s)
-                        .map_err(|e| {
-                            bad(format!(
-                                "max_age {s:?} is not a duration such as \"30d\": {e}"
-                            ))
-                        })?
-                        .as_millis() as i64,
-                ),
-            };
-            if let Some(p) = &set.keep_pattern {
-                berth_gc::retention::compile_pattern(p).map_err(|e| bad(e.to_string()))?;
-            }
-            let o = api::RetentionOverride {
-                keep_last: set.keep_last,
-                protected_tags: set.protected_tags,
-                max_age_ms,
-                keep_pattern: set.keep_pattern,
-            };
-            state
-                .storage
-                .meta
-                .set_retention_override(ns, Some(o.clone().into()))
-                .await?;
-            Ok(body::json_response(
-                StatusCode::OK,
-                &api::RetentionSet {
-                    namespace: ns.to_owned(),
-                    value: o,
-                },
-            ))
-        }
-        ref m => Err(super::method_not_allowed(m)),
+    let set: api::SetRetention = json_body(req).await?;
+    let bad = |m: String| ApiError::bad_request(Code::Unsupported, m);
+    let max_age_ms = match &set.max_age {
+        None => None,
+        Some(s) => Some(
+            humantime::parse_duration(s)
+                .map_err(|e| {
+                    bad(format!(
+                        "max_age {s:?} is not a duration such as \"30d\": {e}"
+                    ))
+                })?
+                .as_millis() as i64,
+        ),
+    };
+    if let Some(p) = &set.keep_pattern {
+        berth_gc::retention::compile_pattern(p).map_err(|e| bad(e.to_string()))?;
     }
+    let o = api::RetentionOverride {
+        keep_last: set.keep_last,
+        protected_tags: set.protected_tags,
+        max_age_ms,
+        keep_pattern: set.keep_pattern,
+    };
+    state
+        .storage
+        .meta
+        .set_retention_override(ns, Some(o.clone().into()))
+        .await?;
+    Ok(body::json_response(
+        StatusCode::OK,
+        &api::RetentionSet {
+            namespace: ns.to_owned(),
+            value: o,
+        },
+    ))
 }

@@ -7,7 +7,7 @@ use crate::error::{ApiError, ApiResult, Code};
 use crate::request_body::RequestBody;
 use crate::routes::{query_get, query_pairs};
 use crate::State;
-use http::{Method, Request, Response, StatusCode};
+use http::{Request, Response, StatusCode};
 
 const LARGEST_IMAGES: u32 = 10;
 
@@ -34,41 +34,36 @@ pub async fn list(state: &State, query: Option<&str>) -> ApiResult<Response<Body
     ))
 }
 
-pub async fn namespace(
-    state: &State,
-    ns: &str,
-    req: Request<RequestBody>,
-) -> ApiResult<Response<Body>> {
+/// `GET /admin/v1/quotas/{ns}`: usage per repository, largest images.
+pub async fn show(state: &State, ns: &str) -> ApiResult<Response<Body>> {
     super::admin::validate_namespace(ns)?;
-    match *req.method() {
-        Method::GET => {
-            let detail = state
-                .storage
-                .meta
-                .quota_detail(ns, LARGEST_IMAGES)
-                .await?
-                .ok_or_else(|| {
-                    ApiError::not_found(
-                        Code::NameUnknown,
-                        format!("namespace {ns} holds nothing and has no quota settings"),
-                    )
-                })?;
-            Ok(body::json_response(
-                StatusCode::OK,
-                &api::NamespaceDetail::from(detail),
-            ))
-        }
-        Method::PUT => {
-            let setting = json_body::<api::SetQuota>(req).await?.setting()?;
-            let q = state.storage.meta.set_quota_limit(ns, setting).await?;
-            tracing::info!(namespace = ns, ?setting, "quota limit set");
-            Ok(body::json_response(
-                StatusCode::OK,
-                &api::NamespaceQuota::from(q),
-            ))
-        }
-        ref m => Err(super::method_not_allowed(m)),
-    }
+    let detail = state
+        .storage
+        .meta
+        .quota_detail(ns, LARGEST_IMAGES)
+        .await?
+        .ok_or_else(|| {
+            ApiError::not_found(
+                Code::NameUnknown,
+                format!("namespace {ns} holds nothing and has no quota settings"),
+            )
+        })?;
+    Ok(body::json_response(
+        StatusCode::OK,
+        &api::NamespaceDetail::from(detail),
+    ))
+}
+
+/// `PUT /admin/v1/quotas/{ns}` with `api::SetQuota`.
+pub async fn set(state: &State, ns: &str, req: Request<RequestBody>) -> ApiResult<Response<Body>> {
+    super::admin::validate_namespace(ns)?;
+    let setting = json_body::<api::SetQuota>(req).await?.setting()?;
+    let q = state.storage.meta.set_quota_limit(ns, setting).await?;
+    tracing::info!(namespace = ns, ?setting, "quota limit set");
+    Ok(body::json_response(
+        StatusCode::OK,
+        &api::NamespaceQuota::from(q),
+    ))
 }
 
 pub async fn reconcile(state: &State) -> ApiResult<Response<Body>> {
