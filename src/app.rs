@@ -14,7 +14,9 @@ use std::sync::Arc;
 /// is answered from. `fd_budget` is how many descriptors connections may
 /// use (`None`: no limit known); it caps `max_connections`.
 pub async fn build_state(cfg: &Config, fd_budget: Option<u64>) -> Result<Arc<State>, String> {
-    cfg.limits.validate()?;
+    let mut cfg = cfg.clone();
+    cfg.resolve()?;
+    let cfg = &cfg;
     let storage_config = StorageConfig {
         data_dir: cfg.storage.data_dir.clone(),
         synchronous: cfg.storage.sqlite_synchronous,
@@ -33,7 +35,7 @@ pub async fn build_state(cfg: &Config, fd_budget: Option<u64>) -> Result<Arc<Sta
         })?;
     storage.meta.set_quota_policy(cfg.quota.policy());
     storage.meta.set_blob_grace(cfg.gc.blob_grace);
-    let gc_config = cfg.gc.engine_config()?;
+    let gc_config = cfg.gc.clone();
     match storage.meta.interrupt_unfinished_gc_runs().await {
         Ok(0) => {}
         Ok(n) => tracing::warn!(
@@ -43,7 +45,7 @@ pub async fn build_state(cfg: &Config, fd_budget: Option<u64>) -> Result<Arc<Sta
         Err(e) => return Err(format!("cannot read GC run records: {e}")),
     }
     let gc = berth_gc::Gc::new(storage.clone(), gc_config.clone());
-    let builds_config = cfg.builds.engine_config(cfg)?;
+    let builds_config = cfg.builds.clone();
     let auth: Arc<berth_registry::auth::Auth> = {
         let cfg = cfg.clone();
         tokio::task::spawn_blocking(move || auth_from_config(&cfg))
@@ -188,9 +190,5 @@ pub fn auth_from_config(cfg: &Config) -> Result<berth_registry::auth::Auth, Stri
             "authentication is OFF: anyone who can reach the listener may push and delete"
         );
     }
-    Ok(Auth::new(
-        cfg.auth.registry_config(&cfg.limits),
-        admin_password,
-        key.as_bytes(),
-    ))
+    Ok(Auth::new(cfg.auth.clone(), admin_password, key.as_bytes()))
 }

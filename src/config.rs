@@ -12,10 +12,10 @@ pub struct Config {
     pub server: Server,
     pub storage: Storage,
     pub registry: Registry,
-    pub auth: Auth,
+    pub auth: berth_registry::auth::AuthConfig,
     pub quota: Quota,
-    pub gc: Gc,
-    pub builds: Builds,
+    pub gc: berth_gc::GcConfig,
+    pub builds: berth_builds::BuildsConfig,
     pub metrics: Metrics,
     pub log: Log,
     pub limits: Limits,
@@ -101,280 +101,6 @@ impl Quota {
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
-pub struct Gc {
-    pub enabled: bool,
-    pub tag_cleanup_schedule: String,
-    pub untagged_schedule: String,
-    #[serde(with = "humantime_serde")]
-    pub untagged_grace: Duration,
-    #[serde(with = "humantime_serde")]
-    pub blob_grace: Duration,
-    pub retention: Retention,
-}
-
-impl Default for Gc {
-    fn default() -> Self {
-        let d = berth_gc::GcConfig::default();
-        Gc {
-            enabled: d.enabled,
-            tag_cleanup_schedule: d.tag_cleanup_schedule,
-            untagged_schedule: d.untagged_schedule,
-            untagged_grace: d.untagged_grace,
-            blob_grace: d.blob_grace,
-            retention: Retention::default(),
-        }
-    }
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct Retention {
-    pub keep_last: u32,
-    pub protected_tags: Vec<String>,
-    #[serde(with = "humantime_serde_opt")]
-    pub max_age: Option<Duration>,
-    pub keep_pattern: Option<String>,
-}
-
-impl Default for Retention {
-    fn default() -> Self {
-        let d = berth_gc::RetentionPolicy::default();
-        Retention {
-            keep_last: d.keep_last,
-            protected_tags: d.protected_tags,
-            max_age: d.max_age,
-            keep_pattern: None,
-        }
-    }
-}
-
-impl Gc {
-    /// The engine's configuration, with schedules and the pattern checked.
-    pub fn engine_config(&self) -> Result<berth_gc::GcConfig, String> {
-        berth_gc::scheduler::validate(&self.tag_cleanup_schedule)
-            .map_err(|e| format!("[gc] tag_cleanup_schedule: {e}"))?;
-        berth_gc::scheduler::validate(&self.untagged_schedule)
-            .map_err(|e| format!("[gc] untagged_schedule: {e}"))?;
-        let keep_pattern = match &self.retention.keep_pattern {
-            Some(p) => Some(
-                berth_gc::retention::compile_pattern(p)
-                    .map_err(|e| format!("[gc.retention] {e}"))?,
-            ),
-            None => None,
-        };
-        Ok(berth_gc::GcConfig {
-            enabled: self.enabled,
-            tag_cleanup_schedule: self.tag_cleanup_schedule.clone(),
-            untagged_schedule: self.untagged_schedule.clone(),
-            untagged_grace: self.untagged_grace,
-            blob_grace: self.blob_grace,
-            retention: berth_gc::RetentionPolicy {
-                keep_last: self.retention.keep_last,
-                protected_tags: self.retention.protected_tags.clone(),
-                max_age: self.retention.max_age,
-                keep_pattern,
-            },
-        })
-    }
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct Builds {
-    pub enabled: bool,
-    pub runner: berth_builds::RunnerKind,
-    pub sandbox: berth_builds::sandbox::SandboxKind,
-    pub lifecycle_dir: PathBuf,
-    pub buildpacks_dir: PathBuf,
-    pub order: PathBuf,
-    pub run_image: String,
-    pub builder_image: String,
-    pub container_engine: String,
-    pub platform_api: String,
-    /// Replaced by `uid_base`; still read so the error can say so.
-    pub uid: Option<u32>,
-    pub gid: Option<u32>,
-    pub uid_base: u32,
-    pub uid_count: u32,
-    pub max_parallel: usize,
-    pub per_tool_parallel: usize,
-    pub queued_per_tool: usize,
-    #[serde(with = "humantime_serde")]
-    pub timeout: Duration,
-    pub keep_successful: usize,
-    pub keep_failed: usize,
-    #[serde(with = "humantime_serde")]
-    pub log_retention: Duration,
-    #[serde(with = "size")]
-    pub max_log_bytes: u64,
-    pub source_schemes: Vec<String>,
-    pub source_hosts: Vec<String>,
-    pub private_source_hosts: Vec<String>,
-    #[serde(with = "humantime_serde")]
-    pub git_resolve_timeout: Duration,
-    #[serde(with = "humantime_serde")]
-    pub git_fetch_timeout: Duration,
-    pub git_resolutions_per_tool: usize,
-    pub git_resolutions_total: usize,
-    pub log_follows_per_tool: usize,
-    pub log_follows_total: usize,
-    pub registry_host: Option<String>,
-}
-
-impl Default for Builds {
-    fn default() -> Self {
-        let d = berth_builds::BuildsConfig::defaults(PathBuf::new(), String::new());
-        Builds {
-            enabled: true,
-            runner: d.runner,
-            sandbox: d.sandbox,
-            lifecycle_dir: d.lifecycle_dir,
-            buildpacks_dir: d.buildpacks_dir,
-            order: d.order,
-            run_image: d.run_image,
-            builder_image: d.builder_image,
-            container_engine: d.container_engine,
-            platform_api: d.platform_api,
-            uid: None,
-            gid: None,
-            uid_base: d.uid_base,
-            uid_count: d.uid_count,
-            max_parallel: d.max_parallel,
-            per_tool_parallel: d.per_tool_parallel,
-            queued_per_tool: d.queued_per_tool,
-            timeout: d.timeout,
-            keep_successful: d.keep_successful,
-            keep_failed: d.keep_failed,
-            log_retention: d.log_retention,
-            max_log_bytes: d.max_log_bytes,
-            source_schemes: d.source_schemes,
-            source_hosts: d.source_hosts,
-            private_source_hosts: d.private_source_hosts,
-            git_resolve_timeout: d.git_resolve_timeout,
-            git_fetch_timeout: d.git_fetch_timeout,
-            git_resolutions_per_tool: d.git_resolutions_per_tool,
-            git_resolutions_total: d.git_resolutions_total,
-            log_follows_per_tool: d.log_follows_per_tool,
-            log_follows_total: d.log_follows_total,
-            registry_host: None,
-        }
-    }
-}
-
-impl Builds {
-    /// The engine's configuration; the registry host defaults to the
-    /// address berth listens on (loopback when it listens on all).
-    pub fn engine_config(&self, cfg: &Config) -> Result<berth_builds::BuildsConfig, String> {
-        let registry_host = match &self.registry_host {
-            Some(h) => h.clone(),
-            None if cfg.server.listen.ip().is_unspecified() => {
-                format!("127.0.0.1:{}", cfg.server.listen.port())
-            }
-            None => cfg.server.listen.to_string(),
-        };
-        if self.uid.is_some() || self.gid.is_some() {
-            return Err("[builds] uid and gid are gone: when berth runs as root each tool's builds now run as their own uid and gid, uid_base + n (see config.example.toml); remove uid/gid and set uid_base to a range no account uses".into());
-        }
-        let positive = [
-            ("max_parallel", self.max_parallel),
-            ("per_tool_parallel", self.per_tool_parallel),
-            ("queued_per_tool", self.queued_per_tool),
-            ("git_resolutions_per_tool", self.git_resolutions_per_tool),
-            ("git_resolutions_total", self.git_resolutions_total),
-            ("log_follows_per_tool", self.log_follows_per_tool),
-            ("log_follows_total", self.log_follows_total),
-            ("uid_count", self.uid_count as usize),
-        ];
-        at_least_one("builds", &positive)?;
-        if self.uid_base < 1000
-            || self
-                .uid_base
-                .checked_add(self.uid_count)
-                .is_none_or(|end| end == u32::MAX)
-        {
-            return Err(format!(
-                "[builds] uid_base = {} with uid_count = {} is not a range of ordinary uids (from 1000 up, below 4294967295)",
-                self.uid_base, self.uid_count
-            ));
-        }
-        if self.git_resolve_timeout.is_zero() || self.git_fetch_timeout.is_zero() {
-            return Err(
-                "[builds] git_resolve_timeout and git_fetch_timeout must be more than 0s".into(),
-            );
-        }
-        let schemes: Vec<String> = self
-            .source_schemes
-            .iter()
-            .map(|s| s.to_ascii_lowercase())
-            .collect();
-        if let Some(s) = schemes
-            .iter()
-            .find(|s| !berth_builds::source::SUPPORTED_SCHEMES.contains(&s.as_str()))
-        {
-            return Err(format!(
-                "[builds] source_schemes: {s:?} is not supported; builds fetch from {:?}",
-                berth_builds::source::SUPPORTED_SCHEMES
-            ));
-        }
-        let hosts = |list: &[String]| list.iter().map(|h| h.to_ascii_lowercase()).collect();
-        check_run_image(&self.run_image)?;
-        Ok(berth_builds::BuildsConfig {
-            enabled: self.enabled,
-            runner: self.runner,
-            sandbox: self.sandbox,
-            lifecycle_dir: self.lifecycle_dir.clone(),
-            buildpacks_dir: self.buildpacks_dir.clone(),
-            order: self.order.clone(),
-            run_image: self.run_image.clone(),
-            builder_image: self.builder_image.clone(),
-            container_engine: self.container_engine.clone(),
-            platform_api: self.platform_api.clone(),
-            uid_base: self.uid_base,
-            uid_count: self.uid_count,
-            max_parallel: self.max_parallel,
-            per_tool_parallel: self.per_tool_parallel,
-            queued_per_tool: self.queued_per_tool,
-            timeout: self.timeout,
-            keep_successful: self.keep_successful,
-            keep_failed: self.keep_failed,
-            log_retention: self.log_retention,
-            max_log_bytes: self.max_log_bytes,
-            source_schemes: schemes,
-            source_hosts: hosts(&self.source_hosts),
-            private_source_hosts: hosts(&self.private_source_hosts),
-            git_resolve_timeout: self.git_resolve_timeout,
-            git_fetch_timeout: self.git_fetch_timeout,
-            git_resolutions_per_tool: self.git_resolutions_per_tool,
-            git_resolutions_total: self.git_resolutions_total,
-            log_follows_per_tool: self.log_follows_per_tool,
-            log_follows_total: self.log_follows_total,
-            registry_host,
-            tool_prefix: cfg.registry.tool_prefix.clone(),
-            dir: cfg.storage.data_dir.join("builds"),
-        })
-    }
-}
-
-/// Each `(key, value)` of `[section]` must be 1 or more.
-fn at_least_one(section: &str, values: &[(&str, usize)]) -> Result<(), String> {
-    match values.iter().find(|(_, v)| *v == 0) {
-        Some((key, _)) => Err(format!("[{section}] {key} must be at least 1")),
-        None => Ok(()),
-    }
-}
-
-/// `run_image` must be `repository:tag` of this registry.
-fn check_run_image(run_image: &str) -> Result<(), String> {
-    let (repo, tag) = run_image
-        .rsplit_once(':')
-        .ok_or_else(|| format!("[builds] run_image {run_image:?} must be repository:tag, e.g. \"toolforge/run:latest\""))?;
-    berth_storage::RepoName::parse(repo).map_err(|e| format!("[builds] run_image: {e}"))?;
-    berth_storage::names::validate_tag(tag).map_err(|e| format!("[builds] run_image: {e}"))?;
-    Ok(())
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, default)]
 pub struct Metrics {
     /// Serve /metrics without credentials (else admin only).
     pub public: bool,
@@ -383,50 +109,6 @@ pub struct Metrics {
 impl Default for Metrics {
     fn default() -> Self {
         Metrics { public: true }
-    }
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct Auth {
-    pub enabled: bool,
-    pub service: String,
-    pub realm: Option<String>,
-    #[serde(with = "humantime_serde")]
-    pub token_ttl: Duration,
-    pub anonymous_pull: bool,
-    pub private_namespaces: Vec<String>,
-    pub admin_password: Option<String>,
-    pub token_key_file: Option<PathBuf>,
-}
-
-impl Default for Auth {
-    fn default() -> Self {
-        let d = berth_registry::auth::AuthConfig::default();
-        Auth {
-            enabled: d.enabled,
-            service: d.service,
-            realm: d.realm,
-            token_ttl: d.token_ttl,
-            anonymous_pull: d.anonymous_pull,
-            private_namespaces: d.private_namespaces,
-            admin_password: None,
-            token_key_file: None,
-        }
-    }
-}
-
-impl Auth {
-    pub fn registry_config(&self, limits: &Limits) -> berth_registry::auth::AuthConfig {
-        berth_registry::auth::AuthConfig {
-            enabled: self.enabled,
-            service: self.service.clone(),
-            realm: self.realm.clone(),
-            token_ttl: self.token_ttl,
-            anonymous_pull: self.anonymous_pull,
-            private_namespaces: self.private_namespaces.clone(),
-            limits: limits.auth_limits(),
-        }
     }
 }
 
@@ -538,7 +220,9 @@ impl Limits {
             ("logins_per_account", self.logins_per_account),
             ("password_checks", self.password_checks),
         ];
-        at_least_one("limits", &positive)?;
+        if let Some((key, _)) = positive.iter().find(|(_, v)| *v == 0) {
+            return Err(format!("[limits] {key} must be at least 1"));
+        }
         if self.max_header_bytes < 8192 {
             return Err("[limits] max_header_bytes must be at least 8KiB".into());
         }
@@ -605,6 +289,22 @@ impl Config {
     pub fn parse(text: &str) -> Result<Config, toml::de::Error> {
         toml::from_str(text)
     }
+
+    /// Checks every section and fills in what one section takes from
+    /// another (the builds' registry host from the listen address, their
+    /// directory from the data dir; auth's limits from `[limits]`). Run it
+    /// after command-line flags have overridden the file.
+    pub fn resolve(&mut self) -> Result<(), String> {
+        self.limits.validate()?;
+        self.gc.validate()?;
+        self.builds.resolve(
+            self.server.listen,
+            &self.storage.data_dir,
+            &self.registry.tool_prefix,
+        )?;
+        self.auth.limits = self.limits.auth_limits();
+        Ok(())
+    }
 }
 
 /// Sizes as strings such as "1GiB" or "500 MB", or "unlimited".
@@ -650,34 +350,6 @@ mod size {
                     serde::de::Error::custom(format!("{s:?} is not a size like \"64KiB\": {e}"))
                 }),
         }
-    }
-}
-
-/// An optional duration: a string such as "30d", or absent.
-mod humantime_serde_opt {
-    use serde::{Deserialize, Deserializer};
-    use std::time::Duration;
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
-        let s = String::deserialize(d)?;
-        humantime::parse_duration(&s).map(Some).map_err(|e| {
-            serde::de::Error::custom(format!("{s:?} is not a duration like \"30d\": {e}"))
-        })
-    }
-}
-
-/// Durations as strings such as "90s", "5m", "1h" (humantime's grammar).
-mod humantime_serde {
-    use serde::{Deserialize, Deserializer};
-    use std::time::Duration;
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-        let s = String::deserialize(d)?;
-        humantime::parse_duration(&s).map_err(|e| {
-            serde::de::Error::custom(format!(
-                "{s:?} is not a duration like \"90s\" or \"5m\": {e}"
-            ))
-        })
     }
 }
 
@@ -753,15 +425,16 @@ mod tests {
             example.gc.retention.protected_tags,
             default.gc.retention.protected_tags
         );
-        assert!(example.gc.engine_config().is_ok());
+        assert!(example.gc.validate().is_ok());
         assert_eq!(example.builds.run_image, default.builds.run_image);
         assert_eq!(example.builds.max_parallel, default.builds.max_parallel);
         assert_eq!(example.builds.timeout, default.builds.timeout);
         assert_eq!(example.builds.source_schemes, default.builds.source_schemes);
-        let (e, d) = (
-            example.builds.engine_config(&example).unwrap(),
-            default.builds.engine_config(&default).unwrap(),
-        );
+        let (mut example, mut default) = (example, default);
+        example.resolve().unwrap();
+        default.resolve().unwrap();
+        assert_eq!(example.builds.registry_host, default.builds.registry_host);
+        let (e, d) = (&example.builds, &default.builds);
         assert_eq!(e.sandbox, d.sandbox);
         assert_eq!(e.runner, d.runner);
         assert_eq!((e.uid_base, e.uid_count), (d.uid_base, d.uid_count));
@@ -786,8 +459,8 @@ mod tests {
     #[test]
     fn builds_settings_are_checked() {
         let bad = |text: &str, want: &str| {
-            let c = Config::parse(text).unwrap();
-            let e = c.builds.engine_config(&c).unwrap_err();
+            let mut c = Config::parse(text).unwrap();
+            let e = c.resolve().unwrap_err();
             assert!(e.contains(want), "{text}: {e}");
         };
         bad("[builds]\nuid = 1000", "uid_base");
@@ -802,11 +475,12 @@ mod tests {
         );
         bad("[builds]\nsource_schemes = [\"ssh\"]", "not supported");
         assert!(Config::parse("[builds]\nsandbox = \"chroot\"").is_err());
-        let c = Config::parse(
+        let mut c = Config::parse(
             "[builds]\nsandbox = \"none\"\nsource_schemes = [\"HTTPS\"]\nprivate_source_hosts = [\"Git.Internal\"]\nmax_log_bytes = \"1MiB\"",
         )
         .unwrap();
-        let e = c.builds.engine_config(&c).unwrap();
+        c.resolve().unwrap();
+        let e = &c.builds;
         assert_eq!(e.sandbox, berth_builds::sandbox::SandboxKind::None);
         assert_eq!(e.source_schemes, ["https"]);
         assert_eq!(e.private_source_hosts, ["git.internal"]);
@@ -819,9 +493,9 @@ mod tests {
         assert!(Config::parse("[server]\nshutdown_grace = \"soon\"").is_err());
         assert!(Config::parse("[quota]\ndefault_limit = \"lots\"").is_err());
         let c = Config::parse("[gc]\ntag_cleanup_schedule = \"every tuesday\"").unwrap();
-        assert!(c.gc.engine_config().is_err());
-        let c = Config::parse("[gc.retention]\nkeep_pattern = \"(\"").unwrap();
-        assert!(c.gc.engine_config().is_err());
+        assert!(c.gc.validate().is_err());
+        let e = Config::parse("[gc.retention]\nkeep_pattern = \"(\"").unwrap_err();
+        assert!(e.to_string().contains("keep_pattern"), "{e}");
         let c = Config::parse("[gc.retention]\nmax_age = \"30d\"").unwrap();
         assert_eq!(
             c.gc.retention.max_age,

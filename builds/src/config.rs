@@ -1,8 +1,13 @@
-//! The `[builds]` settings as the engine takes them.
+//! The `[builds]` settings: declared once, here, and read straight from
+//! the config file (every key documented in config.example.toml).
+//! `resolve` fills in what comes from elsewhere (the listen address, the
+//! data dir, the tool prefix) and checks the rest.
 
 use crate::sandbox::{self, SandboxKind};
 use crate::source::SourcePolicy;
-use std::path::PathBuf;
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 /// Which backend runs the lifecycle.
@@ -14,7 +19,8 @@ pub enum RunnerKind {
 }
 
 /// The `[builds]` settings.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct BuildsConfig {
     /// When false, build requests are refused (nothing would run them).
     pub enabled: bool,
@@ -39,11 +45,14 @@ pub struct BuildsConfig {
     pub per_tool_parallel: usize,
     /// Builds of one tool waiting or running; more are refused (429).
     pub queued_per_tool: usize,
+    #[serde(with = "humantime_serde")]
     pub timeout: Duration,
     pub keep_successful: usize,
     pub keep_failed: usize,
+    #[serde(with = "humantime_serde")]
     pub log_retention: Duration,
     /// The most of a build's own output one log keeps.
+    #[serde(deserialize_with = "size")]
     pub max_log_bytes: u64,
     pub source_schemes: Vec<String>,
     /// When not empty, the only hosts sources may come from.
@@ -51,20 +60,40 @@ pub struct BuildsConfig {
     /// Hosts trusted although they resolve to non-public addresses.
     pub private_source_hosts: Vec<String>,
     /// Resolving the host and `git ls-remote`, at request time.
+    #[serde(with = "humantime_serde")]
     pub git_resolve_timeout: Duration,
     /// Each git step of fetching the source, when the build runs.
+    #[serde(with = "humantime_serde")]
     pub git_fetch_timeout: Duration,
     pub git_resolutions_per_tool: usize,
     pub git_resolutions_total: usize,
     /// Followed logs (`?follow=true` of an unfinished build) open at once.
     pub log_follows_per_tool: usize,
     pub log_follows_total: usize,
-    /// host:port the lifecycle reaches berth at.
+    /// host:port the lifecycle reaches berth at (it is also the registry
+    /// part of the image names). Empty in the file: the listen address.
     pub registry_host: String,
-    /// Tool `foo` owns namespace `<tool_prefix>foo`.
+    /// Replaced by `uid_base` (one build user for every tool is gone); read
+    /// only so that a config still setting them is refused, saying so.
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
+    /// Tool `foo` owns namespace `<tool_prefix>foo` (`[registry]`).
+    #[serde(skip)]
     pub tool_prefix: String,
     /// `<data dir>/builds`: workspaces, caches, logs.
+    #[serde(skip)]
     pub dir: PathBuf,
+}
+
+impl Default for BuildsConfig {
+    fn default() -> Self {
+        BuildsConfig::defaults(PathBuf::new(), String::new())
+    }
+}
+
+/// Sizes as "16MiB" or a number of bytes.
+fn size<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+    bytesize::ByteSize::deserialize(d).map(|b| b.as_u64())
 }
 
 impl BuildsConfig {
@@ -100,9 +129,88 @@ impl BuildsConfig {
             log_follows_per_tool: 4,
             log_follows_total: 256,
             registry_host,
+            uid: None,
+            gid: None,
             tool_prefix: "tool-".into(),
             dir,
         }
+    }
+
+    /// Completes the settings read from the file with what comes from
+    /// elsewhere, and checks them: the registry host defaults to the listen
+    /// address (loopback when berth listens on all addresses); schemes and
+    /// host lists are compared lowercased.
+    pub fn resolve(
+        &mut self,
+        listen: SocketAddr,
+        data_dir: &Path,
+        tool_prefix: &str,
+    ) -> Result<(), String> {
+        if self.registry_host.is_empty() {
+            self.registry_host = if listen.ip().is_unspecified() {
+                format!("127.0.0.1:{}", listen.port())
+            } else {
+                listen.to_string()
+            };
+        }
+        self.dir = data_dir.join("builds");
+        self.tool_prefix = tool_prefix.to_owned();
+        for list in [
+            &mut self.source_schemes,
+            &mut self.source_hosts,
+            &mut self.private_source_hosts,
+        ] {
+            for item in list.iter_mut() {
+                *item = item.to_ascii_lowercase();
+            }
+        }
+        self.validate()
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        if self.uid.is_some() || self.gid.is_some() {
+            return Err("[builds] uid and gid are gone: when berth runs as root each tool's builds now run as their own uid and gid, uid_base + n (see config.example.toml); remove uid/gid and set uid_base to a range no account uses".into());
+        }
+        let positive = [
+            ("max_parallel", self.max_parallel),
+            ("per_tool_parallel", self.per_tool_parallel),
+            ("queued_per_tool", self.queued_per_tool),
+            ("git_resolutions_per_tool", self.git_resolutions_per_tool),
+            ("git_resolutions_total", self.git_resolutions_total),
+            ("log_follows_per_tool", self.log_follows_per_tool),
+            ("log_follows_total", self.log_follows_total),
+            ("uid_count", self.uid_count as usize),
+        ];
+        if let Some((key, _)) = positive.iter().find(|(_, v)| *v == 0) {
+            return Err(format!("[builds] {key} must be at least 1"));
+        }
+        if self.uid_base < 1000
+            || self
+                .uid_base
+                .checked_add(self.uid_count)
+                .is_none_or(|end| end == u32::MAX)
+        {
+            return Err(format!(
+                "[builds] uid_base = {} with uid_count = {} is not a range of ordinary uids (from 1000 up, below 4294967295)",
+                self.uid_base, self.uid_count
+            ));
+        }
+        if self.git_resolve_timeout.is_zero() || self.git_fetch_timeout.is_zero() {
+            return Err(
+                "[builds] git_resolve_timeout and git_fetch_timeout must be more than 0s".into(),
+            );
+        }
+        if let Some(s) = self
+            .source_schemes
+            .iter()
+            .find(|s| !crate::source::SUPPORTED_SCHEMES.contains(&s.as_str()))
+        {
+            return Err(format!(
+                "[builds] source_schemes: {s:?} is not supported; builds fetch from {:?}",
+                crate::source::SUPPORTED_SCHEMES
+            ));
+        }
+        check_run_image(&self.run_image)
     }
 
     /// Whether each tool builds as its own uid: berth is root and the
@@ -123,4 +231,14 @@ impl BuildsConfig {
             resolve_timeout: self.git_resolve_timeout,
         }
     }
+}
+
+/// `run_image` must be `repository:tag` of this registry.
+fn check_run_image(run_image: &str) -> Result<(), String> {
+    let (repo, tag) = run_image
+        .rsplit_once(':')
+        .ok_or_else(|| format!("[builds] run_image {run_image:?} must be repository:tag, e.g. \"toolforge/run:latest\""))?;
+    berth_storage::RepoName::parse(repo).map_err(|e| format!("[builds] run_image: {e}"))?;
+    berth_storage::names::validate_tag(tag).map_err(|e| format!("[builds] run_image: {e}"))?;
+    Ok(())
 }

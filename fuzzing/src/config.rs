@@ -8,7 +8,7 @@ use berth::config::{parse_size_or_unlimited, Config};
 pub fn config(data: &[u8]) {
     let text = crate::text(data);
     let _ = parse_size_or_unlimited(&text);
-    let Ok(cfg) = Config::parse(&text) else {
+    let Ok(mut cfg) = Config::parse(&text) else {
         return;
     };
     let limits_ok = cfg.limits.validate().is_ok();
@@ -22,9 +22,9 @@ pub fn config(data: &[u8]) {
     let _ = cfg.limits.upload_limits();
     let _ = cfg.limits.auth_limits();
     let _ = cfg.quota.policy();
-    let _ = cfg.auth.registry_config(&cfg.limits);
-    let _ = cfg.gc.engine_config();
-    if let Ok(b) = cfg.builds.engine_config(&cfg) {
+    let _ = cfg.gc.validate();
+    if cfg.resolve().is_ok() {
+        let b = &cfg.builds;
         assert!(b.max_parallel >= 1 && b.per_tool_parallel >= 1);
         assert!(b
             .source_schemes

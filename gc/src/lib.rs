@@ -25,16 +25,30 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::Mutex;
 
-/// The `[gc]` settings.
-#[derive(Debug, Clone)]
+/// The `[gc]` settings, read straight from the config file (every key
+/// documented in config.example.toml); `validate` checks the schedules.
+#[derive(Debug, Clone, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct GcConfig {
     /// Run the jobs on their schedules (the admin trigger works regardless).
     pub enabled: bool,
     pub tag_cleanup_schedule: String,
     pub untagged_schedule: String,
+    #[serde(with = "humantime_serde")]
     pub untagged_grace: Duration,
+    #[serde(with = "humantime_serde")]
     pub blob_grace: Duration,
     pub retention: RetentionPolicy,
+}
+
+impl GcConfig {
+    /// The schedules are cron lines tokio-cron-scheduler accepts.
+    pub fn validate(&self) -> Result<(), String> {
+        scheduler::validate(&self.tag_cleanup_schedule)
+            .map_err(|e| format!("[gc] tag_cleanup_schedule: {e}"))?;
+        scheduler::validate(&self.untagged_schedule)
+            .map_err(|e| format!("[gc] untagged_schedule: {e}"))
+    }
 }
 
 impl Default for GcConfig {

@@ -6,17 +6,31 @@ use berth_storage::meta::{RetentionOverride, TagRow};
 use regex::Regex;
 use std::time::Duration;
 
-/// The rules for one namespace.
-#[derive(Debug, Clone)]
+/// The rules for one namespace (`[gc.retention]` for the default).
+#[derive(Debug, Clone, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct RetentionPolicy {
     /// Keep this many of the most recently pushed (unprotected) tags.
     pub keep_last: u32,
     /// Tags never removed (`latest` by default).
     pub protected_tags: Vec<String>,
     /// Remove unprotected tags older than this, even among the newest.
+    #[serde(with = "humantime_serde::option")]
     pub max_age: Option<Duration>,
     /// Tags matching this are never removed.
+    #[serde(deserialize_with = "pattern")]
     pub keep_pattern: Option<Regex>,
+}
+
+/// A keep pattern from the config file, compiled as it is read.
+fn pattern<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Regex>, D::Error> {
+    use serde::Deserialize;
+    match Option::<String>::deserialize(d)? {
+        None => Ok(None),
+        Some(p) => compile_pattern(&p)
+            .map(Some)
+            .map_err(serde::de::Error::custom),
+    }
 }
 
 impl Default for RetentionPolicy {

@@ -140,17 +140,26 @@ pub struct Caller {
     pub grants: Option<Vec<Grant>>,
 }
 
-/// The `[auth]` settings.
-#[derive(Debug, Clone)]
+/// The `[auth]` settings, read straight from the config file (every key
+/// documented in config.example.toml). `limits` come from `[limits]`.
+#[derive(Debug, Clone, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct AuthConfig {
     pub enabled: bool,
     /// The `service` of the token spec (audience of issued tokens).
     pub service: String,
     /// Token endpoint URL to advertise; by default `http://<Host>/token`.
     pub realm: Option<String>,
+    #[serde(with = "humantime_serde")]
     pub token_ttl: Duration,
     pub anonymous_pull: bool,
     pub private_namespaces: Vec<String>,
+    /// The admin's password; else `BERTH_ADMIN_PASSWORD`, else generated
+    /// into `<data dir>/admin-password` (the wiring decides).
+    pub admin_password: Option<String>,
+    /// The token signing key's file; else `<data dir>/token-key`.
+    pub token_key_file: Option<std::path::PathBuf>,
+    #[serde(skip)]
     pub limits: AuthLimits,
 }
 
@@ -163,6 +172,8 @@ impl Default for AuthConfig {
             token_ttl: Duration::from_secs(300),
             anonymous_pull: true,
             private_namespaces: Vec::new(),
+            admin_password: None,
+            token_key_file: None,
             limits: AuthLimits::default(),
         }
     }
