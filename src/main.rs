@@ -53,6 +53,16 @@ enum Command {
         #[command(subcommand)]
         command: NamespaceCommand,
     },
+    /// Check a data dir: every blob row has its object (else data was
+    /// lost), and what is left for GC. Read-only, safe while berth runs.
+    /// Exits 1 when data is missing.
+    Fsck {
+        /// The data dir to check.
+        #[arg(long, default_value = "./berth-data")]
+        data_dir: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -116,6 +126,63 @@ fn main() -> ExitCode {
                     connection,
                 },
         } => report(namespace_credentials(&namespace, revoke, &connection)),
+        Command::Fsck { data_dir, json } => fsck(&data_dir, json),
+    }
+}
+
+/// `berth fsck`: the storage integrity check, for people or as JSON.
+fn fsck(data_dir: &std::path::Path, json: bool) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("berth: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let report = match runtime.block_on(berth_storage::Storage::check_integrity(data_dir)) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("berth: cannot check {}: {e}", data_dir.display());
+            return ExitCode::FAILURE;
+        }
+    };
+    if json {
+        match serde_json::to_string_pretty(&report) {
+            Ok(text) => println!("{text}"),
+            Err(e) => eprintln!("berth: {e}"),
+        }
+    } else {
+        println!(
+            "{}: {} blob rows, {} objects",
+            data_dir.display(),
+            report.blob_rows,
+            report.objects
+        );
+        for d in &report.rows_without_object {
+            println!("MISSING  {d}: its row exists but its object does not (data loss)");
+        }
+        println!(
+            "left for GC: {} orphan objects, {} unreferenced blob links, {} unlinked blob rows",
+            report.orphan_objects.len(),
+            report.unreferenced_links,
+            report.unlinked_blob_rows
+        );
+        println!(
+            "{}",
+            if report.is_sound() {
+                "no data is missing"
+            } else {
+                "DATA IS MISSING"
+            }
+        );
+    }
+    if report.is_sound() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
     }
 }
 

@@ -930,3 +930,48 @@ fn docker_pulls_a_pinned_image_after_cleanup_would_have_removed_it() {
         .unwrap();
     assert_eq!(r.status, 404, "v2 was collected");
 }
+
+#[test]
+fn fsck_reports_soundness_and_finds_a_missing_object_while_berth_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let berth = Berth::start(&data);
+    let ctx = Ctx::new(admin_client(&berth), "tool-fsck");
+    ctx.push_image("tool-fsck/app", "v1").unwrap();
+    let fsck = |json: bool| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_berth"));
+        cmd.arg("fsck").arg("--data-dir").arg(&data);
+        if json {
+            cmd.arg("--json");
+        }
+        cmd.output().unwrap()
+    };
+    let ok = fsck(false);
+    let text = String::from_utf8_lossy(&ok.stdout);
+    assert!(ok.status.success(), "{text}");
+    assert!(text.contains("no data is missing"), "{text}");
+    let report: serde_json::Value = serde_json::from_slice(&fsck(true).stdout).unwrap();
+    assert_eq!(report["blob_rows"], 2, "{report}");
+    // Lose one object behind berth's back: fsck says so and fails.
+    let objects = data.join("blobs").join("sha256");
+    let shard = std::fs::read_dir(&objects)
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let object = std::fs::read_dir(&shard)
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    std::fs::remove_file(&object).unwrap();
+    let lost = fsck(false);
+    let text = String::from_utf8_lossy(&lost.stdout);
+    assert!(!lost.status.success(), "{text}");
+    assert!(
+        text.contains("MISSING") && text.contains("DATA IS MISSING"),
+        "{text}"
+    );
+}
