@@ -298,7 +298,11 @@ impl Metadata {
             Ok(())
         })
         .await?;
-        Ok(self.quota(ns).await?.expect("namespace row exists"))
+        // The row was just written; if it is gone (deleted meanwhile),
+        // that is an error to report, not a reason to panic.
+        self.quota(ns).await?.ok_or_else(|| {
+            StorageError::Internal(format!("namespace {ns} vanished while its limit was set"))
+        })
     }
 
     /// Recomputes every namespace's usage from the tables and fixes the
