@@ -524,8 +524,12 @@ fn admin_api_cli_toolforge_shape_and_metrics() {
     let item = &v["quota"]["categories"][0]["items"][0];
     assert_eq!(v["quota"]["categories"][0]["name"], "Registry");
     assert_eq!(item["name"], "Storage");
-    assert_eq!(item["limit"], 2u64 << 30);
-    assert_eq!(item["used"], used(&berth, "tool-x"));
+    // People read the figures (Toolforge's CLI prints them as they are);
+    // programs read the exact bytes beside them.
+    assert_eq!(item["limit"], "2.0 GiB");
+    assert_eq!(item["limit_bytes"], 2u64 << 30);
+    assert_eq!(item["used_bytes"], used(&berth, "tool-x"));
+    assert!(item["capacity"].as_str().unwrap().ends_with('%'), "{item}");
     assert!(v["messages"]["error"].as_array().unwrap().is_empty());
     let (status, _, _) = request(
         "GET",

@@ -394,13 +394,19 @@ pub struct ToolQuotaCategory {
     pub items: Vec<ToolQuotaItem>,
 }
 
+/// One quota figure as Toolforge shows it: its CLI prints every key but
+/// `name` as is, so the values are for people ("1.0 GiB", "12.3%");
+/// `*_bytes` carry the exact numbers for programs.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ToolQuotaItem {
     pub name: String,
-    pub limit: Option<u64>,
-    pub used: u64,
-    pub available: Option<u64>,
-    pub capacity: f64,
+    pub limit: String,
+    pub used: String,
+    pub available: String,
+    pub capacity: String,
+    pub limit_bytes: Option<u64>,
+    pub used_bytes: u64,
+    pub available_bytes: Option<u64>,
 }
 
 #[cfg(test)]
@@ -506,7 +512,22 @@ pub struct NewBuild {
     pub parameters: berth_storage::meta::builds::BuildParams,
 }
 
-/// Answers that carry only Toolforge's `messages` (delete, clean).
+/// The answer to a cancel: Toolforge's client reads `id`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ToolBuildCancelled {
+    pub id: String,
+    pub build: ToolBuild,
+    pub messages: Messages,
+}
+
+/// The answer to a delete: Toolforge's client reads `id`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ToolBuildDeleted {
+    pub id: String,
+    pub messages: Messages,
+}
+
+/// Answers that carry only Toolforge's `messages` (clean).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ToolMessages {
     pub messages: Messages,

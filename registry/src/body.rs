@@ -30,6 +30,16 @@ pub fn stream(s: ByteStream) -> Body {
 
 /// A JSON answer. Serializing berth's own types cannot fail (string keys
 /// only); if it ever did, the answer is a plain 500, never a panic.
+/// A streamed body from a stream of byte chunks that may fail.
+pub fn stream_io<S>(s: S) -> Body
+where
+    S: futures_util::Stream<Item = std::io::Result<Bytes>> + Send + 'static,
+{
+    BodyExt::boxed_unsync(StreamBody::new(
+        s.map(|r| r.map(Frame::data).map_err(|e| Box::new(e) as BoxError)),
+    ))
+}
+
 pub fn json_response<T: serde::Serialize + ?Sized>(
     status: StatusCode,
     value: &T,

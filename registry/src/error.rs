@@ -64,6 +64,8 @@ pub struct ApiError {
     /// The config key of the limit that refused the request (429s), for
     /// the `limit_refusals_total` metric.
     pub limit: Option<&'static str>,
+    /// Also carry Toolforge's error keys (`/v1/tool/...` answers).
+    pub toolforge: bool,
 }
 
 impl ApiError {
@@ -75,7 +77,15 @@ impl ApiError {
             detail: None,
             headers: Vec::new(),
             limit: None,
+            toolforge: false,
         }
+    }
+
+    /// The same error, its body also in Toolforge's shape: `error` (the
+    /// list its CLI prints) and `messages`, beside the OCI `errors`.
+    pub fn in_toolforge_shape(mut self) -> ApiError {
+        self.toolforge = true;
+        self
     }
 
     /// 429 TOOMANYREQUESTS: the caller reached `limit` (a config key);
@@ -137,7 +147,12 @@ impl ApiError {
         if let Some(detail) = self.detail {
             entry["detail"] = detail;
         }
-        let json = serde_json::json!({ "errors": [entry] });
+        let mut json = serde_json::json!({ "errors": [entry] });
+        if self.toolforge {
+            json["error"] = serde_json::json!([self.message]);
+            json["messages"] =
+                serde_json::json!({"info": [], "warning": [], "error": [self.message]});
+        }
         let mut resp = body::json_response(self.status, &json);
         for (name, value) in self.headers {
             resp.headers_mut().append(name, value);

@@ -256,13 +256,17 @@ impl Tool {
         }
     }
 
+    /// The log as text (`Accept: text/plain`; Toolforge's JSON lines are
+    /// the default).
     pub fn logs(&self, id: &str, follow: bool) -> String {
         let r = self
             .client
-            .get(&format!(
-                "/v1/tool/{}/builds/{id}/logs?follow={follow}",
-                self.name
-            ))
+            .send(
+                "GET",
+                &format!("/v1/tool/{}/builds/{id}/logs?follow={follow}", self.name),
+                &[("accept", "text/plain")],
+                Vec::new(),
+            )
             .unwrap();
         assert_eq!(r.status, 200);
         String::from_utf8(r.body).unwrap()

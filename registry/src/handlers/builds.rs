@@ -10,7 +10,6 @@ use crate::routes::{query_get, query_pairs};
 use crate::State;
 use berth_builds::{BuildError, BuildRequest};
 use http::{Request, Response, StatusCode};
-use http_body_util::BodyExt;
 
 impl From<BuildError> for ApiError {
     fn from(e: BuildError) -> ApiError {
@@ -92,10 +91,12 @@ pub async fn delete(
     query: Option<&str>,
 ) -> ApiResult<Response<Body>> {
     let delete_image = query_get(&query_pairs(query), "delete_image") == Some("true");
-    let info = state.builds.delete(tool, id, delete_image).await?;
+    let b = state.builds.get(tool, id).await?;
+    let info = state.builds.delete(tool, &b.id, delete_image).await?;
     Ok(body::json_response(
         StatusCode::OK,
-        &ToolMessages {
+        &crate::api::ToolBuildDeleted {
+            id: b.id,
             messages: Messages::info(info),
         },
     ))
@@ -106,7 +107,8 @@ pub async fn cancel(state: &State, tool: &str, id: &str) -> ApiResult<Response<B
     let b = state.builds.cancel(tool, id).await?;
     Ok(body::json_response(
         StatusCode::OK,
-        &ToolBuildShown {
+        &crate::api::ToolBuildCancelled {
+            id: b.id.clone(),
             messages: Messages::info(vec![format!("build {} cancelled", b.id)]),
             build: ToolBuild::from(&b),
         },
@@ -124,28 +126,112 @@ pub async fn clean(state: &State, tool: &str) -> ApiResult<Response<Body>> {
     ))
 }
 
-/// `GET .../builds/{id}/logs[?follow=true]`: the log as text; following
-/// streams new lines until the build ends (`berth_builds::logs::follow`).
-/// Toolforge's client sends `follow=True`, so the value is read without
-/// regard to case.
+/// `GET .../builds/{id}/logs[?follow=true]`: following streams new lines
+/// until the build ends (`berth_builds::logs::follow`). Toolforge's shape
+/// is one JSON object per line, `{"line": "..."}` (an error after the
+/// answer began is `{"message": "..."}`), which its CLI parses line by
+/// line; `Accept: text/plain` gets the log as it is written. Toolforge's
+/// client sends `follow=True`, so the value is read without regard to case.
 pub async fn logs(
     state: &State,
     tool: &str,
     id: &str,
     query: Option<&str>,
+    headers: &http::HeaderMap,
 ) -> ApiResult<Response<Body>> {
     let follow =
         query_get(&query_pairs(query), "follow").is_some_and(|v| v.eq_ignore_ascii_case("true"));
+    let plain = headers
+        .get(http::header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|a| a.contains("text/plain"));
     let chunks = state.builds.logs(tool, id, follow).await?;
-    let mut resp = Response::new(BodyExt::boxed_unsync(http_body_util::StreamBody::new(
-        futures_util::StreamExt::map(chunks, |r| {
-            r.map(hyper::body::Frame::data)
-                .map_err(|e| Box::new(e) as crate::body::BoxError)
-        }),
-    )));
+    let (body, content_type) = if plain {
+        (body::stream_io(chunks), "text/plain; charset=utf-8")
+    } else {
+        (
+            body::stream_io(Box::pin(json_lines(chunks))),
+            "application/x-ndjson",
+        )
+    };
+    let mut resp = Response::new(body);
     resp.headers_mut().insert(
         http::header::CONTENT_TYPE,
-        http::HeaderValue::from_static("text/plain; charset=utf-8"),
+        http::HeaderValue::from_static(content_type),
     );
     Ok(resp)
+}
+
+/// The longest log line sent whole; a longer run of bytes without a
+/// newline is sent in pieces (the log writer cuts lines at 16 KiB anyway).
+const MAX_LINE: usize = 64 * 1024;
+
+#[derive(serde::Serialize)]
+struct LogLine<'a> {
+    line: &'a str,
+}
+
+#[derive(serde::Serialize)]
+struct LogError {
+    message: String,
+}
+
+/// Turns a stream of log bytes into Toolforge's JSON lines.
+fn json_lines(
+    chunks: berth_builds::logs::LogStream,
+) -> impl futures_util::Stream<Item = std::io::Result<bytes::Bytes>> + Send {
+    use futures_util::StreamExt;
+    futures_util::stream::unfold(
+        (chunks, bytes::BytesMut::new(), false),
+        |(mut chunks, mut pending, done)| async move {
+            if done {
+                return None;
+            }
+            let mut out = Vec::new();
+            let finished = match chunks.next().await {
+                Some(Ok(data)) => {
+                    pending.extend_from_slice(&data);
+                    false
+                }
+                Some(Err(e)) => {
+                    push_json(
+                        &mut out,
+                        &LogError {
+                            message: format!("the log cannot be read: {e}"),
+                        },
+                    );
+                    true
+                }
+                None => true,
+            };
+            while let Some(i) = pending.iter().position(|b| *b == b'\n') {
+                let line = pending.split_to(i + 1);
+                push_line(&mut out, &line[..i]);
+            }
+            if pending.len() > MAX_LINE || (finished && !pending.is_empty()) {
+                let rest = pending.split();
+                push_line(&mut out, &rest);
+            }
+            if out.is_empty() && finished {
+                return None;
+            }
+            Some((Ok(bytes::Bytes::from(out)), (chunks, pending, finished)))
+        },
+    )
+}
+
+fn push_line(out: &mut Vec<u8>, line: &[u8]) {
+    let text = String::from_utf8_lossy(line);
+    push_json(
+        out,
+        &LogLine {
+            line: text.trim_end_matches('\r'),
+        },
+    );
+}
+
+fn push_json(out: &mut Vec<u8>, value: &impl serde::Serialize) {
+    if serde_json::to_writer(&mut *out, value).is_ok() {
+        out.push(b'\n');
+    }
 }

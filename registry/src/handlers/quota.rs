@@ -3,7 +3,7 @@
 
 use crate::api::{self, json_body};
 use crate::body::{self, Body};
-use crate::error::{ApiError, ApiResult, Code};
+use crate::error::{human_bytes, ApiError, ApiResult, Code};
 use crate::request_body::RequestBody;
 use crate::routes::{query_get, query_pairs};
 use crate::State;
@@ -96,10 +96,13 @@ pub async fn tool(state: &State, ns: &str) -> ApiResult<Response<Body>> {
                     name: "Registry".into(),
                     items: vec![api::ToolQuotaItem {
                         name: "Storage".into(),
-                        limit,
-                        used,
-                        available,
-                        capacity: percent,
+                        limit: limit.map_or("unlimited".into(), human_bytes),
+                        used: human_bytes(used),
+                        available: available.map_or("unlimited".into(), human_bytes),
+                        capacity: format!("{percent:.1}%"),
+                        limit_bytes: limit,
+                        used_bytes: used,
+                        available_bytes: available,
                     }],
                 }],
             },

@@ -17,6 +17,19 @@ pub async fn handle(
     op: ToolOp,
     req: Request<RequestBody>,
 ) -> ApiResult<Response<Body>> {
+    // Toolforge's clients read errors from `error` and `messages`.
+    answer(state, caller, tool, op, req)
+        .await
+        .map_err(|e| e.in_toolforge_shape())
+}
+
+async fn answer(
+    state: &State,
+    caller: &Caller,
+    tool: &str,
+    op: ToolOp,
+    req: Request<RequestBody>,
+) -> ApiResult<Response<Body>> {
     let namespace = state.builds.namespace(tool);
     state.auth.require_owner(caller, &namespace)?;
     let query = req.uri().query().map(str::to_owned);
@@ -27,7 +40,7 @@ pub async fn handle(
         ToolOp::StartBuild => builds::start(state, tool, req).await,
         ToolOp::ShowBuild(id) => builds::show(state, tool, &id).await,
         ToolOp::DeleteBuild(id) => builds::delete(state, tool, &id, query).await,
-        ToolOp::BuildLogs(id) => builds::logs(state, tool, &id, query).await,
+        ToolOp::BuildLogs(id) => builds::logs(state, tool, &id, query, req.headers()).await,
         ToolOp::CancelBuild(id) => builds::cancel(state, tool, &id).await,
         ToolOp::Clean => builds::clean(state, tool).await,
         ToolOp::MethodNotAllowed(m) => Err(method_not_allowed(&m)),

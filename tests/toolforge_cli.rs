@@ -1,0 +1,240 @@
+//! Toolforge's own build client, `toolforge-builds-cli` from PyPI (what
+//! users type as `toolforge build ...`), unchanged, against the real berth:
+//! configured as on Toolforge with `~/.toolforge.yaml` (`api_gateway.url`,
+//! `builds.builds_endpoint: /v1`) and a kubeconfig whose user carries a
+//! berth bearer token. Every command it has, with the options users pass.
+
+mod common;
+#[path = "common/builds.rs"]
+mod harness;
+
+use common::*;
+use harness::*;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::Duration;
+
+/// The version whose shapes berth follows (read from its source).
+const CLI_VERSION: &str = "0.0.24";
+
+/// The CLI in a venv under target/, installed from PyPI once.
+fn cli() -> PathBuf {
+    let target = Path::new(env!("CARGO_BIN_EXE_berth"))
+        .parent()
+        .and_then(Path::parent)
+        .unwrap()
+        .to_owned();
+    let venv = target.join(format!("toolforge-builds-cli-{CLI_VERSION}"));
+    let exe = venv.join("bin/toolforge-build");
+    if !exe.exists() {
+        run(Command::new("python3").args(["-m", "venv"]).arg(&venv));
+        run(Command::new(venv.join("bin/pip")).args([
+            "install",
+            "--quiet",
+            &format!("toolforge-builds-cli=={CLI_VERSION}"),
+        ]));
+    }
+    assert!(exe.exists(), "{} was not installed", exe.display());
+    exe
+}
+
+/// A user's home with Toolforge's two config files pointing at berth.
+struct Home {
+    dir: PathBuf,
+    exe: PathBuf,
+}
+
+impl Home {
+    fn new(dir: &Path, berth: &Berth, tool: &str, token: &str) -> Home {
+        let home = dir.join("home");
+        std::fs::create_dir_all(home.join(".kube")).unwrap();
+        std::fs::write(
+            home.join(".toolforge.yaml"),
+            format!(
+                "api_gateway:\n  url: {}\nbuilds:\n  builds_endpoint: /v1\n",
+                berth.url()
+            ),
+        )
+        .unwrap();
+        std::fs::write(
+            home.join(".kube/config"),
+            format!(
+                "apiVersion: v1\nkind: Config\ncurrent-context: {tool}\nclusters:\n- name: toolforge\n  cluster:\n    server: https://k8s.invalid:6443\ncontexts:\n- name: {tool}\n  context:\n    cluster: toolforge\n    user: tool-{tool}\n    namespace: tool-{tool}\nusers:\n- name: tool-{tool}\n  user:\n    token: {token}\n"
+            ),
+        )
+        .unwrap();
+        Home {
+            dir: home,
+            exe: cli(),
+        }
+    }
+
+    /// Runs `toolforge build <args>`; (success, stdout + stderr).
+    fn run(&self, args: &[&str]) -> (bool, String) {
+        let out: Output = Command::new(&self.exe)
+            .args(args)
+            .env_clear()
+            .env("HOME", &self.dir)
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("TOOLFORGE_CLI", "1")
+            .env("NO_COLOR", "1")
+            .output()
+            .unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        println!("$ toolforge build {}\n{text}", args.join(" "));
+        (out.status.success(), text)
+    }
+
+    fn ok(&self, args: &[&str]) -> String {
+        let (ok, text) = self.run(args);
+        assert!(ok, "toolforge build {} failed:\n{text}", args.join(" "));
+        text
+    }
+
+    fn json(&self, args: &[&str]) -> serde_json::Value {
+        let text = self.ok(args);
+        serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}"))
+    }
+}
+
+/// A bearer token for the tool's account, as a kubeconfig would carry.
+fn bearer(berth: &Berth, tool: &str, password: &str) -> String {
+    let (status, _, body) = request(
+        "GET",
+        &format!("{}/token?service=berth", berth.url()),
+        &[("authorization", &basic(&format!("tool-{tool}"), password))],
+    );
+    assert_eq!(status, 200);
+    let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    v["token"].as_str().unwrap().to_owned()
+}
+
+#[test]
+fn every_toolforge_build_command_works_against_berth() {
+    let dir = tempfile::tempdir().unwrap();
+    let (berth, _) = start_berth(dir.path(), "");
+    let source = git_repo(dir.path());
+    let tool = Tool::new(&berth, "demo");
+    let home = Home::new(
+        dir.path(),
+        &berth,
+        "demo",
+        &bearer(&berth, "demo", &tool.password),
+    );
+
+    // start: follows the log to the end (JSON lines, parsed by the CLI).
+    let out = home.ok(&["start", &source, "--ref", "main", "-e", "GREETING=hello"]);
+    for want in ["[git] checked out", "===> EXPORTING", "BUILD_SUCCESS"] {
+        assert!(out.contains(want), "start's log lacks {want:?}:\n{out}");
+    }
+    // start --detach, with an image name and --use-latest-versions.
+    let out = home.ok(&[
+        "start", &source, "--ref", "main", "--detach", "-i", "web", "-L",
+    ]);
+    assert!(out.contains("build name is 'demo-buildpacks-"), "{out}");
+    let detached = out
+        .split("build name is '")
+        .nth(1)
+        .and_then(|r| r.split('\'').next())
+        .unwrap()
+        .to_owned();
+    tool.wait(&detached, Duration::from_secs(120));
+
+    // list and show, as a table and as JSON.
+    let out = home.ok(&["list"]);
+    assert!(out.contains(&detached) && out.contains(" ok "), "{out}");
+    let list = home.json(&["list", "--json"]);
+    assert_eq!(list["builds"].as_array().unwrap().len(), 2, "{list}");
+    let out = home.ok(&["show"]);
+    assert!(
+        out.contains(&detached),
+        "show shows the latest build:\n{out}"
+    );
+    // (The CLI prints its own flattened form of the build.)
+    let shown = home.json(&["show", &detached, "--json"]);
+    assert_eq!(shown["build"]["build_id"], detached);
+    assert_eq!(shown["build"]["status"], "ok");
+    assert_eq!(shown["build"]["use_latest_versions"], true);
+    assert!(shown["build"]["destination_image"]
+        .as_str()
+        .unwrap()
+        .contains("/tool-demo/web:latest@sha256:"));
+
+    // logs, whole and followed (of a finished build: it ends).
+    let out = home.ok(&["logs", &detached]);
+    assert!(out.contains("BUILD_SUCCESS"), "{out}");
+    let out = home.ok(&["logs", "-f", &detached]);
+    assert!(out.contains("BUILD_SUCCESS"), "{out}");
+
+    // cancel: a build that sleeps; cancel reads `id` from the answer.
+    let out = home.ok(&[
+        "start",
+        &source,
+        "--ref",
+        "main",
+        "--detach",
+        "-e",
+        "MODE=sleep",
+    ]);
+    let sleeping = out
+        .split("build name is '")
+        .nth(1)
+        .and_then(|r| r.split('\'').next())
+        .unwrap()
+        .to_owned();
+    tool.wait_status(&sleeping, "BUILD_RUNNING");
+    let out = home.ok(&["cancel", "-y", &sleeping]);
+    assert!(out.contains("Cancelled 1 builds"), "{out}");
+    assert_eq!(tool.build(&sleeping)["status"], "BUILD_CANCELLED");
+    // Cancelling it again: an error, printed from Toolforge's `error`.
+    let (ok, out) = home.run(&["cancel", "-y", &sleeping]);
+    assert!(!ok && out.contains("has already finished"), "{out}");
+    assert!(!out.contains("\"errors\""), "raw JSON printed:\n{out}");
+    let out = home.ok(&["cancel", "-y", "--all"]);
+    assert!(out.contains("Cancelled"), "{out}");
+
+    // quota: figures for people.
+    let out = home.ok(&["quota"]);
+    for want in [
+        "Registry", "Storage", "Limit", "1.0 GiB", "Used", "Capacity", "%",
+    ] {
+        assert!(out.contains(want), "quota lacks {want:?}:\n{out}");
+    }
+    assert!(!out.contains("Capacity    0.0\n"), "{out}");
+    let quota = home.json(&["quota", "--json"]);
+    assert_eq!(
+        quota["quota"]["categories"][0]["items"][0]["limit"],
+        "1.0 GiB"
+    );
+
+    // delete one, then the rest; delete reads `id` too.
+    let out = home.ok(&["delete", "-y", &sleeping]);
+    assert!(out.contains("Deleted 1 builds"), "{out}");
+    let out = home.ok(&["delete", "-y", "--all"]);
+    assert!(out.contains("Deleted 2 builds"), "{out}");
+    let out = home.ok(&["list"]);
+    assert!(out.contains("No builds found"), "{out}");
+
+    // clean: the tool's tags go (GC frees the space later).
+    let out = home.ok(&["clean", "-y"]);
+    assert!(out.contains("If you still need more space"), "{out}");
+    let clean = home.json(&["clean", "-y", "--json"]);
+    assert!(clean["messages"]["info"][0]
+        .as_str()
+        .unwrap()
+        .contains("removed"));
+
+    // Errors read as Toolforge's: a bad env name.
+    let (ok, out) = home.run(&["start", &source, "-e", "X=1", "--detach"]);
+    assert!(!ok && out.contains("environment variable name"), "{out}");
+    // Another tool's builds: refused.
+    let other = Tool::new(&berth, "other");
+    let started = other.start(&source, serde_json::json!({}));
+    let other_id = started_id(&started);
+    let (ok, out) = home.run(&["show", &other_id]);
+    assert!(!ok && out.contains("no build"), "{out}");
+}
