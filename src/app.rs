@@ -132,10 +132,11 @@ async fn report_builds_readiness(builds: &berth_builds::Builds) {
             "builds cannot run on this host: {why}. Build requests will be refused (503) until this is fixed and berth restarted; set [builds] enabled = false to switch builds off"
         ),
     }
-    if c.runner == berth_builds::RunnerKind::Process && !c.lifecycle_dir.join("creator").exists() {
+    let missing = c.missing_lifecycle_parts();
+    if !missing.is_empty() {
         tracing::warn!(
-            lifecycle_dir = %c.lifecycle_dir.display(),
-            "the CNB lifecycle is not installed there ([builds] lifecycle_dir): builds will fail until it is"
+            "builds are enabled but this host lacks {}: every build will fail (BUILD_FAILURE saying so) until they are installed; set [builds] enabled = false to switch builds off",
+            missing.join(", ")
         );
     }
 }

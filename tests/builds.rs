@@ -518,3 +518,39 @@ fn followed_logs_are_capped_per_tool() {
         "{metrics}"
     );
 }
+
+#[test]
+fn a_host_without_the_lifecycle_says_so_at_start_up_and_in_each_build() {
+    let dir = tempfile::tempdir().unwrap();
+    let nowhere = dir.path().join("nowhere");
+    let berth = Berth::start_with(
+        &dir.path().join("data"),
+        free_port(),
+        &format!(
+            "[builds]\nsource_schemes = [\"file\"]\nlifecycle_dir = \"{}\"\nbuildpacks_dir = \"{}\"\norder = \"{}\"\n",
+            nowhere.join("lifecycle").display(),
+            nowhere.join("buildpacks").display(),
+            nowhere.join("order.toml").display()
+        ),
+    );
+    let log = berth.log_text();
+    for want in [
+        "builds are enabled but this host lacks",
+        "the CNB lifecycle's creator",
+        "the buildpacks",
+        "the order file",
+    ] {
+        assert!(log.contains(want), "start-up log lacks {want:?}:\n{log}");
+    }
+    let source = git_repo(dir.path());
+    let tool = Tool::new(&berth, "nolc");
+    let id = started_id(&tool.start(&source, serde_json::json!({})));
+    let build = tool.wait(&id, Duration::from_secs(60));
+    assert_eq!(build["status"], "BUILD_FAILURE", "{build}");
+    let message = build["message"].as_str().unwrap();
+    assert!(
+        message.contains("lacks the CNB lifecycle's creator")
+            && message.contains("[builds] lifecycle_dir"),
+        "{message}"
+    );
+}

@@ -223,6 +223,36 @@ impl BuildsConfig {
             }
     }
 
+    /// What the process runner needs on this host and lacks: the
+    /// lifecycle's `creator`, the buildpacks directory, the order file.
+    /// Empty for the container runner (the builder image brings them).
+    pub fn missing_lifecycle_parts(&self) -> Vec<String> {
+        if self.runner != RunnerKind::Process {
+            return Vec::new();
+        }
+        let mut missing = Vec::new();
+        let creator = self.lifecycle_dir.join("creator");
+        if !creator.is_file() {
+            missing.push(format!(
+                "the CNB lifecycle's creator ({}, [builds] lifecycle_dir)",
+                creator.display()
+            ));
+        }
+        if !self.buildpacks_dir.is_dir() {
+            missing.push(format!(
+                "the buildpacks ({}, [builds] buildpacks_dir)",
+                self.buildpacks_dir.display()
+            ));
+        }
+        if !self.order.is_file() {
+            missing.push(format!(
+                "the order file ({}, [builds] order)",
+                self.order.display()
+            ));
+        }
+        missing
+    }
+
     pub(crate) fn source_policy(&self) -> SourcePolicy {
         SourcePolicy {
             schemes: self.source_schemes.clone(),

@@ -75,9 +75,17 @@ impl Builds {
         mut cancelled: watch::Receiver<bool>,
     ) -> (BuildStatus, String, Option<String>) {
         let fail = |why: String| (BuildStatus::Failure, why, None);
-        let git = match &self.git {
-            Ok(g) => g,
-            Err(why) => return fail(format!("builds cannot run on this registry: {why}")),
+        let git = match &self.config.missing_lifecycle_parts()[..] {
+            [] => match &self.git {
+                Ok(g) => g,
+                Err(why) => return fail(format!("builds cannot run on this registry: {why}")),
+            },
+            missing => {
+                return fail(format!(
+                    "builds cannot run on this registry: it lacks {}; ask its operators",
+                    missing.join(", ")
+                ))
+            }
         };
         let url = b.params.source_url.as_str();
         let reference = b.params.reference.as_str();

@@ -141,9 +141,21 @@ pub fn start_berth_with(dir: &Path, schemes: &str, extra: &str) -> (Berth, PathB
 
 /// The config of a berth running builds with the lifecycle of `dir`.
 pub fn builds_config(dir: &Path, schemes: &str, extra: &str) -> String {
+    // The stand-in brings its own buildpack; berth still wants the
+    // directory and the order file a real lifecycle reads.
+    let buildpacks = dir.join("buildpacks");
+    std::fs::create_dir_all(&buildpacks).unwrap();
+    let order = dir.join("order.toml");
+    std::fs::write(
+        &order,
+        "[[order]]\n[[order.group]]\nid = \"berth/stand-in\"\nversion = \"0.0.1\"\n",
+    )
+    .unwrap();
     format!(
-        "[quota]\nunlimited = [\"toolforge\"]\n[builds]\nlifecycle_dir = \"{}\"\n{schemes}max_parallel = 2\nper_tool_parallel = 5\n{extra}",
-        lifecycle(dir).display()
+        "[quota]\nunlimited = [\"toolforge\"]\n[builds]\nlifecycle_dir = \"{}\"\nbuildpacks_dir = \"{}\"\norder = \"{}\"\n{schemes}max_parallel = 2\nper_tool_parallel = 5\n{extra}",
+        lifecycle(dir).display(),
+        buildpacks.display(),
+        order.display()
     )
 }
 
