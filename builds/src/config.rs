@@ -73,6 +73,14 @@ pub struct BuildsConfig {
     /// host:port the lifecycle reaches berth at (it is also the registry
     /// part of the image names). Empty in the file: the listen address.
     pub registry_host: String,
+    /// CA certificate(s) (PEM) the lifecycle must trust for the registry's
+    /// TLS certificate when it is not from a public CA (a private or
+    /// self-signed one); mounted into every build.
+    pub registry_ca: Option<PathBuf>,
+    /// Whether berth serves TLS (`[server] tls_cert`): the lifecycle then
+    /// talks https, else it is told the registry is insecure (http).
+    #[serde(skip)]
+    pub registry_tls: bool,
     /// Replaced by `uid_base` (one build user for every tool is gone); read
     /// only so that a config still setting them is refused, saying so.
     pub uid: Option<u32>,
@@ -129,6 +137,8 @@ impl BuildsConfig {
             log_follows_per_tool: 4,
             log_follows_total: 256,
             registry_host,
+            registry_ca: None,
+            registry_tls: false,
             uid: None,
             gid: None,
             tool_prefix: "tool-".into(),

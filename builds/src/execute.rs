@@ -149,6 +149,8 @@ impl Builds {
             run_image: format!("{host}/{}", self.config.run_image),
             output_image: format!("{host}/{output_repo}:latest"),
             registry_host: host.clone(),
+            registry_tls: self.config.registry_tls,
+            registry_ca: self.config.registry_ca.clone(),
             registry_auth: serde_json::json!({ host: format!("Bearer {token}") }).to_string(),
             platform_api: self.config.platform_api.clone(),
             identity,

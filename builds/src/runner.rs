@@ -35,8 +35,14 @@ pub struct RunSpec {
     pub run_image: String,
     /// `<registry>/<namespace>/<image>:latest`.
     pub output_image: String,
-    /// host:port of the registry (plain http: passed as insecure).
+    /// host:port of the registry.
     pub registry_host: String,
+    /// Whether the registry serves TLS; plain http is passed to the
+    /// lifecycle as `-insecure-registry`.
+    pub registry_tls: bool,
+    /// The CA (PEM) the lifecycle must trust for the registry, if not a
+    /// public one: mounted into the build, named by `SSL_CERT_DIR`.
+    pub registry_ca: Option<PathBuf>,
     /// `CNB_REGISTRY_AUTH` JSON.
     pub registry_auth: String,
     pub platform_api: String,
@@ -127,7 +133,9 @@ fn creator_args(p: &CreatorPaths, spec: &RunSpec) -> Vec<OsString> {
     flag("-cache-dir", p.cache.clone().into());
     flag("-run-image", spec.run_image.clone().into());
     flag("-report", p.report.clone().into());
-    flag("-insecure-registry", spec.registry_host.clone().into());
+    if !spec.registry_tls {
+        flag("-insecure-registry", spec.registry_host.clone().into());
+    }
     flag("-uid", spec.identity.uid.to_string().into());
     flag("-gid", spec.identity.gid.to_string().into());
     flag("-log-level", "info".into());
@@ -156,12 +164,15 @@ pub struct ProcessRunner {
 
 impl ProcessRunner {
     pub fn command(&self, spec: &RunSpec) -> Result<Command, String> {
-        let env = [
+        let mut env = vec![
             ("CNB_PLATFORM_API", spec.platform_api.as_str()),
             ("CNB_REGISTRY_AUTH", spec.registry_auth.as_str()),
         ];
         match &self.sandboxing {
             Sandboxing::Bwrap(bwrap) => {
+                if spec.registry_ca.is_some() {
+                    env.push(("SSL_CERT_DIR", sandbox::SSL_CERT_DIR));
+                }
                 let layout = Layout {
                     workspace: spec.workspace.clone(),
                     cache: spec.cache_dir.clone(),
@@ -171,6 +182,7 @@ impl ProcessRunner {
                     lifecycle_dir: self.lifecycle_dir.clone(),
                     buildpacks_dir: self.buildpacks_dir.clone(),
                     order: self.order.clone(),
+                    registry_ca: spec.registry_ca.clone(),
                 };
                 Ok(bwrap.command(
                     &layout,
@@ -198,6 +210,11 @@ impl ProcessRunner {
                     )
                     .envs(env)
                     .current_dir(&spec.workspace);
+                // Unconfined, the lifecycle reads the CA where it is: its
+                // directory joins the system's.
+                if let Some(dir) = spec.registry_ca.as_ref().and_then(|ca| ca.parent()) {
+                    cmd.env("SSL_CERT_DIR", format!("/etc/ssl/certs:{}", dir.display()));
+                }
                 // SAFETY: umask is async-signal-safe and cannot fail.
                 unsafe {
                     cmd.pre_exec(|| {
@@ -281,8 +298,18 @@ impl ContainerRunner {
             .arg(format!("CNB_PLATFORM_API={}", spec.platform_api))
             .arg("-e")
             .arg("CNB_REGISTRY_AUTH")
-            .env("CNB_REGISTRY_AUTH", &spec.registry_auth)
-            .arg(&self.builder_image)
+            .env("CNB_REGISTRY_AUTH", &spec.registry_auth);
+        if let Some(ca) = &spec.registry_ca {
+            cmd.arg("-v")
+                .arg(format!(
+                    "{}:{}/ca.crt:ro",
+                    ca.display(),
+                    sandbox::REGISTRY_CA_DIR
+                ))
+                .arg("-e")
+                .arg(format!("SSL_CERT_DIR={}", sandbox::SSL_CERT_DIR));
+        }
+        cmd.arg(&self.builder_image)
             .arg(format!("{}/creator", sandbox::LIFECYCLE))
             .args(creator_args(&CreatorPaths::inside(), spec));
         cmd
@@ -387,6 +414,8 @@ mod tests {
             run_image: "127.0.0.1:5000/toolforge/run:latest".into(),
             output_image: "127.0.0.1:5000/tool-x/tool-x:latest".into(),
             registry_host: "127.0.0.1:5000".into(),
+            registry_tls: false,
+            registry_ca: None,
             registry_auth: "{}".into(),
             platform_api: "0.13".into(),
             identity: Identity {
@@ -444,5 +473,45 @@ mod tests {
             !a.contains("CNB_REGISTRY_AUTH={}"),
             "the token is not on the command line"
         );
+    }
+
+    #[test]
+    fn over_tls_the_registry_is_not_insecure_and_its_ca_is_handed_over() {
+        let tls = RunSpec {
+            registry_tls: true,
+            registry_ca: Some("/etc/berth/ca.pem".into()),
+            ..spec()
+        };
+        let r = ProcessRunner {
+            lifecycle_dir: "/cnb/lifecycle".into(),
+            buildpacks_dir: "/cnb/buildpacks".into(),
+            order: "/cnb/order.toml".into(),
+            sandboxing: Sandboxing::None,
+        };
+        let cmd = r.command(&tls).unwrap();
+        assert!(!argv(&cmd).join(" ").contains("-insecure-registry"));
+        let env: Vec<_> = cmd.as_std().get_envs().collect();
+        assert!(env.contains(&(
+            std::ffi::OsStr::new("SSL_CERT_DIR"),
+            Some(std::ffi::OsStr::new("/etc/ssl/certs:/etc/berth"))
+        )));
+        // Without a CA: public roots only, no SSL_CERT_DIR.
+        let cmd = r
+            .command(&RunSpec {
+                registry_ca: None,
+                ..tls.clone()
+            })
+            .unwrap();
+        assert!(!cmd.as_std().get_envs().any(|(k, _)| k == "SSL_CERT_DIR"));
+        let c = ContainerRunner {
+            engine: "docker".into(),
+            builder_image: "heroku/builder:24".into(),
+        };
+        let a = argv(&c.command(&tls)).join(" ");
+        assert!(
+            a.contains("-v /etc/berth/ca.pem:/cnb/registry-ca/ca.crt:ro -e SSL_CERT_DIR=/etc/ssl/certs:/cnb/registry-ca"),
+            "{a}"
+        );
+        assert!(!a.contains("-insecure-registry"), "{a}");
     }
 }

@@ -35,6 +35,13 @@ pub const CACHE: &str = "/cache";
 pub const LIFECYCLE: &str = "/cnb/lifecycle";
 pub const BUILDPACKS: &str = "/cnb/buildpacks";
 pub const ORDER: &str = "/cnb/order.toml";
+/// Where `[builds] registry_ca` is mounted (as `ca.crt`), read-only.
+pub const REGISTRY_CA_DIR: &str = "/cnb/registry-ca";
+/// `SSL_CERT_DIR` for a build when the registry's CA is given: Go's
+/// crypto/x509 (the lifecycle, through go-containerregistry) then trusts
+/// the system roots (its default bundle files, still read) plus every
+/// certificate in these directories.
+pub const SSL_CERT_DIR: &str = "/etc/ssl/certs:/cnb/registry-ca";
 
 /// The `[builds] sandbox` setting.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
@@ -89,6 +96,9 @@ pub struct Layout {
     pub lifecycle_dir: PathBuf,
     pub buildpacks_dir: PathBuf,
     pub order: PathBuf,
+    /// Read-only at `/cnb/registry-ca/ca.crt`: the CA the registry's TLS
+    /// certificate chains to, when it is not a public one.
+    pub registry_ca: Option<PathBuf>,
 }
 
 /// Files and directories of the host's `/etc` a build may read: name
@@ -310,6 +320,14 @@ impl Bwrap {
         bind("--ro-bind-try", &layout.order, ORDER);
         bind("--bind", &layout.workspace, WORKSPACE);
         bind("--bind", &layout.cache, CACHE);
+        if let Some(ca) = &layout.registry_ca {
+            a.extend(["--perms", "0755", "--dir", REGISTRY_CA_DIR].map(OsString::from));
+            a.extend([
+                "--ro-bind".into(),
+                ca.into(),
+                format!("{REGISTRY_CA_DIR}/ca.crt").into(),
+            ]);
+        }
         a.extend(["--remount-ro", "/", "--chdir", WORKSPACE].map(OsString::from));
         a.extend(self.drop_to(id));
         a.push(program.into());
@@ -431,6 +449,7 @@ mod tests {
             lifecycle_dir: d("lifecycle"),
             buildpacks_dir: base.join("no-buildpacks"),
             order: base.join("no-order.toml"),
+            registry_ca: None,
         }
     }
 
