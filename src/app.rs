@@ -62,6 +62,10 @@ pub async fn build_state(cfg: &Config, fd_budget: Option<u64>) -> Result<Arc<Sta
             shutdown_grace: cfg.server.shutdown_grace,
             metrics_public: cfg.metrics.public,
             limits: cfg.limits.connection_limits(fd_budget),
+            forwarding: berth_registry::proxy::Forwarding {
+                trusted_proxies: cfg.server.trusted_proxies.clone(),
+            },
+            public_url: cfg.server.public_url.clone(),
         },
         metrics: {
             let m = berth_registry::metrics::Metrics::new();
@@ -71,6 +75,21 @@ pub async fn build_state(cfg: &Config, fd_budget: Option<u64>) -> Result<Arc<Sta
         gc,
         builds,
     }))
+}
+
+/// The listener's TLS, when `[server] tls_cert` and `tls_key` are set: the
+/// files are read now, so a bad certificate stops start-up with a message
+/// naming the file. `None` serves plain HTTP.
+pub async fn tls_from_config(
+    cfg: &Config,
+) -> Result<Option<Arc<berth_registry::tls::Tls>>, String> {
+    let Some(files) = cfg.server.tls_files(&cfg.auth) else {
+        return Ok(None);
+    };
+    let tls = tokio::task::spawn_blocking(move || berth_registry::tls::Tls::load(files))
+        .await
+        .map_err(|e| format!("TLS start-up task failed: {e}"))??;
+    Ok(Some(Arc::new(tls)))
 }
 
 /// The background work of a serving registry; `stop` ends it.

@@ -27,6 +27,17 @@ pub struct Server {
     pub listen: SocketAddr,
     #[serde(with = "humantime_serde")]
     pub shutdown_grace: Duration,
+    /// PEM certificate chain and key: TLS (HTTP/2 by ALPN) when both are set.
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    /// How often the TLS files are checked for changes; 0s: on SIGHUP only.
+    #[serde(with = "humantime_serde")]
+    pub tls_reload_interval: Duration,
+    /// The URL clients reach berth at (behind a proxy): token realm and
+    /// `Location` headers.
+    pub public_url: Option<String>,
+    /// Peers whose X-Forwarded-For/-Proto/-Host are believed.
+    pub trusted_proxies: Vec<berth_registry::proxy::Cidr>,
 }
 
 impl Default for Server {
@@ -34,7 +45,52 @@ impl Default for Server {
         Server {
             listen: "127.0.0.1:5000".parse().expect("valid default address"),
             shutdown_grace: Duration::from_secs(30),
+            tls_cert: None,
+            tls_key: None,
+            tls_reload_interval: Duration::from_secs(10),
+            public_url: None,
+            trusted_proxies: Vec::new(),
         }
+    }
+}
+
+impl Server {
+    /// The TLS files, when TLS is on (`resolve` has checked them).
+    pub fn tls_files(
+        &self,
+        auth: &berth_registry::auth::AuthConfig,
+    ) -> Option<berth_registry::tls::TlsFiles> {
+        match (&self.tls_cert, &self.tls_key) {
+            (Some(cert), Some(key)) => Some(berth_registry::tls::TlsFiles {
+                cert: cert.clone(),
+                key: key.clone(),
+                client_ca: auth.client_ca.clone(),
+            }),
+            _ => None,
+        }
+    }
+
+    fn resolve(&mut self, auth: &mut berth_registry::auth::AuthConfig) -> Result<(), String> {
+        match (&self.tls_cert, &self.tls_key) {
+            (Some(_), None) | (None, Some(_)) => {
+                return Err(
+                    "[server] tls_cert and tls_key go together: set both (TLS) or neither".into(),
+                )
+            }
+            (None, None) if auth.client_ca.is_some() => {
+                return Err("[auth] client_ca needs TLS: set [server] tls_cert and tls_key".into())
+            }
+            _ => {}
+        }
+        berth_registry::auth::client_cert_namespace(&auth.client_cert_namespace, "x")?;
+        if let Some(url) = &self.public_url {
+            let url = berth_registry::proxy::parse_public_url(url)?;
+            if auth.realm.is_none() {
+                auth.realm = Some(format!("{url}/token"));
+            }
+            self.public_url = Some(url);
+        }
+        Ok(())
     }
 }
 
@@ -141,6 +197,9 @@ pub struct Limits {
     pub logins_per_address: usize,
     pub logins_per_account: usize,
     pub password_checks: usize,
+    #[serde(with = "humantime_serde")]
+    pub tls_handshake_timeout: Duration,
+    pub max_streams_per_connection: u32,
 }
 
 impl Default for Limits {
@@ -165,6 +224,8 @@ impl Default for Limits {
             logins_per_address: auth.logins_per_address,
             logins_per_account: auth.logins_per_account,
             password_checks: auth.password_checks,
+            tls_handshake_timeout: conn.tls_handshake_timeout,
+            max_streams_per_connection: conn.max_streams_per_connection,
         }
     }
 }
@@ -188,6 +249,8 @@ impl Limits {
                 grace: self.body_rate_grace,
             },
             max_header_bytes: self.max_header_bytes.min(usize::MAX as u64) as usize,
+            tls_handshake_timeout: self.tls_handshake_timeout,
+            max_streams_per_connection: self.max_streams_per_connection,
         }
     }
 
@@ -219,6 +282,10 @@ impl Limits {
             ("logins_per_address", self.logins_per_address),
             ("logins_per_account", self.logins_per_account),
             ("password_checks", self.password_checks),
+            (
+                "max_streams_per_connection",
+                self.max_streams_per_connection as usize,
+            ),
         ];
         if let Some((key, _)) = positive.iter().find(|(_, v)| *v == 0) {
             return Err(format!("[limits] {key} must be at least 1"));
@@ -226,9 +293,12 @@ impl Limits {
         if self.max_header_bytes < 8192 {
             return Err("[limits] max_header_bytes must be at least 8KiB".into());
         }
-        if self.body_idle_timeout.is_zero() || self.header_timeout.is_zero() {
+        if self.body_idle_timeout.is_zero()
+            || self.header_timeout.is_zero()
+            || self.tls_handshake_timeout.is_zero()
+        {
             return Err(
-                "[limits] header_timeout and body_idle_timeout must be more than 0s".into(),
+                "[limits] header_timeout, body_idle_timeout and tls_handshake_timeout must be more than 0s".into(),
             );
         }
         Ok(())
@@ -296,12 +366,14 @@ impl Config {
     /// after command-line flags have overridden the file.
     pub fn resolve(&mut self) -> Result<(), String> {
         self.limits.validate()?;
+        self.server.resolve(&mut self.auth)?;
         self.gc.validate()?;
         self.builds.resolve(
             self.server.listen,
             &self.storage.data_dir,
             &self.registry.tool_prefix,
         )?;
+        self.builds.registry_tls = self.server.tls_cert.is_some();
         self.auth.limits = self.limits.auth_limits();
         Ok(())
     }
@@ -454,6 +526,73 @@ mod tests {
         assert_eq!(e.log_retention, d.log_retention);
         assert_eq!(e.lifecycle_dir, d.lifecycle_dir);
         assert_eq!(e.platform_api, d.platform_api);
+        assert_eq!(e.registry_ca, d.registry_ca);
+        let (e, d) = (&example.server, &default.server);
+        assert_eq!((&e.tls_cert, &e.tls_key), (&d.tls_cert, &d.tls_key));
+        assert_eq!(e.tls_reload_interval, d.tls_reload_interval);
+        assert_eq!(e.public_url, d.public_url);
+        assert_eq!(e.trusted_proxies, d.trusted_proxies);
+        let (e, d) = (&example.auth, &default.auth);
+        assert_eq!(e.client_ca, d.client_ca);
+        assert_eq!(e.client_cert_namespace, d.client_cert_namespace);
+        assert_eq!(e.client_cert_organization, d.client_cert_organization);
+        let (e, d) = (&example.limits, &default.limits);
+        assert_eq!(e.tls_handshake_timeout, d.tls_handshake_timeout);
+        assert_eq!(e.max_streams_per_connection, d.max_streams_per_connection);
+    }
+
+    #[test]
+    fn tls_and_proxy_settings_are_checked() {
+        let bad = |text: &str, want: &str| {
+            let mut c = Config::parse(text).unwrap();
+            let e = c.resolve().unwrap_err();
+            assert!(e.contains(want), "{text}: {e}");
+        };
+        bad("[server]\ntls_cert = \"/c.pem\"", "go together");
+        bad("[auth]\nclient_ca = \"/ca.pem\"", "needs TLS");
+        bad(
+            "[server]\ntls_cert = \"/c\"\ntls_key = \"/k\"\n[auth]\nclient_cert_namespace = \"tool\"",
+            "{cn}",
+        );
+        bad(
+            "[server]\npublic_url = \"https://r.example.org/registry\"",
+            "path",
+        );
+        bad(
+            "[limits]\ntls_handshake_timeout = \"0s\"",
+            "tls_handshake_timeout",
+        );
+        assert!(Config::parse("[server]\ntrusted_proxies = [\"10.0.0.1/8\"]").is_err());
+
+        let mut c = Config::parse(
+            "[server]\ntls_cert = \"/c\"\ntls_key = \"/k\"\npublic_url = \"https://r.example.org/\"\ntrusted_proxies = [\"10.0.0.0/8\", \"::1\"]\n[auth]\nclient_ca = \"/ca\"",
+        )
+        .unwrap();
+        c.resolve().unwrap();
+        assert_eq!(
+            c.server.public_url.as_deref(),
+            Some("https://r.example.org")
+        );
+        assert_eq!(
+            c.auth.realm.as_deref(),
+            Some("https://r.example.org/token"),
+            "the realm follows the public URL"
+        );
+        assert!(c.builds.registry_tls);
+        let files = c.server.tls_files(&c.auth).unwrap();
+        assert_eq!(files.client_ca.as_deref(), Some(Path::new("/ca")));
+        assert_eq!(c.server.trusted_proxies.len(), 2);
+        // An explicit realm stays.
+        let mut c = Config::parse(
+            "[server]\npublic_url = \"https://r.example.org\"\n[auth]\nrealm = \"https://auth.example.org/token\"",
+        )
+        .unwrap();
+        c.resolve().unwrap();
+        assert_eq!(
+            c.auth.realm.as_deref(),
+            Some("https://auth.example.org/token")
+        );
+        assert!(!c.builds.registry_tls);
     }
 
     #[test]

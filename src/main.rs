@@ -235,21 +235,31 @@ async fn serve(cfg: Config) -> Result<(), String> {
     unsafe { libc::umask(0o077) };
     let fd_budget = raise_fd_limit();
     let state = app::build_state(&cfg, fd_budget).await?;
+    let tls = app::tls_from_config(&cfg).await?;
     let listener = tokio::net::TcpListener::bind(cfg.server.listen)
         .await
         .map_err(|e| format!("cannot listen on {}: {e}", cfg.server.listen))?;
     let addr = listener.local_addr().map_err(|e| e.to_string())?;
     tracing::info!(
         listen = %addr,
+        tls = tls.is_some(),
         data_dir = %cfg.storage.data_dir.display(),
         version = env!("CARGO_PKG_VERSION"),
         "berth is serving"
     );
     let background = app::start_background(&state).await?;
     let storage = state.storage.clone();
-    berth_registry::serve(listener, state, shutdown_signal())
+    let watch = tls
+        .clone()
+        .map(|t| tokio::spawn(t.watch(cfg.server.tls_reload_interval)));
+    let hup = tokio::spawn(reload_on_sighup(tls.clone()));
+    berth_registry::serve(listener, state, tls, shutdown_signal())
         .await
         .map_err(|e| format!("server failed: {e}"))?;
+    hup.abort();
+    if let Some(w) = watch {
+        w.abort();
+    }
     background.stop().await;
     storage.close().await;
     tracing::info!("berth stopped cleanly");
@@ -294,6 +304,26 @@ fn raise_fd_limit() -> Option<u64> {
         "file descriptor budget"
     );
     Some(budget)
+}
+
+/// On SIGHUP, reads the TLS files again (connections already open keep
+/// theirs). Without TLS there is nothing to reload, and SIGHUP no longer
+/// ends berth (its default action) either way.
+async fn reload_on_sighup(tls: Option<std::sync::Arc<berth_registry::tls::Tls>>) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let Ok(mut hup) = signal(SignalKind::hangup()) else {
+        tracing::warn!("cannot handle SIGHUP");
+        return;
+    };
+    while hup.recv().await.is_some() {
+        match &tls {
+            Some(tls) => {
+                tracing::info!("SIGHUP received: reading the TLS files again");
+                tls.reload_logged("SIGHUP").await;
+            }
+            None => tracing::info!("SIGHUP received: nothing to reload (TLS is off)"),
+        }
+    }
 }
 
 /// Resolves on SIGINT or SIGTERM.

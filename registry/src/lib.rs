@@ -12,11 +12,13 @@ pub mod body;
 pub mod error;
 pub mod handlers;
 pub mod metrics;
+pub mod proxy;
 pub mod ranges;
 pub mod request_body;
 pub mod routes;
 pub mod server;
 pub mod surfaces;
+pub mod tls;
 
 use berth_storage::Storage;
 use body::Body;
@@ -40,6 +42,11 @@ pub struct RegistryConfig {
     pub metrics_public: bool,
     /// Connection limits and request-body pacing.
     pub limits: ConnectionLimits,
+    /// Which peers may forward a client's address, scheme and host.
+    pub forwarding: proxy::Forwarding,
+    /// `[server] public_url` (checked, no trailing slash): `Location`
+    /// headers are made absolute with it.
+    pub public_url: Option<String>,
 }
 
 impl Default for RegistryConfig {
@@ -49,6 +56,8 @@ impl Default for RegistryConfig {
             shutdown_grace: Duration::from_secs(30),
             metrics_public: true,
             limits: ConnectionLimits::default(),
+            forwarding: proxy::Forwarding::default(),
+            public_url: None,
         }
     }
 }
@@ -76,6 +85,18 @@ pub async fn handle(state: &State, req: Request<RequestBody>, peer: IpAddr) -> R
         }
     };
     let headers = resp.headers_mut();
+    if let Some(base) = &state.config.public_url {
+        // Behind a proxy the client's URL is the public one, as registry:2
+        // does with `http.host`.
+        let absolute = headers
+            .get(http::header::LOCATION)
+            .and_then(|l| l.to_str().ok())
+            .filter(|l| l.starts_with('/') && !l.starts_with("//"))
+            .and_then(|l| HeaderValue::from_str(&format!("{base}{l}")).ok());
+        if let Some(l) = absolute {
+            headers.insert(http::header::LOCATION, l);
+        }
+    }
     if is_v2 {
         headers.insert(
             "docker-distribution-api-version",
@@ -113,7 +134,12 @@ async fn dispatch(
         _ => {
             state
                 .auth
-                .authenticate(&state.storage.meta, req.headers(), peer)
+                .authenticate(
+                    &state.storage.meta,
+                    req.headers(),
+                    req.extensions().get(),
+                    peer,
+                )
                 .await?
         }
     };

@@ -132,6 +132,14 @@ impl Principal {
     }
 }
 
+/// The identity of a verified TLS client certificate, which `server`
+/// attaches to every request of its connection: the namespace account
+/// its common name maps to (`[auth] client_cert_namespace`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientCertificate {
+    pub namespace: String,
+}
+
 /// An authenticated caller: the principal, and when they came with a
 /// token, exactly what the token grants.
 #[derive(Debug, Clone)]
@@ -159,6 +167,14 @@ pub struct AuthConfig {
     pub admin_password: Option<String>,
     /// The token signing key's file; else `<data dir>/token-key`.
     pub token_key_file: Option<std::path::PathBuf>,
+    /// CA certificates (PEM) client certificates must chain to; asked for
+    /// only when set (and TLS is on).
+    pub client_ca: Option<std::path::PathBuf>,
+    /// The namespace a client certificate's common name stands for.
+    pub client_cert_namespace: String,
+    /// When set, a client certificate counts only if its subject has this
+    /// organization (O).
+    pub client_cert_organization: Option<String>,
     #[serde(skip)]
     pub limits: AuthLimits,
 }
@@ -174,6 +190,9 @@ impl Default for AuthConfig {
             private_namespaces: Vec::new(),
             admin_password: None,
             token_key_file: None,
+            client_ca: None,
+            client_cert_namespace: "tool-{cn}".into(),
+            client_cert_organization: None,
             limits: AuthLimits::default(),
         }
     }
@@ -289,12 +308,15 @@ impl Auth {
         self.login_cache().clear();
     }
 
-    /// Works out who sent the request. No credentials is the anonymous
-    /// caller; bad credentials are an error.
+    /// Works out who sent the request. Credentials in `Authorization` win;
+    /// without them a verified client certificate is its namespace account;
+    /// with neither the caller is anonymous. Bad credentials are an error
+    /// (never a fall-back to the certificate).
     pub async fn authenticate(
         &self,
         meta: &Metadata,
         headers: &HeaderMap,
+        client_cert: Option<&ClientCertificate>,
         peer: IpAddr,
     ) -> ApiResult<Caller> {
         if !self.config.enabled {
@@ -305,7 +327,9 @@ impl Auth {
         }
         let Some(value) = headers.get(header::AUTHORIZATION) else {
             return Ok(Caller {
-                principal: Principal::Anonymous,
+                principal: client_cert
+                    .map(|c| Principal::Namespace(c.namespace.clone()))
+                    .unwrap_or(Principal::Anonymous),
                 grants: None,
             });
         };
@@ -730,6 +754,33 @@ impl Auth {
         }))
     }
 
+    /// The namespace account a verified client certificate stands for:
+    /// its one common name put into `client_cert_namespace`, which must
+    /// give a namespace that can own an account (never `admin`: no
+    /// certificate is the admin). With `client_cert_organization` set, the
+    /// subject must also have that organization.
+    pub fn client_certificate(
+        &self,
+        subject: &crate::tls::PeerCertificate,
+    ) -> Result<ClientCertificate, String> {
+        if let Some(o) = &self.config.client_cert_organization {
+            if !subject.organizations.iter().any(|x| x == o) {
+                return Err(format!(
+                    "its subject's organizations {:?} do not include {o:?} ([auth] client_cert_organization)",
+                    subject.organizations
+                ));
+            }
+        }
+        let [cn] = subject.common_names.as_slice() else {
+            return Err(format!(
+                "its subject has {} common names; exactly one is needed",
+                subject.common_names.len()
+            ));
+        };
+        let namespace = client_cert_namespace(&self.config.client_cert_namespace, cn)?;
+        Ok(ClientCertificate { namespace })
+    }
+
     fn realm(&self, headers: &HeaderMap) -> String {
         if let Some(r) = &self.config.realm {
             return r.clone();
@@ -744,7 +795,14 @@ impl Auth {
                         .all(|b| b.is_ascii_alphanumeric() || b".-:[]".contains(&b))
             })
             .unwrap_or("localhost");
-        format!("http://{host}/token")
+        // The server sets X-Forwarded-Proto on every request to the scheme
+        // the client used (TLS, or a trusted proxy's word): never a
+        // client's own header.
+        let scheme = match headers.get(crate::proxy::X_FORWARDED_PROTO) {
+            Some(v) if v == "https" => "https",
+            _ => "http",
+        };
+        format!("{scheme}://{host}/token")
     }
 
     fn challenge_error(
@@ -798,6 +856,26 @@ impl berth_builds::TokenMinter for Auth {
     }
 }
 
+/// The namespace `template` (`[auth] client_cert_namespace`, holding
+/// `{cn}` once) gives for common name `cn`, if it can be an account.
+pub fn client_cert_namespace(template: &str, cn: &str) -> Result<String, String> {
+    if template.matches("{cn}").count() != 1 {
+        return Err(format!(
+            "[auth] client_cert_namespace = {template:?} must hold {{cn}} exactly once"
+        ));
+    }
+    let namespace = template.replace("{cn}", cn);
+    crate::handlers::admin::validate_namespace(&namespace).map_err(|e| {
+        format!(
+            "common name {:?} gives namespace {:?}, which cannot be an account: {}",
+            truncate(cn),
+            truncate(&namespace),
+            e.message
+        )
+    })?;
+    Ok(namespace)
+}
+
 /// Splits `type:name:actions`; the name may itself not contain ':'.
 fn parse_scope(scope: &str) -> Option<(String, String, String)> {
     let (kind, rest) = scope.split_once(':')?;
@@ -841,6 +919,75 @@ mod tests {
         assert_eq!(parse_scope("garbage"), None);
         assert_eq!(parse_scope("repository::pull"), None);
         assert_eq!(parse_scope("user:x:y"), None);
+    }
+
+    #[test]
+    fn client_certificates_map_to_namespace_accounts_only() {
+        let auth = |org: Option<&str>, template: &str| {
+            Auth::new(
+                AuthConfig {
+                    client_cert_namespace: template.into(),
+                    client_cert_organization: org.map(str::to_owned),
+                    ..AuthConfig::default()
+                },
+                "pw".into(),
+                b"key",
+            )
+        };
+        let subject = |cns: &[&str], orgs: &[&str]| crate::tls::PeerCertificate {
+            common_names: cns.iter().map(|s| s.to_string()).collect(),
+            organizations: orgs.iter().map(|s| s.to_string()).collect(),
+            serial: "01".into(),
+        };
+        let a = auth(None, "tool-{cn}");
+        assert_eq!(
+            a.client_certificate(&subject(&["alice"], &[])).unwrap(),
+            ClientCertificate {
+                namespace: "tool-alice".into()
+            }
+        );
+        assert!(a.client_certificate(&subject(&[], &[])).is_err());
+        assert!(a.client_certificate(&subject(&["a", "b"], &[])).is_err());
+        for bad in ["Alice", "a/b", "system:node:x", "", "a b", "../x"] {
+            assert!(
+                a.client_certificate(&subject(&[bad], &[])).is_err(),
+                "{bad:?} must not map"
+            );
+        }
+        // With the common name as the namespace, principals' names are
+        // still refused: a certificate is never the admin.
+        let bare = auth(None, "{cn}");
+        for reserved in ["admin", "anonymous", "unrestricted"] {
+            assert!(bare.client_certificate(&subject(&[reserved], &[])).is_err());
+        }
+        assert_eq!(
+            bare.client_certificate(&subject(&["tool-x"], &[]))
+                .unwrap()
+                .namespace,
+            "tool-x"
+        );
+        let org = auth(Some("toolforge"), "tool-{cn}");
+        assert!(org
+            .client_certificate(&subject(&["alice"], &["admins"]))
+            .is_err());
+        assert!(org
+            .client_certificate(&subject(&["alice"], &["x", "toolforge"]))
+            .is_ok());
+        assert!(client_cert_namespace("tool-x", "a").is_err());
+        assert!(client_cert_namespace("{cn}-{cn}", "a").is_err());
+    }
+
+    #[test]
+    fn realm_follows_the_scheme_the_server_saw() {
+        let a = Auth::new(AuthConfig::default(), "pw".into(), b"key");
+        let mut h = HeaderMap::new();
+        h.insert(header::HOST, HeaderValue::from_static("r.example:5000"));
+        assert_eq!(a.realm(&h), "http://r.example:5000/token");
+        h.insert(
+            crate::proxy::X_FORWARDED_PROTO,
+            HeaderValue::from_static("https"),
+        );
+        assert_eq!(a.realm(&h), "https://r.example:5000/token");
     }
 
     #[test]

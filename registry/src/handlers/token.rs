@@ -69,7 +69,12 @@ pub async fn token(
         Principal::Unrestricted
     } else {
         match credentials {
-            None => Principal::Anonymous,
+            // A verified client certificate stands for its namespace
+            // account when no credentials are sent.
+            None => match parts.extensions.get::<crate::auth::ClientCertificate>() {
+                Some(c) => Principal::Namespace(c.namespace.clone()),
+                None => Principal::Anonymous,
+            },
             Some((user, password)) => state
                 .auth
                 .login(&state.storage.meta, &user, &password, peer)

@@ -25,7 +25,12 @@ pub async fn handle(
         OpsOp::Metrics => {
             let auth = &state.auth;
             let caller = auth
-                .authenticate(&state.storage.meta, req.headers(), peer)
+                .authenticate(
+                    &state.storage.meta,
+                    req.headers(),
+                    req.extensions().get(),
+                    peer,
+                )
                 .await?;
             if !state.config.metrics_public {
                 auth.require_admin(&caller)?;
