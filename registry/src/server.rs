@@ -208,9 +208,29 @@ async fn refuse(stream: TcpStream, refusal: Refusal, tls: Option<Arc<Tls>>) {
         match tls {
             None => write_and_close(stream, response.as_bytes()).await,
             Some(tls) => {
-                if let Ok(s) = tls.refusal_acceptor().accept(stream).await {
+                if let Ok(mut s) = tls.refusal_acceptor().accept(stream).await {
+                    // A TLS client sends its request right after the
+                    // handshake; read it first so that closing does not
+                    // reset the connection under the answer.
+                    read_head(&mut s).await;
                     write_and_close(s, response.as_bytes()).await
                 }
+            }
+        }
+    })
+    .await;
+}
+
+/// Reads a request head (up to 16 KiB, for at most a second) and drops it.
+async fn read_head<S: tokio::io::AsyncRead + Unpin>(stream: &mut S) {
+    use tokio::io::AsyncReadExt;
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 4096];
+    let _ = tokio::time::timeout(Duration::from_secs(1), async {
+        while seen.len() < 16 * 1024 && !seen.windows(4).any(|w| w == b"\r\n\r\n") {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => seen.extend_from_slice(&buf[..n]),
             }
         }
     })

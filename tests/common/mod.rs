@@ -82,6 +82,23 @@ impl Berth {
     /// Spawns `berth serve` without waiting for it (its log goes to
     /// `<data dir>.<port>.log`).
     pub fn spawn(data_dir: &Path, port: u16, config: &str, open_files: Option<u64>) -> Child {
+        Berth::spawn_at(
+            data_dir,
+            &format!("127.0.0.1:{port}"),
+            port,
+            config,
+            open_files,
+        )
+    }
+
+    /// Like `spawn`, listening on `listen` (an address with `port`).
+    pub fn spawn_at(
+        data_dir: &Path,
+        listen: &str,
+        port: u16,
+        config: &str,
+        open_files: Option<u64>,
+    ) -> Child {
         use std::os::unix::process::CommandExt;
         let log = data_dir.with_extension(format!("{port}.log"));
         let log_file = std::fs::File::create(&log).unwrap();
@@ -103,21 +120,16 @@ impl Berth {
                 });
             }
         }
-        cmd.args([
-            "serve",
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-            "--data-dir",
-        ])
-        .arg(data_dir)
-        .arg("--config")
-        .arg(&config_path)
-        .env("RUST_LOG", "info")
-        .env("BERTH_ADMIN_PASSWORD", ADMIN_PASSWORD)
-        .stdout(Stdio::null())
-        .stderr(log_file)
-        .spawn()
-        .expect("start berth")
+        cmd.args(["serve", "--listen", listen, "--data-dir"])
+            .arg(data_dir)
+            .arg("--config")
+            .arg(&config_path)
+            .env("RUST_LOG", "info")
+            .env("BERTH_ADMIN_PASSWORD", ADMIN_PASSWORD)
+            .stdout(Stdio::null())
+            .stderr(log_file)
+            .spawn()
+            .expect("start berth")
     }
 
     pub fn pid(&self) -> u32 {
@@ -412,10 +424,38 @@ pub struct Dockerd {
 
 impl Dockerd {
     pub fn start(dir: &Path) -> Dockerd {
+        Dockerd::start_in(dir, Command::new(tool("dockerd")))
+    }
+
+    /// A dockerd with an `/etc/docker` and `/etc/hosts` of its own (bound
+    /// over the host's in a private mount namespace): its registry
+    /// certificates are `certs_d()` (dockerd reads them only from
+    /// `/etc/docker/certs.d`), and `hosts` lines are all the names it
+    /// resolves from files.
+    pub fn start_private_etc(dir: &Path, hosts: &str) -> Dockerd {
+        let etc = dir.join("etc-docker");
+        std::fs::create_dir_all(etc.join("certs.d")).unwrap();
+        std::fs::write(dir.join("hosts"), hosts).unwrap();
+        let mut cmd = Command::new(tool("unshare"));
+        cmd.args(["--mount", "--propagation", "private", "--", "sh", "-c"])
+            .arg(r#"mount --bind "$1" /etc/docker && mount --bind "$2" /etc/hosts && shift 2 && exec "$@""#)
+            .arg("sh")
+            .arg(&etc)
+            .arg(dir.join("hosts"))
+            .arg(tool("dockerd"));
+        Dockerd::start_in(dir, cmd)
+    }
+
+    /// Where this daemon's registry certificates go (`start_private_etc`).
+    pub fn certs_d(&self) -> PathBuf {
+        self.dir.join("etc-docker/certs.d")
+    }
+
+    fn start_in(dir: &Path, mut command: Command) -> Dockerd {
         std::fs::create_dir_all(dir).unwrap();
         let socket = dir.join("docker.sock");
         let log = std::fs::File::create(dir.join("dockerd.log")).unwrap();
-        let child = Command::new(tool("dockerd"))
+        let child = command
             .arg("--host")
             .arg(format!("unix://{}", socket.display()))
             .arg("--data-root")

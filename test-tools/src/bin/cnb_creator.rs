@@ -195,6 +195,56 @@ fn tar_gz(root: &Path, prefix: &str) -> Result<(Vec<u8>, String), String> {
     Ok((gz.finish().map_err(|e| e.to_string())?, diff_id))
 }
 
+/// The CAs trusted for https, found the way Go's crypto/x509 finds them on
+/// Linux (what the real lifecycle uses): the first readable bundle of
+/// Go's list, or `SSL_CERT_FILE` instead; plus every file in Go's
+/// directories, or in those `SSL_CERT_DIR` (colon-separated) names instead.
+fn system_roots() -> ureq::tls::RootCerts {
+    const FILES: &[&str] = &[
+        "/etc/ssl/certs/ca-certificates.crt",
+        "/etc/pki/tls/certs/ca-bundle.crt",
+        "/etc/ssl/ca-bundle.pem",
+        "/etc/pki/tls/cacert.pem",
+        "/etc/pki/ca-trust/extracted/pem/tls-ca-bundle.pem",
+        "/etc/ssl/cert.pem",
+    ];
+    const DIRS: &[&str] = &["/etc/ssl/certs", "/etc/pki/tls/certs"];
+    let files: Vec<PathBuf> = match std::env::var_os("SSL_CERT_FILE") {
+        Some(f) if !f.is_empty() => vec![f.into()],
+        _ => FILES.iter().map(PathBuf::from).collect(),
+    };
+    let dirs: Vec<PathBuf> = match std::env::var("SSL_CERT_DIR") {
+        Ok(d) if !d.is_empty() => d.split(':').map(PathBuf::from).collect(),
+        _ => DIRS.iter().map(PathBuf::from).collect(),
+    };
+    let mut pems: Vec<Vec<u8>> = files
+        .iter()
+        .find_map(|f| std::fs::read(f).ok())
+        .into_iter()
+        .collect();
+    for dir in dirs {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            if let Ok(bytes) = std::fs::read(e.path()) {
+                pems.push(bytes);
+            }
+        }
+    }
+    let mut certs = Vec::new();
+    for pem in &pems {
+        for item in ureq::tls::parse_pem(pem).flatten() {
+            if let ureq::tls::PemItem::Certificate(c) = item {
+                certs.push(c);
+            }
+        }
+    }
+    // Best effort, as in Go: with none found plain http still works and
+    // https fails verification.
+    ureq::tls::RootCerts::new_with_certs(&certs)
+}
+
 struct Blob {
     digest: String,
     bytes: Option<Vec<u8>>, // None: a run-image layer to mount
@@ -220,6 +270,11 @@ fn export(args: &Args) -> Result<(), String> {
     let agent: ureq::Agent = ureq::Agent::config_builder()
         .http_status_as_error(false)
         .max_redirects(0)
+        .tls_config(
+            ureq::tls::TlsConfig::builder()
+                .root_certs(system_roots())
+                .build(),
+        )
         .build()
         .into();
     let mut reg = Registry {
