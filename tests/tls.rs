@@ -8,6 +8,8 @@
 //! (`--cert-dir`), and a build's lifecycle pushing over TLS.
 
 mod common;
+#[path = "common/builds.rs"]
+mod harness;
 #[path = "common/tls.rs"]
 mod tlsh;
 
@@ -346,4 +348,432 @@ fn http2_idle_connections_close_and_header_lists_are_bounded() {
             .expect("idle again: closed")
             .unwrap();
     });
+}
+
+// ------------------------------------------------- client certificates ----
+
+/// berth with TLS and client certificates from `clients` (a CA of its own,
+/// as Kubernetes' is), plus `extra` config.
+fn with_client_ca(dir: &std::path::Path, clients: &Ca, extra: &str) -> TlsBerth {
+    let path = dir.join("clients-ca.crt");
+    std::fs::write(&path, &clients.pem).unwrap();
+    TlsBerth::start(
+        dir,
+        &format!(
+            "[auth]\nclient_ca = \"{}\"\n{extra}\n[quota]\ndefault_limit = \"1GiB\"\n",
+            path.display()
+        ),
+    )
+}
+
+/// A monolithic blob upload into `repo`: the status.
+fn push_blob(b: &TlsBerth, client: Option<&Issued>, repo: &str, auth: Option<&str>) -> u16 {
+    let blob = format!("a blob for {repo}").into_bytes();
+    let mut req = ureq::http::Request::builder().method("POST").uri(format!(
+        "{}/v2/{repo}/blobs/uploads/?digest={}",
+        b.url(),
+        sha256(&blob)
+    ));
+    if let Some(a) = auth {
+        req = req.header("authorization", a);
+    }
+    let r = b.agent(client).run(req.body(blob).unwrap()).unwrap();
+    r.status().as_u16()
+}
+
+#[test]
+fn client_certificates_are_their_tool_namespace_account() {
+    let dir = tempfile::tempdir().unwrap();
+    let k8s = Ca::new("kubernetes");
+    let b = with_client_ca(dir.path(), &k8s, "");
+    let alice = k8s.client("alice", &["toolforge"], 10);
+    let bob_password = {
+        let (s, _, body) = b.request(
+            None,
+            "POST",
+            "/admin/v1/namespaces/tool-bob/credentials",
+            &[("authorization", &basic("admin", ADMIN_PASSWORD))],
+        );
+        assert_eq!(s, 201);
+        serde_json::from_slice::<serde_json::Value>(&body).unwrap()["password"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
+
+    // The certificate is tool-alice's login: its own figures, not others'.
+    let status = |client: Option<&Issued>, path: &str, headers: &[(&str, &str)]| {
+        b.request(client, "GET", path, headers).0
+    };
+    assert_eq!(status(Some(&alice), "/v1/tool/alice/quotas", &[]), 200);
+    assert_eq!(status(Some(&alice), "/v1/tool/bob/quotas", &[]), 403);
+    assert_eq!(status(Some(&alice), "/admin/v1/quotas", &[]), 403);
+    assert_eq!(status(Some(&alice), "/v2/", &[]), 200);
+    assert_eq!(status(None, "/v1/tool/alice/quotas", &[]), 401);
+    // It pushes into its namespace, and only there.
+    assert_eq!(push_blob(&b, Some(&alice), "tool-alice/web", None), 201);
+    assert_eq!(push_blob(&b, Some(&alice), "tool-bob/web", None), 403);
+    assert_eq!(push_blob(&b, None, "tool-alice/web", None), 401);
+    // /token issues its namespace's scopes to it.
+    let (s, _, body) = b.request(
+        Some(&alice),
+        "GET",
+        "/token?service=berth&scope=repository:tool-alice/web:pull,push",
+        &[],
+    );
+    assert_eq!(s, 200);
+    let token = serde_json::from_slice::<serde_json::Value>(&body).unwrap()["token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let claims: serde_json::Value = {
+        use base64::Engine as _;
+        let payload = token.split('.').nth(1).unwrap();
+        serde_json::from_slice(
+            &base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .decode(payload)
+                .unwrap(),
+        )
+        .unwrap()
+    };
+    assert_eq!(claims["sub"], "tool-alice");
+    assert_eq!(
+        claims["access"][0]["actions"],
+        serde_json::json!(["pull", "push"])
+    );
+
+    // Credentials in the request win over the connection's certificate:
+    // bob's password is bob, whatever certificate the connection holds...
+    let bob = basic("tool-bob", &bob_password);
+    assert_eq!(
+        status(
+            Some(&alice),
+            "/v1/tool/bob/quotas",
+            &[("authorization", &bob)]
+        ),
+        200
+    );
+    assert_eq!(
+        status(
+            Some(&alice),
+            "/v1/tool/alice/quotas",
+            &[("authorization", &bob)]
+        ),
+        403
+    );
+    // ...and bad credentials are refused, not replaced by the certificate.
+    let wrong = basic("tool-alice", "wrong");
+    assert_eq!(
+        status(
+            Some(&alice),
+            "/v1/tool/alice/quotas",
+            &[("authorization", &wrong)]
+        ),
+        401
+    );
+
+    // No certificate is the admin: CN=admin is tool-admin.
+    let admin_cn = k8s.client("admin", &["system:masters"], 11);
+    assert_eq!(status(Some(&admin_cn), "/admin/v1/quotas", &[]), 403);
+    assert_eq!(status(Some(&admin_cn), "/v1/tool/admin/quotas", &[]), 200);
+    // A name that cannot be a namespace stands for no one (anonymous).
+    let node = k8s.client("system:node:worker-1", &["system:nodes"], 12);
+    assert_eq!(status(Some(&node), "/v2/", &[]), 401);
+    assert!(b.berth.log_text().contains("client certificate not used"));
+
+    // Certificates the CA did not sign, or that expired, fail the handshake.
+    let rogue = Ca::new("kubernetes").client("alice", &["toolforge"], 13);
+    let expired = k8s.expired_client("alice", 14);
+    for bad in [&rogue, &expired] {
+        assert!(b
+            .agent(Some(bad))
+            .get(&format!("{}/v1/tool/alice/quotas", b.url()))
+            .call()
+            .is_err());
+    }
+    assert!(b.berth.log_text().contains("client certificate refused"));
+}
+
+#[test]
+fn client_certificate_organization_and_namespace_template() {
+    let dir = tempfile::tempdir().unwrap();
+    let k8s = Ca::new("kubernetes");
+    let b = with_client_ca(
+        dir.path(),
+        &k8s,
+        "client_cert_namespace = \"tools-{cn}\"\nclient_cert_organization = \"toolforge\"",
+    );
+    let tool = k8s.client("alice", &["toolforge"], 20);
+    let person = k8s.client("alice", &["admins"], 21);
+    assert_eq!(b.request(Some(&tool), "GET", "/v2/", &[]).0, 200);
+    assert_eq!(push_blob(&b, Some(&tool), "tools-alice/web", None), 201);
+    assert_eq!(push_blob(&b, Some(&tool), "tool-alice/web", None), 403);
+    // The same name from outside the organization is nobody.
+    assert_eq!(b.request(Some(&person), "GET", "/v2/", &[]).0, 401);
+    assert_eq!(push_blob(&b, Some(&person), "tools-alice/web", None), 401);
+}
+
+// -------------------------------------------------------- real clients ----
+
+fn skopeo(args: &[&str]) -> Command {
+    let mut c = Command::new(tool("skopeo"));
+    c.args(args);
+    c
+}
+
+#[test]
+fn skopeo_and_podman_verify_berth_with_cert_dir() {
+    let dir = tempfile::tempdir().unwrap();
+    let k8s = Ca::new("kubernetes");
+    let b = with_client_ca(dir.path(), &k8s, "");
+    let password = {
+        let (s, _, body) = b.request(
+            None,
+            "POST",
+            "/admin/v1/namespaces/tool-e2e/credentials",
+            &[("authorization", &basic("admin", ADMIN_PASSWORD))],
+        );
+        assert_eq!(s, 201);
+        serde_json::from_slice::<serde_json::Value>(&body).unwrap()["password"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
+    let creds = format!("tool-e2e:{password}");
+    let certs = dir.path().join("cert-dir");
+    std::fs::create_dir_all(&certs).unwrap();
+    std::fs::copy(&b.ca_file, certs.join("ca.crt")).unwrap();
+    let certs = certs.display().to_string();
+    let layout = dir.path().join("layout");
+    write_oci_layout(&layout, "v1", "skopeo over TLS", 2);
+    let src = format!("oci:{}:v1", layout.display());
+    let image = format!("docker://{}/tool-e2e/tls:v1", b.host);
+
+    // Without the CA, skopeo refuses berth's certificate.
+    let err = run_failing(&mut skopeo(&[
+        "copy",
+        "--retry-times=0",
+        "--dest-creds",
+        &creds,
+        &src,
+        &image,
+    ]));
+    assert!(err.contains("x509") || err.contains("certificate"), "{err}");
+    // With it (verification on, the default), a push and an inspect.
+    run(&mut skopeo(&[
+        "copy",
+        "--dest-cert-dir",
+        &certs,
+        "--dest-creds",
+        &creds,
+        &src,
+        &image,
+    ]));
+    let out = run(&mut skopeo(&["inspect", "--cert-dir", &certs, &image]));
+    assert!(out.contains("skopeo over TLS"), "{out}");
+
+    // podman pulls it, verifying with the same directory.
+    let storage = dir.path().join("podman");
+    let out = run(Command::new(tool("podman"))
+        .arg("--root")
+        .arg(storage.join("root"))
+        .arg("--runroot")
+        .arg(storage.join("run"))
+        .args([
+            "--storage-driver",
+            "vfs",
+            "--cgroup-manager",
+            "cgroupfs",
+            "--events-backend",
+            "file",
+            "pull",
+            "--cert-dir",
+            &certs,
+        ])
+        .arg(format!("{}/tool-e2e/tls:v1", b.host)));
+    assert!(!out.trim().is_empty(), "podman pull prints the image id");
+
+    // A client certificate in the cert dir (containers-certs.d: *.cert and
+    // *.key) is a tool's login: skopeo pushes with no credentials.
+    let alice = k8s.client("alice", &["toolforge"], 30);
+    let client_dir = dir.path().join("alice-certs");
+    std::fs::create_dir_all(&client_dir).unwrap();
+    std::fs::copy(&b.ca_file, client_dir.join("ca.crt")).unwrap();
+    std::fs::write(client_dir.join("client.cert"), &alice.cert_pem).unwrap();
+    std::fs::write(client_dir.join("client.key"), &alice.key_pem).unwrap();
+    let client_dir = client_dir.display().to_string();
+    run(&mut skopeo(&[
+        "copy",
+        "--dest-cert-dir",
+        &client_dir,
+        &src,
+        &format!("docker://{}/tool-alice/tls:v1", b.host),
+    ]));
+    let err = run_failing(&mut skopeo(&[
+        "copy",
+        "--retry-times=0",
+        "--dest-cert-dir",
+        &client_dir,
+        &src,
+        &format!("docker://{}/tool-e2e/tls:alice", b.host),
+    ]));
+    assert!(
+        err.contains("denied") || err.contains("DENIED") || err.contains("authentication required"),
+        "{err}"
+    );
+}
+
+#[test]
+fn docker_pushes_and_pulls_over_tls_with_certs_d_and_a_client_certificate() {
+    let dir = tempfile::tempdir().unwrap();
+    let k8s = Ca::new("kubernetes");
+    let clients_ca = dir.path().join("clients-ca.crt");
+    std::fs::write(&clients_ca, &k8s.pem).unwrap();
+    // On ::1 under a name: docker never reads certs.d for 127.0.0.0/8
+    // (which it treats as an insecure registry), so a pass there would
+    // prove nothing.
+    let b = TlsBerth::start_at(
+        dir.path(),
+        "::1",
+        &format!("[auth]\nclient_ca = \"{}\"\n", clients_ca.display()),
+    );
+    let password = {
+        let (s, _, body) = b.request(
+            None,
+            "POST",
+            "/admin/v1/namespaces/tool-e2e/credentials",
+            &[("authorization", &basic("admin", ADMIN_PASSWORD))],
+        );
+        assert_eq!(s, 201);
+        serde_json::from_slice::<serde_json::Value>(&body).unwrap()["password"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
+    let host = format!("{TEST_HOST}:{}", b.berth.port);
+    let dockerd = Dockerd::start_private_etc(
+        &dir.path().join("dockerd"),
+        &format!("127.0.0.1 localhost\n::1 {TEST_HOST}\n"),
+    );
+    // An image in the daemon to push: skopeo loads a layout made here.
+    let layout = dir.path().join("layout");
+    write_oci_layout(&layout, "v1", "docker over TLS", 2);
+    let image = format!("{host}/tool-e2e/tls:v1");
+    run(Command::new(tool("skopeo"))
+        .args(["copy", "--dest-daemon-host"])
+        .arg(format!("unix://{}", dockerd.socket.display()))
+        .arg(format!("oci:{}:v1", layout.display()))
+        .arg(format!("docker-daemon:{image}")));
+
+    // Before the CA is in certs.d, docker refuses berth's certificate:
+    // this daemon does verify.
+    let err = dockerd.login(&host, "tool-e2e", &password).unwrap_err();
+    assert!(err.contains("x509") || err.contains("certificate"), "{err}");
+    let certs = dockerd.certs_d().join(&host);
+    std::fs::create_dir_all(&certs).unwrap();
+    std::fs::copy(&b.ca_file, certs.join("ca.crt")).unwrap();
+    dockerd
+        .login(&host, "tool-e2e", &password)
+        .expect("docker login over TLS");
+    let out = run(dockerd.cmd().args(["push", &image]));
+    assert!(out.contains("digest: sha256:"), "docker push: {out}");
+    run(dockerd.cmd().args(["rmi", &image]));
+    run(dockerd.cmd().args(["pull", &image]));
+    let (status, _, _) = b.request(None, "GET", "/v2/tool-e2e/tls/manifests/v1", &[]);
+    assert_eq!(status, 200);
+    run(dockerd.cmd().args(["logout", &host]));
+
+    // A tool's client certificate in certs.d (client.cert, client.key):
+    // docker pushes into the tool's namespace with no login at all...
+    let alice = k8s.client("alice", &["toolforge"], 40);
+    std::fs::write(certs.join("client.cert"), &alice.cert_pem).unwrap();
+    std::fs::write(certs.join("client.key"), &alice.key_pem).unwrap();
+    let mine = format!("{host}/tool-alice/tls:v1");
+    run(dockerd.cmd().args(["tag", &image, &mine]));
+    let out = run(dockerd.cmd().args(["push", &mine]));
+    assert!(out.contains("digest: sha256:"), "docker push: {out}");
+    // ...and nowhere else.
+    let theirs = format!("{host}/tool-e2e/tls:alice");
+    run(dockerd.cmd().args(["tag", &image, &theirs]));
+    let err = run_failing(dockerd.cmd().args(["push", &theirs]));
+    assert!(err.contains("denied"), "{err}");
+}
+
+/// Starts berth with TLS and builds (`extra` in `[builds]`), runs one
+/// build of a git repository and returns it with its log.
+fn build_over_tls(dir: &std::path::Path, extra: &str) -> (TlsBerth, serde_json::Value, String) {
+    let b = TlsBerth::start(
+        dir,
+        &harness::builds_config(dir, "source_schemes = [\"file\"]\n", extra),
+    );
+    harness::push_run_image(&b.berth, dir);
+    let source = harness::git_repo(dir);
+    let (s, _, body) = b.request(
+        None,
+        "POST",
+        "/admin/v1/namespaces/tool-demo/credentials",
+        &[("authorization", &basic("admin", ADMIN_PASSWORD))],
+    );
+    assert_eq!(s, 201);
+    let password = serde_json::from_slice::<serde_json::Value>(&body).unwrap()["password"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let auth = basic("tool-demo", &password);
+    let mut r = b
+        .agent(None)
+        .post(&format!("{}/v1/tool/demo/builds", b.url()))
+        .header("authorization", &auth)
+        .header("content-type", "application/json")
+        .send(serde_json::json!({"source_url": source, "ref": "main"}).to_string())
+        .unwrap();
+    let reply: serde_json::Value =
+        serde_json::from_slice(&r.body_mut().read_to_vec().unwrap()).unwrap();
+    let id = harness::started_id(&(r.status().as_u16(), reply));
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let build = loop {
+        let (s, _, body) = b.request(
+            None,
+            "GET",
+            &format!("/v1/tool/demo/builds/{id}"),
+            &[("authorization", &auth)],
+        );
+        assert_eq!(s, 200);
+        let build = serde_json::from_slice::<serde_json::Value>(&body).unwrap()["build"].clone();
+        let status = build["status"].as_str().unwrap().to_owned();
+        if status != "BUILD_PENDING" && status != "BUILD_RUNNING" {
+            break build;
+        }
+        assert!(Instant::now() < deadline, "build did not finish: {build}");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let (_, _, log) = b.request(
+        None,
+        "GET",
+        &format!("/v1/tool/demo/builds/{id}/logs"),
+        &[("authorization", &auth)],
+    );
+    (b, build, body_text(&log))
+}
+
+#[test]
+fn a_build_pushes_over_tls_trusting_the_registry_ca() {
+    // The lifecycle is handed the CA berth's certificate chains to
+    // ([builds] registry_ca): mounted into the sandbox, named by
+    // SSL_CERT_DIR, and the registry is not called insecure.
+    let dir = tempfile::tempdir().unwrap();
+    let (b, build, log) = build_over_tls(dir.path(), "registry_ca = \"{dir}/pki/ca.crt\"\n");
+    assert_eq!(build["status"], "BUILD_SUCCESS", "{build}\n{log}");
+    assert!(log.contains("===> EXPORTING"), "{log}");
+    let (status, _, _) = b.request(None, "GET", "/v2/tool-demo/tool-demo/manifests/latest", &[]);
+    assert_eq!(status, 200);
+
+    // Without the CA the lifecycle does not trust berth: it verifies.
+    let dir = tempfile::tempdir().unwrap();
+    let (_b, build, log) = build_over_tls(dir.path(), "");
+    assert_eq!(build["status"], "BUILD_FAILURE", "{build}\n{log}");
+    assert!(
+        log.contains("certificate") || log.contains("UnknownIssuer"),
+        "{log}"
+    );
 }
