@@ -368,12 +368,26 @@ impl Config {
         self.limits.validate()?;
         self.server.resolve(&mut self.auth)?;
         self.gc.validate()?;
+        // Builds reach the registry as its clients do: at the public URL
+        // (through the proxy, with its scheme) when there is one, else at
+        // the listen address with berth's own TLS.
+        let mut registry_tls = self.server.tls_cert.is_some();
+        if let (true, Some((scheme, host))) = (
+            self.builds.registry_host.is_empty(),
+            self.server
+                .public_url
+                .as_deref()
+                .and_then(|u| u.split_once("://")),
+        ) {
+            self.builds.registry_host = host.to_owned();
+            registry_tls = scheme == "https";
+        }
         self.builds.resolve(
             self.server.listen,
             &self.storage.data_dir,
             &self.registry.tool_prefix,
         )?;
-        self.builds.registry_tls = self.server.tls_cert.is_some();
+        self.builds.registry_tls = registry_tls;
         self.auth.limits = self.limits.auth_limits();
         Ok(())
     }
@@ -579,6 +593,10 @@ mod tests {
             "the realm follows the public URL"
         );
         assert!(c.builds.registry_tls);
+        assert_eq!(
+            c.builds.registry_host, "r.example.org",
+            "builds push to the public name"
+        );
         let files = c.server.tls_files(&c.auth).unwrap();
         assert_eq!(files.client_ca.as_deref(), Some(Path::new("/ca")));
         assert_eq!(c.server.trusted_proxies.len(), 2);
@@ -592,6 +610,17 @@ mod tests {
             c.auth.realm.as_deref(),
             Some("https://auth.example.org/token")
         );
+        assert!(
+            c.builds.registry_tls,
+            "https at the proxy, though berth itself is plain"
+        );
+        // An explicit registry host is reached with berth's own scheme.
+        let mut c = Config::parse(
+            "[server]\npublic_url = \"https://r.example.org\"\n[builds]\nregistry_host = \"127.0.0.1:5000\"",
+        )
+        .unwrap();
+        c.resolve().unwrap();
+        assert_eq!(c.builds.registry_host, "127.0.0.1:5000");
         assert!(!c.builds.registry_tls);
     }
 
