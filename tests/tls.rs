@@ -350,6 +350,33 @@ fn http2_idle_connections_close_and_header_lists_are_bounded() {
     });
 }
 
+#[test]
+fn http2_request_bodies_are_paced_like_http1_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = TlsBerth::start(dir.path(), "[limits]\nbody_idle_timeout = \"1s\"\n");
+    runtime().block_on(async {
+        let (mut send, _driver) = h2_connect(&b).await;
+        // A body that never comes is cut off after body_idle_timeout.
+        let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(1);
+        let started = Instant::now();
+        let (status, body) = h2_send(
+            &mut send,
+            h2_request(&b, "POST", "/token", OpenBody(rx).boxed()),
+        )
+        .await
+        .unwrap();
+        assert!(status >= 400, "{status} {body}");
+        assert!(body.contains("idle"), "{body}");
+        assert!(started.elapsed() < Duration::from_secs(10));
+        drop(tx);
+        // The connection serves on.
+        let (status, _) = h2_send(&mut send, h2_request(&b, "GET", "/healthz", empty()))
+            .await
+            .unwrap();
+        assert_eq!(status, 200);
+    });
+}
+
 // ------------------------------------------------- client certificates ----
 
 /// berth with TLS and client certificates from `clients` (a CA of its own,
