@@ -290,6 +290,12 @@ impl Limits {
         if let Some((key, _)) = positive.iter().find(|(_, v)| *v == 0) {
             return Err(format!("[limits] {key} must be at least 1"));
         }
+        if self.password_checks <= self.logins_per_account {
+            return Err(format!(
+                "[limits] password_checks ({}) must be more than logins_per_account ({}): guesses at one account must not hold every password check",
+                self.password_checks, self.logins_per_account
+            ));
+        }
         if self.max_header_bytes < 8192 {
             return Err("[limits] max_header_bytes must be at least 8KiB".into());
         }

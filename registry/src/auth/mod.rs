@@ -59,7 +59,7 @@ impl Default for AuthLimits {
             token_cache_bytes: 16 * 1024 * 1024,
             logins_per_address: 8,
             logins_per_account: 4,
-            password_checks: 4,
+            password_checks: 8,
         }
     }
 }
