@@ -7,6 +7,8 @@
 mod common;
 #[path = "common/builds.rs"]
 mod harness;
+#[path = "common/tls.rs"]
+mod tlsh;
 
 use common::*;
 use harness::*;
@@ -45,21 +47,20 @@ struct Home {
 }
 
 impl Home {
-    fn new(dir: &Path, berth: &Berth, tool: &str, token: &str) -> Home {
+    /// `url`: berth's; `user`: the kubeconfig user's keys (a token, or a
+    /// client certificate and key), indented for the `user:` map.
+    fn new(dir: &Path, url: &str, tool: &str, user: &str) -> Home {
         let home = dir.join("home");
         std::fs::create_dir_all(home.join(".kube")).unwrap();
         std::fs::write(
             home.join(".toolforge.yaml"),
-            format!(
-                "api_gateway:\n  url: {}\nbuilds:\n  builds_endpoint: /v1\n",
-                berth.url()
-            ),
+            format!("api_gateway:\n  url: {url}\nbuilds:\n  builds_endpoint: /v1\n"),
         )
         .unwrap();
         std::fs::write(
             home.join(".kube/config"),
             format!(
-                "apiVersion: v1\nkind: Config\ncurrent-context: {tool}\nclusters:\n- name: toolforge\n  cluster:\n    server: https://k8s.invalid:6443\ncontexts:\n- name: {tool}\n  context:\n    cluster: toolforge\n    user: tool-{tool}\n    namespace: tool-{tool}\nusers:\n- name: tool-{tool}\n  user:\n    token: {token}\n"
+                "apiVersion: v1\nkind: Config\ncurrent-context: {tool}\nclusters:\n- name: toolforge\n  cluster:\n    server: https://k8s.invalid:6443\ncontexts:\n- name: {tool}\n  context:\n    cluster: toolforge\n    user: tool-{tool}\n    namespace: tool-{tool}\nusers:\n- name: tool-{tool}\n  user:\n    {user}\n"
             ),
         )
         .unwrap();
@@ -119,12 +120,8 @@ fn every_toolforge_build_command_works_against_berth() {
     let (berth, _) = start_berth(dir.path(), "");
     let source = git_repo(dir.path());
     let tool = Tool::new(&berth, "demo");
-    let home = Home::new(
-        dir.path(),
-        &berth,
-        "demo",
-        &bearer(&berth, "demo", &tool.password),
-    );
+    let token = bearer(&berth, "demo", &tool.password);
+    let home = Home::new(dir.path(), &berth.url(), "demo", &format!("token: {token}"));
 
     // start: follows the log to the end (JSON lines, parsed by the CLI).
     let out = home.ok(&["start", &source, "--ref", "main", "-e", "GREETING=hello"]);
@@ -237,4 +234,59 @@ fn every_toolforge_build_command_works_against_berth() {
     let other_id = started_id(&started);
     let (ok, out) = home.run(&["show", &other_id]);
     assert!(!ok && out.contains("no build"), "{out}");
+}
+
+#[test]
+fn the_toolforge_cli_over_tls_with_a_kubernetes_client_certificate() {
+    // As on Toolforge: the kubeconfig's user is a client certificate whose
+    // CN is the tool, signed by the cluster CA berth trusts ([auth]
+    // client_ca); berth serves TLS and its builds push over it.
+    let dir = tempfile::tempdir().unwrap();
+    let extra = "registry_ca = \"{dir}/pki/ca.crt\"\n[auth]\nclient_ca = \"{dir}/pki/ca.crt\"\n";
+    let b = tlsh::TlsBerth::start(
+        dir.path(),
+        &builds_config(dir.path(), "source_schemes = [\"file\"]\n", extra),
+    );
+    push_run_image(&b.berth, dir.path());
+    let source = git_repo(dir.path());
+    let issued = b.ca.client("demo", &[], 7);
+    let (crt, key) = tlsh::write_pair(&dir.path().join("kube"), "demo", &issued);
+    let home = Home::new(
+        dir.path(),
+        &b.url(),
+        "demo",
+        &format!(
+            "client-certificate: {}\n    client-key: {}",
+            crt.display(),
+            key.display()
+        ),
+    );
+    let out = home.ok(&["start", &source, "--ref", "main"]);
+    assert!(out.contains("BUILD_SUCCESS"), "{out}");
+    let out = home.ok(&["list"]);
+    assert!(out.contains(" ok "), "{out}");
+    let out = home.ok(&["quota"]);
+    assert!(out.contains("1.0 GiB"), "{out}");
+    // The certificate is tool-demo's: another tool's build is not its.
+    let other = issued_for_other(&b);
+    let (ok, out) = home.run(&["show", &other]);
+    assert!(!ok && out.contains("no build"), "{out}");
+}
+
+/// Starts a build as another tool (over its own client certificate) and
+/// returns its id.
+fn issued_for_other(b: &tlsh::TlsBerth) -> String {
+    let issued = b.ca.client("other", &[], 8);
+    let agent = tlsh::tls_agent(&b.ca.pem, Some(&issued));
+    let mut r = agent
+        .post(&format!("{}/v1/tool/other/builds", b.url()))
+        .header("content-type", "application/json")
+        .send(
+            serde_json::json!({"source_url": git_repo(&b.dir.join("other")), "ref": "main"})
+                .to_string(),
+        )
+        .unwrap();
+    let reply: serde_json::Value =
+        serde_json::from_slice(&r.body_mut().read_to_vec().unwrap()).unwrap();
+    started_id(&(r.status().as_u16(), reply))
 }
