@@ -3,6 +3,7 @@
 //! a namespace account) or a bearer token from `/token`; `policy` says what
 //! each principal may do; tokens carry exactly the grants `/token` gave.
 
+pub mod api_token;
 pub mod policy;
 pub mod secrets;
 pub mod throttle;
