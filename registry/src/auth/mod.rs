@@ -853,7 +853,10 @@ impl Auth {
             other => Err(ApiError::new(
                 StatusCode::FORBIDDEN,
                 Code::Denied,
-                format!("{} may not see {namespace}'s figures", other.name()),
+                format!(
+                    "{} may not act for {namespace} (only its own account or the admin may)",
+                    other.name()
+                ),
             )),
         }
     }
