@@ -80,9 +80,9 @@ pub fn run(command: TokenCommand) -> Result<String, String> {
         } => {
             let scope = match scope.as_deref() {
                 None => None,
-                Some(s) => Some(
-                    api::TokenScope::parse(s).ok_or_else(|| format!("unknown scope {s:?}"))?,
-                ),
+                Some(s) => {
+                    Some(api::TokenScope::parse(s).ok_or_else(|| format!("unknown scope {s:?}"))?)
+                }
             };
             let body = api::CreateToken {
                 namespace,
