@@ -200,6 +200,7 @@ pub struct Limits {
     #[serde(with = "humantime_serde")]
     pub tls_handshake_timeout: Duration,
     pub max_streams_per_connection: u32,
+    pub api_tokens_per_namespace: usize,
 }
 
 impl Default for Limits {
@@ -226,6 +227,7 @@ impl Default for Limits {
             password_checks: auth.password_checks,
             tls_handshake_timeout: conn.tls_handshake_timeout,
             max_streams_per_connection: conn.max_streams_per_connection,
+            api_tokens_per_namespace: auth.api_tokens_per_namespace,
         }
     }
 }
@@ -270,6 +272,7 @@ impl Limits {
             logins_per_address: self.logins_per_address,
             logins_per_account: self.logins_per_account,
             password_checks: self.password_checks,
+            api_tokens_per_namespace: self.api_tokens_per_namespace,
         }
     }
 
@@ -286,6 +289,7 @@ impl Limits {
                 "max_streams_per_connection",
                 self.max_streams_per_connection as usize,
             ),
+            ("api_tokens_per_namespace", self.api_tokens_per_namespace),
         ];
         if let Some((key, _)) = positive.iter().find(|(_, v)| *v == 0) {
             return Err(format!("[limits] {key} must be at least 1"));
@@ -394,6 +398,16 @@ impl Config {
             &self.registry.tool_prefix,
         )?;
         self.builds.registry_tls = registry_tls;
+        let (default, max) = (
+            self.auth.api_token_default_lifetime,
+            self.auth.api_token_max_lifetime,
+        );
+        if default < Duration::from_secs(1) || default > max {
+            return Err(
+                "[auth] api_token_default_lifetime must be at least 1s and at most api_token_max_lifetime"
+                    .into(),
+            );
+        }
         self.auth.limits = self.limits.auth_limits();
         Ok(())
     }
@@ -471,6 +485,18 @@ mod tests {
         assert_eq!(
             example.auth.private_namespaces,
             default.auth.private_namespaces
+        );
+        assert_eq!(
+            example.auth.api_token_default_lifetime,
+            default.auth.api_token_default_lifetime
+        );
+        assert_eq!(
+            example.auth.api_token_max_lifetime,
+            default.auth.api_token_max_lifetime
+        );
+        assert_eq!(
+            example.limits.api_tokens_per_namespace,
+            default.limits.api_tokens_per_namespace
         );
         assert_eq!(example.quota.default_limit, default.quota.default_limit);
         assert_eq!(example.quota.unlimited, default.quota.unlimited);
@@ -648,6 +674,14 @@ mod tests {
             "git_resolutions_per_tool",
         );
         bad("[builds]\nsource_schemes = [\"ssh\"]", "not supported");
+        bad(
+            "[auth]\napi_token_default_lifetime = \"400d\"",
+            "api_token_default_lifetime",
+        );
+        bad(
+            "[limits]\napi_tokens_per_namespace = 0",
+            "api_tokens_per_namespace",
+        );
         assert!(Config::parse("[builds]\nsandbox = \"chroot\"").is_err());
         let mut c = Config::parse(
             "[builds]\nsandbox = \"none\"\nsource_schemes = [\"HTTPS\"]\nprivate_source_hosts = [\"Git.Internal\"]\nmax_log_bytes = \"1MiB\"",

@@ -5,6 +5,7 @@
 mod admin_client;
 mod gc_cli;
 mod quota_cli;
+mod token_cli;
 
 use berth::app;
 use berth::config::{self, Config, LogFormat};
@@ -47,6 +48,11 @@ enum Command {
     Gc {
         #[command(subcommand)]
         command: gc_cli::GcCommand,
+    },
+    /// Create, list and revoke API tokens on a running berth.
+    Token {
+        #[command(subcommand)]
+        command: token_cli::TokenCommand,
     },
     /// Manage namespaces on a running berth.
     Namespace {
@@ -118,6 +124,7 @@ fn main() -> ExitCode {
         }
         Command::Quota { command } => report(quota_cli::run(command)),
         Command::Gc { command } => report(gc_cli::run(command)),
+        Command::Token { command } => report(token_cli::run(command)),
         Command::Namespace {
             command:
                 NamespaceCommand::Credentials {

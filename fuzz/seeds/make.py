@@ -86,7 +86,9 @@ paths = ["/v2/", "/v2", "/v2/_catalog?n=10&last=a", "/v2/tool-a/web/tags/list?n=
          "/admin/v1/gc/runs?limit=5", "/admin/v1/pins", "/admin/v1/pins/1", "/admin/v1/retention",
          "/admin/v1/retention/tool-a", "/admin/v2/x", "/v1/tool/a/quotas", "/v1/tool/a/builds",
          "/v1/tool/a/builds/latest", "/v1/tool/a/builds/a-buildpacks-abc123/logs?follow=true",
-         "/v1/tool/a/builds/a-buildpacks-abc123/cancel", "/v1/tool/a/clean", "/v1/tool/A/clean"]
+         "/v1/tool/a/builds/a-buildpacks-abc123/cancel", "/v1/tool/a/clean", "/v1/tool/A/clean",
+         "/admin/v1/tokens?namespace=tool-a&n=10&last=0123456789abcdef", "/admin/v1/tokens/0123456789abcdef",
+         "/v1/namespaces/toolforge/tokens", "/v1/namespaces/tool-a/tokens/0123456789abcdef"]
 for i, p in enumerate(paths):
     put("route", "%02d" % i, p)
 

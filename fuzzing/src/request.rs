@@ -3,9 +3,11 @@
 //! data dir, builds off, GC graces at zero) answers short sequences of
 //! structured random requests: plausible paths and raw ones, odd methods,
 //! Basic and Bearer credentials (the admin's, issued, forged with the real
-//! key, garbage), ranges, and bodies that include blobs and manifests built
-//! from fragments. Later requests of a sequence can use what earlier
-//! answers gave (upload locations, secrets, tokens, manifest digests).
+//! key, garbage, API tokens as bearer tokens and as passwords), ranges,
+//! and bodies that include blobs and manifests built from fragments.
+//! Later requests of a sequence can use what earlier answers gave (upload
+//! locations, secrets, tokens and API token ids, manifest digests). New
+//! vocabulary goes at the end of each enum.
 //!
 //! Every answer must keep berth's promises (`check`): no panic, no 5xx, the
 //! OCI error shape with a spec code on every error, nosniff and CSP on
@@ -87,6 +89,7 @@ enabled = false
 uploads_per_namespace = 8
 uploads_total = 32
 token_max_scopes = 8
+api_tokens_per_namespace = 4
 "#,
         dir.display()
     )
@@ -245,6 +248,14 @@ enum PathSpec {
     Admin(String),
     Tool(Name, ToolPath),
     Raw(String),
+    /// `/admin/v1/tokens`
+    ApiTokens,
+    /// `/admin/v1/tokens/{id}`: an id an earlier answer gave, or raw.
+    ApiToken(u8, Option<String>),
+    /// `/v1/namespaces/{ns}/tokens`
+    NamespaceTokens(Name),
+    /// `/v1/namespaces/{ns}/tokens/{id}`
+    NamespaceToken(Name, u8, Option<String>),
 }
 
 #[derive(Arbitrary, Debug)]
@@ -310,6 +321,8 @@ enum Credentials {
     ForgedWrongKey(ClaimsSpec),
     Bearer(String),
     Raw(Vec<u8>),
+    /// An API token an earlier answer showed, as the password of Basic.
+    TokenAsPassword(u8, String),
 }
 
 #[derive(Arbitrary, Debug)]
@@ -354,6 +367,14 @@ enum Body {
         image_name: Option<String>,
         envvars: Vec<(String, String)>,
     },
+    /// An API token to create (`POST .../tokens`).
+    ApiToken {
+        namespace: Option<Name>,
+        admin: bool,
+        name: Name,
+        expires_in: Option<Name>,
+        scope: Option<u8>,
+    },
 }
 
 const EXTRA_HEADERS: &[&str] = &[
@@ -395,6 +416,8 @@ struct Context {
     offset: u64,
     secrets: Vec<(String, String)>,
     tokens: Vec<String>,
+    /// Ids of API tokens earlier answers created.
+    token_ids: Vec<String>,
     manifests: Vec<String>,
     wrote: bool,
     /// Bytes sent to upload sessions since the last one started.
@@ -491,6 +514,22 @@ fn path(spec: &PathSpec, ctx: &Context) -> String {
             }
         }
         PathSpec::Raw(p) => p.clone(),
+        PathSpec::ApiTokens => "/admin/v1/tokens".into(),
+        PathSpec::ApiToken(i, raw) => format!("/admin/v1/tokens/{}", token_id(ctx, *i, raw)),
+        PathSpec::NamespaceTokens(ns) => format!("/v1/namespaces/{}/tokens", ns.pick(NAMESPACES)),
+        PathSpec::NamespaceToken(ns, i, raw) => format!(
+            "/v1/namespaces/{}/tokens/{}",
+            ns.pick(NAMESPACES),
+            token_id(ctx, *i, raw)
+        ),
+    }
+}
+
+/// An API token id an earlier answer gave, else `raw` (or a made-up one).
+fn token_id(ctx: &Context, i: u8, raw: &Option<String>) -> String {
+    match raw {
+        Some(r) => r.clone(),
+        None => pick(&ctx.token_ids, i).unwrap_or_else(|| "0123456789abcdef".into()),
     }
 }
 
@@ -598,6 +637,28 @@ fn body(spec: &Body, ctx: &Context) -> Vec<u8> {
             "source_url": source_url, "ref": reference, "image_name": image_name,
             "envvars": envvars.iter().cloned().collect::<std::collections::BTreeMap<_, _>>(),
         })),
+        Body::ApiToken {
+            namespace,
+            admin,
+            name,
+            expires_in,
+            scope,
+        } => {
+            let mut v = serde_json::json!({ "name": name.pick(&["ci", "reader", "a.b-c_d"]) });
+            if let Some(ns) = namespace {
+                v["namespace"] = ns.pick(NAMESPACES).into();
+            }
+            if *admin {
+                v["admin"] = true.into();
+            }
+            if let Some(e) = expires_in {
+                v["expires_in"] = e.pick(&["90d", "2s", "1h", "0s", "400d"]).into();
+            }
+            if let Some(sc) = scope {
+                v["scope"] = ["pull", "push", "admin", "none"][*sc as usize % 4].into();
+            }
+            json(v)
+        }
     }
 }
 
@@ -634,6 +695,7 @@ fn authorization(c: &Credentials, ctx: &Context, key: &[u8]) -> Option<Vec<u8>> 
         }
         Credentials::Bearer(s) => Some(format!("Bearer {s}").into_bytes()),
         Credentials::Raw(b) => Some(b.clone()),
+        Credentials::TokenAsPassword(i, user) => pick(&ctx.tokens, *i).map(|t| basic(user, &t)),
     }
 }
 
@@ -692,13 +754,74 @@ fn build(step: &Step, ctx: &Context, key: &[u8]) -> Option<(Request<RequestBody>
     Some((req, path, body))
 }
 
-/// What one input does: single requests, and whole pushes the way clients
+/// What one input does: single requests, whole pushes the way clients
 /// make them (so that later requests find images, tags, indexes and
-/// referrers to work on).
+/// referrers to work on), and API tokens made the way the CLI makes them
+/// (so that later requests can use and revoke them).
 #[derive(Arbitrary, Debug)]
 enum Action {
     Request(Box<Step>),
     Push(Push),
+    MakeToken(MakeToken),
+}
+
+/// A well-formed `POST .../tokens`: through the admin API, or through the
+/// namespace's own path with its secret when an earlier answer showed it.
+#[derive(Arbitrary, Debug)]
+struct MakeToken {
+    /// `None`: an admin token.
+    namespace: Option<u8>,
+    own_path: bool,
+    name: u8,
+    scope: u8,
+    expires: u8,
+}
+
+async fn make_token(h: &Harness, t: &MakeToken, ctx: &mut Context) {
+    // The namespaces that can own tokens (not "admin", "anonymous").
+    let ns = t.namespace.map(|i| NAMESPACES[i as usize % 4]);
+    let name = ["ci", "reader", "deploy"][t.name as usize % 3];
+    let expires_in = ["90d", "1h", "2s"][t.expires as usize % 3];
+    let mut body = serde_json::json!({ "name": name, "expires_in": expires_in });
+    if ns.is_some() {
+        body["scope"] = ["push", "pull"][t.scope as usize % 2].into();
+    }
+    let own = ns.and_then(|ns| {
+        t.own_path
+            .then(|| ctx.secrets.iter().find(|(u, _)| u == ns).cloned())
+            .flatten()
+    });
+    let (uri, authorization) = match (ns, own) {
+        (Some(ns), Some((user, password))) => (
+            format!("/v1/namespaces/{ns}/tokens"),
+            authorization(&Credentials::Basic(user, password), ctx, &h.token_key),
+        ),
+        (ns, _) => {
+            match ns {
+                Some(ns) => body["namespace"] = ns.into(),
+                None => body["admin"] = true.into(),
+            }
+            (
+                "/admin/v1/tokens".to_owned(),
+                authorization(&Credentials::Admin, ctx, &h.token_key),
+            )
+        }
+    };
+    let Some(authorization) = authorization else {
+        return;
+    };
+    let Ok(req) = Request::builder()
+        .method(Method::POST)
+        .uri(&uri)
+        .header(header::AUTHORIZATION, authorization)
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(RequestBody::full(
+            serde_json::to_vec(&body).expect("JSON values serialize"),
+        ))
+    else {
+        return;
+    };
+    send(h, req, &uri, ctx).await;
 }
 
 /// Blobs uploaded monolithically, then an image manifest (or, with
@@ -878,6 +1001,10 @@ async fn run(h: &Harness, actions: &[Action]) {
                 push(h, p, &mut ctx).await;
                 continue;
             }
+            Action::MakeToken(t) => {
+                make_token(h, t, &mut ctx).await;
+                continue;
+            }
         };
         let Some((req, path, sent)) = build(step, &ctx, &h.token_key) else {
             continue;
@@ -896,6 +1023,17 @@ async fn run(h: &Harness, actions: &[Action]) {
             .body(RequestBody::empty())
             .expect("a location is a URI");
         send(h, req, &location, &mut ctx).await;
+    }
+    // Nor a token: tokens are capped per namespace, and names must be free
+    // for the next input.
+    for id in std::mem::take(&mut ctx.token_ids) {
+        let uri = format!("/admin/v1/tokens/{id}");
+        let Ok(req) =
+            admin_request(Method::DELETE, &uri, &ctx, &h.token_key).body(RequestBody::empty())
+        else {
+            continue;
+        };
+        send(h, req, &uri, &mut ctx).await;
     }
     if ctx.wrote {
         let drift = h
@@ -972,6 +1110,9 @@ fn learn(
         if let Ok(v) = serde_json::from_slice::<serde_json::Value>(body) {
             if let Some(t) = v["token"].as_str() {
                 ctx.tokens.push(t.to_owned());
+                if let Some(id) = v["id"].as_str().filter(|_| t.starts_with("berth_")) {
+                    ctx.token_ids.push(id.to_owned());
+                }
             }
             if let (Some(u), Some(p)) = (v["username"].as_str(), v["password"].as_str()) {
                 ctx.secrets.push((u.to_owned(), p.to_owned()));

@@ -4,7 +4,8 @@
 //! and the operation must be one the method asks for.
 
 use berth_registry::routes::{
-    self, parse_reference, query_get, query_pairs, AdminOp, OciOp, OpsOp, Reference, Route, ToolOp,
+    self, parse_reference, query_get, query_pairs, AdminOp, NamespaceOp, OciOp, OpsOp, Reference,
+    Route, ToolOp,
 };
 use berth_storage::{Digest, RepoName};
 use http::Method;
@@ -143,6 +144,20 @@ fn check(method: &Method, path: &str, route: &Route) {
                 ToolOp::CancelBuild(id) => format!("/v1/tool/{t}/builds/{id}/cancel"),
                 ToolOp::Clean => format!("/v1/tool/{t}/clean"),
                 ToolOp::MethodNotAllowed(m) => {
+                    assert_eq!(m, method);
+                    return;
+                }
+            }
+        }
+        Route::Namespace(ns, op) => {
+            // The name is validated by the handlers, after the owner check.
+            assert!(!ns.contains('/'), "{ns:?}");
+            match op {
+                NamespaceOp::ListTokens | NamespaceOp::CreateToken => {
+                    format!("/v1/namespaces/{ns}/tokens")
+                }
+                NamespaceOp::RevokeToken(id) => format!("/v1/namespaces/{ns}/tokens/{id}"),
+                NamespaceOp::MethodNotAllowed(m) => {
                     assert_eq!(m, method);
                     return;
                 }

@@ -363,6 +363,84 @@ pub struct Credentials {
     pub rotated: bool,
 }
 
+// --------------------------------------------------------- api tokens ----
+
+pub use berth_storage::meta::TokenScope;
+
+/// `POST /admin/v1/tokens` (with `namespace`, or `admin: true`) and
+/// `POST /v1/namespaces/{ns}/tokens` (neither: the path names the
+/// namespace).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct CreateToken {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    /// An admin token (admin API only).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub admin: bool,
+    /// Unique among the owner's live tokens.
+    pub name: String,
+    /// A duration such as "90d"; absent: `[auth] api_token_default_lifetime`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_in: Option<String>,
+    /// `pull` or `push` (the default) for a namespace's token; `admin`
+    /// (or absent) for an admin token.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scope: Option<TokenScope>,
+}
+
+/// A token as listed: never its secret.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct TokenInfo {
+    pub id: String,
+    pub name: String,
+    /// `None` for an admin token.
+    pub namespace: Option<String>,
+    pub scope: TokenScope,
+    pub created_ms: i64,
+    pub expires_ms: i64,
+    /// RFC 3339.
+    pub expires_at: String,
+    /// Recorded at most once a minute; `None` if never used.
+    pub last_used_ms: Option<i64>,
+    pub expired: bool,
+    pub created_by: String,
+}
+
+impl TokenInfo {
+    /// The listed form of a stored token, `expired` as of `now_ms`.
+    pub fn new(t: &meta::ApiToken, now_ms: i64) -> TokenInfo {
+        TokenInfo {
+            id: t.id.clone(),
+            name: t.name.clone(),
+            namespace: t.namespace.clone(),
+            scope: t.scope,
+            created_ms: t.created_ms,
+            expires_ms: t.expires_ms,
+            expires_at: rfc3339(t.expires_ms),
+            last_used_ms: t.last_used_ms,
+            expired: t.expires_ms <= now_ms,
+            created_by: t.created_by.clone(),
+        }
+    }
+}
+
+/// The answer to a create: the token itself, shown this once.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TokenCreated {
+    #[serde(flatten)]
+    pub info: TokenInfo,
+    pub token: String,
+}
+
+/// `GET /admin/v1/tokens` and `GET /v1/namespaces/{ns}/tokens`: by id;
+/// `next` is the `last` to ask for the next page, when there is one.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TokenList {
+    pub tokens: Vec<TokenInfo>,
+    pub next: Option<String>,
+}
+
 // ------------------------------------------------- Toolforge's shapes ----
 
 /// Toolforge's `messages` block, on every Toolforge-shaped answer.

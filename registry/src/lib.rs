@@ -147,6 +147,7 @@ async fn dispatch(
         Route::Oci(op) => surfaces::oci::handle(state, &caller, op, req).await,
         Route::Admin(op) => surfaces::admin::handle(state, &caller, op, req).await,
         Route::Tool(tool, op) => surfaces::tool::handle(state, &caller, &tool, op, req).await,
+        Route::Namespace(ns, op) => surfaces::namespace::handle(state, &caller, &ns, op, req).await,
         Route::Ops(_) => Err(ApiError::internal("operations are answered above")),
     }
 }

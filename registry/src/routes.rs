@@ -40,6 +40,10 @@ pub enum Route {
     Admin(AdminOp),
     /// `/v1/tool/<tool>/...`: a tool's own API, in Toolforge's shapes.
     Tool(String, ToolOp),
+    /// `/v1/namespaces/<ns>/...`: what a namespace's own account manages
+    /// (any namespace, tool or not). The name is as sent: validated after
+    /// the caller is known to own it.
+    Namespace(String, NamespaceOp),
     /// `/healthz`, `/metrics`, `/token`: for operators and clients' logins.
     Ops(OpsOp),
 }
@@ -105,6 +109,9 @@ pub enum AdminOp {
     ShowRetention,
     SetRetention(String),
     DeleteRetention(String),
+    ListTokens,
+    CreateToken,
+    RevokeToken(String),
     /// Any other `/admin/...` path.
     NotFound,
     MethodNotAllowed(Method),
@@ -121,6 +128,26 @@ pub enum ToolOp {
     BuildLogs(String),
     CancelBuild(String),
     Clean,
+    MethodNotAllowed(Method),
+}
+
+impl ToolOp {
+    /// Whether the operation changes the tool's things (a pull-only API
+    /// token may not).
+    pub fn writes(&self) -> bool {
+        matches!(
+            self,
+            ToolOp::StartBuild | ToolOp::DeleteBuild(_) | ToolOp::CancelBuild(_) | ToolOp::Clean
+        )
+    }
+}
+
+/// A namespace's own operations.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NamespaceOp {
+    ListTokens,
+    CreateToken,
+    RevokeToken(String),
     MethodNotAllowed(Method),
 }
 
@@ -161,6 +188,9 @@ pub fn parse(method: &Method, path: &str) -> ApiResult<Option<Route>> {
     if let Some(rest) = path.strip_prefix("/v1/tool/") {
         return parse_tool(method, rest);
     }
+    if let Some(rest) = path.strip_prefix("/v1/namespaces/") {
+        return Ok(parse_namespace(method, rest));
+    }
     if let Some(rest) = path.strip_prefix("/admin/") {
         return Ok(Some(Route::Admin(parse_admin(method, rest))));
     }
@@ -196,6 +226,21 @@ fn parse_tool(method: &Method, rest: &str) -> ApiResult<Option<Route>> {
     Ok(Some(Route::Tool(validate_tool(tool)?, op)))
 }
 
+fn parse_namespace(method: &Method, rest: &str) -> Option<Route> {
+    use Method as M;
+    let parts: Vec<&str> = rest.split('/').collect();
+    let (ns, op) = match (parts.as_slice(), method) {
+        ([ns, "tokens"], &M::GET) => (ns, NamespaceOp::ListTokens),
+        ([ns, "tokens"], &M::POST) => (ns, NamespaceOp::CreateToken),
+        ([ns, "tokens", id], &M::DELETE) => (ns, NamespaceOp::RevokeToken((*id).to_owned())),
+        ([ns, "tokens"], _) | ([ns, "tokens", _], _) => {
+            (ns, NamespaceOp::MethodNotAllowed(method.clone()))
+        }
+        _ => return None,
+    };
+    Some(Route::Namespace((*ns).to_owned(), op))
+}
+
 fn parse_admin(method: &Method, rest: &str) -> AdminOp {
     use Method as M;
     let parts: Vec<&str> = rest.split('/').collect();
@@ -219,9 +264,12 @@ fn parse_admin(method: &Method, rest: &str) -> AdminOp {
         (["v1", "retention"], &M::GET) => AdminOp::ShowRetention,
         (["v1", "retention", ns], &M::PUT) => AdminOp::SetRetention(own(ns)),
         (["v1", "retention", ns], &M::DELETE) => AdminOp::DeleteRetention(own(ns)),
+        (["v1", "tokens"], &M::GET) => AdminOp::ListTokens,
+        (["v1", "tokens"], &M::POST) => AdminOp::CreateToken,
+        (["v1", "tokens", id], &M::DELETE) => AdminOp::RevokeToken(own(id)),
         (["v1", "namespaces", _, "credentials"], _)
-        | (["v1", "quotas" | "gc" | "pins" | "retention"], _)
-        | (["v1", "quotas" | "gc" | "pins" | "retention", _], _) => {
+        | (["v1", "quotas" | "gc" | "pins" | "retention" | "tokens"], _)
+        | (["v1", "quotas" | "gc" | "pins" | "retention" | "tokens", _], _) => {
             AdminOp::MethodNotAllowed(method.clone())
         }
         _ => AdminOp::NotFound,
@@ -469,6 +517,47 @@ mod tests {
             parse(&Method::PATCH, "/token").unwrap(),
             Some(Route::Ops(OpsOp::MethodNotAllowed(Method::PATCH)))
         );
+    }
+
+    #[test]
+    fn token_routes() {
+        let route = |m: Method, p: &str| parse(&m, p).unwrap();
+        assert_eq!(
+            route(Method::POST, "/admin/v1/tokens"),
+            Some(Route::Admin(AdminOp::CreateToken))
+        );
+        assert_eq!(
+            route(Method::GET, "/admin/v1/tokens"),
+            Some(Route::Admin(AdminOp::ListTokens))
+        );
+        assert_eq!(
+            route(Method::DELETE, "/admin/v1/tokens/abc"),
+            Some(Route::Admin(AdminOp::RevokeToken("abc".into())))
+        );
+        assert_eq!(
+            route(Method::PUT, "/admin/v1/tokens/abc"),
+            Some(Route::Admin(AdminOp::MethodNotAllowed(Method::PUT)))
+        );
+        let ns = |op| Some(Route::Namespace("toolforge".into(), op));
+        assert_eq!(
+            route(Method::GET, "/v1/namespaces/toolforge/tokens"),
+            ns(NamespaceOp::ListTokens)
+        );
+        assert_eq!(
+            route(Method::POST, "/v1/namespaces/toolforge/tokens"),
+            ns(NamespaceOp::CreateToken)
+        );
+        assert_eq!(
+            route(Method::DELETE, "/v1/namespaces/toolforge/tokens/x1"),
+            ns(NamespaceOp::RevokeToken("x1".into()))
+        );
+        assert_eq!(
+            route(Method::GET, "/v1/namespaces/toolforge/tokens/x1"),
+            ns(NamespaceOp::MethodNotAllowed(Method::GET))
+        );
+        assert_eq!(route(Method::GET, "/v1/namespaces/toolforge"), None);
+        assert_eq!(route(Method::GET, "/v1/namespaces/a/b/tokens"), None);
+        assert!(ToolOp::StartBuild.writes() && !ToolOp::Quota.writes());
     }
 
     #[test]

@@ -1,8 +1,11 @@
 //! Where every request is authenticated and authorized; no handler decides
 //! access on its own. Callers prove who they are with HTTP Basic (admin or
-//! a namespace account) or a bearer token from `/token`; `policy` says what
-//! each principal may do; tokens carry exactly the grants `/token` gave.
+//! a namespace account, or any name with an API token as the password), a
+//! bearer token from `/token`, or an API token as the bearer token;
+//! `policy` says what each principal may do, an API token's scope may
+//! narrow it; tokens carry exactly the grants `/token` gave.
 
+pub mod api_token;
 pub mod policy;
 pub mod secrets;
 pub mod throttle;
@@ -10,12 +13,14 @@ pub mod token;
 
 use crate::error::{ApiError, ApiResult, Code};
 use base64::Engine as _;
+pub use berth_storage::meta::TokenScope;
 use berth_storage::{Metadata, RepoName};
 use http::{header, HeaderMap, HeaderValue, StatusCode};
 use policy::Policy;
 use sha2::{Digest as _, Sha256};
 use std::collections::HashMap;
 use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 use throttle::LoginThrottle;
@@ -49,6 +54,8 @@ pub struct AuthLimits {
     pub logins_per_account: usize,
     /// Password hashes (argon2, ~19 MiB each) computed at once, overall.
     pub password_checks: usize,
+    /// API tokens one namespace (and the admin) may hold.
+    pub api_tokens_per_namespace: usize,
 }
 
 impl Default for AuthLimits {
@@ -60,6 +67,7 @@ impl Default for AuthLimits {
             logins_per_address: 8,
             logins_per_account: 4,
             password_checks: 8,
+            api_tokens_per_namespace: 100,
         }
     }
 }
@@ -96,6 +104,49 @@ impl Action {
             "push" => Some(Action::Push),
             "delete" => Some(Action::Delete),
             _ => None,
+        }
+    }
+}
+
+/// The API token a caller came with: directly (Basic password or bearer
+/// token), or through a bearer token `/token` issued for it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenUse {
+    pub id: String,
+    pub scope: TokenScope,
+    /// Unix milliseconds.
+    pub expires_ms: i64,
+}
+
+impl TokenUse {
+    fn of(t: &berth_storage::meta::ApiToken) -> TokenUse {
+        TokenUse {
+            id: t.id.clone(),
+            scope: t.scope,
+            expires_ms: t.expires_ms,
+        }
+    }
+}
+
+/// Whether an API token's scope lets it do `action` (no token: nothing
+/// narrows the principal's rights).
+fn scope_allows(token: Option<&TokenUse>, action: Action) -> bool {
+    token.is_none_or(|t| t.scope != TokenScope::Pull || action == Action::Pull)
+}
+
+/// Who a login proved to be: a principal, and the API token when the
+/// password was one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Identity {
+    pub principal: Principal,
+    pub token: Option<TokenUse>,
+}
+
+impl Identity {
+    pub fn of(principal: Principal) -> Identity {
+        Identity {
+            principal,
+            token: None,
         }
     }
 }
@@ -141,11 +192,14 @@ pub struct ClientCertificate {
 }
 
 /// An authenticated caller: the principal, and when they came with a
-/// token, exactly what the token grants.
+/// token, exactly what the token grants; `token` when they came with an
+/// API token (or a bearer token issued for one), whose scope narrows
+/// what the principal may do.
 #[derive(Debug, Clone)]
 pub struct Caller {
     pub principal: Principal,
     pub grants: Option<Vec<Grant>>,
+    pub token: Option<TokenUse>,
 }
 
 /// The `[auth]` settings, read straight from the config file (every key
@@ -175,6 +229,12 @@ pub struct AuthConfig {
     /// When set, a client certificate counts only if its subject has this
     /// organization (O).
     pub client_cert_organization: Option<String>,
+    /// Lifetime of an API token created without `expires_in`.
+    #[serde(with = "humantime_serde")]
+    pub api_token_default_lifetime: Duration,
+    /// Longest lifetime an API token may be given.
+    #[serde(with = "humantime_serde")]
+    pub api_token_max_lifetime: Duration,
     #[serde(skip)]
     pub limits: AuthLimits,
 }
@@ -193,6 +253,8 @@ impl Default for AuthConfig {
             client_ca: None,
             client_cert_namespace: "tool-{cn}".into(),
             client_cert_organization: None,
+            api_token_default_lifetime: Duration::from_secs(90 * 86400),
+            api_token_max_lifetime: Duration::from_secs(365 * 86400),
             limits: AuthLimits::default(),
         }
     }
@@ -205,10 +267,15 @@ pub struct Auth {
     policy: Policy,
     throttle: LoginThrottle,
     password_checks: tokio::sync::Semaphore,
-    logins: Mutex<HashMap<[u8; 32], (Principal, Instant)>>,
+    /// Remembered logins, each until its deadline (60 s, or its API
+    /// token's expiry when sooner).
+    logins: Mutex<HashMap<[u8; 32], (Identity, Instant)>>,
     /// Tokens already verified: a client sends the same token on every
     /// request of a pull or push.
     verified: Mutex<TokenCache>,
+    /// Bumped by every credential change: a check that began before one
+    /// does not remember what it found (it may be revoked already).
+    generation: AtomicU64,
 }
 
 /// Verified tokens by their SHA-256, until their own expiry, bounded in
@@ -283,7 +350,13 @@ impl Auth {
             password_checks,
             logins: Mutex::new(HashMap::new()),
             verified: Mutex::new(TokenCache::default()),
+            generation: AtomicU64::new(0),
         }
+    }
+
+    /// The `[auth]` settings (API token lifetimes; `limits`).
+    pub fn config(&self) -> &AuthConfig {
+        &self.config
     }
 
     pub fn enabled(&self) -> bool {
@@ -302,10 +375,19 @@ impl Auth {
             .0
     }
 
-    /// Forgets remembered logins; called when any credential changes so a
-    /// revoked or rotated secret stops working at once.
+    /// Forgets remembered logins and verified tokens; called when any
+    /// credential changes, so a revoked or rotated secret (and a bearer
+    /// token issued for a revoked API token) stops working at once.
     pub fn credentials_changed(&self) {
+        self.generation.fetch_add(1, Ordering::SeqCst);
         self.login_cache().clear();
+        let mut verified = self.token_cache();
+        verified.entries.clear();
+        verified.bytes = 0;
+    }
+
+    fn generation(&self) -> u64 {
+        self.generation.load(Ordering::SeqCst)
     }
 
     /// Works out who sent the request. Credentials in `Authorization` win;
@@ -323,6 +405,7 @@ impl Auth {
             return Ok(Caller {
                 principal: Principal::Unrestricted,
                 grants: None,
+                token: None,
             });
         }
         let Some(value) = headers.get(header::AUTHORIZATION) else {
@@ -331,6 +414,7 @@ impl Auth {
                     .map(|c| Principal::Namespace(c.namespace.clone()))
                     .unwrap_or(Principal::Anonymous),
                 grants: None,
+                token: None,
             });
         };
         let value = value.to_str().map_err(|_| self.malformed(headers))?;
@@ -350,6 +434,25 @@ impl Auth {
                     ),
                 ));
             }
+            let invalid = |e: LoginError| match e {
+                LoginError::Invalid(reason) => {
+                    self.unauthorized(headers, None, Some("invalid_token"), &reason)
+                }
+                LoginError::Refused(e) => e,
+            };
+            if api_token::claims_to_be(token) {
+                if api_token::parse(token).is_none() {
+                    return Err(invalid(LoginError::Invalid(
+                        "malformed API token: expected berth_<id>_<secret> as it was shown at creation".into(),
+                    )));
+                }
+                let identity = self.login(meta, "", token, peer).await.map_err(invalid)?;
+                return Ok(Caller {
+                    principal: identity.principal,
+                    grants: None,
+                    token: identity.token,
+                });
+            }
             let now = std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map(|d| d.as_secs())
@@ -358,37 +461,52 @@ impl Auth {
             if let Some(caller) = self.token_cache().get(&key, now) {
                 return Ok(caller);
             }
+            let generation = self.generation();
             let claims = self.keys.verify(token).map_err(|e| {
                 tracing::info!(%peer, reason = %e, "bearer token refused");
                 self.unauthorized(headers, None, Some("invalid_token"), &e.to_string())
             })?;
+            let token_use = match claims.tid.as_deref() {
+                None => None,
+                Some(tid) => Some(
+                    self.token_origin(meta, tid, &claims.sub)
+                        .await
+                        .map_err(|e| {
+                            tracing::info!(%peer, token = %truncate(tid), "bearer token of an unusable API token refused");
+                            invalid(e)
+                        })?,
+                ),
+            };
             let caller = Caller {
                 principal: Principal::from_subject(&claims.sub),
                 grants: Some(claims.access),
+                token: token_use,
             };
-            self.token_cache().insert(
-                key,
-                caller.clone(),
-                claims.exp,
-                now,
-                self.config.limits.token_cache_bytes,
-            );
+            let mut cache = self.token_cache();
+            if self.generation() == generation {
+                cache.insert(
+                    key,
+                    caller.clone(),
+                    claims.exp,
+                    now,
+                    self.config.limits.token_cache_bytes,
+                );
+            }
             return Ok(caller);
         }
         if scheme.eq_ignore_ascii_case("basic") {
             let (user, password) = decode_basic(rest).ok_or_else(|| self.malformed(headers))?;
-            let principal =
-                self.login(meta, &user, &password, peer)
-                    .await
-                    .map_err(|e| match e {
-                        LoginError::Invalid(reason) => {
-                            self.unauthorized(headers, None, None, &reason)
-                        }
-                        LoginError::Refused(e) => e,
-                    })?;
+            let identity = self
+                .login(meta, &user, &password, peer)
+                .await
+                .map_err(|e| match e {
+                    LoginError::Invalid(reason) => self.unauthorized(headers, None, None, &reason),
+                    LoginError::Refused(e) => e,
+                })?;
             return Ok(Caller {
-                principal,
+                principal: identity.principal,
                 grants: None,
+                token: identity.token,
             });
         }
         Err(self.malformed(headers))
@@ -398,51 +516,98 @@ impl Auth {
         self.verified.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn login_cache(&self) -> std::sync::MutexGuard<'_, HashMap<[u8; 32], (Principal, Instant)>> {
+    fn login_cache(&self) -> std::sync::MutexGuard<'_, HashMap<[u8; 32], (Identity, Instant)>> {
         self.logins.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Verifies a user name and password. Repeated failures at one account
-    /// from one address are slowed down; attempts in flight are capped per
-    /// account and per address, and password hashing overall, so parallel
-    /// guessing is refused (429) rather than queued.
+    /// Verifies a user name and password; a password that is an API token
+    /// is checked as one, whatever the user name (the token says who it
+    /// is). Repeated failures at one account (or token id) from one
+    /// address are slowed down; attempts in flight are capped per account
+    /// and per address, and password hashing overall, so parallel
+    /// guessing is refused (429) rather than queued. A success is
+    /// remembered for 60 s, never past its API token's expiry, and
+    /// forgotten at any credential change.
     pub async fn login(
         &self,
         meta: &Metadata,
         user: &str,
         password: &str,
         peer: IpAddr,
-    ) -> Result<Principal, LoginError> {
+    ) -> Result<Identity, LoginError> {
         let cache_key: [u8; 32] = Sha256::new()
             .chain_update(user.as_bytes())
             .chain_update([0u8])
             .chain_update(password.as_bytes())
             .finalize()
             .into();
-        if let Some((p, at)) = self.login_cache().get(&cache_key) {
-            if at.elapsed() < LOGIN_CACHE_TTL {
-                return Ok(p.clone());
+        if let Some((identity, until)) = self.login_cache().get(&cache_key) {
+            if Instant::now() < *until {
+                return Ok(identity.clone());
             }
         }
+        let generation = self.generation();
+        let identity = match api_token::parse(password) {
+            // The admin's password, however it looks, is the admin's.
+            Some(presented)
+                if !(user == ADMIN_USER
+                    && secrets::secrets_equal(password, &self.admin_password)) =>
+            {
+                self.check_api_token(meta, presented, peer).await?
+            }
+            _ => self.check_password(meta, user, password, peer).await?,
+        };
+        let mut ttl = LOGIN_CACHE_TTL;
+        if let Some(t) = &identity.token {
+            let left = t.expires_ms.saturating_sub(berth_storage::now_ms());
+            ttl = ttl.min(Duration::from_millis(left.max(0) as u64));
+        }
+        let mut cache = self.login_cache();
+        if self.generation() == generation {
+            if cache.len() >= LOGIN_CACHE_ENTRIES {
+                cache.retain(|_, (_, until)| Instant::now() < *until);
+                if cache.len() >= LOGIN_CACHE_ENTRIES {
+                    cache.clear();
+                }
+            }
+            cache.insert(cache_key, (identity.clone(), Instant::now() + ttl));
+        }
+        Ok(identity)
+    }
+
+    /// Runs `check` for a login attempt at `account` from `peer` under the
+    /// throttle: the account's in-flight cap (held through the failure
+    /// delay), the delay, the address's in-flight cap. `Ok(None)` from
+    /// `check` is a failure, counted and answered with `failure`.
+    async fn throttled<F>(
+        &self,
+        peer: IpAddr,
+        account: &str,
+        failure: impl FnOnce() -> String,
+        check: F,
+    ) -> Result<Identity, LoginError>
+    where
+        F: std::future::Future<Output = Result<Option<Identity>, LoginError>>,
+    {
         let limits = &self.config.limits;
         let busy = |b: throttle::Busy| {
             let (limit, message) = match b {
                 throttle::Busy::Account(n) => ("logins_per_account", format!(
                     "too many logins in flight for {:?} (limit {n}, [limits] logins_per_account); retry shortly",
-                    truncate(user)
+                    truncate(account)
                 )),
                 throttle::Busy::Address(n) => ("logins_per_address", format!(
                     "too many logins in flight from your address (limit {n}, [limits] logins_per_address); retry shortly"
                 )),
             };
-            tracing::warn!(%peer, user = %truncate(user), limit, "login refused: too many in flight");
+            tracing::warn!(%peer, user = %truncate(account), limit, "login refused: too many in flight");
             LoginError::Refused(ApiError::too_many(limit, message))
         };
         let _account = self
             .throttle
-            .enter_account(user, limits.logins_per_account)
+            .enter_account(account, limits.logins_per_account)
             .map_err(busy)?;
-        let delay = self.throttle.delay_for(peer, user);
+        let delay = self.throttle.delay_for(peer, account);
         if !delay.is_zero() {
             tokio::time::sleep(delay).await;
         }
@@ -450,9 +615,34 @@ impl Auth {
             .throttle
             .enter_address(peer, limits.logins_per_address)
             .map_err(busy)?;
-        let principal = if user == ADMIN_USER {
-            secrets::secrets_equal(password, &self.admin_password).then_some(Principal::Admin)
-        } else {
+        match check.await? {
+            Some(identity) => {
+                self.throttle.succeeded(peer, account);
+                Ok(identity)
+            }
+            None => {
+                let failures = self.throttle.failed(peer, account);
+                tracing::warn!(%peer, user = %truncate(account), failures, "login failed");
+                Err(LoginError::Invalid(failure()))
+            }
+        }
+    }
+
+    /// The admin's password, or a namespace account's (argon2, at most
+    /// `password_checks` at once).
+    async fn check_password(
+        &self,
+        meta: &Metadata,
+        user: &str,
+        password: &str,
+        peer: IpAddr,
+    ) -> Result<Identity, LoginError> {
+        let limits = &self.config.limits;
+        let check = async {
+            if user == ADMIN_USER {
+                return Ok(secrets::secrets_equal(password, &self.admin_password)
+                    .then(|| Identity::of(Principal::Admin)));
+            }
             match meta.namespace_account(user).await {
                 Ok(Some(account)) => {
                     let _check = tokio::time::timeout(
@@ -476,38 +666,108 @@ impl Auth {
                     })
                     .await
                     .unwrap_or(false);
-                    ok.then_some(Principal::Namespace(account.namespace))
+                    Ok(ok.then(|| Identity::of(Principal::Namespace(account.namespace))))
                 }
-                Ok(None) => None,
+                Ok(None) => Ok(None),
                 Err(e) => {
                     tracing::error!(error = %e, "credential lookup failed");
+                    Err(LoginError::Refused(ApiError::unavailable(
+                        "credentials could not be checked; try again",
+                    )))
+                }
+            }
+        };
+        self.throttled(
+            peer,
+            user,
+            || format!("invalid user name or password for {:?}", truncate(user)),
+            check,
+        )
+        .await
+    }
+
+    /// An API token: one read by its id, a constant-time comparison of
+    /// the secret's hash, its expiry; its use is recorded (at most once a
+    /// minute). Throttled like a password, under the account `token:<id>`.
+    async fn check_api_token(
+        &self,
+        meta: &Metadata,
+        presented: api_token::Presented<'_>,
+        peer: IpAddr,
+    ) -> Result<Identity, LoginError> {
+        let account = format!("token:{}", presented.id);
+        let check = async {
+            let row = match meta.api_token(presented.id).await {
+                Ok(Some(row)) if api_token::verify(&presented, &row.secret_hash) => row,
+                Ok(_) => return Ok(None),
+                Err(e) => {
+                    tracing::error!(error = %e, "API token lookup failed");
                     return Err(LoginError::Refused(ApiError::unavailable(
                         "credentials could not be checked; try again",
                     )));
                 }
+            };
+            if row.expires_ms <= berth_storage::now_ms() {
+                tracing::info!(%peer, token = %row.id, "expired API token refused");
+                return Err(LoginError::Invalid(format!(
+                    "API token {} ({:?}) expired at {}; create a new one",
+                    row.id,
+                    row.name,
+                    rfc3339((row.expires_ms.max(0) / 1000) as u64)
+                )));
+            }
+            if let Err(e) = meta.api_token_used(&row.id, row.last_used_ms).await {
+                tracing::warn!(error = %e, token = %row.id, "could not record the API token's use");
+            }
+            let principal = match &row.namespace {
+                Some(ns) => Principal::Namespace(ns.clone()),
+                None => Principal::Admin,
+            };
+            Ok(Some(Identity {
+                principal,
+                token: Some(TokenUse::of(&row)),
+            }))
+        };
+        self.throttled(
+            peer,
+            &account,
+            || format!("unknown or revoked API token {}", presented.id),
+            check,
+        )
+        .await
+    }
+
+    /// The API token a bearer token from `/token` was issued for: it must
+    /// still exist, be unexpired and belong to the token's subject.
+    async fn token_origin(
+        &self,
+        meta: &Metadata,
+        tid: &str,
+        subject: &str,
+    ) -> Result<TokenUse, LoginError> {
+        let row = match meta.api_token(tid).await {
+            Ok(row) => row,
+            Err(e) => {
+                tracing::error!(error = %e, "API token lookup failed");
+                return Err(LoginError::Refused(ApiError::unavailable(
+                    "credentials could not be checked; try again",
+                )));
             }
         };
-        match principal {
-            Some(p) => {
-                self.throttle.succeeded(peer, user);
-                let mut cache = self.login_cache();
-                if cache.len() >= LOGIN_CACHE_ENTRIES {
-                    cache.retain(|_, (_, at)| at.elapsed() < LOGIN_CACHE_TTL);
-                    if cache.len() >= LOGIN_CACHE_ENTRIES {
-                        cache.clear();
-                    }
-                }
-                cache.insert(cache_key, (p.clone(), Instant::now()));
-                Ok(p)
-            }
-            None => {
-                let failures = self.throttle.failed(peer, user);
-                tracing::warn!(%peer, user = %truncate(user), failures, "login failed");
-                Err(LoginError::Invalid(format!(
-                    "invalid user name or password for {:?}",
-                    truncate(user)
-                )))
-            }
+        let owner = |t: &berth_storage::meta::ApiToken| {
+            t.namespace.clone().unwrap_or_else(|| ADMIN_USER.to_owned())
+        };
+        match row {
+            Some(t) if owner(&t) != subject => Err(LoginError::Invalid(
+                "token was not issued for this API token's owner".into(),
+            )),
+            Some(t) if t.expires_ms > berth_storage::now_ms() => Ok(TokenUse::of(&t)),
+            Some(_) => Err(LoginError::Invalid(
+                "the API token this bearer token was issued for has expired; log in again with a new one".into(),
+            )),
+            None => Err(LoginError::Invalid(
+                "the API token this bearer token was issued for was revoked".into(),
+            )),
         }
     }
 
@@ -519,9 +779,11 @@ impl Auth {
                     && g.name == repo.as_str()
                     && g.actions.iter().any(|a| a == action.as_str() || a == "*")
             }),
-            None => self
-                .policy
-                .allows(&caller.principal, repo.namespace(), action),
+            None => {
+                self.policy
+                    .allows(&caller.principal, repo.namespace(), action)
+                    && scope_allows(caller.token.as_ref(), action)
+            }
         }
     }
 
@@ -549,11 +811,18 @@ impl Auth {
             Action::Delete => "delete",
         };
         let scope = format!("repository:{repo}:{actions}");
-        let denied = format!(
+        let mut denied = format!(
             "requested access to {repo} ({}) is denied for {}",
             action.as_str(),
             caller.principal.name()
         );
+        if let Some(t) = caller
+            .token
+            .as_ref()
+            .filter(|t| t.scope == TokenScope::Pull)
+        {
+            denied.push_str(&format!(" (API token {} may only pull)", t.id));
+        }
         Err(match (&caller.grants, &caller.principal) {
             // A token without the scope: the client may ask for a better one.
             (Some(_), _) => self.challenge_error(
@@ -608,8 +877,43 @@ impl Auth {
             other => Err(ApiError::new(
                 StatusCode::FORBIDDEN,
                 Code::Denied,
-                format!("{} may not see {namespace}'s figures", other.name()),
+                format!(
+                    "{} may not act for {namespace} (only its own account or the admin may)",
+                    other.name()
+                ),
             )),
+        }
+    }
+
+    /// Requires that the caller may change what its namespace holds
+    /// (builds, tokens): not a pull-only API token. Follows `require_owner`
+    /// or `require_admin`, which decide whose things they are.
+    pub fn require_write(&self, caller: &Caller) -> ApiResult<()> {
+        match &caller.token {
+            Some(t) if t.scope == TokenScope::Pull => Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                Code::Denied,
+                format!("API token {} may only pull", t.id),
+            )),
+            _ => Ok(()),
+        }
+    }
+
+    /// Requires a password login (or a bearer token `/token` issued for
+    /// one), not an API token: for creating credentials (API tokens,
+    /// namespace passwords), so that no credential can mint another that
+    /// outlives its own expiry or revocation.
+    pub fn require_password(&self, caller: &Caller) -> ApiResult<()> {
+        match &caller.token {
+            Some(t) => Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                Code::Denied,
+                format!(
+                    "API token {} cannot create credentials; log in with the account's password",
+                    t.id
+                ),
+            )),
+            None => Ok(()),
         }
     }
 
@@ -653,8 +957,11 @@ impl Auth {
     }
 
     /// Answers `/token`: the intersection of what was asked for and what
-    /// the principal may do, signed.
-    pub fn issue(&self, principal: &Principal, scopes: &[String]) -> ApiResult<serde_json::Value> {
+    /// the principal (narrowed by its API token's scope) may do, signed.
+    /// A token issued for an API token names it (so its revocation ends
+    /// this token too) and expires no later than it.
+    pub fn issue(&self, who: &Identity, scopes: &[String]) -> ApiResult<serde_json::Value> {
+        let principal = &who.principal;
         let limits = &self.config.limits;
         let scopes: Vec<&str> = scopes
             .iter()
@@ -709,6 +1016,7 @@ impl Auth {
                 };
                 for w in wanted {
                     if self.policy.allows(principal, repo.namespace(), w)
+                        && scope_allows(who.token.as_ref(), w)
                         && !allowed.iter().any(|x| x == w.as_str())
                     {
                         allowed.push(w.as_str().to_owned());
@@ -732,9 +1040,13 @@ impl Auth {
                 }),
             }
         }
-        let (token, claims) = self
-            .keys
-            .mint(principal.name(), grants, self.config.token_ttl);
+        let origin = who
+            .token
+            .as_ref()
+            .map(|t| (t.id.as_str(), (t.expires_ms.max(0) / 1000) as u64));
+        let (token, claims) =
+            self.keys
+                .mint_from(principal.name(), grants, self.config.token_ttl, origin);
         if token.len() > limits.token_max_bytes {
             return Err(ApiError::too_many(
                 "token_max_bytes",
@@ -749,7 +1061,7 @@ impl Auth {
         Ok(serde_json::json!({
             "token": token,
             "access_token": token,
-            "expires_in": claims.exp - claims.iat,
+            "expires_in": claims.exp.saturating_sub(claims.iat),
             "issued_at": issued_at,
         }))
     }

@@ -28,6 +28,10 @@ pub struct Claims {
     pub iat: u64,
     pub jti: String,
     pub access: Vec<Grant>,
+    /// The API token this token was issued for, when it was: its
+    /// revocation ends this token too (checked when it is verified).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tid: Option<String>,
 }
 
 /// Why a presented token was not accepted (shown to the client).
@@ -64,19 +68,37 @@ impl TokenKeys {
 
     /// Signs a token for `subject` holding `access`, valid for `ttl`.
     pub fn mint(&self, subject: &str, access: Vec<Grant>, ttl: Duration) -> (String, Claims) {
+        self.mint_from(subject, access, ttl, None)
+    }
+
+    /// Like `mint`; with `origin` = (API token id, its expiry in unix
+    /// seconds), the token names the API token it was issued for and
+    /// expires no later than it.
+    pub fn mint_from(
+        &self,
+        subject: &str,
+        access: Vec<Grant>,
+        ttl: Duration,
+        origin: Option<(&str, u64)>,
+    ) -> (String, Claims) {
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_secs())
             .unwrap_or(0);
+        let mut exp = now + ttl.as_secs().max(1);
+        if let Some((_, not_after)) = origin {
+            exp = exp.min(not_after);
+        }
         let claims = Claims {
             iss: ISSUER.into(),
             sub: subject.into(),
             aud: self.service.clone(),
-            exp: now + ttl.as_secs().max(1),
+            exp,
             nbf: now.saturating_sub(1),
             iat: now,
             jti: super::secrets::generate_secret(),
             access,
+            tid: origin.map(|(id, _)| id.to_owned()),
         };
         let token = jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)
             .expect("HS256 signing cannot fail");
@@ -133,5 +155,25 @@ mod tests {
             keys.verify("garbage"),
             Err(TokenError::Malformed(_))
         ));
+        assert_eq!(claims.tid, None);
+    }
+
+    #[test]
+    fn a_token_from_an_api_token_names_it_and_ends_with_it() {
+        let keys = TokenKeys::new(b"key one", "berth");
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        let (token, minted) = keys.mint_from(
+            "tool-a",
+            vec![],
+            Duration::from_secs(300),
+            Some(("abc", now + 30)),
+        );
+        assert!(minted.exp <= now + 30);
+        let claims = keys.verify(&token).unwrap();
+        assert_eq!(claims.tid.as_deref(), Some("abc"));
+        assert_eq!(claims.exp, minted.exp);
     }
 }

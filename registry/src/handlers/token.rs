@@ -1,8 +1,9 @@
 //! `/token`: the distribution token endpoint. GET with optional HTTP Basic
 //! (what docker, podman, skopeo and go-containerregistry send), or POST
-//! with an OAuth2 password-grant form.
+//! with an OAuth2 password-grant form. The password may be an API token
+//! (`docker login -u <any name> -p berth_...`).
 
-use crate::auth::{decode_basic, LoginError, Principal};
+use crate::auth::{decode_basic, Identity, LoginError, Principal};
 use crate::body::{self, Body};
 use crate::error::{ApiError, ApiResult, Code};
 use crate::request_body::RequestBody;
@@ -65,16 +66,16 @@ pub async fn token(
         }
         ref m => return Err(crate::handlers::method_not_allowed(m)),
     }
-    let principal = if !state.auth.enabled() {
-        Principal::Unrestricted
+    let who = if !state.auth.enabled() {
+        Identity::of(Principal::Unrestricted)
     } else {
         match credentials {
             // A verified client certificate stands for its namespace
             // account when no credentials are sent.
-            None => match parts.extensions.get::<crate::auth::ClientCertificate>() {
+            None => Identity::of(match parts.extensions.get::<crate::auth::ClientCertificate>() {
                 Some(c) => Principal::Namespace(c.namespace.clone()),
                 None => Principal::Anonymous,
-            },
+            }),
             Some((user, password)) => state
                 .auth
                 .login(&state.storage.meta, &user, &password, peer)
@@ -90,8 +91,8 @@ pub async fn token(
         .filter(|(k, _)| k == "scope")
         .map(|(_, v)| v)
         .collect();
-    let json = state.auth.issue(&principal, &scopes)?;
-    tracing::debug!(principal = principal.name(), ?scopes, "token issued");
+    let json = state.auth.issue(&who, &scopes)?;
+    tracing::debug!(principal = who.principal.name(), token = ?who.token.as_ref().map(|t| &t.id), ?scopes, "token issued");
     Ok(body::json_response(StatusCode::OK, &json))
 }
 

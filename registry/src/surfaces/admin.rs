@@ -5,7 +5,7 @@
 use crate::auth::Caller;
 use crate::body::Body;
 use crate::error::{ApiError, ApiResult, Code};
-use crate::handlers::{admin, gc, method_not_allowed, quota};
+use crate::handlers::{admin, gc, method_not_allowed, quota, tokens};
 use crate::request_body::RequestBody;
 use crate::routes::AdminOp;
 use crate::State;
@@ -21,7 +21,10 @@ pub async fn handle(
     let query = req.uri().query().map(str::to_owned);
     let query = query.as_deref();
     match op {
-        AdminOp::CreateCredentials(ns) => admin::create_credentials(state, &ns).await,
+        AdminOp::CreateCredentials(ns) => {
+            state.auth.require_password(caller)?;
+            admin::create_credentials(state, &ns).await
+        }
         AdminOp::RevokeCredentials(ns) => admin::revoke_credentials(state, &ns).await,
         AdminOp::ListQuotas => quota::list(state, query).await,
         AdminOp::ReconcileQuotas => quota::reconcile(state).await,
@@ -35,6 +38,12 @@ pub async fn handle(
         AdminOp::ShowRetention => gc::retention(state).await,
         AdminOp::SetRetention(ns) => gc::set_retention(state, &ns, req).await,
         AdminOp::DeleteRetention(ns) => gc::delete_retention(state, &ns).await,
+        AdminOp::ListTokens => tokens::list_admin(state, query).await,
+        AdminOp::CreateToken => {
+            state.auth.require_password(caller)?;
+            tokens::create_admin(state, caller, req).await
+        }
+        AdminOp::RevokeToken(id) => tokens::revoke(state, &id, None).await,
         AdminOp::NotFound => Err(ApiError::not_found(
             Code::Unsupported,
             format!("no such admin endpoint: {}", req.uri().path()),

@@ -32,6 +32,9 @@ async fn answer(
 ) -> ApiResult<Response<Body>> {
     let namespace = state.builds.namespace(tool);
     state.auth.require_owner(caller, &namespace)?;
+    if op.writes() {
+        state.auth.require_write(caller)?;
+    }
     let query = req.uri().query().map(str::to_owned);
     let query = query.as_deref();
     match op {

@@ -69,6 +69,77 @@ pub struct NamespaceAccount {
     pub rotated_ms: i64,
 }
 
+// ------------------------------------------------------- api tokens ----
+
+/// What an API token may do. A namespace's token is `Pull` (pull only) or
+/// `Push` (everything its namespace's account may do); an admin token is
+/// `Admin`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TokenScope {
+    Pull,
+    Push,
+    Admin,
+}
+
+impl TokenScope {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TokenScope::Pull => "pull",
+            TokenScope::Push => "push",
+            TokenScope::Admin => "admin",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<TokenScope> {
+        match s {
+            "pull" => Some(TokenScope::Pull),
+            "push" => Some(TokenScope::Push),
+            "admin" => Some(TokenScope::Admin),
+            _ => None,
+        }
+    }
+}
+
+/// An API token as stored: the secret only as its hash.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiToken {
+    /// The public part of the token, unique.
+    pub id: String,
+    /// Unique among the live tokens of its owner.
+    pub name: String,
+    /// The namespace it acts for; `None` for an admin token.
+    pub namespace: Option<String>,
+    pub scope: TokenScope,
+    pub secret_hash: Vec<u8>,
+    pub created_ms: i64,
+    pub expires_ms: i64,
+    /// Recorded at most once a minute.
+    pub last_used_ms: Option<i64>,
+    /// Who created it (`admin` or the namespace's account).
+    pub created_by: String,
+}
+
+/// Which tokens a listing shows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TokenOwner {
+    All,
+    Namespace(String),
+    Admin,
+}
+
+/// What `create_api_token` did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CreateTokenOutcome {
+    Created,
+    /// The id is in use (chance): draw another.
+    IdTaken,
+    /// A live token of the same owner has this name; its id.
+    NameTaken(String),
+    /// The owner already has this many tokens (the cap).
+    LimitReached(usize),
+}
+
 // ------------------------------------------------------------ quota ----
 
 /// Limits that come from configuration rather than the database.

@@ -12,6 +12,7 @@ mod liveness;
 mod queries;
 mod quota;
 mod schema;
+mod tokens;
 
 pub(crate) use integrity::Integrity;
 

@@ -175,6 +175,27 @@ const MIGRATIONS: &[&str] = &[
         created_ms  INTEGER NOT NULL
     ) WITHOUT ROWID;
     "#,
+    // 7: API tokens (`berth_<id>_<secret>`): named, expiring, revocable
+    // credentials of a namespace (`scope` pull or push) or of the admin
+    // (`namespace` NULL, `scope` admin). `id` is the token's public part,
+    // so a check is one primary-key read; `secret_hash` is SHA-256 of the
+    // secret (high-entropy random: no slow hash needed). Revoking deletes
+    // the row.
+    r#"
+    CREATE TABLE api_tokens (
+        id            TEXT PRIMARY KEY,
+        name          TEXT NOT NULL,
+        namespace     TEXT,
+        scope         TEXT NOT NULL CHECK (scope IN ('pull', 'push', 'admin')),
+        secret_hash   BLOB NOT NULL,
+        created_ms    INTEGER NOT NULL,
+        expires_ms    INTEGER NOT NULL,
+        last_used_ms  INTEGER,
+        created_by    TEXT NOT NULL,
+        CHECK ((namespace IS NULL) = (scope = 'admin'))
+    ) WITHOUT ROWID;
+    CREATE INDEX api_tokens_namespace ON api_tokens(namespace, expires_ms);
+    "#,
 ];
 
 /// Brings the database up to the newest schema, one transaction per step.
