@@ -19,6 +19,7 @@ pub struct Config {
     pub metrics: Metrics,
     pub log: Log,
     pub limits: Limits,
+    pub ui: berth_registry::ui::UiConfig,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -297,6 +298,7 @@ impl Config {
     pub fn resolve(&mut self) -> Result<(), String> {
         self.limits.validate()?;
         self.gc.validate()?;
+        self.ui.validate()?;
         self.builds.resolve(
             self.server.listen,
             &self.storage.data_dir,

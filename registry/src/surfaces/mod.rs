@@ -7,3 +7,4 @@ pub mod admin;
 pub mod oci;
 pub mod ops;
 pub mod tool;
+pub mod ui;

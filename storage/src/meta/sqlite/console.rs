@@ -388,6 +388,29 @@ impl Metadata {
         .await
     }
 
+    /// One stored GC run.
+    pub async fn gc_run(&self, id: i64) -> Result<Option<crate::meta::GcRunRecord>, StorageError> {
+        self.read(move |c| {
+            Ok(c.prepare_cached(
+                "SELECT id, job, dry_run, trigger, started_ms, finished_ms, report FROM gc_runs WHERE id = ?1",
+            )?
+            .query_row([id], |r| {
+                let report: String = r.get(6)?;
+                Ok(crate::meta::GcRunRecord {
+                    id: r.get(0)?,
+                    job: r.get(1)?,
+                    dry_run: r.get(2)?,
+                    trigger: r.get(3)?,
+                    started_ms: r.get(4)?,
+                    finished_ms: r.get(5)?,
+                    report: serde_json::from_str(&report).unwrap_or(serde_json::Value::Null),
+                })
+            })
+            .optional()?)
+        })
+        .await
+    }
+
     /// How many namespace samples are kept (for tests and the console).
     pub async fn usage_sample_rows(&self) -> Result<u64, StorageError> {
         self.read(|c| {
