@@ -74,7 +74,7 @@ pub async fn overview(state: &State, ctx: &Ctx) -> ApiResult<Markup> {
                         div { dt { "Deduplication saves" } dd { (bytes(t.dedup_saved())) }
                               dd.sub { "of " (bytes(t.linked_bytes)) " if every repository kept its own copy" } }
                     }
-                    p.note { "As of " (time_el(t.at_ms)) " (sampled every " (humantime::format_duration(state.ui.config.usage_sample_interval)) ")." }
+                    p.note { "As of " (time_el(t.at_ms)) " (sampled every " (views::period(state.ui.config.usage_sample_interval)) ")." }
                 }
                 None => p { "No usage sample yet; the first is taken shortly after start." }
             }
@@ -108,7 +108,7 @@ pub async fn overview(state: &State, ctx: &Ctx) -> ApiResult<Markup> {
                 div { dt { "Client errors (4xx)" } dd { (format!("{:.2}", rates.client_errors)) " /s" } }
                 div { dt { "Server errors (5xx)" } dd { (format!("{:.2}", rates.server_errors)) " /s" } dd.sub { (format!("{error_pct:.2}")) "% of requests" } }
             }
-            p.note { "Over the last " (humantime::format_duration(std::time::Duration::from_secs(rates.window.as_secs()))) ", from the counters behind /metrics." }
+            p.note { "Over the last " (views::period(std::time::Duration::from_secs(rates.window.as_secs().max(1)))) ", from the counters behind /metrics." }
         }
     };
     Ok(views::page(Some(ctx), "Overview", Nav::Overview, body))
@@ -453,8 +453,9 @@ pub async fn namespace(
                     thead { tr { th scope="col" { "Repository" } th scope="col" { "Tag" } th scope="col" { "Digest" } th scope="col" { "Size" } th scope="col" { "Pushed" }
                         @if may_delete { th scope="col" { "Delete" } } } }
                     tbody { @for t in &tags { tr {
-                        td { (t.repository) } td { code { (t.tag) } } td { (short_digest(&t.digest)) } td.num { (bytes(t.bytes)) } td { (time_el(t.updated_ms)) }
-                        @if may_delete { td {
+                        td data-label="Repository" { (t.repository) } td data-label="Tag" { code { (t.tag) } } td data-label="Digest" { (short_digest(&t.digest)) }
+                        td.num data-label="Size" { (bytes(t.bytes)) } td data-label="Pushed" { (time_el(t.updated_ms)) }
+                        @if may_delete { td data-label="Delete" {
                             form.inline method="post" action=(format!("/ui/namespaces/{ns}/tags/delete")) {
                                 (views::csrf_field(ctx))
                                 input type="hidden" name="repository" value=(t.repository);
@@ -483,7 +484,7 @@ pub async fn namespace(
                     @if retention.as_ref().and_then(|r| r.keep_last).is_some() { " (override)" } }
                 dt { "Always keep" } dd { (retention.as_ref().and_then(|r| r.protected_tags.clone()).unwrap_or_else(|| defaults.protected_tags.clone()).join(", ")) }
                 dt { "Maximum age" } dd { @match retention.as_ref().and_then(|r| r.max_age_ms).or(defaults.max_age.map(|d| d.as_millis() as i64)) {
-                    Some(ms) => (humantime::format_duration(std::time::Duration::from_millis(ms.max(0) as u64))), None => "none" } }
+                    Some(ms) => (views::period(std::time::Duration::from_millis(ms.max(0) as u64))), None => "none" } }
                 dt { "Keep tags matching" } dd { @match retention.as_ref().and_then(|r| r.keep_pattern.clone()).or(defaults.keep_pattern.as_ref().map(|p| p.as_str().to_owned())) {
                     Some(p) => code { (p) }, None => "no pattern" } }
             }
@@ -710,12 +711,12 @@ fn builds_table(ctx: &Ctx, builds: &[BuildRecord], show_tool: bool) -> Markup {
             } }
             tbody { @for b in builds { tr data-build=(b.id) data-status=(b.status.as_str()) {
                 th scope="row" { a href=(format!("/ui/tools/{}/builds/{}", b.tool, b.id)) { (b.id) } }
-                @if show_tool { td { (b.tool) } }
-                td { (b.image_name) }
-                td { span class=(format!("status {}", b.status.as_str().to_lowercase())) { (b.status.as_str()) } }
-                td { (time_el(b.created_ms)) }
-                td.num { @match (b.start_ms, b.end_ms) { (Some(s), Some(e)) => (duration_ms(e - s)), (Some(_), None) => "running", _ => "—" } }
-                td { (b.message) }
+                @if show_tool { td data-label="Tool" { (b.tool) } }
+                td data-label="Image" { (b.image_name) }
+                td data-label="Status" { span class=(format!("status {}", b.status.as_str().to_lowercase())) { (b.status.as_str()) } }
+                td data-label="Created" { (time_el(b.created_ms)) }
+                td.num data-label="Duration" { @match (b.start_ms, b.end_ms) { (Some(s), Some(e)) => (duration_ms(e - s)), (Some(_), None) => "running", _ => "—" } }
+                td data-label="Message" { (b.message) }
             } } }
         } }
     }
@@ -892,8 +893,8 @@ pub async fn storage(state: &State, ctx: &Ctx) -> ApiResult<Markup> {
             points: totals.iter().map(|t| (t.at_ms, f(t) as f64)).collect(),
         };
     let body = html! {
-        p { "Sampled every " (humantime::format_duration(state.ui.config.usage_sample_interval)) " and kept for "
-            (humantime::format_duration(state.ui.config.usage_retention)) "; a namespace is recorded when its usage changed." }
+        p { "Sampled every " (views::period(state.ui.config.usage_sample_interval)) " and kept for "
+            (views::period(state.ui.config.usage_retention)) "; a namespace is recorded when its usage changed." }
         h2 { "In total" }
         (chart::time_chart("Registry storage over 30 days", &[
             series("charged to namespaces", &|t| t.used_bytes),

@@ -250,6 +250,21 @@ pub fn time_el(ms: i64) -> Markup {
     html! { time datetime=(humantime::format_rfc3339_seconds(t).to_string()) { (time(ms)) } }
 }
 
+/// `30 days`, `1 hour`, `15 minutes`: a configured period in words.
+pub fn period(d: std::time::Duration) -> String {
+    let s = d.as_secs();
+    let (n, unit) = if s >= 86_400 && s % 86_400 == 0 {
+        (s / 86_400, "day")
+    } else if s >= 3600 && s % 3600 == 0 {
+        (s / 3600, "hour")
+    } else if s >= 60 && s % 60 == 0 {
+        (s / 60, "minute")
+    } else {
+        (s, "second")
+    };
+    format!("{n} {unit}{}", if n == 1 { "" } else { "s" })
+}
+
 /// `1.2 s`, `340 ms`, `3 min 5 s`.
 pub fn duration_ms(ms: i64) -> String {
     let ms = ms.max(0);
