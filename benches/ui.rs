@@ -156,7 +156,12 @@ fn main() {
     let config_path = dir.path().join("berth.toml");
     std::fs::write(&config_path, format!("{config}[builds]\nenabled = false\n")).unwrap();
     let mut child = Command::new(env!("CARGO_BIN_EXE_berth"))
-        .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--data-dir"])
+        .args([
+            "serve",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--data-dir",
+        ])
         .arg(&data)
         .arg("--config")
         .arg(&config_path)
@@ -203,7 +208,10 @@ fn main() {
         ))
         .unwrap();
     assert_eq!(signed_in.status(), 303);
-    let session = format!("berth_session={}", cookie_value(&signed_in, "berth_session"));
+    let session = format!(
+        "berth_session={}",
+        cookie_value(&signed_in, "berth_session")
+    );
     for (name, query) in QUERIES {
         let fetch = || {
             let t = Instant::now();

@@ -390,10 +390,16 @@ mod tests {
         assert_eq!(example.ui.session_ttl, default.ui.session_ttl);
         assert_eq!(example.ui.session_idle, default.ui.session_idle);
         assert_eq!(example.ui.sessions, default.ui.sessions);
-        assert_eq!(example.ui.sessions_per_account, default.ui.sessions_per_account);
+        assert_eq!(
+            example.ui.sessions_per_account,
+            default.ui.sessions_per_account
+        );
         assert_eq!(example.ui.secure_cookies, default.ui.secure_cookies);
         assert_eq!(example.ui.page_size, default.ui.page_size);
-        assert_eq!(example.ui.usage_sample_interval, default.ui.usage_sample_interval);
+        assert_eq!(
+            example.ui.usage_sample_interval,
+            default.ui.usage_sample_interval
+        );
         assert_eq!(example.ui.usage_retention, default.ui.usage_retention);
         assert_eq!(example.ui.usage_max_rows, default.ui.usage_max_rows);
         assert_eq!(

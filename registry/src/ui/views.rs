@@ -253,11 +253,11 @@ pub fn time_el(ms: i64) -> Markup {
 /// `30 days`, `1 hour`, `15 minutes`: a configured period in words.
 pub fn period(d: std::time::Duration) -> String {
     let s = d.as_secs();
-    let (n, unit) = if s >= 86_400 && s % 86_400 == 0 {
+    let (n, unit) = if s >= 86_400 && s.is_multiple_of(86_400) {
         (s / 86_400, "day")
-    } else if s >= 3600 && s % 3600 == 0 {
+    } else if s >= 3600 && s.is_multiple_of(3600) {
         (s / 3600, "hour")
-    } else if s >= 60 && s % 60 == 0 {
+    } else if s >= 60 && s.is_multiple_of(60) {
         (s / 60, "minute")
     } else {
         (s, "second")
