@@ -328,7 +328,11 @@ async fn respond(
         UiOp::BuildLog(tool, id) => {
             let tool = tool_owner(&tool)?;
             let id = validate_build_id(&id)?;
-            Ok(handlers::builds::logs(state, &tool, &id, query).await?)
+            // The page shows the log as it is written, not the API's
+            // JSON lines.
+            let mut plain = http::HeaderMap::new();
+            plain.insert(header::ACCEPT, HeaderValue::from_static("text/plain"));
+            Ok(handlers::builds::logs(state, &tool, &id, query, &plain).await?)
         }
         UiOp::CancelBuild(tool, id) => {
             let tool = tool_owner(&tool)?;
