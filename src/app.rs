@@ -74,6 +74,9 @@ pub async fn build_state(cfg: &Config, fd_budget: Option<u64>) -> Result<Arc<Sta
         },
         gc,
         builds,
+        // Secure cookies follow `[ui] secure_cookies`, else whether each
+        // request came over TLS (`ui::OverTls`).
+        ui: berth_registry::ui::Console::new(cfg.ui.clone()),
     }))
 }
 
@@ -97,10 +100,12 @@ pub struct Background {
     scheduler: Option<tokio_cron_scheduler::JobScheduler>,
     dispatcher: Option<tokio::task::JoinHandle<()>>,
     expiry: tokio::task::JoinHandle<()>,
+    console: Option<tokio::task::JoinHandle<()>>,
 }
 
 /// Starts the build dispatcher (after failing builds a dead process left
-/// running), the GC schedules and upload expiry, as configured.
+/// running), the GC schedules, upload expiry and the console's sampler,
+/// as configured.
 pub async fn start_background(state: &Arc<State>) -> Result<Background, String> {
     let dispatcher = if state.builds.config().enabled {
         report_builds_readiness(&state.builds).await;
@@ -127,10 +132,17 @@ pub async fn start_background(state: &Arc<State>) -> Result<Background, String> 
         None
     };
     let expiry = tokio::spawn(state.storage.uploads.clone().run_expiry());
+    // The console's samples: request rates, and usage over time.
+    let console = state
+        .ui
+        .config
+        .enabled
+        .then(|| tokio::spawn(berth_registry::ui::run_sampler(state.clone())));
     Ok(Background {
         scheduler,
         dispatcher,
         expiry,
+        console,
     })
 }
 
@@ -169,6 +181,9 @@ impl Background {
             d.abort();
         }
         self.expiry.abort();
+        if let Some(c) = self.console {
+            c.abort();
+        }
     }
 }
 

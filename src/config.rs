@@ -19,6 +19,7 @@ pub struct Config {
     pub metrics: Metrics,
     pub log: Log,
     pub limits: Limits,
+    pub ui: berth_registry::ui::UiConfig,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -392,6 +393,7 @@ impl Config {
             self.builds.registry_host = host.to_owned();
             registry_tls = scheme == "https";
         }
+        self.ui.validate()?;
         self.builds.resolve(
             self.server.listen,
             &self.storage.data_dir,
@@ -502,6 +504,22 @@ mod tests {
         assert_eq!(example.quota.unlimited, default.quota.unlimited);
         assert_eq!(example.registry.tool_prefix, default.registry.tool_prefix);
         assert_eq!(example.metrics.public, default.metrics.public);
+        assert_eq!(example.ui.enabled, default.ui.enabled);
+        assert_eq!(example.ui.session_ttl, default.ui.session_ttl);
+        assert_eq!(example.ui.session_idle, default.ui.session_idle);
+        assert_eq!(example.ui.sessions, default.ui.sessions);
+        assert_eq!(
+            example.ui.sessions_per_account,
+            default.ui.sessions_per_account
+        );
+        assert_eq!(example.ui.secure_cookies, default.ui.secure_cookies);
+        assert_eq!(example.ui.page_size, default.ui.page_size);
+        assert_eq!(
+            example.ui.usage_sample_interval,
+            default.ui.usage_sample_interval
+        );
+        assert_eq!(example.ui.usage_retention, default.ui.usage_retention);
+        assert_eq!(example.ui.usage_max_rows, default.ui.usage_max_rows);
         assert_eq!(
             example.gc.tag_cleanup_schedule,
             default.gc.tag_cleanup_schedule

@@ -19,8 +19,15 @@ use std::time::Duration;
 /// The version whose shapes berth follows (read from its source).
 const CLI_VERSION: &str = "0.0.24";
 
-/// The CLI in a venv under target/, installed from PyPI once.
+/// The CLI in a venv under target/, installed from PyPI once (per
+/// process: the tests here run in parallel and would otherwise build the
+/// same venv at once).
 fn cli() -> PathBuf {
+    static CLI: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    CLI.get_or_init(install_cli).clone()
+}
+
+fn install_cli() -> PathBuf {
     let target = Path::new(env!("CARGO_BIN_EXE_berth"))
         .parent()
         .and_then(Path::parent)
@@ -29,7 +36,10 @@ fn cli() -> PathBuf {
     let venv = target.join(format!("toolforge-builds-cli-{CLI_VERSION}"));
     let exe = venv.join("bin/toolforge-build");
     if !exe.exists() {
-        run(Command::new("python3").args(["-m", "venv"]).arg(&venv));
+        // --clear: an install cut short earlier left a venv without the CLI.
+        run(Command::new("python3")
+            .args(["-m", "venv", "--clear"])
+            .arg(&venv));
         run(Command::new(venv.join("bin/pip")).args([
             "install",
             "--quiet",

@@ -5,7 +5,7 @@
 
 use berth_registry::routes::{
     self, parse_reference, query_get, query_pairs, AdminOp, NamespaceOp, OciOp, OpsOp, Reference,
-    Route, ToolOp,
+    Route, ToolOp, UiOp,
 };
 use berth_storage::{Digest, RepoName};
 use http::Method;
@@ -169,6 +169,18 @@ fn check(method: &Method, path: &str, route: &Route) {
             OpsOp::Metrics => "/metrics".to_owned(),
             OpsOp::MethodNotAllowed(_) => "/token".to_owned(),
         },
+        Route::Ui(op) => {
+            // Names are validated by the console's surface, after it
+            // knows who is asking.
+            assert!(
+                path == "/" || path == "/ui" || path.starts_with("/ui/"),
+                "{path:?}"
+            );
+            if let UiOp::MethodNotAllowed(m) = op {
+                assert_eq!(m, method);
+            }
+            return;
+        }
         Route::Admin(op) => {
             // Validated by their handlers, after the admin check.
             assert!(path.starts_with("/admin/"), "{path:?}");

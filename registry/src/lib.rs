@@ -1,7 +1,7 @@
-//! berth-registry: the HTTP service. One listener (`server`) carries four
+//! berth-registry: the HTTP service. One listener (`server`) carries five
 //! surfaces: the OCI distribution API (`/v2/...`), the admin's API
-//! (`/admin/v1/...`), a tool's API (`/v1/tool/{tool}/...`) and operations
-//! (`/healthz`, `/metrics`, `/token`). Layering: `routes` parses method and
+//! (`/admin/v1/...`), a tool's API (`/v1/tool/{tool}/...`), operations
+//! (`/healthz`, `/metrics`, `/token`) and the web console (`/ui/...`). Layering: `routes` parses method and
 //! path into one surface's operation, the surface (`surfaces::*`) decides
 //! access once through `auth`, `handlers` call berth-storage, and `error`
 //! shapes every failure as the OCI error body.
@@ -19,6 +19,7 @@ pub mod routes;
 pub mod server;
 pub mod surfaces;
 pub mod tls;
+pub mod ui;
 
 use berth_storage::Storage;
 use body::Body;
@@ -70,6 +71,8 @@ pub struct State {
     pub metrics: metrics::Metrics,
     pub gc: std::sync::Arc<berth_gc::Gc>,
     pub builds: std::sync::Arc<berth_builds::Builds>,
+    /// The web console: its settings and sessions.
+    pub ui: ui::Console,
 }
 
 /// Answers one request. Never fails: errors become OCI error responses.
@@ -117,7 +120,8 @@ pub async fn handle(state: &State, req: Request<RequestBody>, peer: IpAddr) -> R
 }
 
 /// Parses the request into one surface's operation and hands it over;
-/// every surface but `ops` needs to know who is calling first.
+/// every surface but `ops` and the console (which knows callers by their
+/// session cookie) needs to know who is calling first.
 async fn dispatch(
     state: &State,
     req: Request<RequestBody>,
@@ -131,6 +135,7 @@ async fn dispatch(
     })?;
     let caller = match route {
         Route::Ops(op) => return surfaces::ops::handle(state, op, req, peer).await,
+        Route::Ui(op) => return surfaces::ui::handle(state, op, req, peer).await,
         _ => {
             state
                 .auth
@@ -148,6 +153,6 @@ async fn dispatch(
         Route::Admin(op) => surfaces::admin::handle(state, &caller, op, req).await,
         Route::Tool(tool, op) => surfaces::tool::handle(state, &caller, &tool, op, req).await,
         Route::Namespace(ns, op) => surfaces::namespace::handle(state, &caller, &ns, op, req).await,
-        Route::Ops(_) => Err(ApiError::internal("operations are answered above")),
+        Route::Ops(_) | Route::Ui(_) => Err(ApiError::internal("answered above")),
     }
 }

@@ -10,11 +10,21 @@ use prometheus::{
 };
 
 pub struct Metrics {
+    /// Requests, 4xx and 5xx answers since start (the console's rates).
+    totals: [std::sync::atomic::AtomicU64; 3],
     registry: Registry,
     requests: IntCounterVec,
     duration: HistogramVec,
     uploads_open: IntGauge,
     refusals: IntCounterVec,
+}
+
+/// Answers counted since start (`Metrics::request_totals`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RequestTotals {
+    pub requests: u64,
+    pub client_errors: u64,
+    pub server_errors: u64,
 }
 
 /// Methods counted under their own name; anything else is `OTHER`, so a
@@ -70,6 +80,7 @@ impl Metrics {
             registry.register(c).expect("metrics register once");
         }
         Metrics {
+            totals: Default::default(),
             registry,
             requests,
             duration,
@@ -95,6 +106,23 @@ impl Metrics {
             .with_label_values(&[method, &status.to_string()])
             .inc();
         self.duration.with_label_values(&[method]).observe(seconds);
+        use std::sync::atomic::Ordering::Relaxed;
+        self.totals[0].fetch_add(1, Relaxed);
+        match status {
+            400..=499 => self.totals[1].fetch_add(1, Relaxed),
+            500..=599 => self.totals[2].fetch_add(1, Relaxed),
+            _ => 0,
+        };
+    }
+
+    /// Requests answered since start, and how many were 4xx and 5xx.
+    pub fn request_totals(&self) -> RequestTotals {
+        use std::sync::atomic::Ordering::Relaxed;
+        RequestTotals {
+            requests: self.totals[0].load(Relaxed),
+            client_errors: self.totals[1].load(Relaxed),
+            server_errors: self.totals[2].load(Relaxed),
+        }
     }
 
     /// Counts one refusal by a named limit (e.g. `uploads_per_namespace`).

@@ -46,6 +46,8 @@ pub enum Route {
     Namespace(String, NamespaceOp),
     /// `/healthz`, `/metrics`, `/token`: for operators and clients' logins.
     Ops(OpsOp),
+    /// `/ui/...` (and `/` for browsers): the web console.
+    Ui(UiOp),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -151,6 +153,39 @@ pub enum NamespaceOp {
     MethodNotAllowed(Method),
 }
 
+/// The web console's pages and forms. Names and ids are as sent: the
+/// surface validates them after it knows who is asking.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UiOp {
+    /// `GET /`: browsers are sent to the console.
+    Root,
+    /// `GET /ui/`: the overview (admin) or the tool's own namespace.
+    Home,
+    LoginForm,
+    Login,
+    Logout,
+    Asset(String),
+    Quotas,
+    SetLimit(String),
+    Namespace(String),
+    DeleteTag(String),
+    RotateCredentials(String),
+    RevokeCredentials(String),
+    Gc,
+    GcRun(String),
+    RunGc(String),
+    Builds,
+    ToolBuilds(String),
+    StartBuild(String),
+    Build(String, String),
+    BuildLog(String, String),
+    CancelBuild(String, String),
+    Clean(String),
+    Storage,
+    NotFound,
+    MethodNotAllowed(Method),
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum OpsOp {
     Healthz,
@@ -183,7 +218,12 @@ pub fn parse(method: &Method, path: &str) -> ApiResult<Option<Route>> {
         "/healthz" => return Ok(Some(ops(OpsOp::Healthz, &[]))),
         "/metrics" => return Ok(Some(ops(OpsOp::Metrics, &[]))),
         "/token" => return Ok(Some(ops(OpsOp::Token, &[Method::GET, Method::POST]))),
+        "/" => return Ok(Some(Route::Ui(parse_ui(method, "")))),
+        "/ui" => return Ok(Some(Route::Ui(parse_ui(method, "/")))),
         _ => {}
+    }
+    if let Some(rest) = path.strip_prefix("/ui/") {
+        return Ok(Some(Route::Ui(parse_ui(method, &format!("/{rest}")))));
     }
     if let Some(rest) = path.strip_prefix("/v1/tool/") {
         return parse_tool(method, rest);
@@ -273,6 +313,56 @@ fn parse_admin(method: &Method, rest: &str) -> AdminOp {
             AdminOp::MethodNotAllowed(method.clone())
         }
         _ => AdminOp::NotFound,
+    }
+}
+
+/// `rest` is the path after `/ui` (`""` stands for `/` itself).
+fn parse_ui(method: &Method, rest: &str) -> UiOp {
+    use Method as M;
+    let own = |s: &&str| (*s).to_owned();
+    if rest.is_empty() {
+        return match *method {
+            M::GET | M::HEAD => UiOp::Root,
+            _ => UiOp::MethodNotAllowed(method.clone()),
+        };
+    }
+    let parts: Vec<&str> = rest[1..].split('/').collect();
+    let get = matches!(*method, M::GET | M::HEAD);
+    let post = *method == M::POST;
+    match parts.as_slice() {
+        [""] if get => UiOp::Home,
+        ["login"] if get => UiOp::LoginForm,
+        ["login"] if post => UiOp::Login,
+        ["logout"] if post => UiOp::Logout,
+        ["assets", name] if get => UiOp::Asset(own(name)),
+        ["quotas"] if get => UiOp::Quotas,
+        ["quotas", ns] if post => UiOp::SetLimit(own(ns)),
+        ["namespaces", ns] if get => UiOp::Namespace(own(ns)),
+        ["namespaces", ns, "tags", "delete"] if post => UiOp::DeleteTag(own(ns)),
+        ["namespaces", ns, "credentials"] if post => UiOp::RotateCredentials(own(ns)),
+        ["namespaces", ns, "credentials", "revoke"] if post => UiOp::RevokeCredentials(own(ns)),
+        ["gc"] if get => UiOp::Gc,
+        ["gc", "runs", id] if get => UiOp::GcRun(own(id)),
+        ["gc", job] if post => UiOp::RunGc(own(job)),
+        ["builds"] if get => UiOp::Builds,
+        ["tools", tool, "builds"] if get => UiOp::ToolBuilds(own(tool)),
+        ["tools", tool, "builds"] if post => UiOp::StartBuild(own(tool)),
+        ["tools", tool, "builds", id] if get => UiOp::Build(own(tool), own(id)),
+        ["tools", tool, "builds", id, "log"] if get => UiOp::BuildLog(own(tool), own(id)),
+        ["tools", tool, "builds", id, "cancel"] if post => UiOp::CancelBuild(own(tool), own(id)),
+        ["tools", tool, "clean"] if post => UiOp::Clean(own(tool)),
+        ["storage"] if get => UiOp::Storage,
+        [""]
+        | ["login" | "logout" | "quotas" | "gc" | "builds" | "storage"]
+        | ["assets" | "quotas" | "namespaces", _]
+        | ["gc", _]
+        | ["gc", "runs", _]
+        | ["namespaces", _, "credentials"]
+        | ["namespaces", _, "tags" | "credentials", _]
+        | ["tools", _, "builds" | "clean"]
+        | ["tools", _, "builds", _]
+        | ["tools", _, "builds", _, "log" | "cancel"] => UiOp::MethodNotAllowed(method.clone()),
+        _ => UiOp::NotFound,
     }
 }
 
@@ -384,7 +474,7 @@ pub fn validate_tool(tool: &str) -> ApiResult<String> {
 }
 
 /// Build ids are `<tool>-buildpacks-<hex>` or `latest`: no path tricks.
-fn validate_build_id(id: &str) -> ApiResult<String> {
+pub fn validate_build_id(id: &str) -> ApiResult<String> {
     if !id.is_empty()
         && id.len() <= 300
         && id
@@ -558,6 +648,36 @@ mod tests {
         assert_eq!(route(Method::GET, "/v1/namespaces/toolforge"), None);
         assert_eq!(route(Method::GET, "/v1/namespaces/a/b/tokens"), None);
         assert!(ToolOp::StartBuild.writes() && !ToolOp::Quota.writes());
+    }
+
+    #[test]
+    fn console_paths() {
+        let ui = |m: Method, p: &str| match parse(&m, p).unwrap() {
+            Some(Route::Ui(op)) => op,
+            other => panic!("{p}: {other:?}"),
+        };
+        assert_eq!(ui(Method::GET, "/"), UiOp::Root);
+        assert_eq!(ui(Method::GET, "/ui"), UiOp::Home);
+        assert_eq!(ui(Method::GET, "/ui/"), UiOp::Home);
+        assert_eq!(ui(Method::POST, "/ui/login"), UiOp::Login);
+        assert_eq!(
+            ui(Method::POST, "/ui/quotas/tool-a"),
+            UiOp::SetLimit("tool-a".into())
+        );
+        assert_eq!(
+            ui(Method::GET, "/ui/tools/foo/builds/foo-buildpacks-1/log"),
+            UiOp::BuildLog("foo".into(), "foo-buildpacks-1".into())
+        );
+        assert_eq!(
+            ui(Method::GET, "/ui/logout"),
+            UiOp::MethodNotAllowed(Method::GET)
+        );
+        assert_eq!(
+            ui(Method::DELETE, "/ui/quotas"),
+            UiOp::MethodNotAllowed(Method::DELETE)
+        );
+        assert_eq!(ui(Method::GET, "/ui/nothing/here"), UiOp::NotFound);
+        assert_eq!(parse(&Method::GET, "/uix").unwrap(), None);
     }
 
     #[test]

@@ -739,7 +739,7 @@ impl Auth {
 
     /// The API token a bearer token from `/token` was issued for: it must
     /// still exist, be unexpired and belong to the token's subject.
-    async fn token_origin(
+    pub async fn token_origin(
         &self,
         meta: &Metadata,
         tid: &str,

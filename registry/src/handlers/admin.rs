@@ -29,6 +29,20 @@ pub fn validate_namespace(ns: &str) -> ApiResult<()> {
 /// `POST .../credentials`: creates or rotates the namespace's secret and
 /// shows it once.
 pub async fn create_credentials(state: &State, ns: &str) -> ApiResult<Response<Body>> {
+    let created = issue_credentials(state, ns).await?;
+    Ok(body::json_response(
+        if created.rotated {
+            StatusCode::OK
+        } else {
+            StatusCode::CREATED
+        },
+        &created,
+    ))
+}
+
+/// Creates or rotates `ns`'s secret (the API and the console). Sign-ins
+/// with the old one end: remembered logins and console sessions.
+pub async fn issue_credentials(state: &State, ns: &str) -> ApiResult<crate::api::Credentials> {
     validate_namespace(ns)?;
     let secret = secrets::generate_secret();
     let to_hash = secret.clone();
@@ -36,25 +50,24 @@ pub async fn create_credentials(state: &State, ns: &str) -> ApiResult<Response<B
         .await
         .map_err(|e| ApiError::internal(format!("hashing failed: {e}")))?;
     let created = state.storage.meta.set_namespace_secret(ns, hash).await?;
-    state.auth.credentials_changed();
+    credentials_changed(state, ns);
     tracing::info!(namespace = ns, created, "namespace credentials issued");
-    Ok(body::json_response(
-        if created {
-            StatusCode::CREATED
-        } else {
-            StatusCode::OK
-        },
-        &crate::api::Credentials {
-            username: ns.to_owned(),
-            password: secret,
-            namespace: ns.to_owned(),
-            rotated: !created,
-        },
-    ))
+    Ok(crate::api::Credentials {
+        username: ns.to_owned(),
+        password: secret,
+        namespace: ns.to_owned(),
+        rotated: !created,
+    })
 }
 
 /// `DELETE .../credentials`: revokes the namespace's account.
 pub async fn revoke_credentials(state: &State, ns: &str) -> ApiResult<Response<Body>> {
+    revoke(state, ns).await?;
+    Ok(body::status_only(StatusCode::NO_CONTENT))
+}
+
+/// Revokes `ns`'s account (the API and the console).
+pub async fn revoke(state: &State, ns: &str) -> ApiResult<()> {
     validate_namespace(ns)?;
     if !state.storage.meta.delete_namespace_account(ns).await? {
         return Err(ApiError::not_found(
@@ -62,7 +75,15 @@ pub async fn revoke_credentials(state: &State, ns: &str) -> ApiResult<Response<B
             format!("namespace {ns} has no credentials"),
         ));
     }
-    state.auth.credentials_changed();
+    credentials_changed(state, ns);
     tracing::info!(namespace = ns, "namespace credentials revoked");
-    Ok(body::status_only(StatusCode::NO_CONTENT))
+    Ok(())
+}
+
+fn credentials_changed(state: &State, ns: &str) {
+    state.auth.credentials_changed();
+    state
+        .ui
+        .sessions
+        .end_all(&crate::auth::Principal::Namespace(ns.to_owned()));
 }

@@ -24,15 +24,20 @@ fn parse_bool(v: Option<&str>, name: &str) -> ApiResult<bool> {
 
 /// `POST /admin/v1/gc/{tag-cleanup|untagged}?dry_run=BOOL`: runs now.
 pub async fn run(state: &State, job: &str, query: Option<&str>) -> ApiResult<Response<Body>> {
+    let dry_run = parse_bool(query_get(&query_pairs(query), "dry_run"), "dry_run")?;
+    let report = run_job(state, job, dry_run).await?;
+    Ok(body::json_response(StatusCode::OK, &report))
+}
+
+/// Runs GC job `job` now, for the admin (the API and the console).
+pub async fn run_job(state: &State, job: &str, dry_run: bool) -> ApiResult<api::RunReport> {
     let job = JobKind::parse(job).ok_or_else(|| {
         ApiError::not_found(
             Code::Unsupported,
             format!("no GC job {job:?}; the jobs are tag-cleanup and untagged"),
         )
     })?;
-    let dry_run = parse_bool(query_get(&query_pairs(query), "dry_run"), "dry_run")?;
-    let report = state.gc.run(job, dry_run, "admin").await;
-    Ok(body::json_response(StatusCode::OK, &report))
+    Ok(state.gc.run(job, dry_run, "admin").await)
 }
 
 /// `GET /admin/v1/gc/runs[?limit=N]`: newest first.
@@ -46,29 +51,40 @@ pub async fn runs(state: &State, query: Option<&str>) -> ApiResult<Response<Body
             })?
             .min(1000),
     };
-    let runs = state
+    let runs = stored_runs(state, limit).await?;
+    Ok(body::json_response(StatusCode::OK, &api::GcRuns { runs }))
+}
+
+/// The newest `limit` stored runs (the API and the console).
+pub async fn stored_runs(state: &State, limit: u32) -> ApiResult<Vec<api::GcRun>> {
+    Ok(state
         .storage
         .meta
         .gc_runs(limit)
         .await?
         .into_iter()
-        .filter_map(|r| match serde_json::from_value(r.report) {
-            Ok(report) => Some(api::GcRun {
-                id: r.id,
-                job: r.job,
-                dry_run: r.dry_run,
-                trigger: r.trigger,
-                started_ms: r.started_ms,
-                finished_ms: r.finished_ms,
-                report,
-            }),
-            Err(e) => {
-                tracing::warn!(run = r.id, error = %e, "a stored GC report is unreadable; left out");
-                None
-            }
-        })
-        .collect();
-    Ok(body::json_response(StatusCode::OK, &api::GcRuns { runs }))
+        .filter_map(run_from_record)
+        .collect())
+}
+
+/// A stored run in the API's shape; `None` (logged) when its report no
+/// longer reads.
+pub fn run_from_record(r: berth_storage::meta::GcRunRecord) -> Option<api::GcRun> {
+    match serde_json::from_value(r.report) {
+        Ok(report) => Some(api::GcRun {
+            id: r.id,
+            job: r.job,
+            dry_run: r.dry_run,
+            trigger: r.trigger,
+            started_ms: r.started_ms,
+            finished_ms: r.finished_ms,
+            report,
+        }),
+        Err(e) => {
+            tracing::warn!(run = r.id, error = %e, "a stored GC report is unreadable; left out");
+            None
+        }
+    }
 }
 
 /// `GET /admin/v1/pins`.

@@ -58,12 +58,23 @@ pub async fn show(state: &State, ns: &str) -> ApiResult<Response<Body>> {
 pub async fn set(state: &State, ns: &str, req: Request<RequestBody>) -> ApiResult<Response<Body>> {
     super::admin::validate_namespace(ns)?;
     let setting = json_body::<api::SetQuota>(req).await?.setting()?;
-    let q = state.storage.meta.set_quota_limit(ns, setting).await?;
-    tracing::info!(namespace = ns, ?setting, "quota limit set");
+    let q = set_limit(state, ns, setting).await?;
     Ok(body::json_response(
         StatusCode::OK,
         &api::NamespaceQuota::from(q),
     ))
+}
+
+/// Sets `ns`'s limit (the admin API and the console's form).
+pub async fn set_limit(
+    state: &State,
+    ns: &str,
+    setting: berth_storage::meta::LimitSetting,
+) -> ApiResult<berth_storage::meta::NamespaceQuota> {
+    super::admin::validate_namespace(ns)?;
+    let q = state.storage.meta.set_quota_limit(ns, setting).await?;
+    tracing::info!(namespace = ns, ?setting, "quota limit set");
+    Ok(q)
 }
 
 pub async fn reconcile(state: &State) -> ApiResult<Response<Body>> {

@@ -72,10 +72,12 @@ pub async fn token(
         match credentials {
             // A verified client certificate stands for its namespace
             // account when no credentials are sent.
-            None => Identity::of(match parts.extensions.get::<crate::auth::ClientCertificate>() {
-                Some(c) => Principal::Namespace(c.namespace.clone()),
-                None => Principal::Anonymous,
-            }),
+            None => Identity::of(
+                match parts.extensions.get::<crate::auth::ClientCertificate>() {
+                    Some(c) => Principal::Namespace(c.namespace.clone()),
+                    None => Principal::Anonymous,
+                },
+            ),
             Some((user, password)) => state
                 .auth
                 .login(&state.storage.meta, &user, &password, peer)

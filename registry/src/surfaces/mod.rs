@@ -8,3 +8,4 @@ pub mod namespace;
 pub mod oci;
 pub mod ops;
 pub mod tool;
+pub mod ui;

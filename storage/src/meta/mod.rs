@@ -6,6 +6,7 @@
 //! (PostgreSQL) must meet.
 
 pub mod builds;
+pub mod console;
 mod sqlite;
 mod types;
 

@@ -7,10 +7,10 @@ use crate::meta::builds::*;
 use crate::{now_ms, StorageError};
 use rusqlite::{params, OptionalExtension};
 
-const COLUMNS: &str =
+pub(super) const COLUMNS: &str =
     "id, tool, image_name, status, message, params, resolved_ref, destination_image, log_path, created_ms, start_ms, end_ms";
 
-fn record(r: &rusqlite::Row<'_>) -> rusqlite::Result<BuildRecord> {
+pub(super) fn record(r: &rusqlite::Row<'_>) -> rusqlite::Result<BuildRecord> {
     let params: String = r.get(5)?;
     let status: String = r.get(3)?;
     Ok(BuildRecord {

@@ -5,6 +5,7 @@
 //! async worker thread. All of berth's SQL lives in this directory.
 
 mod builds;
+mod console;
 mod fixture;
 mod gc;
 mod integrity;

@@ -141,7 +141,7 @@ pub(super) fn count_unlink(conn: &Connection, ns: &str, digest: &str) -> rusqlit
     }
 }
 
-fn quota_of(
+pub(super) fn quota_of(
     policy: &QuotaPolicy,
     ns: String,
     limit_bytes: Option<i64>,

@@ -196,6 +196,34 @@ const MIGRATIONS: &[&str] = &[
     ) WITHOUT ROWID;
     CREATE INDEX api_tokens_namespace ON api_tokens(namespace, expires_ms);
     "#,
+    // 8: storage over time, for the web console. `usage_samples` keeps a
+    // namespace's usage each time the sampler finds it changed (so an idle
+    // namespace costs one row); `usage_totals` the registry's totals at
+    // every sample. Both are pruned to `[ui] usage_retention` and capped
+    // at `[ui] usage_max_rows`.
+    r#"
+    CREATE TABLE usage_samples (
+        namespace   TEXT NOT NULL,
+        at_ms       INTEGER NOT NULL,
+        used_bytes  INTEGER NOT NULL,
+        PRIMARY KEY (namespace, at_ms)
+    ) WITHOUT ROWID;
+    CREATE INDEX usage_samples_at ON usage_samples(at_ms);
+
+    CREATE TABLE usage_totals (
+        at_ms         INTEGER PRIMARY KEY,
+        -- what namespaces are charged (the quota ledger, summed)
+        used_bytes    INTEGER NOT NULL,
+        -- every blob and manifest once: what the store holds
+        stored_bytes  INTEGER NOT NULL,
+        -- every repository's blobs and manifests counted in each: what
+        -- the registry would hold without deduplication
+        linked_bytes  INTEGER NOT NULL,
+        blobs         INTEGER NOT NULL,
+        manifests     INTEGER NOT NULL,
+        namespaces    INTEGER NOT NULL
+    );
+    "#,
 ];
 
 /// Brings the database up to the newest schema, one transaction per step.
