@@ -33,7 +33,17 @@ pub async fn build_state(cfg: &Config, fd_budget: Option<u64>) -> Result<Arc<Sta
                 cfg.storage.data_dir.display()
             )
         })?;
-    storage.meta.set_quota_policy(cfg.quota.policy());
+    let notifications = &cfg.notifications;
+    storage
+        .meta
+        .set_event_recording(!notifications.endpoints.is_empty());
+    storage.meta.set_quota_policy(
+        cfg.quota.policy(
+            notifications
+                .wants(berth_registry::notify::EventKind::Quota)
+                .then_some(notifications.quota_threshold_percent),
+        ),
+    );
     storage.meta.set_blob_grace(cfg.gc.blob_grace);
     let gc_config = cfg.gc.clone();
     match storage.meta.interrupt_unfinished_gc_runs().await {
@@ -62,6 +72,8 @@ pub async fn build_state(cfg: &Config, fd_budget: Option<u64>) -> Result<Arc<Sta
             shutdown_grace: cfg.server.shutdown_grace,
             metrics_public: cfg.metrics.public,
             limits: cfg.limits.connection_limits(fd_budget),
+            notifications: Arc::new(cfg.notifications.clone()),
+            listen: cfg.server.listen.to_string(),
         },
         metrics: {
             let m = berth_registry::metrics::Metrics::new();
@@ -78,6 +90,7 @@ pub struct Background {
     scheduler: Option<tokio_cron_scheduler::JobScheduler>,
     dispatcher: Option<tokio::task::JoinHandle<()>>,
     expiry: tokio::task::JoinHandle<()>,
+    notifier: Vec<tokio::task::JoinHandle<()>>,
 }
 
 /// Starts the build dispatcher (after failing builds a dead process left
@@ -108,10 +121,27 @@ pub async fn start_background(state: &Arc<State>) -> Result<Background, String> 
         None
     };
     let expiry = tokio::spawn(state.storage.uploads.clone().run_expiry());
+    let notify = &state.config.notifications;
+    let notifier = if notify.endpoints.is_empty() {
+        Vec::new()
+    } else {
+        let source = berth_registry::notify::Source {
+            addr: state.config.listen.clone(),
+            instance_id: uuid::Uuid::new_v4().to_string(),
+        };
+        Arc::new(berth_registry::notify::Notifier::new(
+            notify.clone(),
+            state.storage.meta.clone(),
+            source,
+            None,
+        ))
+        .spawn()
+    };
     Ok(Background {
         scheduler,
         dispatcher,
         expiry,
+        notifier,
     })
 }
 
@@ -150,6 +180,9 @@ impl Background {
             d.abort();
         }
         self.expiry.abort();
+        for t in self.notifier {
+            t.abort();
+        }
     }
 }
 

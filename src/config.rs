@@ -19,6 +19,7 @@ pub struct Config {
     pub metrics: Metrics,
     pub log: Log,
     pub limits: Limits,
+    pub notifications: berth_registry::notify::NotificationsConfig,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -91,10 +92,13 @@ impl Default for Quota {
 }
 
 impl Quota {
-    pub fn policy(&self) -> berth_storage::meta::QuotaPolicy {
+    /// `alert_percent`: when a usage crossing should be recorded for
+    /// notifications (`[notifications]`), if any endpoint wants them.
+    pub fn policy(&self, alert_percent: Option<f64>) -> berth_storage::meta::QuotaPolicy {
         berth_storage::meta::QuotaPolicy {
             default_limit: self.default_limit,
             unlimited: self.unlimited.iter().cloned().collect(),
+            alert_percent,
         }
     }
 }
@@ -297,6 +301,7 @@ impl Config {
     pub fn resolve(&mut self) -> Result<(), String> {
         self.limits.validate()?;
         self.gc.validate()?;
+        self.notifications.validate()?;
         self.builds.resolve(
             self.server.listen,
             &self.storage.data_dir,

@@ -12,6 +12,7 @@ pub mod body;
 pub mod error;
 pub mod handlers;
 pub mod metrics;
+pub mod notify;
 pub mod ranges;
 pub mod request_body;
 pub mod routes;
@@ -40,6 +41,10 @@ pub struct RegistryConfig {
     pub metrics_public: bool,
     /// Connection limits and request-body pacing.
     pub limits: ConnectionLimits,
+    /// The notification endpoints (the admin API lists their state).
+    pub notifications: std::sync::Arc<notify::NotificationsConfig>,
+    /// The address berth listens on (notifications' `source.addr`).
+    pub listen: String,
 }
 
 impl Default for RegistryConfig {
@@ -49,6 +54,8 @@ impl Default for RegistryConfig {
             shutdown_grace: Duration::from_secs(30),
             metrics_public: true,
             limits: ConnectionLimits::default(),
+            notifications: Default::default(),
+            listen: String::new(),
         }
     }
 }

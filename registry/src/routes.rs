@@ -105,6 +105,8 @@ pub enum AdminOp {
     ShowRetention,
     SetRetention(String),
     DeleteRetention(String),
+    ListNotifications,
+    NotificationDeliveries(String),
     /// Any other `/admin/...` path.
     NotFound,
     MethodNotAllowed(Method),
@@ -219,6 +221,13 @@ fn parse_admin(method: &Method, rest: &str) -> AdminOp {
         (["v1", "retention"], &M::GET) => AdminOp::ShowRetention,
         (["v1", "retention", ns], &M::PUT) => AdminOp::SetRetention(own(ns)),
         (["v1", "retention", ns], &M::DELETE) => AdminOp::DeleteRetention(own(ns)),
+        (["v1", "notifications"], &M::GET) => AdminOp::ListNotifications,
+        (["v1", "notifications", name, "deliveries"], &M::GET) => {
+            AdminOp::NotificationDeliveries(own(name))
+        }
+        (["v1", "notifications"], _) | (["v1", "notifications", _, "deliveries"], _) => {
+            AdminOp::MethodNotAllowed(method.clone())
+        }
         (["v1", "namespaces", _, "credentials"], _)
         | (["v1", "quotas" | "gc" | "pins" | "retention"], _)
         | (["v1", "quotas" | "gc" | "pins" | "retention", _], _) => {

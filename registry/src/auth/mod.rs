@@ -138,6 +138,26 @@ impl Principal {
 pub struct Caller {
     pub principal: Principal,
     pub grants: Option<Vec<Grant>>,
+    /// The subject of the token the caller came with, when it names more
+    /// than the principal does (a build's token: `build:<id>`).
+    pub token_subject: Option<String>,
+}
+
+impl Caller {
+    pub fn new(principal: Principal, grants: Option<Vec<Grant>>) -> Caller {
+        Caller {
+            principal,
+            grants,
+            token_subject: None,
+        }
+    }
+
+    /// Who did it, as the change feed and logs name them.
+    pub fn actor(&self) -> &str {
+        self.token_subject
+            .as_deref()
+            .unwrap_or_else(|| self.principal.name())
+    }
 }
 
 /// The `[auth]` settings, read straight from the config file (every key
@@ -298,16 +318,10 @@ impl Auth {
         peer: IpAddr,
     ) -> ApiResult<Caller> {
         if !self.config.enabled {
-            return Ok(Caller {
-                principal: Principal::Unrestricted,
-                grants: None,
-            });
+            return Ok(Caller::new(Principal::Unrestricted, None));
         }
         let Some(value) = headers.get(header::AUTHORIZATION) else {
-            return Ok(Caller {
-                principal: Principal::Anonymous,
-                grants: None,
-            });
+            return Ok(Caller::new(Principal::Anonymous, None));
         };
         let value = value.to_str().map_err(|_| self.malformed(headers))?;
         let (scheme, rest) = value
@@ -338,9 +352,12 @@ impl Auth {
                 tracing::info!(%peer, reason = %e, "bearer token refused");
                 self.unauthorized(headers, None, Some("invalid_token"), &e.to_string())
             })?;
+            let principal = Principal::from_subject(&claims.sub);
+            let token_subject = (claims.sub != principal.name()).then(|| claims.sub.clone());
             let caller = Caller {
-                principal: Principal::from_subject(&claims.sub),
+                principal,
                 grants: Some(claims.access),
+                token_subject,
             };
             self.token_cache().insert(
                 key,
@@ -362,10 +379,7 @@ impl Auth {
                         }
                         LoginError::Refused(e) => e,
                     })?;
-            return Ok(Caller {
-                principal,
-                grants: None,
-            });
+            return Ok(Caller::new(principal, None));
         }
         Err(self.malformed(headers))
     }

@@ -5,7 +5,7 @@
 use crate::auth::Caller;
 use crate::body::Body;
 use crate::error::{ApiError, ApiResult, Code};
-use crate::handlers::{admin, gc, method_not_allowed, quota};
+use crate::handlers::{admin, gc, method_not_allowed, notifications, quota};
 use crate::request_body::RequestBody;
 use crate::routes::AdminOp;
 use crate::State;
@@ -35,6 +35,10 @@ pub async fn handle(
         AdminOp::ShowRetention => gc::retention(state).await,
         AdminOp::SetRetention(ns) => gc::set_retention(state, &ns, req).await,
         AdminOp::DeleteRetention(ns) => gc::delete_retention(state, &ns).await,
+        AdminOp::ListNotifications => notifications::list(state).await,
+        AdminOp::NotificationDeliveries(name) => {
+            notifications::deliveries(state, &name, query).await
+        }
         AdminOp::NotFound => Err(ApiError::not_found(
             Code::Unsupported,
             format!("no such admin endpoint: {}", req.uri().path()),
