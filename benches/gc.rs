@@ -122,6 +122,7 @@ async fn pushes_during(
                 parsed,
                 body,
                 vec![format!("{tag}-{i}")],
+                "bench",
             )
             .await
             .unwrap();

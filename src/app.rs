@@ -33,7 +33,17 @@ pub async fn build_state(cfg: &Config, fd_budget: Option<u64>) -> Result<Arc<Sta
                 cfg.storage.data_dir.display()
             )
         })?;
-    storage.meta.set_quota_policy(cfg.quota.policy());
+    let notifications = &cfg.notifications;
+    storage
+        .meta
+        .set_event_recording(!notifications.endpoints.is_empty());
+    storage.meta.set_quota_policy(
+        cfg.quota.policy(
+            notifications
+                .wants(berth_registry::notify::EventKind::Quota)
+                .then_some(notifications.quota_threshold_percent),
+        ),
+    );
     storage.meta.set_blob_grace(cfg.gc.blob_grace);
     let gc_config = cfg.gc.clone();
     match storage.meta.interrupt_unfinished_gc_runs().await {
@@ -66,6 +76,8 @@ pub async fn build_state(cfg: &Config, fd_budget: Option<u64>) -> Result<Arc<Sta
                 trusted_proxies: cfg.server.trusted_proxies.clone(),
             },
             public_url: cfg.server.public_url.clone(),
+            notifications: Arc::new(cfg.notifications.clone()),
+            listen: cfg.server.listen.to_string(),
         },
         metrics: {
             let m = berth_registry::metrics::Metrics::new();
@@ -101,6 +113,7 @@ pub struct Background {
     dispatcher: Option<tokio::task::JoinHandle<()>>,
     expiry: tokio::task::JoinHandle<()>,
     console: Option<tokio::task::JoinHandle<()>>,
+    notifier: Vec<tokio::task::JoinHandle<()>>,
 }
 
 /// Starts the build dispatcher (after failing builds a dead process left
@@ -138,11 +151,28 @@ pub async fn start_background(state: &Arc<State>) -> Result<Background, String> 
         .config
         .enabled
         .then(|| tokio::spawn(berth_registry::ui::run_sampler(state.clone())));
+    let notify = &state.config.notifications;
+    let notifier = if notify.endpoints.is_empty() {
+        Vec::new()
+    } else {
+        let source = berth_registry::notify::Source {
+            addr: state.config.listen.clone(),
+            instance_id: uuid::Uuid::new_v4().to_string(),
+        };
+        Arc::new(berth_registry::notify::Notifier::new(
+            notify.clone(),
+            state.storage.meta.clone(),
+            source,
+            state.config.public_url.clone(),
+        ))
+        .spawn()
+    };
     Ok(Background {
         scheduler,
         dispatcher,
         expiry,
         console,
+        notifier,
     })
 }
 
@@ -183,6 +213,9 @@ impl Background {
         self.expiry.abort();
         if let Some(c) = self.console {
             c.abort();
+        }
+        for t in self.notifier {
+            t.abort();
         }
     }
 }

@@ -20,6 +20,7 @@ pub struct Config {
     pub log: Log,
     pub limits: Limits,
     pub ui: berth_registry::ui::UiConfig,
+    pub notifications: berth_registry::notify::NotificationsConfig,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -148,10 +149,13 @@ impl Default for Quota {
 }
 
 impl Quota {
-    pub fn policy(&self) -> berth_storage::meta::QuotaPolicy {
+    /// `alert_percent`: when a usage crossing should be recorded for
+    /// notifications (`[notifications]`), if any endpoint wants them.
+    pub fn policy(&self, alert_percent: Option<f64>) -> berth_storage::meta::QuotaPolicy {
         berth_storage::meta::QuotaPolicy {
             default_limit: self.default_limit,
             unlimited: self.unlimited.iter().cloned().collect(),
+            alert_percent,
         }
     }
 }
@@ -394,6 +398,7 @@ impl Config {
             registry_tls = scheme == "https";
         }
         self.ui.validate()?;
+        self.notifications.validate()?;
         self.builds.resolve(
             self.server.listen,
             &self.storage.data_dir,

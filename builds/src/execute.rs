@@ -269,10 +269,42 @@ impl Builds {
         message: String,
         destination: Option<String>,
     ) -> Result<(), StorageError> {
-        self.storage
+        let changed = self
+            .storage
             .meta
-            .transition_build(&b.id, BuildStatus::Running, to, message, destination)
+            .transition_build(
+                &b.id,
+                BuildStatus::Running,
+                to,
+                message.clone(),
+                destination.clone(),
+            )
             .await?;
+        if changed {
+            // The change feed hears of the finished build and its image.
+            let digest = destination
+                .as_deref()
+                .and_then(|d| d.rsplit_once('@'))
+                .map(|(_, d)| d.to_owned());
+            let event = berth_storage::meta::NewEvent {
+                action: "build".into(),
+                repository: Some(format!("{}/{}", self.namespace(&b.tool), b.image_name)),
+                tag: digest.as_ref().map(|_| "latest".to_owned()),
+                digest,
+                actor: Some(format!("build:{}", b.id)),
+                detail: Some(serde_json::json!({
+                    "build_id": b.id,
+                    "tool": b.tool,
+                    "status": to,
+                    "message": message,
+                    "destination_image": destination,
+                })),
+                ..Default::default()
+            };
+            if let Err(e) = self.storage.meta.record_event(event).await {
+                tracing::warn!(build = %b.id, error = %e, "cannot record the build in the change feed");
+            }
+        }
         self.prune(&b.tool, &b.image_name).await
     }
 }

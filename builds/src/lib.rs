@@ -527,7 +527,9 @@ impl Builds {
                         "image {repo}@{digest} is pinned (in use); it was kept"
                     ));
                 } else if let Ok(d) = digest.parse() {
-                    match self.storage.meta.delete_manifest(&repo, &d).await? {
+                    // On the tool's behalf (the build API is the tool's).
+                    let actor = self.namespace(tool);
+                    match self.storage.meta.delete_manifest(&repo, &d, &actor).await? {
                         berth_storage::meta::DeleteManifestOutcome::Deleted => {
                             info.push(format!("deleted image {repo}@{digest}"))
                         }

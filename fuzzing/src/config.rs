@@ -21,7 +21,7 @@ pub fn config(data: &[u8]) {
     }
     let _ = cfg.limits.upload_limits();
     let _ = cfg.limits.auth_limits();
-    let _ = cfg.quota.policy();
+    let _ = cfg.quota.policy(Some(90.0));
     let _ = cfg.gc.validate();
     if cfg.resolve().is_ok() {
         let b = &cfg.builds;

@@ -165,6 +165,33 @@ impl Gc {
             }
         }
         self.metrics.observe(&report);
+        if !dry_run {
+            // The change feed hears of real runs (a summary, not the items).
+            let event = berth_storage::meta::NewEvent {
+                action: match job {
+                    JobKind::TagCleanup => "tag-cleanup",
+                    JobKind::Untagged => "gc",
+                }
+                .into(),
+                actor: Some("gc".into()),
+                detail: Some(serde_json::json!({
+                    "run": report.id,
+                    "trigger": report.trigger,
+                    "status": report.status,
+                    "tags_removed": report.tags_removed,
+                    "manifests_removed": report.manifests_removed,
+                    "blob_links_removed": report.blob_links_removed,
+                    "blobs_removed": report.blobs_removed,
+                    "bytes_freed": report.bytes_freed,
+                    "freed_per_namespace": report.freed_per_namespace,
+                    "duration_ms": report.finished_ms - report.started_ms,
+                })),
+                ..Default::default()
+            };
+            if let Err(e) = self.storage.meta.record_event(event).await {
+                tracing::warn!(error = %e, "cannot record the run in the change feed");
+            }
+        }
         tracing::info!(
             job = job.as_str(),
             dry_run,

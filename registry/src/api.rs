@@ -619,3 +619,61 @@ impl Messages {
         }
     }
 }
+
+// ----------------------------------------------------- notifications ----
+
+/// One notification endpoint and its place in the change feed.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct NotificationEndpoint {
+    pub name: String,
+    pub url: String,
+    pub events: Vec<crate::notify::EventKind>,
+    /// The last event delivered (or passed over).
+    pub cursor: i64,
+    /// Events recorded after the cursor.
+    pub pending: u64,
+    /// Failed attempts in a row.
+    pub failures: u32,
+    pub next_attempt_ms: i64,
+    pub last_attempt: Option<Delivery>,
+}
+
+/// `GET /admin/v1/notifications`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Notifications {
+    pub endpoints: Vec<NotificationEndpoint>,
+}
+
+/// One delivery attempt.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Delivery {
+    pub at_ms: i64,
+    pub first_event: i64,
+    pub last_event: i64,
+    pub events: u32,
+    /// The HTTP status, when there was an answer.
+    pub status: Option<u16>,
+    pub error: Option<String>,
+    pub duration_ms: u64,
+}
+
+impl From<meta::DeliveryAttempt> for Delivery {
+    fn from(a: meta::DeliveryAttempt) -> Self {
+        Delivery {
+            at_ms: a.at_ms,
+            first_event: a.first_event,
+            last_event: a.last_event,
+            events: a.events,
+            status: a.status,
+            error: a.error,
+            duration_ms: a.duration_ms,
+        }
+    }
+}
+
+/// `GET /admin/v1/notifications/{name}/deliveries`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Deliveries {
+    pub endpoint: String,
+    pub attempts: Vec<Delivery>,
+}

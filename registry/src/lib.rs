@@ -12,6 +12,7 @@ pub mod body;
 pub mod error;
 pub mod handlers;
 pub mod metrics;
+pub mod notify;
 pub mod proxy;
 pub mod ranges;
 pub mod request_body;
@@ -48,6 +49,10 @@ pub struct RegistryConfig {
     /// `[server] public_url` (checked, no trailing slash): `Location`
     /// headers are made absolute with it.
     pub public_url: Option<String>,
+    /// The notification endpoints (the admin API lists their state).
+    pub notifications: std::sync::Arc<notify::NotificationsConfig>,
+    /// The address berth listens on (notifications' `source.addr`).
+    pub listen: String,
 }
 
 impl Default for RegistryConfig {
@@ -59,6 +64,8 @@ impl Default for RegistryConfig {
             limits: ConnectionLimits::default(),
             forwarding: proxy::Forwarding::default(),
             public_url: None,
+            notifications: Default::default(),
+            listen: String::new(),
         }
     }
 }

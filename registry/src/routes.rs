@@ -114,6 +114,8 @@ pub enum AdminOp {
     ListTokens,
     CreateToken,
     RevokeToken(String),
+    ListNotifications,
+    NotificationDeliveries(String),
     /// Any other `/admin/...` path.
     NotFound,
     MethodNotAllowed(Method),
@@ -307,6 +309,13 @@ fn parse_admin(method: &Method, rest: &str) -> AdminOp {
         (["v1", "tokens"], &M::GET) => AdminOp::ListTokens,
         (["v1", "tokens"], &M::POST) => AdminOp::CreateToken,
         (["v1", "tokens", id], &M::DELETE) => AdminOp::RevokeToken(own(id)),
+        (["v1", "notifications"], &M::GET) => AdminOp::ListNotifications,
+        (["v1", "notifications", name, "deliveries"], &M::GET) => {
+            AdminOp::NotificationDeliveries(own(name))
+        }
+        (["v1", "notifications"], _) | (["v1", "notifications", _, "deliveries"], _) => {
+            AdminOp::MethodNotAllowed(method.clone())
+        }
         (["v1", "namespaces", _, "credentials"], _)
         | (["v1", "quotas" | "gc" | "pins" | "retention" | "tokens"], _)
         | (["v1", "quotas" | "gc" | "pins" | "retention" | "tokens", _], _) => {

@@ -43,6 +43,7 @@ async fn world(dir: &std::path::Path, namespaces: u64) -> Metadata {
     meta.set_quota_policy(QuotaPolicy {
         default_limit: Some(20_000),
         unlimited: ["ns-003".to_owned()].into_iter().collect(),
+        alert_percent: None,
     });
     meta.bulk_load((0..namespaces).map(|n| repo(&format!("ns-{n:03}"), n, 1 + n % 3)))
         .await

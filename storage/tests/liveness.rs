@@ -81,6 +81,7 @@ impl World {
                 parsed,
                 bytes,
                 tag.map(|t| vec![t.to_owned()]).unwrap_or_default(),
+                "test",
             )
             .await
             .unwrap();
@@ -135,7 +136,7 @@ impl World {
     }
 
     async fn untag(&self, r: &str, tag: &str) {
-        assert!(self.s.meta.delete_tag(&repo(r), tag).await.unwrap());
+        assert!(self.s.meta.delete_tag(&repo(r), tag, "test").await.unwrap());
     }
 
     async fn pin(&self, r: &str, d: &Digest) {
@@ -422,7 +423,14 @@ async fn a_push_after_the_plan_wins_over_the_checked_deletion() {
             .clone();
     let parsed = manifest::parse(&bytes, None).unwrap();
     w.s.meta
-        .put_manifest(&repo("a/race"), &img, parsed, bytes, vec!["v1".into()])
+        .put_manifest(
+            &repo("a/race"),
+            &img,
+            parsed,
+            bytes,
+            vec!["v1".into()],
+            "test",
+        )
         .await
         .unwrap();
     let gone =

@@ -83,6 +83,7 @@ async fn manifests_reference_checks_and_deletes_survive_reopen() {
             parsed,
             bad.clone(),
             vec!["v0".into()],
+            "test",
         )
         .await
         .unwrap();
@@ -99,7 +100,14 @@ async fn manifests_reference_checks_and_deletes_survive_reopen() {
     let parsed = manifest::parse(&good, Some(OCI_MANIFEST)).unwrap();
     let out = s
         .meta
-        .put_manifest(&repo, &digest, parsed, good.clone(), vec!["v1".into()])
+        .put_manifest(
+            &repo,
+            &digest,
+            parsed,
+            good.clone(),
+            vec!["v1".into()],
+            "test",
+        )
         .await
         .unwrap();
     assert_eq!(out, PutManifestOutcome::Stored);
@@ -119,14 +127,18 @@ async fn manifests_reference_checks_and_deletes_survive_reopen() {
                 &index_digest,
                 parsed,
                 index.clone(),
-                vec!["multi".into()]
+                vec!["multi".into()],
+                "test"
             )
             .await
             .unwrap(),
         PutManifestOutcome::Stored
     );
     assert!(matches!(
-        s.meta.delete_manifest(&repo, &digest).await.unwrap(),
+        s.meta
+            .delete_manifest(&repo, &digest, "test")
+            .await
+            .unwrap(),
         DeleteManifestOutcome::ReferencedByIndex(_)
     ));
     // Nor can a layer a manifest needs be unlinked.
@@ -147,11 +159,17 @@ async fn manifests_reference_checks_and_deletes_survive_reopen() {
     assert_eq!(m.bytes, good);
     assert_eq!(m.digest, digest.to_string());
     assert_eq!(
-        s.meta.delete_manifest(&repo, &index_digest).await.unwrap(),
+        s.meta
+            .delete_manifest(&repo, &index_digest, "test")
+            .await
+            .unwrap(),
         DeleteManifestOutcome::Deleted
     );
     assert_eq!(
-        s.meta.delete_manifest(&repo, &digest).await.unwrap(),
+        s.meta
+            .delete_manifest(&repo, &digest, "test")
+            .await
+            .unwrap(),
         DeleteManifestOutcome::Deleted
     );
     assert!(

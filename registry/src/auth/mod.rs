@@ -200,6 +200,27 @@ pub struct Caller {
     pub principal: Principal,
     pub grants: Option<Vec<Grant>>,
     pub token: Option<TokenUse>,
+    /// The subject of the token the caller came with, when it names more
+    /// than the principal does (a build's token: `build:<id>`).
+    pub token_subject: Option<String>,
+}
+
+impl Caller {
+    pub fn new(principal: Principal, grants: Option<Vec<Grant>>) -> Caller {
+        Caller {
+            principal,
+            grants,
+            token: None,
+            token_subject: None,
+        }
+    }
+
+    /// Who did it, as the change feed and logs name them.
+    pub fn actor(&self) -> &str {
+        self.token_subject
+            .as_deref()
+            .unwrap_or_else(|| self.principal.name())
+    }
 }
 
 /// The `[auth]` settings, read straight from the config file (every key
@@ -402,20 +423,13 @@ impl Auth {
         peer: IpAddr,
     ) -> ApiResult<Caller> {
         if !self.config.enabled {
-            return Ok(Caller {
-                principal: Principal::Unrestricted,
-                grants: None,
-                token: None,
-            });
+            return Ok(Caller::new(Principal::Unrestricted, None));
         }
         let Some(value) = headers.get(header::AUTHORIZATION) else {
-            return Ok(Caller {
-                principal: client_cert
-                    .map(|c| Principal::Namespace(c.namespace.clone()))
-                    .unwrap_or(Principal::Anonymous),
-                grants: None,
-                token: None,
-            });
+            let principal = client_cert
+                .map(|c| Principal::Namespace(c.namespace.clone()))
+                .unwrap_or(Principal::Anonymous);
+            return Ok(Caller::new(principal, None));
         };
         let value = value.to_str().map_err(|_| self.malformed(headers))?;
         let (scheme, rest) = value
@@ -448,9 +462,8 @@ impl Auth {
                 }
                 let identity = self.login(meta, "", token, peer).await.map_err(invalid)?;
                 return Ok(Caller {
-                    principal: identity.principal,
-                    grants: None,
                     token: identity.token,
+                    ..Caller::new(identity.principal, None)
                 });
             }
             let now = std::time::SystemTime::now()
@@ -477,10 +490,13 @@ impl Auth {
                         })?,
                 ),
             };
+            let principal = Principal::from_subject(&claims.sub);
+            let token_subject = (claims.sub != principal.name()).then(|| claims.sub.clone());
             let caller = Caller {
-                principal: Principal::from_subject(&claims.sub),
+                principal,
                 grants: Some(claims.access),
                 token: token_use,
+                token_subject,
             };
             let mut cache = self.token_cache();
             if self.generation() == generation {
@@ -504,9 +520,8 @@ impl Auth {
                     LoginError::Refused(e) => e,
                 })?;
             return Ok(Caller {
-                principal: identity.principal,
-                grants: None,
                 token: identity.token,
+                ..Caller::new(identity.principal, None)
             });
         }
         Err(self.malformed(headers))

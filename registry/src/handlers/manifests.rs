@@ -58,11 +58,13 @@ pub async fn get(
     Ok(resp)
 }
 
+/// PUT; `actor` (who pushes) goes into the change feed.
 pub async fn put(
     state: &State,
     repo: &RepoName,
     reference: &Reference,
     req: Request<RequestBody>,
+    actor: &str,
 ) -> ApiResult<Response<Body>> {
     let too_big = |n: String| {
         ApiError::new(
@@ -135,7 +137,7 @@ pub async fn put(
     let outcome = state
         .storage
         .meta
-        .put_manifest(repo, &digest, parsed, bytes.to_vec(), tags.clone())
+        .put_manifest(repo, &digest, parsed, bytes.to_vec(), tags.clone(), actor)
         .await?;
     match outcome {
         PutManifestOutcome::Stored => {}
@@ -180,14 +182,15 @@ pub async fn delete(
     state: &State,
     repo: &RepoName,
     reference: &Reference,
+    actor: &str,
 ) -> ApiResult<Response<Body>> {
     match reference {
         Reference::Tag(t) => {
-            if !state.storage.meta.delete_tag(repo, t).await? {
+            if !state.storage.meta.delete_tag(repo, t, actor).await? {
                 return Err(unknown(repo, reference));
             }
         }
-        Reference::Digest(d) => match state.storage.meta.delete_manifest(repo, d).await? {
+        Reference::Digest(d) => match state.storage.meta.delete_manifest(repo, d, actor).await? {
             DeleteManifestOutcome::Deleted => {}
             DeleteManifestOutcome::NotFound => return Err(unknown(repo, reference)),
             DeleteManifestOutcome::ReferencedByIndex(index) => {

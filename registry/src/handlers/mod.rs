@@ -8,6 +8,7 @@ pub mod builds;
 pub mod discovery;
 pub mod gc;
 pub mod manifests;
+pub mod notifications;
 pub mod quota;
 pub mod token;
 pub mod tokens;

@@ -5,7 +5,7 @@
 use crate::auth::Caller;
 use crate::body::Body;
 use crate::error::{ApiError, ApiResult, Code};
-use crate::handlers::{admin, gc, method_not_allowed, quota, tokens};
+use crate::handlers::{admin, gc, method_not_allowed, notifications, quota, tokens};
 use crate::request_body::RequestBody;
 use crate::routes::AdminOp;
 use crate::State;
@@ -44,6 +44,10 @@ pub async fn handle(
             tokens::create_admin(state, caller, req).await
         }
         AdminOp::RevokeToken(id) => tokens::revoke(state, &id, None).await,
+        AdminOp::ListNotifications => notifications::list(state).await,
+        AdminOp::NotificationDeliveries(name) => {
+            notifications::deliveries(state, &name, query).await
+        }
         AdminOp::NotFound => Err(ApiError::not_found(
             Code::Unsupported,
             format!("no such admin endpoint: {}", req.uri().path()),

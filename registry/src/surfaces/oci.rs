@@ -60,10 +60,10 @@ pub async fn handle(
             head,
         } => manifests::get(state, &repo, &reference, head).await,
         OciOp::PutManifest { repo, reference } => {
-            manifests::put(state, &repo, &reference, req).await
+            manifests::put(state, &repo, &reference, req, caller.actor()).await
         }
         OciOp::DeleteManifest { repo, reference } => {
-            manifests::delete(state, &repo, &reference).await
+            manifests::delete(state, &repo, &reference, caller.actor()).await
         }
         OciOp::ImpossibleManifest { repo, reference } => Err(ApiError::not_found(
             Code::ManifestUnknown,

@@ -186,9 +186,8 @@ async fn respond(
     };
     let token = token.unwrap_or_default();
     let caller = Caller {
-        principal: ctx.principal.clone(),
-        grants: None,
         token: ctx.token.clone(),
+        ..Caller::new(ctx.principal.clone(), None)
     };
     let auth = &state.auth;
     let admin = |what: &str| -> UiResult<()> {
@@ -271,7 +270,8 @@ async fn respond(
             berth_storage::names::validate_tag(&tag)
                 .map_err(|e| ApiError::bad_request(Code::ManifestInvalid, e.to_string()))?;
             auth.require(&caller, &parts.headers, &repo, crate::auth::Action::Delete)?;
-            handlers::manifests::delete(state, &repo, &Reference::Tag(tag.clone())).await?;
+            handlers::manifests::delete(state, &repo, &Reference::Tag(tag.clone()), caller.actor())
+                .await?;
             flash_to(
                 &format!(
                     "Deleted tag {tag} of {repo}; garbage collection frees what only it kept."

@@ -149,6 +149,9 @@ pub struct QuotaPolicy {
     pub default_limit: Option<u64>,
     /// Namespaces that are never limited (e.g. the platform's own).
     pub unlimited: HashSet<String>,
+    /// A `quota` event is recorded when a charge takes a namespace's
+    /// usage to this percentage of its limit or past it (from below).
+    pub alert_percent: Option<f64>,
 }
 
 /// A refused charge, with the figures the client's error message needs.
@@ -374,4 +377,58 @@ impl IntegrityReport {
             && self.unreferenced_links == 0
             && self.unlinked_blob_rows == 0
     }
+}
+
+// ------------------------------------------------------------ events ----
+
+/// A change worth telling the world about, as recorded in the feed
+/// notifications are delivered from. `action` is registry:2's (`push`,
+/// `delete`) or berth's own (`tag-cleanup`, `gc`, `build`, `quota`).
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
+pub struct NewEvent {
+    pub action: String,
+    pub repository: Option<String>,
+    pub digest: Option<String>,
+    pub tag: Option<String>,
+    pub media_type: Option<String>,
+    pub size: Option<u64>,
+    /// Who did it (an account name, `gc`, `build:<id>`).
+    pub actor: Option<String>,
+    /// Anything else, as JSON (a GC report's counts, a build's status).
+    pub detail: Option<serde_json::Value>,
+}
+
+/// A recorded event.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct Event {
+    pub id: i64,
+    pub at_ms: i64,
+    #[serde(flatten)]
+    pub event: NewEvent,
+}
+
+/// Where one notification endpoint is in the feed.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct EndpointState {
+    pub name: String,
+    /// The last event delivered (or passed over: not subscribed).
+    pub cursor: i64,
+    /// Failed attempts in a row.
+    pub failures: u32,
+    pub next_attempt_ms: i64,
+    /// Events after the cursor.
+    pub pending: u64,
+}
+
+/// One delivery attempt.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct DeliveryAttempt {
+    pub at_ms: i64,
+    pub first_event: i64,
+    pub last_event: i64,
+    pub events: u32,
+    /// The HTTP status, when there was an answer.
+    pub status: Option<u16>,
+    pub error: Option<String>,
+    pub duration_ms: u64,
 }

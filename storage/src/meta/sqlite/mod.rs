@@ -6,6 +6,7 @@
 
 mod builds;
 mod console;
+mod events;
 mod fixture;
 mod gc;
 mod integrity;
@@ -61,6 +62,8 @@ struct Inner {
     manifests: Mutex<ManifestCache>,
     /// See `liveness`: how often a HEAD records a blob's use.
     touch_interval_ms: AtomicU64,
+    /// See `events`: whether changes are recorded in the feed.
+    events_on: std::sync::atomic::AtomicBool,
 }
 
 /// Manifests by (repository, reference), as of one write generation.
@@ -136,6 +139,7 @@ impl Metadata {
                 generation: AtomicU64::new(0),
                 manifests: Mutex::new(ManifestCache::default()),
                 touch_interval_ms: AtomicU64::new(60_000),
+                events_on: std::sync::atomic::AtomicBool::new(false),
             }),
         })
     }

@@ -309,6 +309,7 @@ impl Metadata {
 
     /// Stores a manifest and points `tags` at it, after checking inside the
     /// same transaction that everything it references is present.
+    /// `actor` (who pushed) goes into the change feed with the push.
     pub async fn put_manifest(
         &self,
         repo: &RepoName,
@@ -316,9 +317,11 @@ impl Metadata {
         parsed: ParsedManifest,
         bytes: Vec<u8>,
         tags: Vec<String>,
+        actor: &str,
     ) -> Result<PutManifestOutcome, StorageError> {
-        let (repo, digest) = (repo.clone(), digest.to_string());
+        let (repo, digest, actor) = (repo.clone(), digest.to_string(), actor.to_owned());
         let policy = self.quota_policy();
+        let feed = self.events_on();
         self.write_if(|o| matches!(o, PutManifestOutcome::Stored), move |tx| {
             let now = now_ms();
             let id = ensure_repo(tx, &repo, now)?;
@@ -400,6 +403,24 @@ impl Metadata {
                 }
                 set_tag.execute(params![id, t, digest, now])?;
             }
+            // One push event per tag it was pushed with (registry:2's way),
+            // or one without a tag when pushed by digest.
+            let pushed = |tag: Option<&String>| NewEvent {
+                action: "push".into(),
+                repository: Some(repo.as_str().to_owned()),
+                digest: Some(digest.clone()),
+                tag: tag.cloned(),
+                media_type: Some(parsed.media_type.clone()),
+                size: Some(bytes.len() as u64),
+                actor: Some(actor.clone()),
+                detail: None,
+            };
+            if tags.is_empty() {
+                super::events::record(tx, feed, &pushed(None))?;
+            }
+            for t in &tags {
+                super::events::record(tx, feed, &pushed(Some(t)))?;
+            }
             Ok(PutManifestOutcome::Stored)
         })
         .await
@@ -411,8 +432,14 @@ impl Metadata {
         &self,
         repo: &RepoName,
         digest: &Digest,
+        actor: &str,
     ) -> Result<DeleteManifestOutcome, StorageError> {
-        let (repo, digest) = (repo.as_str().to_owned(), digest.to_string());
+        let (repo, digest, actor) = (
+            repo.as_str().to_owned(),
+            digest.to_string(),
+            actor.to_owned(),
+        );
+        let feed = self.events_on();
         self.write(move |tx| {
             let Some((id, ns)) = repo_namespace(tx, &repo)? else {
                 return Ok(DeleteManifestOutcome::NotFound);
@@ -443,14 +470,32 @@ impl Metadata {
             .execute(params![id, digest])?;
             tx.prepare_cached("DELETE FROM tags WHERE repo_id = ?1 AND digest = ?2")?
                 .execute(params![id, digest])?;
+            super::events::record(
+                tx,
+                feed,
+                &NewEvent {
+                    action: "delete".into(),
+                    repository: Some(repo.clone()),
+                    digest: Some(digest.clone()),
+                    size: Some(size.max(0) as u64),
+                    actor: Some(actor.clone()),
+                    ..Default::default()
+                },
+            )?;
             Ok(DeleteManifestOutcome::Deleted)
         })
         .await
     }
 
     /// Removes one tag; the manifest stays. Returns false if there was none.
-    pub async fn delete_tag(&self, repo: &RepoName, tag: &str) -> Result<bool, StorageError> {
-        let (repo, tag) = (repo.as_str().to_owned(), tag.to_owned());
+    pub async fn delete_tag(
+        &self,
+        repo: &RepoName,
+        tag: &str,
+        actor: &str,
+    ) -> Result<bool, StorageError> {
+        let (repo, tag, actor) = (repo.as_str().to_owned(), tag.to_owned(), actor.to_owned());
+        let feed = self.events_on();
         self.write(move |tx| {
             let Some(id) = repo_id(tx, &repo)? else {
                 return Ok(false);
@@ -463,6 +508,18 @@ impl Metadata {
             tx.prepare_cached("DELETE FROM tags WHERE repo_id = ?1 AND name = ?2")?
                 .execute(params![id, tag])?;
             released(tx, id, &old, now_ms())?;
+            super::events::record(
+                tx,
+                feed,
+                &NewEvent {
+                    action: "delete".into(),
+                    repository: Some(repo.clone()),
+                    digest: Some(old),
+                    tag: Some(tag.clone()),
+                    actor: Some(actor.clone()),
+                    ..Default::default()
+                },
+            )?;
             Ok(true)
         })
         .await

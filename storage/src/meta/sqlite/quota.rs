@@ -81,6 +81,30 @@ pub(super) fn charge(
         "UPDATE namespaces SET used_bytes = used_bytes + ?2, updated_ms = ?3 WHERE name = ?1",
     )?
     .execute(params![ns, delta as i64, now])?;
+    if let (Some(alert), (Some(limit), _)) = (
+        policy.alert_percent,
+        effective_limit(policy, ns, r.limit_bytes, r.unlimited),
+    ) {
+        let percent = |bytes: u64| bytes as f64 * 100.0 / limit.max(1) as f64;
+        let after = used + delta;
+        if percent(used) < alert && percent(after) >= alert {
+            super::events::record(
+                conn,
+                true,
+                &crate::meta::types::NewEvent {
+                    action: "quota".into(),
+                    detail: Some(serde_json::json!({
+                        "namespace": ns,
+                        "used_bytes": after,
+                        "limit_bytes": limit,
+                        "percent": (percent(after) * 10.0).round() / 10.0,
+                        "threshold_percent": alert,
+                    })),
+                    ..Default::default()
+                },
+            )?;
+        }
+    }
     Ok(Ok(()))
 }
 

@@ -224,6 +224,41 @@ const MIGRATIONS: &[&str] = &[
         namespaces    INTEGER NOT NULL
     );
     "#,
+    // 9: the change feed notifications are delivered from (recorded in the
+    // same transaction as the change, so no committed push goes unsaid),
+    // each endpoint's place in it, and the log of delivery attempts.
+    r#"
+    CREATE TABLE events (
+        id          INTEGER PRIMARY KEY AUTOINCREMENT,
+        at_ms       INTEGER NOT NULL,
+        action      TEXT NOT NULL,
+        repository  TEXT,
+        digest      TEXT,
+        tag         TEXT,
+        media_type  TEXT,
+        size        INTEGER,
+        actor       TEXT,
+        detail      TEXT
+    );
+    CREATE TABLE webhook_endpoints (
+        name             TEXT PRIMARY KEY,
+        cursor           INTEGER NOT NULL,
+        failures         INTEGER NOT NULL DEFAULT 0,
+        next_attempt_ms  INTEGER NOT NULL DEFAULT 0
+    ) WITHOUT ROWID;
+    CREATE TABLE webhook_attempts (
+        id           INTEGER PRIMARY KEY,
+        endpoint     TEXT NOT NULL,
+        at_ms        INTEGER NOT NULL,
+        first_event  INTEGER NOT NULL,
+        last_event   INTEGER NOT NULL,
+        events       INTEGER NOT NULL,
+        status       INTEGER,
+        error        TEXT,
+        duration_ms  INTEGER NOT NULL
+    );
+    CREATE INDEX webhook_attempts_endpoint ON webhook_attempts(endpoint, id DESC);
+    "#,
 ];
 
 /// Brings the database up to the newest schema, one transaction per step.
