@@ -2,7 +2,8 @@
 //! users type as `toolforge build ...`), unchanged, against the real berth:
 //! configured as on Toolforge with `~/.toolforge.yaml` (`api_gateway.url`,
 //! `builds.builds_endpoint: /v1`) and a kubeconfig whose user carries a
-//! berth bearer token. Every command it has, with the options users pass.
+//! berth API token (`berth token create`), or over TLS a Kubernetes client
+//! certificate. Every command it has, with the options users pass.
 
 mod common;
 #[path = "common/builds.rs"]
@@ -112,16 +113,25 @@ impl Home {
     }
 }
 
-/// A bearer token for the tool's account, as a kubeconfig would carry.
-fn bearer(berth: &Berth, tool: &str, password: &str) -> String {
-    let (status, _, body) = request(
-        "GET",
-        &format!("{}/token?service=berth", berth.url()),
-        &[("authorization", &basic(&format!("tool-{tool}"), password))],
-    );
-    assert_eq!(status, 200);
-    let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
-    v["token"].as_str().unwrap().to_owned()
+/// An API token for the tool's namespace, made as an admin would hand one
+/// out (`berth token create`; it prints the token alone on stdout).
+fn api_token(berth: &Berth, tool: &str) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_berth"))
+        .args([
+            "token",
+            "create",
+            &format!("tool-{tool}"),
+            "--name",
+            "toolforge-cli",
+        ])
+        .args(["--expires", "30d", "--url", &berth.url()])
+        .env("BERTH_ADMIN_PASSWORD", ADMIN_PASSWORD)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "berth token create: {out:?}");
+    let token = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+    assert!(token.starts_with("berth_"), "{token}");
+    token
 }
 
 #[test]
@@ -130,7 +140,7 @@ fn every_toolforge_build_command_works_against_berth() {
     let (berth, _) = start_berth(dir.path(), "");
     let source = git_repo(dir.path());
     let tool = Tool::new(&berth, "demo");
-    let token = bearer(&berth, "demo", &tool.password);
+    let token = api_token(&berth, "demo");
     let home = Home::new(dir.path(), &berth.url(), "demo", &format!("token: {token}"));
 
     // start: follows the log to the end (JSON lines, parsed by the CLI).

@@ -173,6 +173,10 @@ pub enum UiOp {
     DeleteTag(String),
     RotateCredentials(String),
     RevokeCredentials(String),
+    /// `POST /ui/namespaces/{ns}/tokens`: a new API token, shown once.
+    CreateToken(String),
+    /// `POST /ui/namespaces/{ns}/tokens/{id}/revoke`
+    RevokeToken(String, String),
     Gc,
     GcRun(String),
     RunGc(String),
@@ -350,6 +354,8 @@ fn parse_ui(method: &Method, rest: &str) -> UiOp {
         ["namespaces", ns, "tags", "delete"] if post => UiOp::DeleteTag(own(ns)),
         ["namespaces", ns, "credentials"] if post => UiOp::RotateCredentials(own(ns)),
         ["namespaces", ns, "credentials", "revoke"] if post => UiOp::RevokeCredentials(own(ns)),
+        ["namespaces", ns, "tokens"] if post => UiOp::CreateToken(own(ns)),
+        ["namespaces", ns, "tokens", id, "revoke"] if post => UiOp::RevokeToken(own(ns), own(id)),
         ["gc"] if get => UiOp::Gc,
         ["gc", "runs", id] if get => UiOp::GcRun(own(id)),
         ["gc", job] if post => UiOp::RunGc(own(job)),
@@ -366,8 +372,9 @@ fn parse_ui(method: &Method, rest: &str) -> UiOp {
         | ["assets" | "quotas" | "namespaces", _]
         | ["gc", _]
         | ["gc", "runs", _]
-        | ["namespaces", _, "credentials"]
+        | ["namespaces", _, "credentials" | "tokens"]
         | ["namespaces", _, "tags" | "credentials", _]
+        | ["namespaces", _, "tokens", _, "revoke"]
         | ["tools", _, "builds" | "clean"]
         | ["tools", _, "builds", _]
         | ["tools", _, "builds", _, "log" | "cancel"] => UiOp::MethodNotAllowed(method.clone()),
@@ -684,6 +691,14 @@ mod tests {
         assert_eq!(
             ui(Method::DELETE, "/ui/quotas"),
             UiOp::MethodNotAllowed(Method::DELETE)
+        );
+        assert_eq!(
+            ui(Method::POST, "/ui/namespaces/tool-a/tokens/x1/revoke"),
+            UiOp::RevokeToken("tool-a".into(), "x1".into())
+        );
+        assert_eq!(
+            ui(Method::GET, "/ui/namespaces/tool-a/tokens"),
+            UiOp::MethodNotAllowed(Method::GET)
         );
         assert_eq!(ui(Method::GET, "/ui/nothing/here"), UiOp::NotFound);
         assert_eq!(parse(&Method::GET, "/uix").unwrap(), None);

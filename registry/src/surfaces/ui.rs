@@ -292,6 +292,27 @@ async fn respond(
                 &format!("/ui/namespaces/{ns}"),
             )
         }
+        // API tokens: what `/v1/namespaces/{ns}/tokens` allows, the same
+        // way (the namespace's own account or the admin; no token makes
+        // another, and a pull-only one changes nothing).
+        UiOp::CreateToken(ns) => {
+            owner(&ns)?;
+            auth.require_write(&caller)?;
+            auth.require_password(&caller)?;
+            let request = pages::token_request(&form)?;
+            let created =
+                handlers::tokens::create(state, &caller, Some(ns.clone()), request).await?;
+            page(pages::token_shown(ctx, &created))
+        }
+        UiOp::RevokeToken(ns, id) => {
+            owner(&ns)?;
+            auth.require_write(&caller)?;
+            handlers::tokens::revoke(state, &id, Some(&ns)).await?;
+            flash_to(
+                &format!("The API token {id} is revoked; it stopped working at once."),
+                &format!("/ui/namespaces/{ns}"),
+            )
+        }
         UiOp::Gc => {
             admin("garbage collection")?;
             page(pages::gc(state, ctx).await?)

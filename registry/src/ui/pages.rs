@@ -15,6 +15,7 @@ use crate::routes::{query_get, query_pairs};
 use crate::State;
 use berth_storage::meta::builds::BuildRecord;
 use berth_storage::meta::console::{QuotaQuery, QuotaSort};
+use berth_storage::meta::TokenOwner;
 use maud::{html, Markup};
 
 const DAY_MS: i64 = 24 * 3600 * 1000;
@@ -318,34 +319,117 @@ fn with_now(
 /// A namespace's API tokens, for the section on its page. API tokens
 /// (issue 12) land beside the console: wiring them is this call (their
 /// storage listing) and the two buttons in `tokens_section`.
-async fn api_tokens(_state: &State, _ns: &str) -> ApiResult<Vec<TokenRow>> {
-    Ok(Vec::new())
+/// Most API tokens the namespace page lists (the API pages through all).
+const TOKENS_SHOWN: usize = 100;
+
+async fn api_tokens(state: &State, ns: &str) -> ApiResult<Vec<api::TokenInfo>> {
+    let rows = state
+        .storage
+        .meta
+        .api_tokens(TokenOwner::Namespace(ns.to_owned()), None, TOKENS_SHOWN)
+        .await?;
+    let now = berth_storage::now_ms();
+    Ok(rows.iter().map(|t| api::TokenInfo::new(t, now)).collect())
 }
 
-/// One API token as the namespace page lists it.
-pub struct TokenRow {
-    pub name: String,
-    pub created_ms: i64,
-    pub expires_ms: Option<i64>,
-    pub last_used_ms: Option<i64>,
-}
-
-fn tokens_section(rows: &[TokenRow]) -> Markup {
+/// The namespace's API tokens with a revoke button each, and a form for a
+/// new one (not offered to a session that signed in with a token: tokens
+/// do not make tokens).
+fn tokens_section(ctx: &Ctx, ns: &str, rows: &[api::TokenInfo]) -> Markup {
+    let may_write = ctx
+        .token
+        .as_ref()
+        .is_none_or(|t| t.scope != crate::auth::TokenScope::Pull);
     html! {
-        h3 { "API tokens" }
-        @if rows.is_empty() {
-            p { "No API tokens." }
-        } @else {
-            div.scroll { table {
-                thead { tr { th scope="col" { "Name" } th scope="col" { "Created" } th scope="col" { "Expires" } th scope="col" { "Last used" } } }
-                tbody { @for t in rows { tr {
-                    td { (t.name) } td { (time_el(t.created_ms)) }
-                    td { @match t.expires_ms { Some(e) => (time_el(e)), None => "never" } }
-                    td { @match t.last_used_ms { Some(e) => (time_el(e)), None => "never" } }
-                } } }
-            } }
+        section aria-labelledby="h-tokens" {
+            h2 id="h-tokens" { "API tokens" }
+            @if rows.is_empty() {
+                p { "No API tokens." }
+            } @else {
+                div.scroll { table.tokens {
+                    thead { tr {
+                        th scope="col" { "Name" } th scope="col" { "Id" } th scope="col" { "Scope" } th scope="col" { "Created" }
+                        th scope="col" { "Expires" } th scope="col" { "Last used" } th scope="col" { span.visually-hidden { "Actions" } }
+                    } }
+                    tbody { @for t in rows { tr data-token=(t.id) {
+                        td data-label="Name" { (t.name) }
+                        td data-label="Id" { code { (t.id) } }
+                        td data-label="Scope" { (t.scope.as_str()) }
+                        td data-label="Created" { (time_el(t.created_ms)) }
+                        td data-label="Expires" { (time_el(t.expires_ms)) @if t.expired { " (expired)" } }
+                        td data-label="Last used" { @match t.last_used_ms { Some(e) => (time_el(e)), None => "never" } }
+                        td { @if may_write {
+                            (views::confirm_form(ctx, &format!("/ui/namespaces/{ns}/tokens/{}/revoke", t.id),
+                                &format!("Revoke {}", t.name), &[], "danger",
+                                Some("Revoke this API token? Everything using it stops at once.")))
+                        } }
+                    } } }
+                } }
+            }
+            @if may_write && ctx.token.is_none() {
+                form.token method="post" action=(format!("/ui/namespaces/{ns}/tokens")) {
+                    (views::csrf_field(ctx))
+                    label for="token-name" { "Name" }
+                    input id="token-name" name="name" type="text" required size="16" maxlength="64" placeholder="e.g. ci";
+                    label for="token-scope" { "Scope" }
+                    select id="token-scope" name="scope" {
+                        option value="push" selected { "push and pull" }
+                        option value="pull" { "pull only" }
+                    }
+                    label for="token-expires" { "Expires in" }
+                    input id="token-expires" name="expires_in" type="text" size="6" placeholder="90d";
+                    button type="submit" { "Create a token" }
+                }
+            }
         }
     }
+}
+
+/// The console form's fields as the API's request.
+pub fn token_request(form: &[(String, String)]) -> ApiResult<api::CreateToken> {
+    let scope = match query_get(form, "scope") {
+        None | Some("") | Some("push") => api::TokenScope::Push,
+        Some("pull") => api::TokenScope::Pull,
+        Some(other) => {
+            return Err(ApiError::bad_request(
+                Code::Unsupported,
+                format!(
+                    "scope {:?} is not \"push\" or \"pull\"",
+                    other.chars().take(16).collect::<String>()
+                ),
+            ))
+        }
+    };
+    Ok(api::CreateToken {
+        namespace: None,
+        admin: false,
+        name: query_get(form, "name").unwrap_or("").trim().to_owned(),
+        expires_in: query_get(form, "expires_in")
+            .map(str::trim)
+            .filter(|e| !e.is_empty())
+            .map(str::to_owned),
+        scope: Some(scope),
+    })
+}
+
+/// A new API token, shown once.
+pub fn token_shown(ctx: &Ctx, t: &api::TokenCreated) -> Markup {
+    let ns = t.info.namespace.clone().unwrap_or_default();
+    views::page(
+        Some(ctx),
+        &format!("API token {} of {ns}", t.info.name),
+        Nav::None,
+        html! {
+            p { "This token is shown once: copy it now. Use it as the password of "
+                code { "docker login" } " (any user name), or as " code { "Authorization: Bearer" } "." }
+            dl.pairs {
+                dt { "Token" } dd { code id="secret" { (t.token) } }
+                dt { "Scope" } dd { (t.info.scope.as_str()) }
+                dt { "Expires" } dd { (time_el(t.info.expires_ms)) }
+            }
+            p { a href=(format!("/ui/namespaces/{ns}")) { "Back to " (ns) } }
+        },
+    )
 }
 
 pub async fn namespace(
@@ -502,8 +586,10 @@ pub async fn namespace(
                     (views::confirm_form(ctx, &format!("/ui/namespaces/{ns}/credentials/revoke"), "Revoke the account", &[], "danger",
                         Some("Revoke this namespace account? Its pushes and sign-ins stop at once.")))
                 }
-                (tokens_section(&tokens))
             }
+        }
+        @if ctx.is_admin() || ctx.own_namespace() == Some(ns) {
+            (tokens_section(ctx, ns, &tokens))
         }
     };
     Ok(views::page(Some(ctx), ns, Nav::Namespace, body))
