@@ -20,7 +20,7 @@ pub async fn build_state(cfg: &Config, fd_budget: Option<u64>) -> Result<Arc<Sta
     let storage_config = StorageConfig {
         data_dir: cfg.storage.data_dir.clone(),
         synchronous: cfg.storage.sqlite_synchronous,
-        uploads: cfg.limits.upload_limits(),
+        uploads: cfg.limits.upload_limits(cfg.storage.inline_blob_max),
     };
     // Opening runs migrations and touches the filesystem: keep it off the
     // async workers like every other blocking call.

@@ -101,13 +101,21 @@ impl Server {
 pub struct Storage {
     pub data_dir: PathBuf,
     pub sqlite_synchronous: berth_storage::Synchronous,
+    /// Blobs up to this size are kept in the database, not as files.
+    #[serde(with = "size")]
+    pub inline_blob_max: u64,
 }
+
+/// The largest `inline_blob_max`: past it a blob is better off as a file
+/// (and sessions would keep more in memory).
+const INLINE_BLOB_MAX_LIMIT: u64 = 1024 * 1024;
 
 impl Default for Storage {
     fn default() -> Self {
         Storage {
             data_dir: PathBuf::from("./berth-data"),
             sqlite_synchronous: berth_storage::Synchronous::Normal,
+            inline_blob_max: berth_storage::UploadLimits::default().inline_max,
         }
     }
 }
@@ -194,6 +202,8 @@ pub struct Limits {
     pub uploads_total: usize,
     #[serde(with = "humantime_serde")]
     pub upload_idle_timeout: Duration,
+    #[serde(with = "size")]
+    pub upload_memory: u64,
     pub token_max_scopes: usize,
     #[serde(with = "size")]
     pub token_max_bytes: u64,
@@ -224,6 +234,7 @@ impl Default for Limits {
             uploads_per_namespace: uploads.per_namespace,
             uploads_total: uploads.total,
             upload_idle_timeout: uploads.idle_timeout,
+            upload_memory: uploads.memory,
             token_max_scopes: auth.token_max_scopes,
             token_max_bytes: auth.token_max_bytes as u64,
             token_cache_bytes: auth.token_cache_bytes as u64,
@@ -261,11 +272,14 @@ impl Limits {
         }
     }
 
-    pub fn upload_limits(&self) -> berth_storage::UploadLimits {
+    /// Upload sessions' bounds; `inline_max` is `[storage] inline_blob_max`.
+    pub fn upload_limits(&self, inline_max: u64) -> berth_storage::UploadLimits {
         berth_storage::UploadLimits {
             per_namespace: self.uploads_per_namespace,
             total: self.uploads_total,
             idle_timeout: self.upload_idle_timeout,
+            inline_max,
+            memory: self.upload_memory,
         }
     }
 
@@ -398,6 +412,11 @@ impl Config {
             registry_tls = scheme == "https";
         }
         self.ui.validate()?;
+        if self.storage.inline_blob_max > INLINE_BLOB_MAX_LIMIT {
+            return Err(format!(
+                "[storage] inline_blob_max is at most {INLINE_BLOB_MAX_LIMIT} bytes (1MiB); larger blobs belong in files"
+            ));
+        }
         self.notifications.validate()?;
         self.builds.resolve(
             self.server.listen,
@@ -484,6 +503,11 @@ mod tests {
             example.storage.sqlite_synchronous,
             default.storage.sqlite_synchronous
         );
+        assert_eq!(
+            example.storage.inline_blob_max,
+            default.storage.inline_blob_max
+        );
+        assert_eq!(example.limits.upload_memory, default.limits.upload_memory);
         assert_eq!(example.log.level, default.log.level);
         assert_eq!(example.auth.enabled, default.auth.enabled);
         assert_eq!(example.auth.service, default.auth.service);

@@ -54,7 +54,7 @@ impl World {
         self.label(&d, label);
         self.s
             .meta
-            .link_blob(&repo(r), &d, 10)
+            .link_blob(&repo(r), &d, 10, ())
             .await
             .unwrap()
             .unwrap();

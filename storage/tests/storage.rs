@@ -45,12 +45,7 @@ async fn store_blob(s: &Storage, repo: &RepoName, bytes: &'static [u8]) -> Diges
     let done = s.uploads.finish(&mut session, &digest).await.unwrap();
     let size = done.size;
     assert_eq!(size, bytes.len() as u64);
-    s.blobs.commit_staged(done.path, &digest).await.unwrap();
-    s.meta
-        .link_blob(repo, &digest, size)
-        .await
-        .unwrap()
-        .unwrap();
+    s.store_upload(done, repo, &digest).await.unwrap().unwrap();
     digest
 }
 
@@ -188,8 +183,13 @@ async fn manifests_reference_checks_and_deletes_survive_reopen() {
         s.meta.unlink_blob(&repo, &layer).await.unwrap(),
         UnlinkBlobOutcome::NotFound
     );
-    // The object stays for the GC sweep to decide about.
-    assert_eq!(s.blobs.size(&layer).await.unwrap(), Some(11));
+    // The blob (a small one: its bytes inline) stays for GC to decide
+    // about.
+    assert_eq!(s.meta.blob_size(&layer).await.unwrap(), Some(11));
+    assert_eq!(
+        s.meta.inline_blob(&layer).await.unwrap().as_deref(),
+        Some(&b"layer bytes"[..])
+    );
     s.close().await;
     assert!(matches!(
         s.meta.ping().await,
@@ -240,16 +240,65 @@ async fn uploads_verify_sha256_and_sha512_and_discard_mismatches() {
     let d512 = Digest::compute(Algorithm::Sha512, b"hello world");
     let done = s.uploads.finish(&mut session, &d512).await.unwrap();
     let size = done.size;
-    s.blobs.commit_staged(done.path, &d512).await.unwrap();
     assert_eq!(size, 11);
-    assert!(dir
-        .path()
-        .join("blobs/sha512")
-        .join(&d512.hex()[..2])
-        .join(d512.hex())
-        .exists());
+    // Small: verified in memory and kept in the database, not as a file.
+    let berth_storage::Staged::Memory(bytes) = &done.content else {
+        panic!("an 11-byte upload is kept in memory")
+    };
+    assert_eq!(&bytes[..], b"hello world");
+    s.store_upload(done, &repo, &d512).await.unwrap().unwrap();
+    assert_eq!(
+        s.meta.inline_blob(&d512).await.unwrap().as_deref(),
+        Some(&b"hello world"[..])
+    );
+    assert!(!dir.path().join("blobs/sha512").exists());
     assert!(
         s.uploads.get(&id, &repo).is_none(),
         "a finished session is forgotten"
     );
+}
+
+/// Writes queued together commit in one transaction (group commit), each
+/// in its own savepoint: refused ones roll back alone, the rest commit,
+/// and the quota stays exact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_small_blobs_commit_together_and_refusals_roll_back_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(dir.path());
+    s.meta.set_quota_policy(berth_storage::meta::QuotaPolicy {
+        default_limit: Some(100),
+        ..Default::default()
+    });
+    let repo = RepoName::parse("tool-group/app").unwrap();
+    let tasks: Vec<_> = (0..40)
+        .map(|i| {
+            let (s, repo) = (s.clone(), repo.clone());
+            tokio::spawn(async move {
+                let data = Bytes::from(format!("blob {i:05}"));
+                assert_eq!(data.len(), 10);
+                let digest = Digest::sha256_of(&data);
+                let linked = s
+                    .meta
+                    .link_inline_blob(&repo, &digest, data, ())
+                    .await
+                    .unwrap();
+                (digest, linked.is_ok())
+            })
+        })
+        .collect();
+    let mut kept = 0;
+    for t in tasks {
+        let (digest, ok) = t.await.unwrap();
+        let stored = s.meta.inline_blob(&digest).await.unwrap();
+        assert_eq!(stored.is_some(), ok, "a refused blob leaves no row");
+        kept += ok as usize;
+    }
+    assert_eq!(kept, 10, "exactly the limit's worth fits");
+    let q = s.meta.quota("tool-group").await.unwrap().unwrap();
+    assert_eq!(q.used_bytes, 100);
+    assert!(
+        s.meta.reconcile_quota().await.unwrap().is_empty(),
+        "no drift"
+    );
+    s.close().await;
 }

@@ -259,6 +259,17 @@ const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX webhook_attempts_endpoint ON webhook_attempts(endpoint, id DESC);
     "#,
+    // 10: small blobs kept in the database instead of one file each
+    // (`[storage] inline_blob_max`): a config or a small layer is then one
+    // row written in the transaction that links it, with no inode, no
+    // fsync of its own and no rename. A rowid table (large values do not
+    // belong in a WITHOUT ROWID b-tree); the row goes with its blob row.
+    r#"
+    CREATE TABLE blob_data (
+        digest  TEXT PRIMARY KEY REFERENCES blobs(digest) ON DELETE CASCADE,
+        data    BLOB NOT NULL
+    );
+    "#,
 ];
 
 /// Brings the database up to the newest schema, one transaction per step.
