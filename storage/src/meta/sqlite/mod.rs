@@ -12,6 +12,7 @@ mod liveness;
 mod queries;
 mod quota;
 mod schema;
+mod triggers;
 
 pub(crate) use integrity::Integrity;
 
