@@ -200,6 +200,8 @@ pub struct Limits {
     #[serde(with = "humantime_serde")]
     pub tls_handshake_timeout: Duration,
     pub max_streams_per_connection: u32,
+    /// Signed deliveries to a tool's build-trigger hook per minute.
+    pub hooks_per_tool_per_minute: usize,
 }
 
 impl Default for Limits {
@@ -226,6 +228,7 @@ impl Default for Limits {
             password_checks: auth.password_checks,
             tls_handshake_timeout: conn.tls_handshake_timeout,
             max_streams_per_connection: conn.max_streams_per_connection,
+            hooks_per_tool_per_minute: 30,
         }
     }
 }
@@ -286,6 +289,7 @@ impl Limits {
                 "max_streams_per_connection",
                 self.max_streams_per_connection as usize,
             ),
+            ("hooks_per_tool_per_minute", self.hooks_per_tool_per_minute),
         ];
         if let Some((key, _)) = positive.iter().find(|(_, v)| *v == 0) {
             return Err(format!("[limits] {key} must be at least 1"));
@@ -559,6 +563,7 @@ mod tests {
         let (e, d) = (&example.limits, &default.limits);
         assert_eq!(e.tls_handshake_timeout, d.tls_handshake_timeout);
         assert_eq!(e.max_streams_per_connection, d.max_streams_per_connection);
+        assert_eq!(e.hooks_per_tool_per_minute, d.hooks_per_tool_per_minute);
     }
 
     #[test]

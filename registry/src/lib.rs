@@ -1,6 +1,7 @@
 //! berth-registry: the HTTP service. One listener (`server`) carries four
 //! surfaces: the OCI distribution API (`/v2/...`), the admin's API
-//! (`/admin/v1/...`), a tool's API (`/v1/tool/{tool}/...`) and operations
+//! (`/admin/v1/...`), a tool's API (`/v1/tool/{tool}/...`), forges'
+//! deliveries to build triggers (`/v1/hooks/{id}`) and operations
 //! (`/healthz`, `/metrics`, `/token`). Layering: `routes` parses method and
 //! path into one surface's operation, the surface (`surfaces::*`) decides
 //! access once through `auth`, `handlers` call berth-storage, and `error`
@@ -11,6 +12,7 @@ pub mod auth;
 pub mod body;
 pub mod error;
 pub mod handlers;
+pub mod hooks;
 pub mod metrics;
 pub mod proxy;
 pub mod ranges;
@@ -70,6 +72,8 @@ pub struct State {
     pub metrics: metrics::Metrics,
     pub gc: std::sync::Arc<berth_gc::Gc>,
     pub builds: std::sync::Arc<berth_builds::Builds>,
+    /// Build triggers' hooks: the key their secrets derive from, limits.
+    pub hooks: hooks::Hooks,
 }
 
 /// Answers one request. Never fails: errors become OCI error responses.
@@ -131,6 +135,8 @@ async fn dispatch(
     })?;
     let caller = match route {
         Route::Ops(op) => return surfaces::ops::handle(state, op, req, peer).await,
+        // A forge signs its delivery; it sends no credentials of berth's.
+        Route::Hook(op) => return surfaces::hooks::handle(state, op, req, peer).await,
         _ => {
             state
                 .auth
@@ -147,6 +153,8 @@ async fn dispatch(
         Route::Oci(op) => surfaces::oci::handle(state, &caller, op, req).await,
         Route::Admin(op) => surfaces::admin::handle(state, &caller, op, req).await,
         Route::Tool(tool, op) => surfaces::tool::handle(state, &caller, &tool, op, req).await,
-        Route::Ops(_) => Err(ApiError::internal("operations are answered above")),
+        Route::Ops(_) | Route::Hook(_) => Err(ApiError::internal(
+            "operations and hooks are answered above",
+        )),
     }
 }

@@ -42,6 +42,17 @@ pub enum Route {
     Tool(String, ToolOp),
     /// `/healthz`, `/metrics`, `/token`: for operators and clients' logins.
     Ops(OpsOp),
+    /// `/v1/hooks/<hook id>`: forges' push deliveries to build triggers,
+    /// authenticated by their signature only.
+    Hook(HookOp),
+}
+
+/// A delivery to a build trigger's hook. The id is as sent: an id that
+/// cannot be a hook's is answered as an unknown hook.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HookOp {
+    Deliver(String),
+    MethodNotAllowed(Method),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -122,6 +133,10 @@ pub enum ToolOp {
     CancelBuild(String),
     Clean,
     MethodNotAllowed(Method),
+    ShowTrigger,
+    PutTrigger,
+    DeleteTrigger,
+    RotateTrigger,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -161,6 +176,16 @@ pub fn parse(method: &Method, path: &str) -> ApiResult<Option<Route>> {
     if let Some(rest) = path.strip_prefix("/v1/tool/") {
         return parse_tool(method, rest);
     }
+    if let Some(id) = path.strip_prefix("/v1/hooks/") {
+        if id.is_empty() || id.contains('/') {
+            return Ok(None);
+        }
+        return Ok(Some(Route::Hook(if method == Method::POST {
+            HookOp::Deliver(id.to_owned())
+        } else {
+            HookOp::MethodNotAllowed(method.clone())
+        })));
+    }
     if let Some(rest) = path.strip_prefix("/admin/") {
         return Ok(Some(Route::Admin(parse_admin(method, rest))));
     }
@@ -186,7 +211,12 @@ fn parse_tool(method: &Method, rest: &str) -> ApiResult<Option<Route>> {
             (tool, ToolOp::CancelBuild(validate_build_id(id)?))
         }
         ([tool, "clean"], &M::POST) => (tool, ToolOp::Clean),
-        ([tool, "quotas" | "builds" | "clean"], _)
+        ([tool, "trigger"], &M::GET) => (tool, ToolOp::ShowTrigger),
+        ([tool, "trigger"], &M::PUT) => (tool, ToolOp::PutTrigger),
+        ([tool, "trigger"], &M::DELETE) => (tool, ToolOp::DeleteTrigger),
+        ([tool, "trigger", "rotate"], &M::POST) => (tool, ToolOp::RotateTrigger),
+        ([tool, "quotas" | "builds" | "clean" | "trigger"], _)
+        | ([tool, "trigger", "rotate"], _)
         | ([tool, "builds", _], _)
         | ([tool, "builds", _, "logs" | "cancel"], _) => {
             (tool, ToolOp::MethodNotAllowed(method.clone()))
@@ -465,6 +495,27 @@ mod tests {
                 ToolOp::CancelBuild("foo-buildpacks-1".into())
             ))
         );
+        assert_eq!(
+            parse(&Method::POST, "/v1/tool/foo/trigger/rotate").unwrap(),
+            Some(Route::Tool("foo".into(), ToolOp::RotateTrigger))
+        );
+        assert_eq!(
+            parse(&Method::POST, "/v1/tool/foo/trigger").unwrap(),
+            Some(Route::Tool(
+                "foo".into(),
+                ToolOp::MethodNotAllowed(Method::POST)
+            ))
+        );
+        assert_eq!(
+            parse(&Method::POST, "/v1/hooks/0123abc").unwrap(),
+            Some(Route::Hook(HookOp::Deliver("0123abc".into())))
+        );
+        assert_eq!(
+            parse(&Method::GET, "/v1/hooks/0123abc").unwrap(),
+            Some(Route::Hook(HookOp::MethodNotAllowed(Method::GET)))
+        );
+        assert_eq!(parse(&Method::POST, "/v1/hooks/").unwrap(), None);
+        assert_eq!(parse(&Method::POST, "/v1/hooks/a/b").unwrap(), None);
         assert_eq!(
             parse(&Method::PATCH, "/token").unwrap(),
             Some(Route::Ops(OpsOp::MethodNotAllowed(Method::PATCH)))

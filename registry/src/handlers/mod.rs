@@ -10,6 +10,7 @@ pub mod gc;
 pub mod manifests;
 pub mod quota;
 pub mod token;
+pub mod triggers;
 pub mod uploads;
 
 use crate::body::Body;
