@@ -214,6 +214,8 @@ enum ToolPath {
     Cancel(Name),
     Clean,
     Other(String),
+    Trigger,
+    TriggerRotate,
 }
 
 #[derive(Arbitrary, Debug)]
@@ -245,6 +247,8 @@ enum PathSpec {
     Admin(String),
     Tool(Name, ToolPath),
     Raw(String),
+    /// A build trigger's hook (`/v1/hooks/{id}`).
+    Hook(Name),
 }
 
 #[derive(Arbitrary, Debug)]
@@ -488,9 +492,15 @@ fn path(spec: &PathSpec, ctx: &Context) -> String {
                 }
                 ToolPath::Clean => format!("/v1/tool/{t}/clean"),
                 ToolPath::Other(rest) => format!("/v1/tool/{t}/{rest}"),
+                ToolPath::Trigger => format!("/v1/tool/{t}/trigger"),
+                ToolPath::TriggerRotate => format!("/v1/tool/{t}/trigger/rotate"),
             }
         }
         PathSpec::Raw(p) => p.clone(),
+        PathSpec::Hook(id) => format!(
+            "/v1/hooks/{}",
+            id.pick(&["0123456789abcdef0123456789abcdef", "x"])
+        ),
     }
 }
 

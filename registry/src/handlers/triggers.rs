@@ -261,6 +261,17 @@ pub async fn deliver(
                     StatusCode::UNAUTHORIZED,
                     Code::Unauthorized,
                     format!("the delivery carries no {expected}"),
+                )
+                // A 401 names how to authenticate: here, the forge's header.
+                .with_header_text(
+                    header::WWW_AUTHENTICATE,
+                    format!(
+                        "Webhook realm=\"berth build trigger\", header=\"{}\"",
+                        match forge {
+                            Forge::GitLab => "X-Gitlab-Token",
+                            Forge::Hub => "X-Hub-Signature-256",
+                        }
+                    ),
                 ),
             )
             .await);
@@ -280,14 +291,16 @@ pub async fn deliver(
         }
     }
     if let Err(wait) = state.hooks.take(&t.tool) {
-        return Err(ApiError::too_many(
+        let mut e = ApiError::too_many(
             "hooks_per_tool_per_minute",
             format!(
                 "tool {} received more than {} hook deliveries in a minute ([limits] hooks_per_tool_per_minute); retry in {wait} s",
                 t.tool, state.hooks.per_tool_per_minute
             ),
-        )
-        .with_header_text(header::RETRY_AFTER, wait));
+        );
+        // When a delivery frees, rather than too_many's "1".
+        e.headers.retain(|(name, _)| name != header::RETRY_AFTER);
+        return Err(e.with_header_text(header::RETRY_AFTER, wait));
     }
     match payload::event_kind(forge, &event) {
         EventKind::Push => {}
