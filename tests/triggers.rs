@@ -309,6 +309,7 @@ fn a_signed_github_push_builds_its_commit_and_bad_deliveries_start_nothing() {
     let build = tool.wait(&id, Duration::from_secs(120));
     let log = tool.logs(&id, false);
     assert_eq!(build["status"], "BUILD_SUCCESS", "{build}\n{log}");
+    println!("hook answer: {v}\nbuild: {build:#}\nbuild log:\n{log}");
     assert_eq!(build["resolved_ref"], a.as_str());
     assert_eq!(build["parameters"]["commit"], a.as_str());
     assert_eq!(build["parameters"]["ref"], "refs/heads/main");
