@@ -216,6 +216,8 @@ pub struct Limits {
     pub tls_handshake_timeout: Duration,
     pub max_streams_per_connection: u32,
     pub api_tokens_per_namespace: usize,
+    /// Signed deliveries to a tool's build-trigger hook per minute.
+    pub hooks_per_tool_per_minute: usize,
 }
 
 impl Default for Limits {
@@ -244,6 +246,7 @@ impl Default for Limits {
             tls_handshake_timeout: conn.tls_handshake_timeout,
             max_streams_per_connection: conn.max_streams_per_connection,
             api_tokens_per_namespace: auth.api_tokens_per_namespace,
+            hooks_per_tool_per_minute: 30,
         }
     }
 }
@@ -309,6 +312,7 @@ impl Limits {
                 self.max_streams_per_connection as usize,
             ),
             ("api_tokens_per_namespace", self.api_tokens_per_namespace),
+            ("hooks_per_tool_per_minute", self.hooks_per_tool_per_minute),
         ];
         if let Some((key, _)) = positive.iter().find(|(_, v)| *v == 0) {
             return Err(format!("[limits] {key} must be at least 1"));
@@ -632,6 +636,7 @@ mod tests {
         let (e, d) = (&example.limits, &default.limits);
         assert_eq!(e.tls_handshake_timeout, d.tls_handshake_timeout);
         assert_eq!(e.max_streams_per_connection, d.max_streams_per_connection);
+        assert_eq!(e.hooks_per_tool_per_minute, d.hooks_per_tool_per_minute);
     }
 
     #[test]

@@ -310,3 +310,72 @@ fn issued_for_other(b: &tlsh::TlsBerth) -> String {
         serde_json::from_slice(&r.body_mut().read_to_vec().unwrap()).unwrap();
     started_id(&(r.status().as_u16(), reply))
 }
+
+/// A build a git push started, as the CLI shows it: `show` prints
+/// berth's `messages.info`, which says what started the build.
+#[test]
+fn the_cli_shows_what_a_push_started() {
+    let dir = tempfile::tempdir().unwrap();
+    let (berth, _) = start_berth(dir.path(), "");
+    let source = git_repo(dir.path());
+    let tool = Tool::new(&berth, "pushed");
+    let token = api_token(&berth, "pushed");
+    let home = Home::new(
+        dir.path(),
+        &berth.url(),
+        "pushed",
+        &format!("token: {token}"),
+    );
+    let r = tool
+        .client
+        .send(
+            "PUT",
+            "/v1/tool/pushed/trigger",
+            &[("content-type", "application/json")],
+            serde_json::json!({ "source_url": source })
+                .to_string()
+                .into_bytes(),
+        )
+        .unwrap();
+    assert_eq!(r.status, 201, "{}", r.describe());
+    let created = r.json().unwrap();
+    let hook = created["trigger"]["hook_url"].as_str().unwrap();
+    let secret = created["secret"].as_str().unwrap();
+    let commit = run(Command::new("git")
+        .args(["rev-parse", "HEAD"])
+        .current_dir(dir.path().join("src")))
+    .trim()
+    .to_owned();
+    // GitLab's documented push payload, about this repository.
+    let mut payload: serde_json::Value =
+        serde_json::from_str(include_str!("fixtures/hooks/gitlab-push.json")).unwrap();
+    payload["ref"] = "refs/heads/main".into();
+    payload["after"] = commit.clone().into();
+    payload["project"]["git_http_url"] = source.clone().into();
+    payload["project"]["default_branch"] = "main".into();
+    let mut r = http_agent()
+        .post(&format!("{}{hook}", berth.url()))
+        .header("x-gitlab-event", "Push Hook")
+        .header("x-gitlab-token", secret)
+        .header("content-type", "application/json")
+        .send(payload.to_string())
+        .unwrap();
+    let answer: serde_json::Value =
+        serde_json::from_slice(&r.body_mut().read_to_vec().unwrap()).unwrap();
+    assert_eq!(r.status(), 202, "{answer}");
+    let id = answer["build_id"].as_str().unwrap().to_owned();
+    tool.wait(&id, Duration::from_secs(120));
+
+    let out = home.ok(&["show", &id]);
+    assert!(
+        out.contains(&format!(
+            "triggered by a push of {commit} to refs/heads/main by \"jsmith\""
+        )),
+        "{out}"
+    );
+    assert!(out.contains("Ref: refs/heads/main"), "{out}");
+    let shown = home.json(&["show", &id, "--json"]);
+    assert_eq!(shown["build"]["status"], "ok", "{shown}");
+    let out = home.ok(&["list"]);
+    assert!(out.contains(&id), "{out}");
+}

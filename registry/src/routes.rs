@@ -48,6 +48,17 @@ pub enum Route {
     Ops(OpsOp),
     /// `/ui/...` (and `/` for browsers): the web console.
     Ui(UiOp),
+    /// `/v1/hooks/<hook id>`: forges' push deliveries to build triggers,
+    /// authenticated by their signature only.
+    Hook(HookOp),
+}
+
+/// A delivery to a build trigger's hook. The id is as sent: an id that
+/// cannot be a hook's is answered as an unknown hook.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HookOp {
+    Deliver(String),
+    MethodNotAllowed(Method),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -133,6 +144,10 @@ pub enum ToolOp {
     CancelBuild(String),
     Clean,
     MethodNotAllowed(Method),
+    ShowTrigger,
+    PutTrigger,
+    DeleteTrigger,
+    RotateTrigger,
 }
 
 impl ToolOp {
@@ -183,6 +198,12 @@ pub enum UiOp {
     Builds,
     ToolBuilds(String),
     StartBuild(String),
+    /// `POST /ui/tools/{tool}/trigger`: set the build trigger.
+    SetTrigger(String),
+    /// `POST /ui/tools/{tool}/trigger/rotate`
+    RotateTrigger(String),
+    /// `POST /ui/tools/{tool}/trigger/delete`
+    DeleteTrigger(String),
     Build(String, String),
     BuildLog(String, String),
     CancelBuild(String, String),
@@ -237,6 +258,16 @@ pub fn parse(method: &Method, path: &str) -> ApiResult<Option<Route>> {
     if let Some(rest) = path.strip_prefix("/v1/namespaces/") {
         return Ok(parse_namespace(method, rest));
     }
+    if let Some(id) = path.strip_prefix("/v1/hooks/") {
+        if id.is_empty() || id.contains('/') {
+            return Ok(None);
+        }
+        return Ok(Some(Route::Hook(if method == Method::POST {
+            HookOp::Deliver(id.to_owned())
+        } else {
+            HookOp::MethodNotAllowed(method.clone())
+        })));
+    }
     if let Some(rest) = path.strip_prefix("/admin/") {
         return Ok(Some(Route::Admin(parse_admin(method, rest))));
     }
@@ -262,7 +293,12 @@ fn parse_tool(method: &Method, rest: &str) -> ApiResult<Option<Route>> {
             (tool, ToolOp::CancelBuild(validate_build_id(id)?))
         }
         ([tool, "clean"], &M::POST) => (tool, ToolOp::Clean),
-        ([tool, "quotas" | "builds" | "clean"], _)
+        ([tool, "trigger"], &M::GET) => (tool, ToolOp::ShowTrigger),
+        ([tool, "trigger"], &M::PUT) => (tool, ToolOp::PutTrigger),
+        ([tool, "trigger"], &M::DELETE) => (tool, ToolOp::DeleteTrigger),
+        ([tool, "trigger", "rotate"], &M::POST) => (tool, ToolOp::RotateTrigger),
+        ([tool, "quotas" | "builds" | "clean" | "trigger"], _)
+        | ([tool, "trigger", "rotate"], _)
         | ([tool, "builds", _], _)
         | ([tool, "builds", _, "logs" | "cancel"], _) => {
             (tool, ToolOp::MethodNotAllowed(method.clone()))
@@ -366,6 +402,9 @@ fn parse_ui(method: &Method, rest: &str) -> UiOp {
         ["tools", tool, "builds", id, "log"] if get => UiOp::BuildLog(own(tool), own(id)),
         ["tools", tool, "builds", id, "cancel"] if post => UiOp::CancelBuild(own(tool), own(id)),
         ["tools", tool, "clean"] if post => UiOp::Clean(own(tool)),
+        ["tools", tool, "trigger"] if post => UiOp::SetTrigger(own(tool)),
+        ["tools", tool, "trigger", "rotate"] if post => UiOp::RotateTrigger(own(tool)),
+        ["tools", tool, "trigger", "delete"] if post => UiOp::DeleteTrigger(own(tool)),
         ["storage"] if get => UiOp::Storage,
         [""]
         | ["login" | "logout" | "quotas" | "gc" | "builds" | "storage"]
@@ -375,7 +414,8 @@ fn parse_ui(method: &Method, rest: &str) -> UiOp {
         | ["namespaces", _, "credentials" | "tokens"]
         | ["namespaces", _, "tags" | "credentials", _]
         | ["namespaces", _, "tokens", _, "revoke"]
-        | ["tools", _, "builds" | "clean"]
+        | ["tools", _, "builds" | "clean" | "trigger"]
+        | ["tools", _, "trigger", "rotate" | "delete"]
         | ["tools", _, "builds", _]
         | ["tools", _, "builds", _, "log" | "cancel"] => UiOp::MethodNotAllowed(method.clone()),
         _ => UiOp::NotFound,
@@ -619,6 +659,27 @@ mod tests {
                 ToolOp::CancelBuild("foo-buildpacks-1".into())
             ))
         );
+        assert_eq!(
+            parse(&Method::POST, "/v1/tool/foo/trigger/rotate").unwrap(),
+            Some(Route::Tool("foo".into(), ToolOp::RotateTrigger))
+        );
+        assert_eq!(
+            parse(&Method::POST, "/v1/tool/foo/trigger").unwrap(),
+            Some(Route::Tool(
+                "foo".into(),
+                ToolOp::MethodNotAllowed(Method::POST)
+            ))
+        );
+        assert_eq!(
+            parse(&Method::POST, "/v1/hooks/0123abc").unwrap(),
+            Some(Route::Hook(HookOp::Deliver("0123abc".into())))
+        );
+        assert_eq!(
+            parse(&Method::GET, "/v1/hooks/0123abc").unwrap(),
+            Some(Route::Hook(HookOp::MethodNotAllowed(Method::GET)))
+        );
+        assert_eq!(parse(&Method::POST, "/v1/hooks/").unwrap(), None);
+        assert_eq!(parse(&Method::POST, "/v1/hooks/a/b").unwrap(), None);
         assert_eq!(
             parse(&Method::PATCH, "/token").unwrap(),
             Some(Route::Ops(OpsOp::MethodNotAllowed(Method::PATCH)))

@@ -825,6 +825,7 @@ pub async fn builds(state: &State, ctx: &Ctx) -> ApiResult<Markup> {
 pub async fn tool_builds(state: &State, ctx: &Ctx, tool: &str) -> ApiResult<Markup> {
     let list = state.builds.list(tool).await?;
     let ns = state.builds.namespace(tool);
+    let trigger = handlers::triggers::current(state, tool).await?;
     let body = html! {
         section aria-labelledby="h-start" {
             h2 id="h-start" { "Start a build" }
@@ -845,6 +846,7 @@ pub async fn tool_builds(state: &State, ctx: &Ctx, tool: &str) -> ApiResult<Mark
                 button type="submit" { "Start the build" }
             }
         }
+        (trigger_section(ctx, tool, trigger.as_ref().map(|t| &t.trigger)))
         section aria-labelledby="h-list" {
             h2 id="h-list" { "Builds of " (tool) }
             @if list.is_empty() { p { "No builds yet." } } @else { (builds_table(ctx, &list[..list.len().min(BUILDS_LISTED as usize)], false)) }
@@ -857,6 +859,80 @@ pub async fn tool_builds(state: &State, ctx: &Ctx, tool: &str) -> ApiResult<Mark
         Nav::Builds,
         body,
     ))
+}
+
+/// The tool's build trigger: what it builds and its hook, and the form
+/// that sets it (README's "Builds on git push" says what to do on the
+/// forge).
+fn trigger_section(ctx: &Ctx, tool: &str, t: Option<&api::ToolTrigger>) -> Markup {
+    let envvars = t
+        .map(|t| {
+            t.envvars
+                .iter()
+                .map(|(k, v)| format!("{k}={v}\n"))
+                .collect::<String>()
+        })
+        .unwrap_or_default();
+    html! {
+        section aria-labelledby="h-trigger" {
+            h2 id="h-trigger" { "Build on git push" }
+            @match t {
+                Some(t) => {
+                    dl.pairs {
+                        dt { "Hook URL" } dd { code id="hook-url" { (t.hook_url) } }
+                        dt { "Repository" } dd { code { (t.source_url) } }
+                        dt { "Builds pushes to" } dd { @match &t.reference { Some(r) => code { (r) }, None => "the default branch" } }
+                        dt { "Updated" } dd { (t.updated_time) }
+                    }
+                    (views::button_form(ctx, &format!("/ui/tools/{tool}/trigger/rotate"), "Make a new secret", &[], ""))
+                    (views::confirm_form(ctx, &format!("/ui/tools/{tool}/trigger/delete"), "Delete the trigger", &[], "danger",
+                        Some("Delete this build trigger? Pushes stop starting builds.")))
+                }
+                None => p { "Pushes start no builds. Set a trigger, then add its hook URL and secret as a push webhook on the forge." },
+            }
+            form.build.trigger method="post" action=(format!("/ui/tools/{tool}/trigger")) {
+                (views::csrf_field(ctx))
+                label for="trigger_source_url" { "Repository URL (as the forge names it)" }
+                input id="trigger_source_url" name="source_url" type="url" required value=(t.map(|t| t.source_url.as_str()).unwrap_or(""));
+                label for="trigger_ref" { "Branches to build (a branch, a full ref or a pattern with *; empty for the default branch)" }
+                input id="trigger_ref" name="ref" type="text" value=(t.and_then(|t| t.reference.as_deref()).unwrap_or(""));
+                label for="trigger_image_name" { "Image name (empty for " code { "tool" } ")" }
+                input id="trigger_image_name" name="image_name" type="text" value=(t.and_then(|t| t.image_name.as_deref()).unwrap_or(""));
+                label for="trigger_envvars" { "Environment variables, one NAME=value per line" }
+                textarea id="trigger_envvars" name="envvars" rows="3" { (envvars) }
+                button type="submit" { (if t.is_some() { "Update the trigger" } else { "Set the trigger" }) }
+            }
+        }
+    }
+}
+
+/// Reads the trigger form (its fields are the build form's).
+pub fn trigger_request(form: &[(String, String)]) -> ApiResult<api::PutTrigger> {
+    let b = build_request(form)?;
+    Ok(api::PutTrigger {
+        source_url: b.source_url,
+        reference: b.reference,
+        image_name: b.image_name,
+        envvars: b.envvars,
+    })
+}
+
+/// A trigger's new secret, shown once, with what to do with it.
+pub fn trigger_shown(ctx: &Ctx, tool: &str, t: &api::ToolTriggerShown) -> Markup {
+    views::page(
+        Some(ctx),
+        &format!("Build trigger of {tool}"),
+        Nav::Builds,
+        html! {
+            p { "Add a webhook for push events on the forge with this URL and secret. The secret is shown once: copy it now." }
+            dl.pairs {
+                dt { "Hook URL" } dd { code id="hook-url" { (t.trigger.hook_url) } }
+                dt { "Secret" } dd { code id="secret" { (t.secret.as_deref().unwrap_or("")) } }
+            }
+            p { "GitLab: Settings → Webhooks, the URL, the secret as Secret token, Push events. GitHub, Gitea, Forgejo: Settings → Webhooks, the URL, content type application/json, the secret, just the push event." }
+            p { a href=(format!("/ui/tools/{tool}/builds")) { "Back to the builds of " (tool) } }
+        },
+    )
 }
 
 /// Reads the start-a-build form.
@@ -928,6 +1004,12 @@ pub async fn build(state: &State, ctx: &Ctx, tool: &str, id: &str) -> ApiResult<
             dt { "Status" } dd { span id="build-status" class=(format!("status {}", b.status.as_str().to_lowercase())) { (b.status.as_str()) } }
             dt { "Message" } dd { (b.message) }
             dt { "Source" } dd { code { (b.params.source_url) } " at " code { (b.params.reference) } " (" code { (b.resolved_ref.chars().take(12).collect::<String>()) } ")" }
+            dt { "Triggered by" } dd { @match &b.trigger {
+                berth_storage::meta::builds::BuildTrigger::Manual => "a person (started by hand)",
+                berth_storage::meta::builds::BuildTrigger::Push { commit, reference, pusher } => {
+                    "a push of " code { (commit.chars().take(12).collect::<String>()) } " to " code { (reference) } " by " (pusher)
+                }
+            } }
             dt { "Image" } dd { code { (if b.destination_image.is_empty() { format!("{}/{}", state.builds.namespace(tool), b.image_name) } else { b.destination_image.clone() }) } }
             dt { "Created" } dd { (time_el(b.created_ms)) }
             @if let Some(s) = b.start_ms { dt { "Started" } dd { (time_el(s)) } }

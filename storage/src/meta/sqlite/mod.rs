@@ -23,6 +23,7 @@ mod queries;
 mod quota;
 mod schema;
 mod tokens;
+mod triggers;
 
 pub(crate) use integrity::Integrity;
 
