@@ -5,9 +5,15 @@
 //!
 //!     berth-bench run --url http://127.0.0.1:5000 [--username U --password P]
 //!     berth-bench compare --berth target/release/berth --registry /usr/bin/docker-registry
+//!
+//! `compare` reports the median of `--runs` runs of each scenario, adds
+//! berth at `sqlite_synchronous = "full"` for small pushes, the wrk
+//! comparison with nginx (`wrk`), and 10,000 idle connections (`idle`).
 
 mod fast;
+mod idle;
 mod load;
+mod wrk;
 
 use clap::{Parser, Subcommand};
 use load::{content, micros_since, push_image, sha256, timed, Conn, Figures, Target, ACCEPT};
@@ -52,6 +58,12 @@ enum Cmd {
         seconds: u64,
         #[arg(long, default_value = "")]
         filter: String,
+        /// Runs of each scenario; the table shows the median.
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
+        /// Idle connections held open in the idle-connections scenario.
+        #[arg(long, default_value_t = 10_000)]
+        idle: usize,
     },
 }
 
@@ -66,6 +78,7 @@ fn scopes() -> Vec<String> {
         "bench/chunked",
         "bench/tags",
         "bench/big",
+        "bench/wrk",
     ]
     .iter()
     .map(|r| format!("repository:{r}:pull,push"))
@@ -86,10 +99,18 @@ fn scenarios() -> Vec<Scenario> {
     vec![
         ("manifest GET by tag (32 conns)", "req/s", manifest_get),
         ("manifest HEAD by tag (32 conns)", "req/s", manifest_head),
-        ("small image push (8 clients)", "images/s", small_image_push),
-        ("blob push, monolithic 64 MiB", "MB/s", blob_push_monolithic),
         (
-            "blob push, chunked 64 MiB / 8 MiB",
+            "small image push (16 clients)",
+            "images/s",
+            small_image_push,
+        ),
+        (
+            "blob push, monolithic, 16 x 64 MiB",
+            "MB/s",
+            blob_push_monolithic,
+        ),
+        (
+            "blob push, chunked, 16 x 64 MiB / 8 MiB",
             "MB/s",
             blob_push_chunked,
         ),
@@ -121,7 +142,7 @@ fn manifest_head(t: &Target, d: Duration) -> Result<Figures, String> {
 }
 
 fn small_image_push(target: &Target, d: Duration) -> Result<Figures, String> {
-    Ok(fast::push_images(target, 8, 16 * 1024, d))
+    Ok(fast::push_images(target, 16, 16 * 1024, d))
 }
 
 /// Pushes `count` blobs of `size` one after another; MB/s of the whole.
@@ -157,12 +178,15 @@ fn sequential_pushes(target: &Target, count: usize, chunked: bool) -> Result<Fig
     ))
 }
 
+/// 1 GiB per run, as the steady rate needs several seconds of writing.
+const BLOBS_PER_RUN: usize = 16;
+
 fn blob_push_monolithic(t: &Target, _: Duration) -> Result<Figures, String> {
-    sequential_pushes(t, 8, false)
+    sequential_pushes(t, BLOBS_PER_RUN, false)
 }
 
 fn blob_push_chunked(t: &Target, _: Duration) -> Result<Figures, String> {
-    sequential_pushes(t, 8, true)
+    sequential_pushes(t, BLOBS_PER_RUN, true)
 }
 
 fn blob_pull(target: &Target, d: Duration) -> Result<Figures, String> {
@@ -305,7 +329,7 @@ fn wait_up(url: &str) {
     panic!("{url} did not come up");
 }
 
-struct Proc(Child);
+pub struct Proc(pub Child);
 
 impl Drop for Proc {
     fn drop(&mut self) {
@@ -324,10 +348,11 @@ fn rss_kib(pid: u32, field: &str) -> u64 {
         .unwrap_or(0)
 }
 
-fn start_berth(bin: &Path, dir: &Path) -> (Proc, Target) {
+/// berth on a fresh data dir under `dir/name`, with `extra` config.
+fn start_berth(bin: &Path, dir: &Path, name: &str, extra: &str) -> (Proc, Target) {
     let port = free_port();
-    let config = dir.join("berth.toml");
-    std::fs::write(&config, "[auth]\ntoken_ttl = \"2h\"\n[quota]\ndefault_limit = \"unlimited\"\n[log]\nlevel = \"warn\"\n").unwrap();
+    let config = dir.join(format!("{name}.toml"));
+    std::fs::write(&config, format!("[auth]\ntoken_ttl = \"2h\"\n[quota]\ndefault_limit = \"unlimited\"\n[log]\nlevel = \"warn\"\n{extra}")).unwrap();
     let child = Command::new(bin)
         .args([
             "serve",
@@ -335,7 +360,7 @@ fn start_berth(bin: &Path, dir: &Path) -> (Proc, Target) {
             &format!("127.0.0.1:{port}"),
             "--data-dir",
         ])
-        .arg(dir.join("berth-data"))
+        .arg(dir.join(format!("{name}-data")))
         .arg("--config")
         .arg(&config)
         .env("BERTH_ADMIN_PASSWORD", "bench")
@@ -381,18 +406,39 @@ fn headline(unit: &str, f: &Figures) -> f64 {
     }
 }
 
-fn compare(berth_bin: &Path, registry_bin: &Path, seconds: u64, filter: &str) {
+/// The median of `runs` runs of `run` by the scenario's headline figure.
+fn median_of(
+    runs: usize,
+    unit: &str,
+    mut run: impl FnMut() -> Result<Figures, String>,
+) -> Result<(Figures, Vec<f64>), String> {
+    let mut all = (0..runs.max(1))
+        .map(|_| run())
+        .collect::<Result<Vec<_>, _>>()?;
+    all.sort_by(|a, b| headline(unit, a).total_cmp(&headline(unit, b)));
+    let each = all.iter().map(|f| headline(unit, f)).collect();
+    Ok((all[all.len() / 2].clone(), each))
+}
+
+struct Options<'a> {
+    seconds: u64,
+    filter: &'a str,
+    runs: usize,
+    idle: usize,
+}
+
+fn compare(berth_bin: &Path, registry_bin: &Path, o: &Options) {
     let dir = std::env::temp_dir().join(format!("berth-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     println!("measuring the machine's limits...");
     let (sha, fsync, lo) = (limit_sha256(), limit_fsync_write(&dir), limit_loopback());
-    let (berth, bt) = start_berth(berth_bin, &dir);
+    let (berth, bt) = start_berth(berth_bin, &dir, "berth", "");
     let (_registry, rt) = start_registry(registry_bin, &dir);
     bt.authorize(&scopes()).expect("berth token");
     rt.authorize(&scopes()).expect("registry token");
     let pid = berth.0.id();
-    let idle = rss_kib(pid, "VmRSS:");
-    let peak = Arc::new(AtomicU64::new(idle));
+    let idle_rss = rss_kib(pid, "VmRSS:");
+    let peak = Arc::new(AtomicU64::new(idle_rss));
     let stop = Arc::new(AtomicBool::new(false));
     let sampler = {
         let (peak, stop) = (peak.clone(), stop.clone());
@@ -403,16 +449,40 @@ fn compare(berth_bin: &Path, registry_bin: &Path, seconds: u64, filter: &str) {
             }
         })
     };
-    let d = Duration::from_secs(seconds);
+    let d = Duration::from_secs(o.seconds);
     let mut rows = Vec::new();
     for (name, unit, run) in scenarios() {
-        if !name.contains(filter) {
+        if !name.contains(o.filter) {
             continue;
         }
         println!("{name}...");
-        let b = run(&bt, d).unwrap_or_else(|e| panic!("berth, {name}: {e}"));
-        let r = run(&rt, d).unwrap_or_else(|e| panic!("registry:2, {name}: {e}"));
-        rows.push((name, unit, b, r));
+        let (b, bs) = median_of(o.runs, unit, || run(&bt, d))
+            .unwrap_or_else(|e| panic!("berth, {name}: {e}"));
+        let (r, rs) = median_of(o.runs, unit, || run(&rt, d))
+            .unwrap_or_else(|e| panic!("registry:2, {name}: {e}"));
+        rows.push((name.to_owned(), unit, b, r, bs, rs));
+    }
+    // Small pushes again with berth at its power-loss-safe setting.
+    if "small image push, sqlite_synchronous = full".contains(o.filter) {
+        println!("small image push, sqlite_synchronous = full...");
+        let (_full, ft) = start_berth(
+            berth_bin,
+            &dir,
+            "berth-full",
+            "[storage]\nsqlite_synchronous = \"full\"\n",
+        );
+        ft.authorize(&scopes()).expect("berth token");
+        let unit = "images/s";
+        let (b, bs) = median_of(o.runs, unit, || small_image_push(&ft, d)).expect("berth (full)");
+        let (r, rs) = median_of(o.runs, unit, || small_image_push(&rt, d)).expect("registry:2");
+        rows.push((
+            "small image push (16 clients), berth at sqlite_synchronous = full".into(),
+            unit,
+            b,
+            r,
+            bs,
+            rs,
+        ));
     }
     // A 1 GiB push: berth's memory must not grow with the blob.
     let before = rss_kib(pid, "VmRSS:");
@@ -427,9 +497,22 @@ fn compare(berth_bin: &Path, registry_bin: &Path, seconds: u64, filter: &str) {
     sampler.join().unwrap();
     let hwm = rss_kib(pid, "VmHWM:");
 
-    println!("\n| scenario | unit | berth | registry:2 | ratio | berth p50 / p99 ms | registry:2 p50 / p99 ms |");
+    let wrk_rows = if "wrk".contains(o.filter) || o.filter.is_empty() {
+        wrk_comparison(&dir, &bt, &rt, o)
+    } else {
+        Vec::new()
+    };
+    let idle_report = if "idle".contains(o.filter) || o.filter.is_empty() {
+        Some(idle_connections(berth_bin, &dir, o))
+    } else {
+        None
+    };
+
+    println!(
+        "\n| scenario | unit | berth | registry:2 | ratio | berth p50 / p99 ms | registry:2 p50 / p99 ms |"
+    );
     println!("| --- | --- | ---: | ---: | ---: | ---: | ---: |");
-    for (name, unit, b, r) in &rows {
+    for (name, unit, b, r, _, _) in &rows {
         let (bv, rv) = (headline(unit, b), headline(unit, r));
         println!(
             "| {name} | {unit} | {bv:.1} | {rv:.1} | {:.1}x | {:.2} / {:.2} | {:.2} / {:.2} |",
@@ -443,10 +526,57 @@ fn compare(berth_bin: &Path, registry_bin: &Path, seconds: u64, filter: &str) {
             println!("|  ↳ errors | | {} | {} | | | |", b.errors, r.errors);
         }
     }
+    println!("\nEach run (berth; registry:2), the table shows the median:");
+    for (name, _, _, _, bs, rs) in &rows {
+        let fmt = |v: &[f64]| {
+            v.iter()
+                .map(|x| format!("{x:.1}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        println!("- {name}: {}; {}", fmt(bs), fmt(rs));
+    }
+    if !wrk_rows.is_empty() {
+        println!(
+            "\nwrk, 1 thread, 32 connections, {} s (median of {}):\n",
+            o.seconds, o.runs
+        );
+        println!(
+            "| what | berth | registry:2 | nginx | berth / nginx | berth p99 ms | nginx p99 ms |"
+        );
+        println!("| --- | ---: | ---: | ---: | ---: | ---: | ---: |");
+        for (what, unit, b, r, n) in &wrk_rows {
+            let v = |f: &wrk::WrkFigures| {
+                if *unit == "MB/s" {
+                    f.mb_per_second
+                } else {
+                    f.per_second
+                }
+            };
+            println!(
+                "| {what} ({unit}) | {:.0} | {:.0} | {:.0} | {:.2}x | {:.2} | {:.2} |",
+                v(b),
+                v(r),
+                v(n),
+                v(b) / v(n).max(1e-9),
+                b.p99_ms,
+                n.p99_ms
+            );
+            if b.errors + r.errors + n.errors > 0 {
+                println!(
+                    "|  ↳ errors | {} | {} | {} | | | |",
+                    b.errors, r.errors, n.errors
+                );
+            }
+        }
+    }
+    if let Some(report) = idle_report {
+        println!("\n{report}");
+    }
     println!("\nmachine: sha256 {sha:.0} MB/s; file write + fsync {fsync:.0} MB/s; loopback TCP {lo:.0} MB/s");
     println!(
         "berth RSS: idle {} MiB; before the 1 GiB push {} MiB, peak during it {} MiB (+{} MiB), pushed at {:.0} MB/s; high-water mark of the whole run {} MiB",
-        idle / 1024,
+        idle_rss / 1024,
         before / 1024,
         big_peak / 1024,
         big_peak.saturating_sub(before) / 1024,
@@ -455,6 +585,144 @@ fn compare(berth_bin: &Path, registry_bin: &Path, seconds: u64, filter: &str) {
     );
     drop(berth);
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// wrk against berth, registry:2 and nginx serving the same manifest and
+/// the same 64 MiB blob: (what, unit, berth, registry:2, nginx).
+fn wrk_comparison(
+    dir: &Path,
+    bt: &Target,
+    rt: &Target,
+    o: &Options,
+) -> Vec<(
+    &'static str,
+    &'static str,
+    wrk::WrkFigures,
+    wrk::WrkFigures,
+    wrk::WrkFigures,
+)> {
+    println!("wrk: manifest and 64 MiB blob from berth, registry:2 and nginx...");
+    let root = dir.join("nginx-root");
+    let manifest_path = "/v2/bench/wrk/manifests/v1";
+    let blob = content(424_242, BIG_BLOB);
+    let digest = sha256(&blob);
+    let blob_path = format!("/v2/bench/wrk/blobs/{digest}");
+    let mut manifest = Vec::new();
+    for t in [bt, rt] {
+        let conn = Conn::new(t);
+        push_image(&conn, "bench/wrk", "v1", 1, 4096).expect("push the wrk image");
+        conn.push_blob("bench/wrk", &blob, &digest)
+            .expect("push the wrk blob");
+        manifest = conn
+            .send("GET", manifest_path, &[("accept", ACCEPT)], Vec::new())
+            .expect("manifest")
+            .body;
+    }
+    // nginx serves berth's manifest bytes (both registries hold their own
+    // copy of an image of the same shape and size).
+    for (path, bytes) in [(manifest_path, &manifest), (blob_path.as_str(), &blob)] {
+        let file = root.join(path.trim_start_matches('/'));
+        std::fs::create_dir_all(file.parent().unwrap()).unwrap();
+        std::fs::write(&file, bytes).unwrap();
+    }
+    let port = free_port();
+    let _nginx = match wrk::start_nginx(&root, dir, port) {
+        Ok(p) => p,
+        Err(e) => {
+            println!("skipped: {e}");
+            return Vec::new();
+        }
+    };
+    let nginx_url = format!("http://127.0.0.1:{port}");
+    wait_up_path(&format!("{nginx_url}{manifest_path}"));
+    let auth = |t: &Target| -> Vec<(&'static str, String)> {
+        let mut h = vec![("Accept", ACCEPT.to_owned())];
+        if let Some(a) = t.authorization() {
+            h.push(("Authorization", a));
+        }
+        h
+    };
+    let mut out = Vec::new();
+    for (what, unit, path) in [
+        ("manifest GET", "req/s", manifest_path.to_owned()),
+        ("64 MiB blob GET", "MB/s", blob_path.clone()),
+    ] {
+        let one = |url: &str, headers: &[(&str, String)]| {
+            let runs: Vec<wrk::WrkFigures> = (0..o.runs.max(1))
+                .map(|_| wrk::run(&format!("{url}{path}"), headers, 32, o.seconds).expect("wrk"))
+                .collect();
+            let mut sorted = runs;
+            sorted.sort_by(|a, b| {
+                let v = |f: &wrk::WrkFigures| {
+                    if unit == "MB/s" {
+                        f.mb_per_second
+                    } else {
+                        f.per_second
+                    }
+                };
+                v(a).total_cmp(&v(b))
+            });
+            sorted[sorted.len() / 2].clone()
+        };
+        let b = one(&bt.url, &auth(bt));
+        let r = one(&rt.url, &auth(rt));
+        let n = one(&nginx_url, &[]);
+        out.push((what, unit, b, r, n));
+    }
+    out
+}
+
+fn wait_up_path(url: &str) {
+    for _ in 0..400 {
+        if ureq::get(url).call().is_ok() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    }
+    panic!("{url} did not come up");
+}
+
+/// `o.idle` idle keep-alive connections to a berth whose limits allow
+/// them: its RSS before and after, and the active clients' latency
+/// (manifest GET, 32 connections) with them open.
+fn idle_connections(berth_bin: &Path, dir: &Path, o: &Options) -> String {
+    println!("{} idle connections...", o.idle);
+    let (berth, t) = start_berth(
+        berth_bin,
+        dir,
+        "berth-idle",
+        &format!(
+            "[limits]\nmax_connections = {}\nmax_connections_per_address = 0\nheader_timeout = \"300s\"\n",
+            o.idle + 1024
+        ),
+    );
+    t.authorize(&scopes()).expect("berth token");
+    let pid = berth.0.id();
+    let d = Duration::from_secs(o.seconds);
+    let quiet = manifest_get(&t, d).expect("manifest GET");
+    let before = rss_kib(pid, "VmRSS:");
+    let addr = t.url.trim_start_matches("http://").to_owned();
+    let opened_at = Instant::now();
+    let (conns, failure) = idle::open_idle(&addr, o.idle);
+    let opened_in = opened_at.elapsed();
+    std::thread::sleep(Duration::from_millis(500));
+    let after = rss_kib(pid, "VmRSS:");
+    let busy = manifest_get(&t, d).expect("manifest GET with idle connections");
+    let held = conns.len();
+    drop(conns);
+    format!(
+        "{held} idle keep-alive connections{} (opened in {:.1} s): berth RSS {} -> {} MiB, {:.1} KiB per connection; \
+         manifest GET at 32 connections: {:.0} req/s, p99 {:.2} ms without them, {:.0} req/s, p99 {:.2} ms with them",
+        failure.map(|f| format!(" (stopped: {f})")).unwrap_or_default(),
+        opened_in.as_secs_f64(),
+        before / 1024,
+        after / 1024,
+        after.saturating_sub(before) as f64 / held.max(1) as f64,
+        quiet.per_second,
+        quiet.p99_ms,
+        busy.per_second,
+        busy.p99_ms
+    )
 }
 
 fn main() {
@@ -486,6 +754,17 @@ fn main() {
             registry,
             seconds,
             filter,
-        } => compare(&berth, &registry, seconds, &filter),
+            runs,
+            idle,
+        } => compare(
+            &berth,
+            &registry,
+            &Options {
+                seconds,
+                filter: &filter,
+                runs,
+                idle,
+            },
+        ),
     }
 }

@@ -102,6 +102,10 @@ const MANIFEST_CACHE_ITEM_BYTES: usize = 256 * 1024;
 
 const READERS: usize = 4;
 
+/// WAL frames (pages) past which the checkpointer makes the WAL start over
+/// (16,384 frames of 4 KiB: 64 MiB).
+const WAL_RESTART_FRAMES: i64 = 16_384;
+
 impl Metadata {
     /// Opens (creating if needed) the database at `path` and migrates it.
     pub fn open(path: &Path, synchronous: Synchronous) -> Result<Metadata, StorageError> {
@@ -116,6 +120,12 @@ impl Metadata {
             },
         )?;
         writer.pragma_update(None, "foreign_keys", "ON")?;
+        // The writer touches random b-tree pages (digests are random keys);
+        // SQLite's default 2 MiB cache made it read back and evict pages
+        // on every transaction. 64 MiB keeps the hot index pages.
+        writer.pragma_update(None, "cache_size", -64 * 1024)?;
+        // After the WAL starts over, its file is cut back to this size.
+        writer.pragma_update(None, "journal_size_limit", 64 * 1024 * 1024)?;
         // Checkpoints run on their own thread (below): an automatic one
         // would run inside some push's commit and, after a long read had
         // let the WAL grow, stall it for as long as the copy takes.
@@ -402,16 +412,34 @@ fn spawn_checkpointer(path: &Path) -> Result<(mpsc::Sender<()>, JoinHandle<()>),
     let handle = std::thread::Builder::new()
         .name("berth-sqlite-checkpoint".into())
         .spawn(move || {
-            let checkpoint = |mode: &str| {
-                if let Err(e) =
-                    conn.query_row(&format!("PRAGMA wal_checkpoint({mode})"), [], |_| Ok(()))
-                {
-                    tracing::warn!(error = %e, mode, "WAL checkpoint failed");
+            // (busy, frames in the WAL, frames copied back).
+            let checkpoint = |mode: &str| -> Option<(i64, i64, i64)> {
+                match conn.query_row(&format!("PRAGMA wal_checkpoint({mode})"), [], |r| {
+                    Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+                }) {
+                    Ok(v) => Some(v),
+                    Err(e) => {
+                        tracing::warn!(error = %e, mode, "WAL checkpoint failed");
+                        None
+                    }
                 }
             };
             loop {
                 match stop_rx.recv_timeout(CHECKPOINT_EVERY) {
-                    Err(mpsc::RecvTimeoutError::Timeout) => checkpoint("PASSIVE"),
+                    Err(mpsc::RecvTimeoutError::Timeout) => {
+                        // Passive checkpoints copy frames back but never
+                        // make the WAL start over while writes keep coming
+                        // (it restarts only after a checkpoint that caught
+                        // up with no write in between): under a steady
+                        // push load it grew by gigabytes. Past the limit,
+                        // a RESTART copies the little a passive one left
+                        // and holds writers back only for that long.
+                        if let Some((_, frames, _)) = checkpoint("PASSIVE") {
+                            if frames > WAL_RESTART_FRAMES {
+                                checkpoint("RESTART");
+                            }
+                        }
+                    }
                     _ => {
                         checkpoint("TRUNCATE");
                         return;
