@@ -1,10 +1,15 @@
-//! berth-storage against a real SQLite file and a real data directory.
+//! berth-storage against a real data directory and each metadata backend
+//! (a SQLite file; a PostgreSQL database).
+
+#[macro_use]
+mod support;
 
 use berth_storage::manifest::{self, OCI_INDEX, OCI_MANIFEST};
 use berth_storage::meta::{DeleteManifestOutcome, PutManifestOutcome, UnlinkBlobOutcome};
 use berth_storage::uploads::FinishError;
-use berth_storage::{Algorithm, Digest, RepoName, Storage, StorageConfig, Synchronous};
+use berth_storage::{Algorithm, Digest, RepoName, Storage};
 use bytes::Bytes;
+use support::{Backend, Place};
 
 /// Files in the staging directory's shards.
 fn staged_files(dir: &std::path::Path) -> usize {
@@ -14,14 +19,12 @@ fn staged_files(dir: &std::path::Path) -> usize {
         .sum()
 }
 
-fn open(dir: &std::path::Path) -> Storage {
-    Storage::open(&StorageConfig {
-        data_dir: dir.to_owned(),
-        synchronous: Synchronous::Full,
-        uploads: Default::default(),
-    })
-    .unwrap()
-}
+for_each_backend!(
+    manifests_reference_checks_and_deletes_survive_reopen,
+    uploads_verify_sha256_and_sha512_and_discard_mismatches,
+    concurrent_pushes_never_pass_the_quota,
+    concurrent_build_users_are_distinct,
+);
 
 fn body(
     parts: &[&'static [u8]],
@@ -63,11 +66,11 @@ fn image(config: &Digest, layers: &[&Digest]) -> Vec<u8> {
     .unwrap()
 }
 
-#[tokio::test]
-async fn manifests_reference_checks_and_deletes_survive_reopen() {
+async fn manifests_reference_checks_and_deletes_survive_reopen(backend: Backend) {
     let dir = tempfile::tempdir().unwrap();
+    let place = Place::new(backend);
     let repo = RepoName::parse("tool-a/web").unwrap();
-    let s = open(dir.path());
+    let s = place.storage(dir.path()).await;
     let config = store_blob(&s, &repo, b"{}").await;
     let layer = store_blob(&s, &repo, b"layer bytes").await;
     let missing = Digest::sha256_of(b"never uploaded");
@@ -149,7 +152,7 @@ async fn manifests_reference_checks_and_deletes_survive_reopen() {
     s.close().await;
 
     // Everything is there after a reopen (migrations run again harmlessly).
-    let s = open(dir.path());
+    let s = place.storage(dir.path()).await;
     let m = s
         .meta
         .get_manifest(&repo, "v1", false, true)
@@ -197,10 +200,9 @@ async fn manifests_reference_checks_and_deletes_survive_reopen() {
     ));
 }
 
-#[tokio::test]
-async fn uploads_verify_sha256_and_sha512_and_discard_mismatches() {
+async fn uploads_verify_sha256_and_sha512_and_discard_mismatches(backend: Backend) {
     let dir = tempfile::tempdir().unwrap();
-    let s = open(dir.path());
+    let s = Place::new(backend).storage(dir.path()).await;
     let repo = RepoName::parse("tool-b/app").unwrap();
 
     let session = s.uploads.start(&repo).await.unwrap();
@@ -252,4 +254,89 @@ async fn uploads_verify_sha256_and_sha512_and_discard_mismatches() {
         s.uploads.get(&id, &repo).is_none(),
         "a finished session is forgotten"
     );
+}
+
+/// Twenty pushes of distinct blobs into one namespace with room for ten,
+/// through two handles on one database (two replicas, for PostgreSQL):
+/// exactly ten are linked, the ledger is exact, and a blob linked by two
+/// repositories of the namespace at once is charged once.
+async fn concurrent_pushes_never_pass_the_quota(backend: Backend) {
+    use berth_storage::meta::{LimitSetting, QuotaPolicy};
+    let dir = tempfile::tempdir().unwrap();
+    let place = Place::new(backend);
+    let a = place.metadata(dir.path()).await;
+    let b = place.metadata(dir.path()).await;
+    for m in [&a, &b] {
+        m.set_quota_policy(QuotaPolicy {
+            default_limit: Some(1_000_000),
+            ..Default::default()
+        });
+    }
+    a.set_quota_limit("tool-q", LimitSetting::Bytes(10 * 1000))
+        .await
+        .unwrap();
+    let mut tasks = Vec::new();
+    for i in 0..20 {
+        let meta = if i % 2 == 0 { a.clone() } else { b.clone() };
+        tasks.push(tokio::spawn(async move {
+            let repo = RepoName::parse(&format!("tool-q/app{}", i % 3)).unwrap();
+            let digest = Digest::sha256_of(format!("blob {i}").as_bytes());
+            meta.link_blob(&repo, &digest, 1000).await.unwrap().is_ok()
+        }));
+    }
+    let mut linked = 0;
+    for t in tasks {
+        linked += usize::from(t.await.unwrap());
+    }
+    assert_eq!(linked, 10, "exactly the room there was");
+    let q = a.quota("tool-q").await.unwrap().unwrap();
+    assert_eq!(q.used_bytes, 10_000);
+
+    // One shared blob linked into five repositories at once: charged once.
+    a.set_quota_limit("tool-s", LimitSetting::Bytes(1_000_000))
+        .await
+        .unwrap();
+    let shared = Digest::sha256_of(b"shared layer");
+    let mut tasks = Vec::new();
+    for i in 0..5 {
+        let meta = if i % 2 == 0 { a.clone() } else { b.clone() };
+        let shared = shared.clone();
+        tasks.push(tokio::spawn(async move {
+            let repo = RepoName::parse(&format!("tool-s/r{i}")).unwrap();
+            meta.link_blob(&repo, &shared, 777).await.unwrap().unwrap();
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    assert_eq!(b.quota("tool-s").await.unwrap().unwrap().used_bytes, 777);
+    assert!(a.reconcile_quota().await.unwrap().is_empty(), "no drift");
+    a.close().await;
+    b.close().await;
+}
+
+/// Build uids allocated for many tools at once (two handles): all distinct.
+async fn concurrent_build_users_are_distinct(backend: Backend) {
+    let dir = tempfile::tempdir().unwrap();
+    let place = Place::new(backend);
+    let a = place.metadata(dir.path()).await;
+    let b = place.metadata(dir.path()).await;
+    let mut tasks = Vec::new();
+    for i in 0..16 {
+        let meta = if i % 2 == 0 { a.clone() } else { b.clone() };
+        tasks.push(tokio::spawn(async move {
+            meta.build_user(&format!("tool{i}"), 1000).await.unwrap()
+        }));
+    }
+    let mut seen = std::collections::BTreeSet::new();
+    for t in tasks {
+        assert!(seen.insert(t.await.unwrap().expect("a number")));
+    }
+    assert_eq!(seen.len(), 16);
+    assert_eq!(
+        a.build_user("tool3", 1000).await.unwrap(),
+        b.build_user("tool3", 1000).await.unwrap()
+    );
+    a.close().await;
+    b.close().await;
 }

@@ -2,7 +2,7 @@
 //! updates (`... WHERE status = <expected>`), so a cancel and a finish
 //! racing each other cannot both win.
 
-use super::Metadata;
+use super::Sqlite;
 use crate::meta::builds::*;
 use crate::{now_ms, StorageError};
 use rusqlite::{params, OptionalExtension};
@@ -31,7 +31,7 @@ pub(super) fn record(r: &rusqlite::Row<'_>) -> rusqlite::Result<BuildRecord> {
     })
 }
 
-impl Metadata {
+impl Sqlite {
     pub async fn insert_build(&self, b: BuildRecord) -> Result<(), StorageError> {
         self.write(move |tx| {
             tx.prepare_cached(&format!("INSERT INTO builds ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)"))?

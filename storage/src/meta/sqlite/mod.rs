@@ -44,7 +44,7 @@ type WriteJob = Box<dyn FnOnce(&mut Connection) + Send>;
 
 /// Handle to the metadata database. Cheap to clone.
 #[derive(Clone)]
-pub struct Metadata {
+pub struct Sqlite {
     inner: Arc<Inner>,
 }
 
@@ -86,9 +86,9 @@ const MANIFEST_CACHE_ITEM_BYTES: usize = 256 * 1024;
 
 const READERS: usize = 4;
 
-impl Metadata {
+impl Sqlite {
     /// Opens (creating if needed) the database at `path` and migrates it.
-    pub fn open(path: &Path, synchronous: Synchronous) -> Result<Metadata, StorageError> {
+    pub fn open(path: &Path, synchronous: Synchronous) -> Result<Sqlite, StorageError> {
         let mut writer = Connection::open(path)?;
         writer.pragma_update(None, "journal_mode", "WAL")?;
         writer.pragma_update(
@@ -128,7 +128,7 @@ impl Metadata {
                 // Dropping the last connection checkpoints the WAL.
                 drop(writer);
             })?;
-        Ok(Metadata {
+        Ok(Sqlite {
             inner: Arc::new(Inner {
                 writer: Mutex::new(Some((tx, handle))),
                 checkpointer: Mutex::new(Some(checkpointer)),
