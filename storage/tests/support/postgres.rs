@@ -71,6 +71,30 @@ pub fn fresh_database() -> String {
     s.url(&name)
 }
 
+/// Runs `sql` in database `db` (the name, as in its URL's path); the
+/// rows as psql's unaligned output (`|` between columns).
+pub fn psql(db: &str, sql: &str) -> String {
+    let s = server();
+    let out = Command::new(&s.psql)
+        .args(["-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-h"])
+        .arg(&s.dir)
+        .args(["-U", USER, "-d", db, "-c", sql])
+        .output()
+        .expect("run psql");
+    assert!(
+        out.status.success(),
+        "{sql}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+/// The database name in a URL made by `fresh_database`.
+pub fn database_of(url: &str) -> &str {
+    let path = url.split('?').next().unwrap_or(url);
+    path.rsplit_once('/').map(|(_, db)| db).unwrap_or(path)
+}
+
 impl Server {
     /// The URL of database `name` on this server (over its socket).
     pub fn url(&self, name: &str) -> String {
@@ -113,7 +137,7 @@ pub fn bin_dir() -> Result<PathBuf, String> {
 }
 
 /// psql: beside initdb, or the client package's.
-fn psql(bin: &Path) -> PathBuf {
+fn psql_binary(bin: &Path) -> PathBuf {
     for p in [bin.join("psql"), PathBuf::from("/usr/bin/psql")] {
         if p.exists() {
             return p;
@@ -258,7 +282,7 @@ fn start() -> Result<Server, String> {
     }
     Ok(Server {
         dir,
-        psql: psql(&bin),
+        psql: psql_binary(&bin),
         _watchdog: pipe,
     })
 }
