@@ -208,6 +208,22 @@ impl Storage {
         &self.data_dir
     }
 
+    /// Locks `digests` (see `locks`): in this process with SQLite, in the
+    /// database with PostgreSQL, where other processes may share blobs.
+    pub async fn lock_digests(
+        &self,
+        digests: &[&str],
+    ) -> Result<locks::DigestGuard<'_>, StorageError> {
+        match &self.meta {
+            Metadata::Sqlite(_) => Ok(locks::DigestGuard::Local(
+                self.locks.lock_many(digests.iter().copied()).await,
+            )),
+            Metadata::Postgres(pg) => Ok(locks::DigestGuard::Shared(Box::new(
+                pg.lock_digests(digests).await?,
+            ))),
+        }
+    }
+
     /// Completes an upload: moves the verified staging file into the blob
     /// store (object first) and links the blob into `repo` (row second),
     /// under the digest's lock so GC cannot interleave. The inner error is
@@ -220,9 +236,13 @@ impl Storage {
         size: u64,
     ) -> Result<Result<(), meta::QuotaExceeded>, StorageError> {
         let key = digest.to_string();
-        let _guard = self.locks.lock(&key).await;
-        self.blobs.commit_staged(staged, digest).await?;
-        self.meta.link_blob(repo, digest, size).await
+        let guard = self.lock_digests(&[&key]).await?;
+        let result = match self.blobs.commit_staged(staged, digest).await {
+            Ok(()) => self.meta.link_blob(repo, digest, size).await,
+            Err(e) => Err(e),
+        };
+        guard.release().await;
+        result
     }
 
     /// Deletes blob rows that are still unlinked and untouched since
@@ -235,19 +255,22 @@ impl Storage {
         cutoff: i64,
     ) -> Result<Vec<meta::DoomedBlob>, StorageError> {
         let digests: Vec<String> = batch.iter().map(|b| b.digest.clone()).collect();
-        let _guards = self
-            .locks
-            .lock_many(digests.iter().map(String::as_str))
-            .await;
-        let deleted = self.meta.delete_blob_rows_checked(batch, cutoff).await?;
-        let digests: Vec<Digest> = deleted
-            .iter()
-            .filter_map(|b| b.digest.parse().ok())
-            .collect();
-        for (d, e) in self.blobs.delete_many(digests).await? {
-            tracing::warn!(digest = %d, error = %e, "blob object not deleted; a later sweep retries");
+        let keys: Vec<&str> = digests.iter().map(String::as_str).collect();
+        let guard = self.lock_digests(&keys).await?;
+        let result = async {
+            let deleted = self.meta.delete_blob_rows_checked(batch, cutoff).await?;
+            let digests: Vec<Digest> = deleted
+                .iter()
+                .filter_map(|b| b.digest.parse().ok())
+                .collect();
+            for (d, e) in self.blobs.delete_many(digests).await? {
+                tracing::warn!(digest = %d, error = %e, "blob object not deleted; a later sweep retries");
+            }
+            Ok(deleted)
         }
-        Ok(deleted)
+        .await;
+        guard.release().await;
+        result
     }
 
     /// Objects in the blob store without a blob row, last written before
@@ -271,12 +294,20 @@ impl Storage {
                 }
                 if !dry_run {
                     let key = o.digest.to_string();
-                    let _guard = self.locks.lock(&key).await;
+                    let guard = self.lock_digests(&[&key]).await?;
                     // Re-check under the lock: an upload may have linked it.
-                    if self.meta.blob_rows_present(vec![key.clone()]).await?[0] {
+                    let deleted = async {
+                        if self.meta.blob_rows_present(vec![key.clone()]).await?[0] {
+                            return Ok::<_, StorageError>(false);
+                        }
+                        self.blobs.delete(&o.digest).await?;
+                        Ok(true)
+                    }
+                    .await;
+                    guard.release().await;
+                    if !deleted? {
                         continue;
                     }
-                    self.blobs.delete(&o.digest).await?;
                 }
                 orphans.push(meta::DoomedBlob {
                     digest: o.digest.to_string(),

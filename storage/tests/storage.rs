@@ -24,6 +24,7 @@ for_each_backend!(
     uploads_verify_sha256_and_sha512_and_discard_mismatches,
     concurrent_pushes_never_pass_the_quota,
     concurrent_build_users_are_distinct,
+    digest_locks_exclude_each_other,
 );
 
 fn body(
@@ -339,4 +340,45 @@ async fn concurrent_build_users_are_distinct(backend: Backend) {
     );
     a.close().await;
     b.close().await;
+}
+
+/// A digest's lock (held by upload completion and by GC around an object
+/// and its row) excludes another holder: in the process with SQLite, and
+/// across processes sharing the database with PostgreSQL (two `Storage`s
+/// on two data dirs stand for two replicas). A guard dropped without
+/// `release` frees the lock too.
+async fn digest_locks_exclude_each_other(backend: Backend) {
+    use std::time::{Duration, Instant};
+    let (d1, d2) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let place = Place::new(backend);
+    let a = place.storage(d1.path()).await;
+    let b = match backend {
+        Backend::Sqlite => a.clone(),
+        Backend::Postgres => place.storage(d2.path()).await,
+    };
+    let digest = Digest::sha256_of(b"locked").to_string();
+    let held = a.lock_digests(&[&digest]).await.unwrap();
+    let waiter = {
+        let (b, digest) = (b.clone(), digest.clone());
+        tokio::spawn(async move {
+            let g = b.lock_digests(&[&digest]).await.unwrap();
+            let at = Instant::now();
+            g.release().await;
+            at
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!waiter.is_finished(), "a second holder got a held lock");
+    let released = Instant::now();
+    held.release().await;
+    assert!(waiter.await.unwrap() >= released);
+
+    let dropped = a.lock_digests(&[&digest]).await.unwrap();
+    drop(dropped);
+    tokio::time::timeout(Duration::from_secs(10), b.lock_digests(&[&digest]))
+        .await
+        .expect("a dropped guard frees its lock")
+        .unwrap()
+        .release()
+        .await;
 }

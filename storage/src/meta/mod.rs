@@ -14,6 +14,7 @@ mod postgres;
 mod sqlite;
 mod types;
 
+pub use postgres::DigestLock;
 pub(crate) use sqlite::Integrity;
 pub use sqlite::Synchronous;
 pub use types::*;

@@ -55,6 +55,8 @@ pub struct Postgres {
 
 struct Inner {
     pool: Pool,
+    /// Connections that hold digest locks (see `DigestLock`).
+    lock_pool: Pool,
     quota: RwLock<Arc<QuotaPolicy>>,
     /// See `liveness`: how often a HEAD records a blob's use.
     touch_interval_ms: AtomicU64,
@@ -77,25 +79,33 @@ impl Postgres {
                 "[storage] database_url is not a PostgreSQL URL: {e}"
             ))
         })?;
-        let manager = Manager::from_config(
-            pg,
-            tokio_postgres::NoTls,
-            ManagerConfig {
-                // A connection is checked (a round trip) only when it
-                // failed before: a broken one errors and is dropped.
-                recycling_method: RecyclingMethod::Fast,
-            },
-        );
-        let pool = Pool::builder(manager)
-            .max_size(config.max_connections.max(2))
-            .runtime(Runtime::Tokio1)
-            .wait_timeout(Some(Duration::from_secs(30)))
-            .create_timeout(Some(Duration::from_secs(10)))
-            .build()
-            .map_err(|e| StorageError::Internal(format!("PostgreSQL pool: {e}")))?;
+        let pool = |size: usize| {
+            let manager = Manager::from_config(
+                pg.clone(),
+                tokio_postgres::NoTls,
+                ManagerConfig {
+                    // A connection is checked (a round trip) only when it
+                    // failed before: a broken one errors and is dropped.
+                    recycling_method: RecyclingMethod::Fast,
+                },
+            );
+            Pool::builder(manager)
+                .max_size(size)
+                .runtime(Runtime::Tokio1)
+                .wait_timeout(Some(Duration::from_secs(30)))
+                .create_timeout(Some(Duration::from_secs(10)))
+                .build()
+                .map_err(|e| StorageError::Internal(format!("PostgreSQL pool: {e}")))
+        };
+        let max = config.max_connections.max(2);
+        // A quarter of the connections (at least one) hold digest locks.
+        let locks = (max / 4).max(1);
+        let lock_pool = pool(locks)?;
+        let pool = pool(max - locks.min(max - 1))?;
         let pg = Postgres {
             inner: Arc::new(Inner {
                 pool,
+                lock_pool,
                 quota: RwLock::new(Arc::new(QuotaPolicy::default())),
                 touch_interval_ms: AtomicU64::new(60_000),
                 events_on: AtomicBool::new(false),
@@ -145,6 +155,7 @@ impl Postgres {
     /// closed; later calls fail with `StorageError::Closed`.
     pub async fn close(&self) {
         self.inner.pool.close();
+        self.inner.lock_pool.close();
     }
 }
 
@@ -313,10 +324,87 @@ pub(super) mod keys {
     pub const EVENTS: i64 = 0x6265_7274_6803;
     /// API token owners: `hashtext` of the owner in the second key space.
     pub const TOKEN_OWNER: i32 = 0x6274_6b6e;
+    /// Blob digests (`digest_key`) in the second key space.
+    pub const DIGEST: i32 = 0x6264_6774;
 }
 
 impl From<tokio_postgres::Error> for StorageError {
     fn from(e: tokio_postgres::Error) -> StorageError {
         StorageError::Database(DatabaseError(Box::new(e)))
+    }
+}
+
+// ------------------------------------------------------- digest locks ----
+
+/// Per-digest locks held across processes: transaction-level advisory
+/// locks in a transaction kept open on a connection of their own (from a
+/// small pool apart from the queries', so lock holders waiting for a query
+/// connection can never exhaust it). Upload completion holds a digest's
+/// lock from placing the object to committing its row; GC from deleting
+/// the row to deleting the object (`crate::locks` says why). A replica that
+/// dies holding one loses its connection, and PostgreSQL releases it.
+pub struct DigestLock {
+    client: Option<deadpool_postgres::Object>,
+}
+
+impl DigestLock {
+    /// Ends the transaction, releasing every lock it holds.
+    pub async fn release(mut self) {
+        if let Some(c) = self.client.take() {
+            if c.batch_execute("COMMIT").await.is_err() {
+                // Not back to the pool in an unknown state: closing the
+                // connection releases the locks as surely.
+                drop(deadpool_postgres::Object::take(c));
+            }
+        }
+    }
+}
+
+impl Drop for DigestLock {
+    fn drop(&mut self) {
+        // Dropped without `release` (a panic, a cancelled request): the
+        // connection is closed rather than pooled mid-transaction, which
+        // ends the transaction and its locks on the server.
+        if let Some(c) = self.client.take() {
+            drop(deadpool_postgres::Object::take(c));
+        }
+    }
+}
+
+/// A digest's advisory key: the first 32 bits of its hex (digests are
+/// uniformly random, so this spreads like the in-process stripes do).
+fn digest_key(digest: &str) -> i32 {
+    let hex = digest.split_once(':').map(|(_, h)| h).unwrap_or(digest);
+    u32::from_str_radix(hex.get(..8).unwrap_or("0"), 16).unwrap_or(0) as i32
+}
+
+impl Postgres {
+    /// Locks every digest, in key order (so two lockers never wait on each
+    /// other in a cycle); held until the guard is released or dropped.
+    pub async fn lock_digests(&self, digests: &[&str]) -> Result<DigestLock, StorageError> {
+        let mut keys: Vec<i32> = digests.iter().map(|d| digest_key(d)).collect();
+        keys.sort_unstable();
+        keys.dedup();
+        let client = self.inner.lock_pool.get().await.map_err(|e| match e {
+            deadpool_postgres::PoolError::Closed => StorageError::Closed,
+            deadpool_postgres::PoolError::Backend(e) => e.into(),
+            other => StorageError::Database(DatabaseError(Box::new(other))),
+        })?;
+        let mut guard = DigestLock {
+            client: Some(client),
+        };
+        let Some(c) = guard.client.as_mut() else {
+            return Err(StorageError::Closed);
+        };
+        c.batch_execute("BEGIN").await?;
+        // unnest keeps the array's (sorted) order, and a plain scan takes
+        // the locks in it.
+        let stmt = c
+            .prepare_cached(
+                "SELECT pg_advisory_xact_lock($1, k) FROM unnest($2::int4[]) WITH ORDINALITY AS u(k, n)",
+            )
+            .await?;
+        c.query(&stmt, &[&keys::DIGEST, &keys]).await?;
+        Ok(guard)
     }
 }
