@@ -157,3 +157,73 @@ fn two_berths_starting_together_migrate_once() {
     assert_eq!(status, 200, "{}", b.log_text());
     drop((a, b));
 }
+
+/// Untagged GC through the binary on PostgreSQL: an untagged image's
+/// manifest, links, blob rows and objects go (rows before objects, under
+/// the digest locks in the database), the tagged one stays whole, and the
+/// ledger has no drift.
+#[test]
+fn untagged_gc_on_postgres_removes_rows_then_objects() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = pg::fresh_database();
+    let data = dir.path().join("data");
+    let berth = Berth::start_with(
+        &data,
+        free_port(),
+        &format!(
+            "{}[gc]\nenabled = false\nuntagged_grace = \"1s\"\nblob_grace = \"1s\"\n",
+            config(&url)
+        ),
+    );
+    let password = berth.namespace_credentials("tool-gc");
+    let creds = format!("tool-gc:{password}");
+    for (tag, seed) in [("old", "gc old"), ("new", "gc new")] {
+        let layout = dir.path().join(format!("layout-{tag}"));
+        write_oci_layout(&layout, tag, seed, 3);
+        skopeo_copy(
+            &format!("oci:{}:{tag}", layout.display()),
+            &format!("docker://{}/tool-gc/app:{tag}", berth.host()),
+            &["--dest-creds", &creds],
+        );
+    }
+    let auth = basic("admin", ADMIN_PASSWORD);
+    let (status, _, _) = request(
+        "DELETE",
+        &format!("{}/v2/tool-gc/app/manifests/old", berth.url()),
+        &[("authorization", &auth)],
+    );
+    assert_eq!(status, 202);
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    let (status, _, body) = request(
+        "POST",
+        &format!("{}/admin/v1/gc/untagged?dry_run=false", berth.url()),
+        &[("authorization", &auth)],
+    );
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    let report: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(report["status"], "ok", "{report}");
+
+    let db = pg::database_of(&url);
+    // What is left: the tagged image's config and three layers.
+    assert_eq!(pg::psql(db, "SELECT COUNT(*) FROM manifests"), "1");
+    assert_eq!(pg::psql(db, "SELECT COUNT(*) FROM blobs"), "4");
+    let objects: usize = std::fs::read_dir(data.join("blobs/sha256"))
+        .unwrap()
+        .map(|shard| std::fs::read_dir(shard.unwrap().path()).unwrap().count())
+        .sum();
+    assert_eq!(objects, 4, "objects follow their rows");
+    let (status, _, body) = request(
+        "POST",
+        &format!("{}/admin/v1/quotas/_reconcile", berth.url()),
+        &[("authorization", &auth)],
+    );
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(v["drift"], serde_json::json!([]), "drift after GC: {v}");
+    let out = dir.path().join("pulled");
+    skopeo_copy(
+        &format!("docker://{}/tool-gc/app:new", berth.host()),
+        &format!("oci:{}:new", out.display()),
+        &["--src-creds", &creds],
+    );
+}
