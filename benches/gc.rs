@@ -110,7 +110,7 @@ async fn pushes_during(
         let started = Instant::now();
         storage
             .meta
-            .link_blob(&repo, &digest, config.len() as u64)
+            .link_blob(&repo, &digest, config.len() as u64, ())
             .await
             .unwrap()
             .unwrap();

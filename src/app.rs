@@ -20,7 +20,7 @@ pub async fn build_state(cfg: &Config, fd_budget: Option<u64>) -> Result<Arc<Sta
     let storage_config = StorageConfig {
         data_dir: cfg.storage.data_dir.clone(),
         synchronous: cfg.storage.sqlite_synchronous,
-        uploads: cfg.limits.upload_limits(),
+        uploads: cfg.limits.upload_limits(cfg.storage.inline_blob_max),
         postgres: cfg.storage.postgres(),
     };
     // Opening runs migrations and touches the filesystem: `connect` keeps
@@ -70,6 +70,12 @@ pub async fn build_state(cfg: &Config, fd_budget: Option<u64>) -> Result<Arc<Sta
             .into()
     };
     let builds = berth_builds::Builds::new(storage.clone(), builds_config, auth.clone());
+    let hooks = {
+        let cfg = cfg.clone();
+        tokio::task::spawn_blocking(move || hooks_from_config(&cfg))
+            .await
+            .map_err(|e| format!("hooks start-up task failed: {e}"))??
+    };
     Ok(Arc::new(State {
         auth,
         storage,
@@ -95,7 +101,22 @@ pub async fn build_state(cfg: &Config, fd_budget: Option<u64>) -> Result<Arc<Sta
         // Secure cookies follow `[ui] secure_cookies`, else whether each
         // request came over TLS (`ui::OverTls`).
         ui: berth_registry::ui::Console::new(cfg.ui.clone()),
+        hooks,
     }))
+}
+
+/// Build triggers' hooks: their secrets derive from `<data dir>/hook-key`
+/// (generated on first start, mode 0600; replacing it changes every
+/// hook's secret), their limits from `[limits]`.
+fn hooks_from_config(cfg: &Config) -> Result<berth_registry::hooks::Hooks, String> {
+    let path = cfg.storage.data_dir.join("hook-key");
+    let key = berth_registry::auth::secrets::load_or_create(&path)
+        .map_err(|e| format!("cannot read or create hook key {}: {e}", path.display()))?;
+    Ok(berth_registry::hooks::Hooks::new(
+        berth_registry::hooks::HookKey::new(key.as_bytes()),
+        cfg.limits.hooks_per_tool_per_minute,
+        cfg.limits.logins_per_address,
+    ))
 }
 
 /// The listener's TLS, when `[server] tls_cert` and `tls_key` are set: the

@@ -105,7 +105,14 @@ pub struct Storage {
     pub database_url: Option<String>,
     /// PostgreSQL connections this process keeps at most.
     pub database_max_connections: usize,
+    /// Blobs up to this size are kept in the database, not as files.
+    #[serde(with = "size")]
+    pub inline_blob_max: u64,
 }
+
+/// The largest `inline_blob_max`: past it a blob is better off as a file
+/// (and sessions would keep more in memory).
+const INLINE_BLOB_MAX_LIMIT: u64 = 1024 * 1024;
 
 impl Default for Storage {
     fn default() -> Self {
@@ -114,6 +121,7 @@ impl Default for Storage {
             sqlite_synchronous: berth_storage::Synchronous::Normal,
             database_url: None,
             database_max_connections: 16,
+            inline_blob_max: berth_storage::UploadLimits::default().inline_max,
         }
     }
 }
@@ -226,6 +234,8 @@ pub struct Limits {
     pub uploads_total: usize,
     #[serde(with = "humantime_serde")]
     pub upload_idle_timeout: Duration,
+    #[serde(with = "size")]
+    pub upload_memory: u64,
     pub token_max_scopes: usize,
     #[serde(with = "size")]
     pub token_max_bytes: u64,
@@ -238,6 +248,8 @@ pub struct Limits {
     pub tls_handshake_timeout: Duration,
     pub max_streams_per_connection: u32,
     pub api_tokens_per_namespace: usize,
+    /// Signed deliveries to a tool's build-trigger hook per minute.
+    pub hooks_per_tool_per_minute: usize,
 }
 
 impl Default for Limits {
@@ -256,6 +268,7 @@ impl Default for Limits {
             uploads_per_namespace: uploads.per_namespace,
             uploads_total: uploads.total,
             upload_idle_timeout: uploads.idle_timeout,
+            upload_memory: uploads.memory,
             token_max_scopes: auth.token_max_scopes,
             token_max_bytes: auth.token_max_bytes as u64,
             token_cache_bytes: auth.token_cache_bytes as u64,
@@ -265,6 +278,7 @@ impl Default for Limits {
             tls_handshake_timeout: conn.tls_handshake_timeout,
             max_streams_per_connection: conn.max_streams_per_connection,
             api_tokens_per_namespace: auth.api_tokens_per_namespace,
+            hooks_per_tool_per_minute: 30,
         }
     }
 }
@@ -293,11 +307,14 @@ impl Limits {
         }
     }
 
-    pub fn upload_limits(&self) -> berth_storage::UploadLimits {
+    /// Upload sessions' bounds; `inline_max` is `[storage] inline_blob_max`.
+    pub fn upload_limits(&self, inline_max: u64) -> berth_storage::UploadLimits {
         berth_storage::UploadLimits {
             per_namespace: self.uploads_per_namespace,
             total: self.uploads_total,
             idle_timeout: self.upload_idle_timeout,
+            inline_max,
+            memory: self.upload_memory,
         }
     }
 
@@ -327,6 +344,7 @@ impl Limits {
                 self.max_streams_per_connection as usize,
             ),
             ("api_tokens_per_namespace", self.api_tokens_per_namespace),
+            ("hooks_per_tool_per_minute", self.hooks_per_tool_per_minute),
         ];
         if let Some((key, _)) = positive.iter().find(|(_, v)| *v == 0) {
             return Err(format!("[limits] {key} must be at least 1"));
@@ -431,6 +449,11 @@ impl Config {
             registry_tls = scheme == "https";
         }
         self.ui.validate()?;
+        if self.storage.inline_blob_max > INLINE_BLOB_MAX_LIMIT {
+            return Err(format!(
+                "[storage] inline_blob_max is at most {INLINE_BLOB_MAX_LIMIT} bytes (1MiB); larger blobs belong in files"
+            ));
+        }
         self.notifications.validate()?;
         self.builds.resolve(
             self.server.listen,
@@ -522,6 +545,11 @@ mod tests {
             example.storage.database_max_connections,
             default.storage.database_max_connections
         );
+        assert_eq!(
+            example.storage.inline_blob_max,
+            default.storage.inline_blob_max
+        );
+        assert_eq!(example.limits.upload_memory, default.limits.upload_memory);
         assert_eq!(example.log.level, default.log.level);
         assert_eq!(example.auth.enabled, default.auth.enabled);
         assert_eq!(example.auth.service, default.auth.service);
@@ -646,6 +674,7 @@ mod tests {
         let (e, d) = (&example.limits, &default.limits);
         assert_eq!(e.tls_handshake_timeout, d.tls_handshake_timeout);
         assert_eq!(e.max_streams_per_connection, d.max_streams_per_connection);
+        assert_eq!(e.hooks_per_tool_per_minute, d.hooks_per_tool_per_minute);
     }
 
     #[test]

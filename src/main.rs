@@ -163,13 +163,17 @@ fn fsck(data_dir: &std::path::Path, json: bool) -> ExitCode {
         }
     } else {
         println!(
-            "{}: {} blob rows, {} objects",
+            "{}: {} blob rows, {} objects; {} small blobs inline in the database",
             data_dir.display(),
             report.blob_rows,
-            report.objects
+            report.objects,
+            report.inline_blobs
         );
         for d in &report.rows_without_object {
             println!("MISSING  {d}: its row exists but its object does not (data loss)");
+        }
+        for d in &report.inline_damaged {
+            println!("DAMAGED  {d}: its bytes in the database do not match its digest or size");
         }
         println!(
             "left for GC: {} orphan objects, {} unreferenced blob links, {} unlinked blob rows",

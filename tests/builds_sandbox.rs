@@ -22,6 +22,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+/// Every blob in a file (small ones are otherwise kept in berth.db), so
+/// that the attacks have a blob file to aim at beside the database.
+const FILE_BLOBS: &str = "[storage]\ninline_blob_max = \"0\"\n";
+
 /// Some blob file under `<data>/blobs`.
 fn a_blob(data: &Path) -> PathBuf {
     fn walk(d: &Path) -> Option<PathBuf> {
@@ -164,7 +168,7 @@ fn a_build_cannot_reach_berth_or_other_tools() {
     // The data dir sits under a 0700 parent (berth as root from /root):
     // nothing in the sandbox walks the host path, so builds still work.
     std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
-    let (berth, data) = start_berth(dir.path(), "");
+    let (berth, data) = start_berth(dir.path(), FILE_BLOBS);
     let source = git_repo(dir.path());
     // A cache an older berth left, owned by its shared build user (1000):
     // not trusted, so discarded.
@@ -321,7 +325,7 @@ fn berth_as_an_ordinary_user_still_sandboxes_builds() {
     let nobody = 65_534;
     let dir = tempfile::tempdir().unwrap();
     let source = git_repo(dir.path());
-    let config = builds_config(dir.path(), "source_schemes = [\"file\"]\n", "");
+    let config = builds_config(dir.path(), "source_schemes = [\"file\"]\n", FILE_BLOBS);
     let data = dir.path().join("data");
     std::fs::create_dir(&data).unwrap();
     chown_all(dir.path(), nobody);

@@ -935,9 +935,6 @@ fn docker_pulls_a_pinned_image_after_cleanup_would_have_removed_it() {
 fn fsck_reports_soundness_and_finds_a_missing_object_while_berth_runs() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    let berth = Berth::start(&data);
-    let ctx = Ctx::new(admin_client(&berth), "tool-fsck");
-    ctx.push_image("tool-fsck/app", "v1").unwrap();
     let fsck = |json: bool| {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_berth"));
         cmd.arg("fsck").arg("--data-dir").arg(&data);
@@ -946,12 +943,30 @@ fn fsck_reports_soundness_and_finds_a_missing_object_while_berth_runs() {
         }
         cmd.output().unwrap()
     };
+    // A small image's blobs are kept in the database (the default).
+    let berth = Berth::start(&data);
+    Ctx::new(admin_client(&berth), "tool-fsck")
+        .push_image("tool-fsck/app", "v1")
+        .unwrap();
+    drop(berth);
+    // Then berth keeps every blob in a file.
+    let berth = Berth::start_with(&data, free_port(), "[storage]\ninline_blob_max = \"0\"\n");
+    let ctx = Ctx::new(admin_client(&berth), "tool-fsck");
+    ctx.push_image("tool-fsck/app", "v2").unwrap();
     let ok = fsck(false);
     let text = String::from_utf8_lossy(&ok.stdout);
     assert!(ok.status.success(), "{text}");
     assert!(text.contains("no data is missing"), "{text}");
     let report: serde_json::Value = serde_json::from_slice(&fsck(true).stdout).unwrap();
-    assert_eq!(report["blob_rows"], 2, "{report}");
+    assert_eq!(
+        (
+            &report["blob_rows"],
+            &report["objects"],
+            &report["inline_blobs"]
+        ),
+        (&2.into(), &2.into(), &2.into()),
+        "{report}"
+    );
     // Lose one object behind berth's back: fsck says so and fails.
     let objects = data.join("blobs").join("sha256");
     let shard = std::fs::read_dir(&objects)

@@ -198,6 +198,9 @@ fn twenty_concurrent_pushes_into_room_for_ten_exactly_ten_succeed() {
         );
         assert!(r.text().contains("this push needs"), "{}", r.text());
     }
+    for r in &refusals {
+        println!("refused: {}", r.text());
+    }
     let final_used = used(&berth, "tool-q");
     println!(
         "quota concurrency: image {image_size} B, limit {limit} B; {succeeded} of 20 pushes succeeded, {} refused, \

@@ -2,7 +2,8 @@
 //! users type as `toolforge build ...`), unchanged, against the real berth:
 //! configured as on Toolforge with `~/.toolforge.yaml` (`api_gateway.url`,
 //! `builds.builds_endpoint: /v1`) and a kubeconfig whose user carries a
-//! berth bearer token. Every command it has, with the options users pass.
+//! berth API token (`berth token create`), or over TLS a Kubernetes client
+//! certificate. Every command it has, with the options users pass.
 
 mod common;
 #[path = "common/builds.rs"]
@@ -112,16 +113,25 @@ impl Home {
     }
 }
 
-/// A bearer token for the tool's account, as a kubeconfig would carry.
-fn bearer(berth: &Berth, tool: &str, password: &str) -> String {
-    let (status, _, body) = request(
-        "GET",
-        &format!("{}/token?service=berth", berth.url()),
-        &[("authorization", &basic(&format!("tool-{tool}"), password))],
-    );
-    assert_eq!(status, 200);
-    let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
-    v["token"].as_str().unwrap().to_owned()
+/// An API token for the tool's namespace, made as an admin would hand one
+/// out (`berth token create`; it prints the token alone on stdout).
+fn api_token(berth: &Berth, tool: &str) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_berth"))
+        .args([
+            "token",
+            "create",
+            &format!("tool-{tool}"),
+            "--name",
+            "toolforge-cli",
+        ])
+        .args(["--expires", "30d", "--url", &berth.url()])
+        .env("BERTH_ADMIN_PASSWORD", ADMIN_PASSWORD)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "berth token create: {out:?}");
+    let token = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+    assert!(token.starts_with("berth_"), "{token}");
+    token
 }
 
 #[test]
@@ -130,7 +140,7 @@ fn every_toolforge_build_command_works_against_berth() {
     let (berth, _) = start_berth(dir.path(), "");
     let source = git_repo(dir.path());
     let tool = Tool::new(&berth, "demo");
-    let token = bearer(&berth, "demo", &tool.password);
+    let token = api_token(&berth, "demo");
     let home = Home::new(dir.path(), &berth.url(), "demo", &format!("token: {token}"));
 
     // start: follows the log to the end (JSON lines, parsed by the CLI).
@@ -299,4 +309,73 @@ fn issued_for_other(b: &tlsh::TlsBerth) -> String {
     let reply: serde_json::Value =
         serde_json::from_slice(&r.body_mut().read_to_vec().unwrap()).unwrap();
     started_id(&(r.status().as_u16(), reply))
+}
+
+/// A build a git push started, as the CLI shows it: `show` prints
+/// berth's `messages.info`, which says what started the build.
+#[test]
+fn the_cli_shows_what_a_push_started() {
+    let dir = tempfile::tempdir().unwrap();
+    let (berth, _) = start_berth(dir.path(), "");
+    let source = git_repo(dir.path());
+    let tool = Tool::new(&berth, "pushed");
+    let token = api_token(&berth, "pushed");
+    let home = Home::new(
+        dir.path(),
+        &berth.url(),
+        "pushed",
+        &format!("token: {token}"),
+    );
+    let r = tool
+        .client
+        .send(
+            "PUT",
+            "/v1/tool/pushed/trigger",
+            &[("content-type", "application/json")],
+            serde_json::json!({ "source_url": source })
+                .to_string()
+                .into_bytes(),
+        )
+        .unwrap();
+    assert_eq!(r.status, 201, "{}", r.describe());
+    let created = r.json().unwrap();
+    let hook = created["trigger"]["hook_url"].as_str().unwrap();
+    let secret = created["secret"].as_str().unwrap();
+    let commit = run(Command::new("git")
+        .args(["rev-parse", "HEAD"])
+        .current_dir(dir.path().join("src")))
+    .trim()
+    .to_owned();
+    // GitLab's documented push payload, about this repository.
+    let mut payload: serde_json::Value =
+        serde_json::from_str(include_str!("fixtures/hooks/gitlab-push.json")).unwrap();
+    payload["ref"] = "refs/heads/main".into();
+    payload["after"] = commit.clone().into();
+    payload["project"]["git_http_url"] = source.clone().into();
+    payload["project"]["default_branch"] = "main".into();
+    let mut r = http_agent()
+        .post(&format!("{}{hook}", berth.url()))
+        .header("x-gitlab-event", "Push Hook")
+        .header("x-gitlab-token", secret)
+        .header("content-type", "application/json")
+        .send(payload.to_string())
+        .unwrap();
+    let answer: serde_json::Value =
+        serde_json::from_slice(&r.body_mut().read_to_vec().unwrap()).unwrap();
+    assert_eq!(r.status(), 202, "{answer}");
+    let id = answer["build_id"].as_str().unwrap().to_owned();
+    tool.wait(&id, Duration::from_secs(120));
+
+    let out = home.ok(&["show", &id]);
+    assert!(
+        out.contains(&format!(
+            "triggered by a push of {commit} to refs/heads/main by \"jsmith\""
+        )),
+        "{out}"
+    );
+    assert!(out.contains("Ref: refs/heads/main"), "{out}");
+    let shown = home.json(&["show", &id, "--json"]);
+    assert_eq!(shown["build"]["status"], "ok", "{shown}");
+    let out = home.ok(&["list"]);
+    assert!(out.contains(&id), "{out}");
 }

@@ -747,6 +747,222 @@ async fn tools_see_only_their_own_forms_need_their_token_and_sign_out_ends_it() 
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_tokens_are_made_shown_once_and_revoked_from_the_page() {
+    let _one = SERIAL.lock().await;
+    let dir = tempfile::tempdir().unwrap();
+    let berth = Berth::start(&dir.path().join("data"));
+    seed(&berth);
+    let alpha = berth.namespace_credentials("tool-alpha");
+    let b = Browser::start(&berth.url(), "tokens").await;
+    b.goto("/ui/").await;
+    b.sign_in("tool-alpha", &alpha).await;
+
+    // Made from the namespace page, shown once.
+    let make = |name: &'static str| {
+        let b = &b;
+        async move {
+            b.goto("/ui/namespaces/tool-alpha").await;
+            b.fill("#token-name", name).await;
+            b.fill("#token-expires", "7d").await;
+            b.click("form.token button[type=submit]").await;
+            b.c.find(Locator::Css("#secret"))
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap()
+        }
+    };
+    let ci = make("ci").await;
+    assert!(ci.starts_with("berth_"), "{ci}");
+    b.shot("token-created").await;
+    let other = make("other").await;
+    let tags = format!("{}/v2/tool-alpha/web/tags/list", berth.url());
+    let with = |token: &str| {
+        let (status, _, _) = request(
+            "GET",
+            &tags,
+            &[("authorization", &format!("Bearer {token}"))],
+        );
+        status
+    };
+    assert_eq!((with(&ci), with(&other)), (200, 200), "both work at once");
+
+    // Listed (never their secrets) with the API's figures.
+    b.goto("/ui/namespaces/tool-alpha").await;
+    let text = b.text().await;
+    assert!(
+        text.contains("ci") && text.contains("other") && !text.contains(&ci[10..]),
+        "{text}"
+    );
+    let listed = api(&berth, "/admin/v1/tokens?namespace=tool-alpha");
+    assert_eq!(listed["tokens"].as_array().unwrap().len(), 2);
+    b.shot("tokens").await;
+
+    // Revoked from the page: it stops at once, the other goes on.
+    let other_id = listed["tokens"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["name"] == "other")
+        .unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    b.c.execute("window.confirm = () => true;", vec![])
+        .await
+        .unwrap();
+    b.click(&format!("tr[data-token='{other_id}'] button"))
+        .await;
+    assert!(b.text().await.contains("revoked"));
+    assert_eq!((with(&ci), with(&other)), (200, 401));
+
+    // An API token signs in as its namespace; such a session makes no
+    // tokens (its form is not offered and a forged POST is refused) and
+    // ends when the token is revoked.
+    b.click("form.signout button").await;
+    b.sign_in("anything", &ci).await;
+    assert_eq!(b.path().await, "/ui/namespaces/tool-alpha");
+    let text = b.text().await;
+    assert!(
+        text.contains("ci") && !text.contains("Create a token"),
+        "{text}"
+    );
+    let cookie = format!("berth_session={}", b.cookie().await.unwrap());
+    let csrf =
+        b.c.find(Locator::Css("input[name=csrf]"))
+            .await
+            .unwrap()
+            .attr("value")
+            .await
+            .unwrap()
+            .unwrap();
+    let (status, _, body) = post(
+        &format!("{}/ui/namespaces/tool-alpha/tokens", berth.url()),
+        &[("cookie", &cookie), ("origin", &berth.url())],
+        &format!("csrf={csrf}&name=sneaky"),
+    );
+    assert_eq!(status, 403, "{body}");
+    let ci_id = ci["berth_".len()..].split('_').next().unwrap();
+    let (status, _, _) = request(
+        "DELETE",
+        &format!("{}/admin/v1/tokens/{ci_id}", berth.url()),
+        &[("authorization", &basic("admin", ADMIN_PASSWORD))],
+    );
+    assert_eq!(status, 204);
+    b.goto("/ui/namespaces/tool-alpha").await;
+    assert!(
+        b.path().await.starts_with("/ui/login"),
+        "the session ended with its token"
+    );
+    b.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tool_sets_its_build_trigger_and_a_push_shows_in_its_build() {
+    let _one = SERIAL.lock().await;
+    let dir = tempfile::tempdir().unwrap();
+    builds::git_repo(dir.path());
+    let (berth, _data) = builds::start_berth_with(
+        dir.path(),
+        "source_schemes = [\"http\"]\n",
+        "private_source_hosts = [\"localhost\"]\n",
+    );
+    let server = builds::GitServer::start(dir.path(), builds::Hang::Never);
+    let url = server.url("localhost", "bare.git");
+    let password = berth.namespace_credentials("tool-foo");
+    let b = Browser::start(&berth.url(), "trigger").await;
+    b.goto("/ui/login").await;
+    b.sign_in("tool-foo", &password).await;
+    b.goto("/ui/tools/foo/builds").await;
+    assert!(b.text().await.contains("Pushes start no builds"));
+    b.fill("#trigger_source_url", &url).await;
+    b.click("form.trigger button[type=submit]").await;
+    let read = |css: &'static str| {
+        let b = &b;
+        async move {
+            b.c.find(Locator::Css(css))
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap()
+        }
+    };
+    let (hook, secret) = (read("#hook-url").await, read("#secret").await);
+    assert!(
+        hook.starts_with("/v1/hooks/") && secret.len() == 64,
+        "{hook} {secret}"
+    );
+    b.shot("trigger-set").await;
+    // The API shows the same trigger.
+    let (status, _, body) = request(
+        "GET",
+        &format!("{}/v1/tool/foo/trigger", berth.url()),
+        &[("authorization", &basic("tool-foo", &password))],
+    );
+    assert_eq!(status, 200);
+    let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(v["trigger"]["hook_url"], hook.as_str());
+
+    // GitLab delivers a push of the repository's head.
+    let commit = std::process::Command::new("git")
+        .args(["rev-parse", "HEAD"])
+        .current_dir(dir.path().join("src"))
+        .output()
+        .unwrap();
+    let commit = String::from_utf8(commit.stdout).unwrap().trim().to_owned();
+    let mut payload: serde_json::Value =
+        serde_json::from_str(include_str!("fixtures/hooks/gitlab-push.json")).unwrap();
+    payload["ref"] = "refs/heads/main".into();
+    payload["after"] = commit.as_str().into();
+    payload["checkout_sha"] = commit.as_str().into();
+    payload["project"]["git_http_url"] = url.as_str().into();
+    payload["project"]["default_branch"] = "main".into();
+    payload["repository"]["git_http_url"] = url.as_str().into();
+    let answer = http_agent()
+        .post(&format!("{}{hook}", berth.url()))
+        .header("content-type", "application/json")
+        .header("x-gitlab-event", "Push Hook")
+        .header("x-gitlab-token", &secret)
+        .send(serde_json::to_vec(&payload).unwrap())
+        .unwrap();
+    assert_eq!(answer.status().as_u16(), 202);
+
+    // The build page says what started it.
+    b.goto("/ui/tools/foo/builds").await;
+    b.click("table.builds tbody tr:first-child a").await;
+    let text = b.text().await;
+    assert!(
+        text.contains(&format!("a push of {} to refs/heads/main", &commit[..12])),
+        "{text}"
+    );
+    b.shot("pushed-build").await;
+
+    // A new secret replaces the old one; deleting ends the trigger.
+    b.goto("/ui/tools/foo/builds").await;
+    b.click("form[action='/ui/tools/foo/trigger/rotate'] button")
+        .await;
+    let rotated = read("#secret").await;
+    assert!(rotated.len() == 64 && rotated != secret);
+    b.goto("/ui/tools/foo/builds").await;
+    b.c.execute("window.confirm = () => true;", vec![])
+        .await
+        .unwrap();
+    b.click("form[action='/ui/tools/foo/trigger/delete'] button")
+        .await;
+    assert!(b.text().await.contains("Pushes start no builds"));
+    let gone = http_agent()
+        .post(&format!("{}{hook}", berth.url()))
+        .header("x-gitlab-event", "Push Hook")
+        .header("x-gitlab-token", &rotated)
+        .send(serde_json::to_vec(&payload).unwrap())
+        .unwrap();
+    assert_eq!(gone.status().as_u16(), 404);
+    b.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_running_builds_log_follows_in_the_page() {
     let _one = SERIAL.lock().await;
     let dir = tempfile::tempdir().unwrap();

@@ -24,8 +24,11 @@ pub mod request;
 pub mod runner;
 pub mod sandbox;
 pub mod source;
+pub mod trigger;
 
-use berth_storage::meta::builds::{BuildParams, BuildRecord, BuildStatus};
+use berth_storage::meta::builds::{
+    BuildParams, BuildRecord, BuildStatus, BuildTrigger, PushQueued,
+};
 use berth_storage::{now_ms, RepoName, Storage, StorageError};
 use caps::Cap;
 pub use config::{BuildsConfig, RunnerKind};
@@ -59,6 +62,33 @@ pub struct BuildRequest {
     pub envvars: BTreeMap<String, String>,
     #[serde(default)]
     pub use_latest_versions: bool,
+}
+
+/// A push a forge delivered to a trigger's hook (signature checked).
+#[derive(Debug, Clone)]
+pub struct Push {
+    /// The trigger's hook id.
+    pub trigger_id: String,
+    /// The full ref pushed to (`refs/heads/main`).
+    pub reference: String,
+    /// The pushed commit (the payload's `after`).
+    pub commit: String,
+    /// Who pushed, as the forge says.
+    pub pusher: String,
+}
+
+/// What became of a push's build.
+#[derive(Debug, Clone)]
+pub enum PushOutcome {
+    Queued(BuildRecord),
+    /// A waiting build of the same trigger and ref now builds the pushed
+    /// commit instead of `replaced`.
+    Coalesced {
+        build: BuildRecord,
+        replaced: String,
+    },
+    /// The trigger has seen this commit already: nothing was queued.
+    Replay,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -279,13 +309,16 @@ impl Builds {
         Ok(())
     }
 
-    /// Validates and queues a build; returns its record and warnings for
-    /// the caller (e.g. a namespace close to its quota).
-    pub async fn start(
+    /// Checks what a build request asks for, as every build is checked
+    /// (a manual build when requested, a trigger when registered and each
+    /// push's build again): builds switched on and able to run on this
+    /// host, env var names, the image name and the ref. Returns the image
+    /// name to use and the ref (`HEAD` when none was given).
+    pub async fn check_request(
         &self,
         tool: &str,
-        req: BuildRequest,
-    ) -> Result<(BuildRecord, Vec<String>), BuildError> {
+        req: &BuildRequest,
+    ) -> Result<(String, String), BuildError> {
         if !self.config.enabled {
             return Err(BuildError::Invalid(
                 "builds are switched off on this registry ([builds] enabled = false)".into(),
@@ -314,6 +347,38 @@ impl Builds {
             .filter(|r| !r.is_empty())
             .unwrap_or_else(|| "HEAD".into());
         request::check_ref(&reference).map_err(BuildError::Invalid)?;
+        Ok((image_name, reference))
+    }
+
+    /// Checks `source_url` and resolves `reference` in it (`git
+    /// ls-remote`) under the per-tool and overall resolution caps, with
+    /// one deadline for both: what a build request does before it is
+    /// queued, and what registering a trigger does to its source.
+    pub async fn check_source(
+        &self,
+        tool: &str,
+        source_url: &str,
+        reference: &str,
+    ) -> Result<String, BuildError> {
+        let _slot = self.resolutions.try_acquire(tool)?;
+        // git dies with the dropped future.
+        let limit = self.config.git_resolve_timeout;
+        tokio::time::timeout(limit, self.resolve(tool, source_url, reference))
+            .await
+            .unwrap_or_else(|_| {
+                tracing::info!(tool, url = %source_url, "build source: resolving took longer than {limit:?}");
+                Err(BuildError::Invalid(source::cannot_fetch(source_url)))
+            })
+    }
+
+    /// Validates and queues a build; returns its record and warnings for
+    /// the caller (e.g. a namespace close to its quota).
+    pub async fn start(
+        &self,
+        tool: &str,
+        req: BuildRequest,
+    ) -> Result<(BuildRecord, Vec<String>), BuildError> {
+        let (image_name, reference) = self.check_request(tool, &req).await?;
         let unfinished = self.storage.meta.unfinished_builds(tool).await?;
         if unfinished >= self.config.queued_per_tool {
             return Err(BuildError::TooMany {
@@ -324,23 +389,99 @@ impl Builds {
                 ),
             });
         }
-        let resolved = {
-            let _slot = self.resolutions.try_acquire(tool)?;
-            // One deadline for the lookup and ls-remote together (each
-            // has its own too); git dies with the dropped future.
-            let limit = self.config.git_resolve_timeout;
-            tokio::time::timeout(limit, self.resolve(tool, &req.source_url, &reference))
-                .await
-                .unwrap_or_else(|_| {
-                    tracing::info!(tool, url = %req.source_url, "build source: resolving took longer than {limit:?}");
-                    Err(BuildError::Invalid(source::cannot_fetch(&req.source_url)))
-                })?
+        let resolved = self.check_source(tool, &req.source_url, &reference).await?;
+        let record = self.new_record(tool, image_name, &req, reference, resolved);
+        self.storage.meta.insert_build(record.clone()).await?;
+        self.log_queued(&record, "").await?;
+        let warnings = self.quota_warnings(tool).await;
+        self.wake.notify_one();
+        Ok((record, warnings))
+    }
+
+    /// Queues the build of a push a forge signed: exactly `push.commit`
+    /// of the trigger's source, with the trigger's parameters (`req`,
+    /// checked again as any build request is). Not resolved with git
+    /// here: the forge named the commit, the source was checked when the
+    /// trigger was registered, and it is checked again when the build
+    /// runs. A waiting build of the same trigger and ref takes the newer
+    /// commit instead (coalescing); a commit the trigger has seen is a
+    /// replay and queues nothing (`Metadata::queue_push_build`).
+    pub async fn start_push(
+        &self,
+        tool: &str,
+        req: BuildRequest,
+        push: Push,
+    ) -> Result<PushOutcome, BuildError> {
+        if !git::is_commit(&push.commit) {
+            return Err(BuildError::Invalid(format!(
+                "{} is not a full commit id",
+                source::shown(&push.commit)
+            )));
+        }
+        let commit = push.commit.to_ascii_lowercase();
+        let req = BuildRequest {
+            reference: Some(push.reference.clone()),
+            ..req
         };
+        let (image_name, reference) = self.check_request(tool, &req).await?;
+        let mut record = self.new_record(tool, image_name, &req, reference, commit.clone());
+        record.params.commit = Some(commit.clone());
+        record.trigger = BuildTrigger::Push {
+            commit: commit.clone(),
+            reference: push.reference.clone(),
+            pusher: push.pusher.clone(),
+        };
+        record.trigger_id = Some(push.trigger_id.clone());
+        let by = format!(
+            "a push of {commit} to {} by {}",
+            push.reference,
+            source::shown(&push.pusher)
+        );
+        let outcome = match self
+            .storage
+            .meta
+            .queue_push_build(record, self.config.queued_per_tool)
+            .await
+        {
+            Ok(PushQueued::Replay) => return Ok(PushOutcome::Replay),
+            Ok(PushQueued::Queued(b)) => {
+                self.log_queued(&b, &format!(" by {by}")).await?;
+                PushOutcome::Queued(b)
+            }
+            Ok(PushQueued::Coalesced { build, replaced }) => {
+                if let Ok(log) =
+                    BuildLog::create(Path::new(&build.log_path), self.config.max_log_bytes).await
+                {
+                    log.line(
+                        "berth",
+                        &format!("{by} replaced {replaced}: this build will build {commit}"),
+                    )
+                    .await;
+                }
+                PushOutcome::Coalesced { build, replaced }
+            }
+            Err(StorageError::LimitReached { limit, message }) => {
+                return Err(BuildError::TooMany { limit, message })
+            }
+            Err(e) => return Err(e.into()),
+        };
+        self.wake.notify_one();
+        Ok(outcome)
+    }
+
+    fn new_record(
+        &self,
+        tool: &str,
+        image_name: String,
+        req: &BuildRequest,
+        reference: String,
+        resolved: String,
+    ) -> BuildRecord {
         let id = format!(
             "{tool}-buildpacks-{}",
             &uuid::Uuid::new_v4().simple().to_string()[..10]
         );
-        let record = BuildRecord {
+        BuildRecord {
             id: id.clone(),
             tool: tool.to_owned(),
             image_name,
@@ -348,10 +489,11 @@ impl Builds {
             message: "waiting for a free runner".into(),
             params: BuildParams {
                 source_url: req.source_url.clone(),
-                reference: reference.clone(),
+                reference,
                 envvars: req.envvars.clone(),
                 image_name: req.image_name.clone(),
                 use_latest_versions: req.use_latest_versions,
+                commit: None,
             },
             resolved_ref: resolved,
             destination_image: String::new(),
@@ -363,19 +505,31 @@ impl Builds {
             created_ms: now_ms(),
             start_ms: None,
             end_ms: None,
-        };
-        self.storage.meta.insert_build(record.clone()).await?;
+            trigger: BuildTrigger::Manual,
+            trigger_id: None,
+        }
+    }
+
+    /// The log's first line: what was queued (`by`: by whom, if not by hand).
+    async fn log_queued(&self, record: &BuildRecord, by: &str) -> Result<(), BuildError> {
         let log = BuildLog::create(Path::new(&record.log_path), self.config.max_log_bytes)
             .await
             .map_err(StorageError::from)?;
         log.line(
             "berth",
             &format!(
-                "build {id} queued: {:?} at {} ({})",
-                record.params.source_url, reference, record.resolved_ref
+                "build {} queued{by}: {:?} at {} ({})",
+                record.id, record.params.source_url, record.params.reference, record.resolved_ref
             ),
         )
         .await;
+        Ok(())
+    }
+
+    /// A warning for a namespace close to its quota (the build's push may
+    /// be refused).
+    async fn quota_warnings(&self, tool: &str) -> Vec<String> {
+        let ns = self.namespace(tool);
         let mut warnings = Vec::new();
         if let Ok(Some(q)) = self.storage.meta.quota(&ns).await {
             if q.limit_bytes.is_some() && q.percent >= 90.0 {
@@ -385,8 +539,7 @@ impl Builds {
                 ));
             }
         }
-        self.wake.notify_one();
-        Ok((record, warnings))
+        warnings
     }
 
     /// Checks `url` and resolves `reference` in it to a commit. What went

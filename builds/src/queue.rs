@@ -77,6 +77,13 @@ impl Builds {
             {
                 continue; // cancelled meanwhile
             }
+            // Read again now that it left PENDING: until then a newer push
+            // could replace its commit (coalescing), and after it nothing
+            // can, so what runs is what the record says.
+            let b = match self.storage.meta.build(&b.id).await? {
+                Some(b) => b,
+                None => continue, // deleted meanwhile
+            };
             let (cancel, cancelled) = watch::channel(false);
             self.running().insert(
                 b.id.clone(),

@@ -19,7 +19,7 @@ pub fn config(data: &[u8]) {
         }
         assert!(c.max_connections <= cfg.limits.max_connections.max(1));
     }
-    let _ = cfg.limits.upload_limits();
+    let _ = cfg.limits.upload_limits(cfg.storage.inline_blob_max);
     let _ = cfg.limits.auth_limits();
     let _ = cfg.quota.policy(Some(90.0));
     let _ = cfg.gc.validate();

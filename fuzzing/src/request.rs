@@ -217,6 +217,8 @@ enum ToolPath {
     Cancel(Name),
     Clean,
     Other(String),
+    Trigger,
+    TriggerRotate,
 }
 
 #[derive(Arbitrary, Debug)]
@@ -256,6 +258,8 @@ enum PathSpec {
     NamespaceTokens(Name),
     /// `/v1/namespaces/{ns}/tokens/{id}`
     NamespaceToken(Name, u8, Option<String>),
+    /// A build trigger's hook (`/v1/hooks/{id}`).
+    Hook(Name),
 }
 
 #[derive(Arbitrary, Debug)]
@@ -511,6 +515,8 @@ fn path(spec: &PathSpec, ctx: &Context) -> String {
                 }
                 ToolPath::Clean => format!("/v1/tool/{t}/clean"),
                 ToolPath::Other(rest) => format!("/v1/tool/{t}/{rest}"),
+                ToolPath::Trigger => format!("/v1/tool/{t}/trigger"),
+                ToolPath::TriggerRotate => format!("/v1/tool/{t}/trigger/rotate"),
             }
         }
         PathSpec::Raw(p) => p.clone(),
@@ -521,6 +527,10 @@ fn path(spec: &PathSpec, ctx: &Context) -> String {
             "/v1/namespaces/{}/tokens/{}",
             ns.pick(NAMESPACES),
             token_id(ctx, *i, raw)
+        ),
+        PathSpec::Hook(id) => format!(
+            "/v1/hooks/{}",
+            id.pick(&["0123456789abcdef0123456789abcdef", "x"])
         ),
     }
 }

@@ -4,8 +4,8 @@
 //! and the operation must be one the method asks for.
 
 use berth_registry::routes::{
-    self, parse_reference, query_get, query_pairs, AdminOp, NamespaceOp, OciOp, OpsOp, Reference,
-    Route, ToolOp, UiOp,
+    self, parse_reference, query_get, query_pairs, AdminOp, HookOp, NamespaceOp, OciOp, OpsOp,
+    Reference, Route, ToolOp, UiOp,
 };
 use berth_storage::{Digest, RepoName};
 use http::Method;
@@ -143,6 +143,10 @@ fn check(method: &Method, path: &str, route: &Route) {
                 ToolOp::BuildLogs(id) => format!("/v1/tool/{t}/builds/{id}/logs"),
                 ToolOp::CancelBuild(id) => format!("/v1/tool/{t}/builds/{id}/cancel"),
                 ToolOp::Clean => format!("/v1/tool/{t}/clean"),
+                ToolOp::ShowTrigger | ToolOp::PutTrigger | ToolOp::DeleteTrigger => {
+                    format!("/v1/tool/{t}/trigger")
+                }
+                ToolOp::RotateTrigger => format!("/v1/tool/{t}/trigger/rotate"),
                 ToolOp::MethodNotAllowed(m) => {
                     assert_eq!(m, method);
                     return;
@@ -181,6 +185,18 @@ fn check(method: &Method, path: &str, route: &Route) {
             }
             return;
         }
+        Route::Hook(op) => match op {
+            HookOp::Deliver(id) => {
+                assert!(is(&Method::POST));
+                assert!(!id.is_empty() && !id.contains('/'), "{id:?}");
+                format!("/v1/hooks/{id}")
+            }
+            HookOp::MethodNotAllowed(m) => {
+                assert_eq!(m, method);
+                assert!(path.starts_with("/v1/hooks/"), "{path:?}");
+                return;
+            }
+        },
         Route::Admin(op) => {
             // Validated by their handlers, after the admin check.
             assert!(path.starts_with("/admin/"), "{path:?}");

@@ -20,24 +20,50 @@ pub const MAX_JSON_BODY: usize = 256 * 1024;
 /// Reads a JSON request body of at most `MAX_JSON_BODY` bytes into `T`.
 /// Unknown fields are errors where `T` says so (`deny_unknown_fields`).
 pub async fn json_body<T: serde::de::DeserializeOwned>(req: Request<RequestBody>) -> ApiResult<T> {
-    let bytes = http_body_util::Limited::new(req.into_body(), MAX_JSON_BODY)
-        .collect()
-        .await
-        .map_err(|e| {
-            ApiError::bad_request(
-                Code::SizeInvalid,
-                format!(
-                    "cannot read the request body (at most {MAX_JSON_BODY} bytes of JSON): {e}"
-                ),
-            )
-        })?
-        .to_bytes();
+    let bytes = read_body(req, MAX_JSON_BODY).await?;
     serde_json::from_slice(&bytes).map_err(|e| {
         ApiError::bad_request(
             Code::Unsupported,
             format!("the request body is not what this endpoint takes: {e}"),
         )
     })
+}
+
+/// Reads a whole request body of at most `limit` bytes: 413 when it is
+/// longer (declared or sent; the rest is drained so the client reads the
+/// answer), 400 when it cannot be read.
+pub async fn read_body(req: Request<RequestBody>, limit: usize) -> ApiResult<bytes::Bytes> {
+    let too_big = |n: String| {
+        ApiError::new(
+            http::StatusCode::PAYLOAD_TOO_LARGE,
+            Code::SizeInvalid,
+            format!("the request body is {n} bytes; the limit is {limit} bytes"),
+        )
+    };
+    if let Some(len) = crate::handlers::content_length(req.headers())? {
+        if len > limit as u64 {
+            crate::handlers::drain(req.into_body()).await;
+            return Err(too_big(len.to_string()));
+        }
+    }
+    let mut body = req.into_body();
+    let mut buf = bytes::BytesMut::new();
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| {
+            ApiError::bad_request(
+                Code::SizeInvalid,
+                format!("cannot read the request body: {e}"),
+            )
+        })?;
+        if let Some(data) = frame.data_ref() {
+            if buf.len() + data.len() > limit {
+                crate::handlers::drain(body).await;
+                return Err(too_big(format!("more than {limit}")));
+            }
+            buf.extend_from_slice(data);
+        }
+    }
+    Ok(buf.freeze())
 }
 
 // ------------------------------------------------------------- quotas ----
@@ -538,6 +564,56 @@ pub struct ToolBuild {
     pub parameters: berth_storage::meta::builds::BuildParams,
     pub destination_image: String,
     pub resolved_ref: String,
+    /// What started the build (berth's addition; Toolforge's CLI ignores
+    /// it, and `show` tells it in `messages.info`, which the CLI prints).
+    #[serde(default)]
+    pub trigger: ToolBuildTrigger,
+}
+
+/// What started a build: `{"kind": "manual"}` or `{"kind": "push",
+/// "commit": ..., "ref": ..., "pusher": ...}`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum ToolBuildTrigger {
+    #[default]
+    Manual,
+    Push {
+        commit: String,
+        #[serde(rename = "ref")]
+        reference: String,
+        pusher: String,
+    },
+}
+
+impl From<&meta::builds::BuildTrigger> for ToolBuildTrigger {
+    fn from(t: &meta::builds::BuildTrigger) -> Self {
+        match t {
+            meta::builds::BuildTrigger::Manual => ToolBuildTrigger::Manual,
+            meta::builds::BuildTrigger::Push {
+                commit,
+                reference,
+                pusher,
+            } => ToolBuildTrigger::Push {
+                commit: commit.clone(),
+                reference: reference.clone(),
+                pusher: pusher.clone(),
+            },
+        }
+    }
+}
+
+impl ToolBuildTrigger {
+    /// For people: who or what started the build.
+    pub fn describe(&self) -> String {
+        match self {
+            ToolBuildTrigger::Manual => "started by hand".into(),
+            ToolBuildTrigger::Push {
+                commit,
+                reference,
+                pusher,
+            } => format!("triggered by a push of {commit} to {reference} by {pusher:?}"),
+        }
+    }
 }
 
 fn rfc3339(ms: i64) -> String {
@@ -558,6 +634,7 @@ impl From<&berth_storage::meta::builds::BuildRecord> for ToolBuild {
             parameters: b.params.clone(),
             destination_image: b.destination_image.clone(),
             resolved_ref: b.resolved_ref.clone(),
+            trigger: ToolBuildTrigger::from(&b.trigger),
         }
     }
 }
@@ -671,9 +748,87 @@ impl From<meta::DeliveryAttempt> for Delivery {
     }
 }
 
+// ----------------------------------------------------- build triggers ----
+
+/// `PUT /v1/tool/{tool}/trigger`: what a push to the repository builds.
+/// `ref` is a branch, a full ref or a pattern of them with `*`; absent:
+/// the repository's default branch.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PutTrigger {
+    pub source_url: String,
+    #[serde(rename = "ref", default, skip_serializing_if = "Option::is_none")]
+    pub reference: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_name: Option<String>,
+    #[serde(default)]
+    pub envvars: BTreeMap<String, String>,
+}
+
+/// A tool's build trigger as its API shows it (never its secret).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ToolTrigger {
+    pub tool: String,
+    /// Where the forge delivers pushes: absolute with `[server]
+    /// public_url`, else a path on this registry.
+    pub hook_url: String,
+    pub source_url: String,
+    /// The ref pattern; null: the repository's default branch.
+    #[serde(rename = "ref")]
+    pub reference: Option<String>,
+    pub image_name: Option<String>,
+    pub envvars: BTreeMap<String, String>,
+    /// RFC 3339.
+    pub created_time: String,
+    pub updated_time: String,
+}
+
+impl ToolTrigger {
+    pub fn new(t: &meta::builds::TriggerRecord, hook_url: String) -> ToolTrigger {
+        ToolTrigger {
+            tool: t.tool.clone(),
+            hook_url,
+            source_url: t.source_url.clone(),
+            reference: t.ref_pattern.clone(),
+            image_name: t.image_name.clone(),
+            envvars: t.envvars.clone(),
+            created_time: rfc3339(t.created_ms),
+            updated_time: rfc3339(t.updated_ms),
+        }
+    }
+}
+
 /// `GET /admin/v1/notifications/{name}/deliveries`
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Deliveries {
     pub endpoint: String,
     pub attempts: Vec<Delivery>,
+}
+
+/// The answer to `GET`, `PUT` and `POST .../trigger/rotate`: `secret` only
+/// when it is new (created or rotated), shown this once.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ToolTriggerShown {
+    pub trigger: ToolTrigger,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret: Option<String>,
+    pub messages: Messages,
+}
+
+/// The answer to a delivery the hook accepted or acknowledged.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct HookAnswer {
+    /// `queued` (a new build), `coalesced` (a waiting build now builds
+    /// this commit), `ignored` (see `reason`) or `pong` (GitHub's ping).
+    pub status: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub build_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub commit: Option<String>,
+    /// For `coalesced`: the commit the build no longer builds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replaced: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    pub messages: Messages,
 }

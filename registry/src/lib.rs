@@ -1,6 +1,7 @@
 //! berth-registry: the HTTP service. One listener (`server`) carries five
 //! surfaces: the OCI distribution API (`/v2/...`), the admin's API
-//! (`/admin/v1/...`), a tool's API (`/v1/tool/{tool}/...`), operations
+//! (`/admin/v1/...`), a tool's API (`/v1/tool/{tool}/...`), forges'
+//! deliveries to build triggers (`/v1/hooks/{id}`), operations
 //! (`/healthz`, `/metrics`, `/token`) and the web console (`/ui/...`). Layering: `routes` parses method and
 //! path into one surface's operation, the surface (`surfaces::*`) decides
 //! access once through `auth`, `handlers` call berth-storage, and `error`
@@ -11,6 +12,7 @@ pub mod auth;
 pub mod body;
 pub mod error;
 pub mod handlers;
+pub mod hooks;
 pub mod metrics;
 pub mod notify;
 pub mod proxy;
@@ -80,6 +82,8 @@ pub struct State {
     pub builds: std::sync::Arc<berth_builds::Builds>,
     /// The web console: its settings and sessions.
     pub ui: ui::Console,
+    /// Build triggers' hooks: the key their secrets derive from, limits.
+    pub hooks: hooks::Hooks,
 }
 
 /// Answers one request. Never fails: errors become OCI error responses.
@@ -143,6 +147,8 @@ async fn dispatch(
     let caller = match route {
         Route::Ops(op) => return surfaces::ops::handle(state, op, req, peer).await,
         Route::Ui(op) => return surfaces::ui::handle(state, op, req, peer).await,
+        // A forge signs its delivery; it sends no credentials of berth's.
+        Route::Hook(op) => return surfaces::hooks::handle(state, op, req, peer).await,
         _ => {
             state
                 .auth
@@ -160,6 +166,6 @@ async fn dispatch(
         Route::Admin(op) => surfaces::admin::handle(state, &caller, op, req).await,
         Route::Tool(tool, op) => surfaces::tool::handle(state, &caller, &tool, op, req).await,
         Route::Namespace(ns, op) => surfaces::namespace::handle(state, &caller, &ns, op, req).await,
-        Route::Ops(_) | Route::Ui(_) => Err(ApiError::internal("answered above")),
+        Route::Ops(_) | Route::Ui(_) | Route::Hook(_) => Err(ApiError::internal("answered above")),
     }
 }

@@ -48,6 +48,17 @@ pub enum Route {
     Ops(OpsOp),
     /// `/ui/...` (and `/` for browsers): the web console.
     Ui(UiOp),
+    /// `/v1/hooks/<hook id>`: forges' push deliveries to build triggers,
+    /// authenticated by their signature only.
+    Hook(HookOp),
+}
+
+/// A delivery to a build trigger's hook. The id is as sent: an id that
+/// cannot be a hook's is answered as an unknown hook.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HookOp {
+    Deliver(String),
+    MethodNotAllowed(Method),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -133,6 +144,10 @@ pub enum ToolOp {
     CancelBuild(String),
     Clean,
     MethodNotAllowed(Method),
+    ShowTrigger,
+    PutTrigger,
+    DeleteTrigger,
+    RotateTrigger,
 }
 
 impl ToolOp {
@@ -173,12 +188,22 @@ pub enum UiOp {
     DeleteTag(String),
     RotateCredentials(String),
     RevokeCredentials(String),
+    /// `POST /ui/namespaces/{ns}/tokens`: a new API token, shown once.
+    CreateToken(String),
+    /// `POST /ui/namespaces/{ns}/tokens/{id}/revoke`
+    RevokeToken(String, String),
     Gc,
     GcRun(String),
     RunGc(String),
     Builds,
     ToolBuilds(String),
     StartBuild(String),
+    /// `POST /ui/tools/{tool}/trigger`: set the build trigger.
+    SetTrigger(String),
+    /// `POST /ui/tools/{tool}/trigger/rotate`
+    RotateTrigger(String),
+    /// `POST /ui/tools/{tool}/trigger/delete`
+    DeleteTrigger(String),
     Build(String, String),
     BuildLog(String, String),
     CancelBuild(String, String),
@@ -233,6 +258,16 @@ pub fn parse(method: &Method, path: &str) -> ApiResult<Option<Route>> {
     if let Some(rest) = path.strip_prefix("/v1/namespaces/") {
         return Ok(parse_namespace(method, rest));
     }
+    if let Some(id) = path.strip_prefix("/v1/hooks/") {
+        if id.is_empty() || id.contains('/') {
+            return Ok(None);
+        }
+        return Ok(Some(Route::Hook(if method == Method::POST {
+            HookOp::Deliver(id.to_owned())
+        } else {
+            HookOp::MethodNotAllowed(method.clone())
+        })));
+    }
     if let Some(rest) = path.strip_prefix("/admin/") {
         return Ok(Some(Route::Admin(parse_admin(method, rest))));
     }
@@ -258,7 +293,12 @@ fn parse_tool(method: &Method, rest: &str) -> ApiResult<Option<Route>> {
             (tool, ToolOp::CancelBuild(validate_build_id(id)?))
         }
         ([tool, "clean"], &M::POST) => (tool, ToolOp::Clean),
-        ([tool, "quotas" | "builds" | "clean"], _)
+        ([tool, "trigger"], &M::GET) => (tool, ToolOp::ShowTrigger),
+        ([tool, "trigger"], &M::PUT) => (tool, ToolOp::PutTrigger),
+        ([tool, "trigger"], &M::DELETE) => (tool, ToolOp::DeleteTrigger),
+        ([tool, "trigger", "rotate"], &M::POST) => (tool, ToolOp::RotateTrigger),
+        ([tool, "quotas" | "builds" | "clean" | "trigger"], _)
+        | ([tool, "trigger", "rotate"], _)
         | ([tool, "builds", _], _)
         | ([tool, "builds", _, "logs" | "cancel"], _) => {
             (tool, ToolOp::MethodNotAllowed(method.clone()))
@@ -350,6 +390,8 @@ fn parse_ui(method: &Method, rest: &str) -> UiOp {
         ["namespaces", ns, "tags", "delete"] if post => UiOp::DeleteTag(own(ns)),
         ["namespaces", ns, "credentials"] if post => UiOp::RotateCredentials(own(ns)),
         ["namespaces", ns, "credentials", "revoke"] if post => UiOp::RevokeCredentials(own(ns)),
+        ["namespaces", ns, "tokens"] if post => UiOp::CreateToken(own(ns)),
+        ["namespaces", ns, "tokens", id, "revoke"] if post => UiOp::RevokeToken(own(ns), own(id)),
         ["gc"] if get => UiOp::Gc,
         ["gc", "runs", id] if get => UiOp::GcRun(own(id)),
         ["gc", job] if post => UiOp::RunGc(own(job)),
@@ -360,15 +402,20 @@ fn parse_ui(method: &Method, rest: &str) -> UiOp {
         ["tools", tool, "builds", id, "log"] if get => UiOp::BuildLog(own(tool), own(id)),
         ["tools", tool, "builds", id, "cancel"] if post => UiOp::CancelBuild(own(tool), own(id)),
         ["tools", tool, "clean"] if post => UiOp::Clean(own(tool)),
+        ["tools", tool, "trigger"] if post => UiOp::SetTrigger(own(tool)),
+        ["tools", tool, "trigger", "rotate"] if post => UiOp::RotateTrigger(own(tool)),
+        ["tools", tool, "trigger", "delete"] if post => UiOp::DeleteTrigger(own(tool)),
         ["storage"] if get => UiOp::Storage,
         [""]
         | ["login" | "logout" | "quotas" | "gc" | "builds" | "storage"]
         | ["assets" | "quotas" | "namespaces", _]
         | ["gc", _]
         | ["gc", "runs", _]
-        | ["namespaces", _, "credentials"]
+        | ["namespaces", _, "credentials" | "tokens"]
         | ["namespaces", _, "tags" | "credentials", _]
-        | ["tools", _, "builds" | "clean"]
+        | ["namespaces", _, "tokens", _, "revoke"]
+        | ["tools", _, "builds" | "clean" | "trigger"]
+        | ["tools", _, "trigger", "rotate" | "delete"]
         | ["tools", _, "builds", _]
         | ["tools", _, "builds", _, "log" | "cancel"] => UiOp::MethodNotAllowed(method.clone()),
         _ => UiOp::NotFound,
@@ -613,6 +660,27 @@ mod tests {
             ))
         );
         assert_eq!(
+            parse(&Method::POST, "/v1/tool/foo/trigger/rotate").unwrap(),
+            Some(Route::Tool("foo".into(), ToolOp::RotateTrigger))
+        );
+        assert_eq!(
+            parse(&Method::POST, "/v1/tool/foo/trigger").unwrap(),
+            Some(Route::Tool(
+                "foo".into(),
+                ToolOp::MethodNotAllowed(Method::POST)
+            ))
+        );
+        assert_eq!(
+            parse(&Method::POST, "/v1/hooks/0123abc").unwrap(),
+            Some(Route::Hook(HookOp::Deliver("0123abc".into())))
+        );
+        assert_eq!(
+            parse(&Method::GET, "/v1/hooks/0123abc").unwrap(),
+            Some(Route::Hook(HookOp::MethodNotAllowed(Method::GET)))
+        );
+        assert_eq!(parse(&Method::POST, "/v1/hooks/").unwrap(), None);
+        assert_eq!(parse(&Method::POST, "/v1/hooks/a/b").unwrap(), None);
+        assert_eq!(
             parse(&Method::PATCH, "/token").unwrap(),
             Some(Route::Ops(OpsOp::MethodNotAllowed(Method::PATCH)))
         );
@@ -684,6 +752,14 @@ mod tests {
         assert_eq!(
             ui(Method::DELETE, "/ui/quotas"),
             UiOp::MethodNotAllowed(Method::DELETE)
+        );
+        assert_eq!(
+            ui(Method::POST, "/ui/namespaces/tool-a/tokens/x1/revoke"),
+            UiOp::RevokeToken("tool-a".into(), "x1".into())
+        );
+        assert_eq!(
+            ui(Method::GET, "/ui/namespaces/tool-a/tokens"),
+            UiOp::MethodNotAllowed(Method::GET)
         );
         assert_eq!(ui(Method::GET, "/ui/nothing/here"), UiOp::NotFound);
         assert_eq!(parse(&Method::GET, "/uix").unwrap(), None);

@@ -19,7 +19,7 @@ pub use blobs::BlobStore;
 pub use digest::{Algorithm, Digest, DigestError};
 pub use meta::{Metadata, PostgresConfig, Synchronous};
 pub use names::{NameError, RepoName};
-pub use uploads::{UploadLimits, Uploads};
+pub use uploads::{Staged, UploadLimits, Uploads};
 
 use std::io::{Read, Seek, Write};
 use std::os::unix::fs::PermissionsExt;
@@ -224,25 +224,40 @@ impl Storage {
         }
     }
 
-    /// Completes an upload: moves the verified staging file into the blob
-    /// store (object first) and links the blob into `repo` (row second),
-    /// under the digest's lock so GC cannot interleave. The inner error is
-    /// a quota refusal; the object then stays, uncharged, for the sweep.
+    /// Completes an upload. A staging file moves into the blob store
+    /// (object first) and the blob is linked into `repo` (row second),
+    /// under the digest's lock so GC cannot interleave; a refused charge
+    /// (the inner error) leaves the object, uncharged, for the sweep. A
+    /// small upload's bytes go into the metadata store with its row and
+    /// link in one transaction: no object, no lock needed, nothing left
+    /// behind on a refusal.
+    ///
+    /// The upload's staged bytes stay reserved (`hold`) until the write
+    /// that charges them, which gives them back as it commits.
     pub async fn store_upload(
         &self,
-        staged: PathBuf,
+        done: uploads::Finished,
         repo: &RepoName,
         digest: &Digest,
-        size: u64,
     ) -> Result<Result<(), meta::QuotaExceeded>, StorageError> {
-        let key = digest.to_string();
-        let guard = self.lock_digests(&[&key]).await?;
-        let result = match self.blobs.commit_staged(staged, digest).await {
-            Ok(()) => self.meta.link_blob(repo, digest, size).await,
-            Err(e) => Err(e),
-        };
-        guard.release().await;
-        result
+        let uploads::Finished {
+            content,
+            size,
+            hold,
+        } = done;
+        match content {
+            Staged::Memory(data) => self.meta.link_inline_blob(repo, digest, data, hold).await,
+            Staged::File(path) => {
+                let key = digest.to_string();
+                let guard = self.lock_digests(&[&key]).await?;
+                let result = match self.blobs.commit_staged(path, digest).await {
+                    Ok(()) => self.meta.link_blob(repo, digest, size, hold).await,
+                    Err(e) => Err(e),
+                };
+                guard.release().await;
+                result
+            }
+        }
     }
 
     /// Deletes blob rows that are still unlinked and untouched since
@@ -328,12 +343,13 @@ impl Storage {
                 dir.display()
             )));
         }
-        let (rows, unreferenced_links, unlinked_blob_rows) = {
+        let (rows, (inline_blobs, inline_damaged), unreferenced_links, unlinked_blob_rows) = {
             let db = db.clone();
             tokio::task::spawn_blocking(move || {
                 let i = meta::Integrity::open(&db)?;
                 Ok::<_, StorageError>((
                     i.blob_digests()?,
+                    i.inline_blobs()?,
                     i.unreferenced_links()?,
                     i.unlinked_blob_rows()?,
                 ))
@@ -354,6 +370,8 @@ impl Storage {
         Ok(meta::IntegrityReport {
             blob_rows: rows.len(),
             objects: objects.len(),
+            inline_blobs,
+            inline_damaged,
             rows_without_object: rows
                 .iter()
                 .filter(|d| !object_set.contains(*d))

@@ -4,6 +4,13 @@
 //! this process: after a restart the staging directory is emptied and old
 //! upload URLs answer BLOB_UPLOAD_UNKNOWN.
 //!
+//! Small blobs never touch the disk here: an upload's first
+//! `inline_max` bytes are kept in memory, and an upload that ends within
+//! them is handed back as bytes, which the metadata store keeps inline
+//! (one row instead of a file, an fsync and a rename). Past that size, or
+//! when the memory budget shared by all sessions (`memory`) is spent, the
+//! bytes kept so far go to the staging file and the upload goes on there.
+//!
 //! Every session is a tenant's claim on the host, so each is bounded: no
 //! file descriptor is held between requests (the staging file is opened
 //! for the length of one PATCH/PUT), sessions are capped per namespace and
@@ -39,6 +46,12 @@ pub struct UploadLimits {
     pub total: usize,
     /// A session not written to for this long is cancelled.
     pub idle_timeout: Duration,
+    /// Uploads up to this size are kept in memory and finish as bytes for
+    /// the metadata store (0: every upload is staged in a file).
+    pub inline_max: u64,
+    /// Bytes all sessions together may keep in memory; past it, uploads
+    /// are staged in files.
+    pub memory: u64,
 }
 
 impl Default for UploadLimits {
@@ -47,6 +60,8 @@ impl Default for UploadLimits {
             per_namespace: 64,
             total: 4096,
             idle_timeout: Duration::from_secs(30 * 60),
+            inline_max: 64 * 1024,
+            memory: 64 * 1024 * 1024,
         }
     }
 }
@@ -65,6 +80,8 @@ struct State {
     /// another repository is turned away without waiting for the session.
     sessions: HashMap<Uuid, (RepoName, SessionHandle)>,
     namespaces: HashMap<String, Staging>,
+    /// Bytes sessions keep in memory (against `UploadLimits::memory`).
+    memory: u64,
 }
 
 /// One namespace's open sessions and the bytes they hold or have reserved.
@@ -80,7 +97,12 @@ struct Staging {
 pub struct Session {
     pub id: Uuid,
     pub repo: RepoName,
+    /// The staging file, created when the first bytes go to disk.
     path: PathBuf,
+    /// What the upload has received, while it is small enough to keep in
+    /// memory (not yet hashed: it is hashed when it finishes or goes to
+    /// the file). `None` once the upload is staged in the file.
+    memory: Option<BytesMut>,
     /// The running hash of what is in the file; `None` while a blocking
     /// write has it, or once finished.
     hasher: Option<Hasher>,
@@ -111,12 +133,19 @@ impl Drop for StagedHold {
     }
 }
 
-/// A verified upload, ready to be committed to the blob store.
+/// A verified upload, ready to be committed.
 pub struct Finished {
-    /// The staging file holding the blob.
-    pub path: PathBuf,
+    pub content: Staged,
     pub size: u64,
     pub hold: StagedHold,
+}
+
+/// Where a verified upload's bytes are.
+pub enum Staged {
+    /// A staging file, to be moved into the blob store.
+    File(PathBuf),
+    /// A small blob, for the metadata store to keep inline.
+    Memory(Bytes),
 }
 
 /// Why an upload could not be completed.
@@ -213,23 +242,15 @@ impl Uploads {
         }
         let id = Uuid::new_v4();
         let name = id.simple().to_string();
+        // No file yet: most uploads (configs, small layers) end in memory,
+        // and an idle session holds no descriptor either way.
         let path = self.dir.join(&name[..2]).join(&name);
-        let p = path.clone();
-        // The file exists from the start (an empty upload is valid) but is
-        // closed again at once: an idle session holds no descriptor.
-        let created = tokio::task::spawn_blocking(move || std::fs::File::create_new(p).map(drop))
-            .await
-            .map_err(|e| StorageError::Internal(e.to_string()))
-            .and_then(|r| r.map_err(StorageError::from));
-        if let Err(e) = created {
-            self.release(&ns, 0, true);
-            return Err(e);
-        }
         let now = now_ms();
         let session = Arc::new(tokio::sync::Mutex::new(Session {
             id,
             repo: repo.clone(),
             path,
+            memory: (self.limits.inline_max > 0).then(BytesMut::new),
             hasher: Some(Hasher::new(Algorithm::Sha256)),
             offset: 0,
             charged: 0,
@@ -296,12 +317,36 @@ impl Uploads {
         }
     }
 
+    /// Takes `n` bytes of the shared memory budget for `session`, if its
+    /// upload stays within `inline_max` and the budget has room.
+    fn keep_in_memory(&self, session: &Session, n: u64) -> bool {
+        if session.offset + n > self.limits.inline_max {
+            return false;
+        }
+        let mut state = self.state();
+        if state.memory + n > self.limits.memory {
+            return false;
+        }
+        state.memory += n;
+        true
+    }
+
+    /// Takes the bytes `session` keeps in memory, giving back their share
+    /// of the budget.
+    fn take_memory(&self, session: &mut Session) -> Option<BytesMut> {
+        let kept = session.memory.take()?;
+        let mut state = self.state();
+        state.memory = state.memory.saturating_sub(kept.len() as u64);
+        Some(kept)
+    }
+
     /// Ends a session: it leaves the table and gives back its place and
     /// its staged bytes, except `keep` bytes, which the caller holds on to.
     fn close(&self, session: &mut Session, keep: u64) {
         if session.closed {
             return;
         }
+        self.take_memory(session);
         session.closed = true;
         session.hasher = None;
         self.state().sessions.remove(&session.id);
@@ -317,8 +362,10 @@ impl Uploads {
         Ok(())
     }
 
-    /// Appends a body stream to the staging file, hashing as it goes.
-    /// Memory stays at one `WRITE_BATCH` however large the body is. The
+    /// Appends a body stream to the session: kept in memory while the
+    /// upload is small (see the module's doc), else written to the staging
+    /// file, hashing as it goes. Memory stays at one `WRITE_BATCH` (or
+    /// `inline_max`) however large the body is. The
     /// bytes are reserved in the namespace's staging ledger before they are
     /// kept: all `declared` bytes at once when the length is known (so
     /// concurrent uploads cannot each get half-way and all fail), else
@@ -339,7 +386,9 @@ impl Uploads {
     {
         let mut file: Option<std::fs::File> = None;
         let mut batch = BytesMut::new();
-        let mut written = 0u64;
+        // What this call received (bytes replayed from memory into the
+        // file are not new).
+        let start_offset = session.offset;
         let result = async {
             let mut reserved = 0u64;
             if let Some(n) = declared {
@@ -355,19 +404,35 @@ impl Uploads {
                     self.reserve(session, n - reserved, room)?;
                     reserved = 0;
                 }
+                if session.memory.is_some() {
+                    if self.keep_in_memory(session, n) {
+                        if let Some(kept) = session.memory.as_mut() {
+                            kept.extend_from_slice(&chunk);
+                        }
+                        session.offset += n;
+                        session.updated_ms = now_ms();
+                        continue;
+                    }
+                    // Too large for memory now: what was kept goes to the
+                    // file first (hashed there).
+                    if let Some(kept) = self.take_memory(session) {
+                        session.offset -= kept.len() as u64;
+                        batch.extend_from_slice(&kept);
+                    }
+                }
                 batch.extend_from_slice(&chunk);
                 if batch.len() >= WRITE_BATCH {
-                    written += session
+                    session
                         .write_batch(&mut file, batch.split().freeze())
                         .await?;
                 }
             }
             if !batch.is_empty() {
-                written += session
+                session
                     .write_batch(&mut file, batch.split().freeze())
                     .await?;
             }
-            Ok::<_, AppendError>(written)
+            Ok::<_, AppendError>(session.offset.saturating_sub(start_offset))
         }
         .await;
         // Bytes reserved but never written (a body cut short, a refusal)
@@ -380,16 +445,17 @@ impl Uploads {
         result
     }
 
-    /// Verifies the received bytes against `expected` and hands back the
-    /// staging file to be committed to the blob store, with the blob's size
-    /// and the hold on its staged bytes. On a mismatch the upload is
-    /// discarded. Either way the session ends.
+    /// Verifies the received bytes against `expected` and hands them back
+    /// to be committed (the staging file, or the bytes of a small upload),
+    /// with the blob's size and the hold on its staged bytes. On a
+    /// mismatch the upload is discarded. Either way the session ends.
     pub async fn finish(
         &self,
         session: &mut Session,
         expected: &Digest,
     ) -> Result<Finished, FinishError> {
         let hasher = session.hasher.take();
+        let memory = self.take_memory(session);
         let size = session.offset;
         let namespace = session.repo.namespace().to_owned();
         self.close(session, size);
@@ -398,14 +464,39 @@ impl Uploads {
             namespace,
             bytes: size,
         };
-        let hasher =
+        let mut hasher =
             hasher.ok_or_else(|| StorageError::Internal("upload has no running hash".into()))?;
-        let path = session.path.clone();
         let algorithm = expected.algorithm();
+        if let Some(kept) = memory {
+            // At most `inline_max` bytes: hashed here, on the request's
+            // own thread, rather than paying a trip to a blocking one.
+            let data = kept.freeze();
+            let computed = match algorithm {
+                Algorithm::Sha256 => {
+                    hasher.update(&data);
+                    hasher.finish()
+                }
+                other => Digest::compute(other, &data),
+            };
+            if &computed != expected {
+                return Err(FinishError::DigestMismatch {
+                    expected: expected.clone(),
+                    computed,
+                });
+            }
+            return Ok(Finished {
+                content: Staged::Memory(data),
+                size,
+                hold,
+            });
+        }
+        let path = session.path.clone();
         let verified = tokio::task::spawn_blocking(move || -> Result<Digest, StorageError> {
-            // What the requests wrote is flushed before the blob is named.
+            // What the requests wrote is flushed before the blob is named
+            // (created here when nothing was: an empty upload is valid).
             std::fs::OpenOptions::new()
-                .write(true)
+                .create(true)
+                .append(true)
                 .open(&path)?
                 .sync_data()?;
             Ok(match algorithm {
@@ -432,7 +523,7 @@ impl Uploads {
             });
         }
         Ok(Finished {
-            path: session.path.clone(),
+            content: Staged::File(session.path.clone()),
             size,
             hold,
         })
@@ -509,7 +600,11 @@ impl Session {
         let (f, hasher, result) = tokio::task::spawn_blocking(move || {
             let mut f = match open {
                 Some(f) => f,
-                None => match std::fs::OpenOptions::new().append(true).open(&path) {
+                None => match std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(&path)
+                {
                     Ok(f) => f,
                     Err(e) => return (None, hasher, Err(e)),
                 },
@@ -586,15 +681,130 @@ mod tests {
     }
 
     fn uploads(dir: &Path, per_namespace: usize, total: usize) -> Uploads {
+        with_memory(dir, per_namespace, total, 0, 0)
+    }
+
+    fn with_memory(
+        dir: &Path,
+        per_namespace: usize,
+        total: usize,
+        inline_max: u64,
+        memory: u64,
+    ) -> Uploads {
         Uploads::open(
             &dir.join("uploads"),
             UploadLimits {
                 per_namespace,
                 total,
                 idle_timeout: Duration::from_secs(60),
+                inline_max,
+                memory,
             },
         )
         .unwrap()
+    }
+
+    /// Staging files under the uploads dir (all shards).
+    fn staged_files(u: &Uploads) -> usize {
+        std::fs::read_dir(u.dir())
+            .unwrap()
+            .map(|shard| std::fs::read_dir(shard.unwrap().path()).unwrap().count())
+            .sum()
+    }
+
+    fn file_of(done: &Finished) -> Vec<u8> {
+        match &done.content {
+            Staged::File(p) => std::fs::read(p).unwrap(),
+            Staged::Memory(_) => panic!("expected a staging file"),
+        }
+    }
+
+    #[tokio::test]
+    async fn small_uploads_end_in_memory_and_larger_ones_move_to_a_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let u = with_memory(dir.path(), 10, 10, 8, 1024);
+        let repo = RepoName::parse("tool-a/x").unwrap();
+        // Two PATCHes within 8 bytes: no file at all.
+        let s = u.start(&repo).await.unwrap();
+        let mut s = s.lock().await;
+        u.append(&mut s, body(&[b"abc"]), None, None).await.unwrap();
+        u.append(&mut s, body(&[b"de", b"f"]), None, None)
+            .await
+            .unwrap();
+        assert_eq!((s.offset(), staged_files(&u)), (6, 0));
+        let done = u
+            .finish(&mut s, &Digest::compute(Algorithm::Sha256, b"abcdef"))
+            .await
+            .unwrap();
+        assert!(matches!(&done.content, Staged::Memory(b) if &b[..] == b"abcdef"));
+        // Past 8 bytes in a later PATCH: what memory kept goes first.
+        let s = u.start(&repo).await.unwrap();
+        let mut s = s.lock().await;
+        u.append(&mut s, body(&[b"12345"]), None, None)
+            .await
+            .unwrap();
+        let n = u
+            .append(&mut s, body(&[b"678", b"90"]), None, None)
+            .await
+            .unwrap();
+        assert_eq!((n, s.offset(), staged_files(&u)), (5, 10, 1));
+        let wrong = u
+            .finish(&mut s, &Digest::compute(Algorithm::Sha256, b"12345678"))
+            .await;
+        assert!(matches!(wrong, Err(FinishError::DigestMismatch { .. })));
+        let s = u.start(&repo).await.unwrap();
+        let mut s = s.lock().await;
+        u.append(&mut s, body(&[b"1234", b"567890"]), None, None)
+            .await
+            .unwrap();
+        let done = u
+            .finish(&mut s, &Digest::compute(Algorithm::Sha256, b"1234567890"))
+            .await
+            .unwrap();
+        assert_eq!(file_of(&done), b"1234567890");
+        // A mismatch in memory is refused the same way.
+        let s = u.start(&repo).await.unwrap();
+        let mut s = s.lock().await;
+        u.append(&mut s, body(&[b"abc"]), None, None).await.unwrap();
+        let wrong = u
+            .finish(&mut s, &Digest::compute(Algorithm::Sha256, b"abd"))
+            .await;
+        assert!(matches!(wrong, Err(FinishError::DigestMismatch { .. })));
+        assert_eq!(u.state().memory, 0, "every byte of the budget came back");
+    }
+
+    #[tokio::test]
+    async fn the_memory_budget_is_shared_and_spent_uploads_go_to_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let u = with_memory(dir.path(), 10, 10, 8, 10);
+        let repo = RepoName::parse("tool-a/x").unwrap();
+        let (a, b) = (u.start(&repo).await.unwrap(), u.start(&repo).await.unwrap());
+        let (mut a, mut b) = (a.lock().await, b.lock().await);
+        u.append(&mut a, body(&[b"12345678"]), None, None)
+            .await
+            .unwrap();
+        // 8 of 10 bytes are taken: b's 4 go to a file.
+        u.append(&mut b, body(&[b"wxyz"]), None, None)
+            .await
+            .unwrap();
+        assert_eq!((u.state().memory, staged_files(&u)), (8, 1));
+        let done = u
+            .finish(&mut b, &Digest::compute(Algorithm::Sha256, b"wxyz"))
+            .await
+            .unwrap();
+        assert_eq!(file_of(&done), b"wxyz");
+        u.cancel(&mut a).await.unwrap();
+        assert_eq!(u.state().memory, 0);
+        // An empty upload is valid, in memory or not.
+        for u in [&u, &uploads(dir.path(), 1, 1)] {
+            let s = u.start(&repo).await.unwrap();
+            let mut s = s.lock().await;
+            let done = u
+                .finish(&mut s, &Digest::compute(Algorithm::Sha256, b""))
+                .await
+                .unwrap();
+            assert_eq!(done.size, 0);
+        }
     }
 
     #[tokio::test]
@@ -656,7 +866,7 @@ mod tests {
         let digest = Digest::compute(Algorithm::Sha256, b"0123456789");
         let done = u.finish(&mut s2, &digest).await.unwrap();
         assert_eq!(done.size, 10);
-        assert_eq!(std::fs::read(&done.path).unwrap(), b"0123456789");
+        assert_eq!(file_of(&done), b"0123456789");
         assert_eq!(u.open_count(), 0);
         // Held until the blob is linked, then given back.
         assert_eq!(u.staged_bytes("tool-a"), 10);

@@ -67,7 +67,7 @@ impl World {
         self.label(&d, label);
         self.s
             .meta
-            .link_blob(&repo(r), &d, 10)
+            .link_blob(&repo(r), &d, 10, ())
             .await
             .unwrap()
             .unwrap();

@@ -25,6 +25,7 @@ for_each_backend!(
     concurrent_pushes_never_pass_the_quota,
     concurrent_build_users_are_distinct,
     digest_locks_exclude_each_other,
+    concurrent_small_blobs_commit_together_and_refusals_roll_back_alone,
 );
 
 fn body(
@@ -49,12 +50,7 @@ async fn store_blob(s: &Storage, repo: &RepoName, bytes: &'static [u8]) -> Diges
     let done = s.uploads.finish(&mut session, &digest).await.unwrap();
     let size = done.size;
     assert_eq!(size, bytes.len() as u64);
-    s.blobs.commit_staged(done.path, &digest).await.unwrap();
-    s.meta
-        .link_blob(repo, &digest, size)
-        .await
-        .unwrap()
-        .unwrap();
+    s.store_upload(done, repo, &digest).await.unwrap().unwrap();
     digest
 }
 
@@ -192,8 +188,13 @@ async fn manifests_reference_checks_and_deletes_survive_reopen(backend: Backend)
         s.meta.unlink_blob(&repo, &layer).await.unwrap(),
         UnlinkBlobOutcome::NotFound
     );
-    // The object stays for the GC sweep to decide about.
-    assert_eq!(s.blobs.size(&layer).await.unwrap(), Some(11));
+    // The blob (a small one: its bytes inline) stays for GC to decide
+    // about.
+    assert_eq!(s.meta.blob_size(&layer).await.unwrap(), Some(11));
+    assert_eq!(
+        s.meta.inline_blob(&layer).await.unwrap().as_deref(),
+        Some(&b"layer bytes"[..])
+    );
     s.close().await;
     assert!(matches!(
         s.meta.ping().await,
@@ -243,14 +244,18 @@ async fn uploads_verify_sha256_and_sha512_and_discard_mismatches(backend: Backen
     let d512 = Digest::compute(Algorithm::Sha512, b"hello world");
     let done = s.uploads.finish(&mut session, &d512).await.unwrap();
     let size = done.size;
-    s.blobs.commit_staged(done.path, &d512).await.unwrap();
     assert_eq!(size, 11);
-    assert!(dir
-        .path()
-        .join("blobs/sha512")
-        .join(&d512.hex()[..2])
-        .join(d512.hex())
-        .exists());
+    // Small: verified in memory and kept in the database, not as a file.
+    let berth_storage::Staged::Memory(bytes) = &done.content else {
+        panic!("an 11-byte upload is kept in memory")
+    };
+    assert_eq!(&bytes[..], b"hello world");
+    s.store_upload(done, &repo, &d512).await.unwrap().unwrap();
+    assert_eq!(
+        s.meta.inline_blob(&d512).await.unwrap().as_deref(),
+        Some(&b"hello world"[..])
+    );
+    assert!(!dir.path().join("blobs/sha512").exists());
     assert!(
         s.uploads.get(&id, &repo).is_none(),
         "a finished session is forgotten"
@@ -282,7 +287,10 @@ async fn concurrent_pushes_never_pass_the_quota(backend: Backend) {
         tasks.push(tokio::spawn(async move {
             let repo = RepoName::parse(&format!("tool-q/app{}", i % 3)).unwrap();
             let digest = Digest::sha256_of(format!("blob {i}").as_bytes());
-            meta.link_blob(&repo, &digest, 1000).await.unwrap().is_ok()
+            meta.link_blob(&repo, &digest, 1000, ())
+                .await
+                .unwrap()
+                .is_ok()
         }));
     }
     let mut linked = 0;
@@ -304,7 +312,10 @@ async fn concurrent_pushes_never_pass_the_quota(backend: Backend) {
         let shared = shared.clone();
         tasks.push(tokio::spawn(async move {
             let repo = RepoName::parse(&format!("tool-s/r{i}")).unwrap();
-            meta.link_blob(&repo, &shared, 777).await.unwrap().unwrap();
+            meta.link_blob(&repo, &shared, 777, ())
+                .await
+                .unwrap()
+                .unwrap();
         }));
     }
     for t in tasks {
@@ -381,4 +392,50 @@ async fn digest_locks_exclude_each_other(backend: Backend) {
         .unwrap()
         .release()
         .await;
+}
+
+/// Small blobs linked at once into a namespace with room for a quarter of
+/// them: SQLite commits writes queued together in one transaction (group
+/// commit), each in its own savepoint, PostgreSQL commits each under the
+/// namespace's lock; either way refused ones roll back alone (no bytes
+/// left behind), the rest commit, and the quota stays exact.
+async fn concurrent_small_blobs_commit_together_and_refusals_roll_back_alone(backend: Backend) {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Place::new(backend).storage(dir.path()).await;
+    s.meta.set_quota_policy(berth_storage::meta::QuotaPolicy {
+        default_limit: Some(100),
+        ..Default::default()
+    });
+    let repo = RepoName::parse("tool-group/app").unwrap();
+    let tasks: Vec<_> = (0..40)
+        .map(|i| {
+            let (s, repo) = (s.clone(), repo.clone());
+            tokio::spawn(async move {
+                let data = Bytes::from(format!("blob {i:05}"));
+                assert_eq!(data.len(), 10);
+                let digest = Digest::sha256_of(&data);
+                let linked = s
+                    .meta
+                    .link_inline_blob(&repo, &digest, data, ())
+                    .await
+                    .unwrap();
+                (digest, linked.is_ok())
+            })
+        })
+        .collect();
+    let mut kept = 0;
+    for t in tasks {
+        let (digest, ok) = t.await.unwrap();
+        let stored = s.meta.inline_blob(&digest).await.unwrap();
+        assert_eq!(stored.is_some(), ok, "a refused blob leaves no row");
+        kept += ok as usize;
+    }
+    assert_eq!(kept, 10, "exactly the limit's worth fits");
+    let q = s.meta.quota("tool-group").await.unwrap().unwrap();
+    assert_eq!(q.used_bytes, 100);
+    assert!(
+        s.meta.reconcile_quota().await.unwrap().is_empty(),
+        "no drift"
+    );
+    s.close().await;
 }

@@ -73,11 +73,18 @@ pub async fn start(
 /// `GET .../builds/{id}` (or `latest`).
 pub async fn show(state: &State, tool: &str, id: &str) -> ApiResult<Response<Body>> {
     let b = state.builds.get(tool, id).await?;
+    let build = ToolBuild::from(&b);
+    // Toolforge's CLI prints `messages.info` above the build: how a push
+    // build came about shows there (its table has no column for it).
+    let info = match &build.trigger {
+        crate::api::ToolBuildTrigger::Manual => Vec::new(),
+        push => vec![push.describe()],
+    };
     Ok(body::json_response(
         StatusCode::OK,
         &ToolBuildShown {
-            build: ToolBuild::from(&b),
-            messages: Messages::default(),
+            build,
+            messages: Messages::info(info),
         },
     ))
 }

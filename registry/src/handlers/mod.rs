@@ -12,6 +12,7 @@ pub mod notifications;
 pub mod quota;
 pub mod token;
 pub mod tokens;
+pub mod triggers;
 pub mod uploads;
 
 use crate::body::Body;

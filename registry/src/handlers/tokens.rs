@@ -40,7 +40,7 @@ pub async fn create_admin(
             ))
         }
     };
-    create(state, caller, owner, body).await
+    created(create(state, caller, owner, body).await?)
 }
 
 /// `POST /v1/namespaces/{ns}/tokens`: a token of `ns`.
@@ -58,16 +58,22 @@ pub async fn create_for_namespace(
             format!("this path makes tokens of {ns} only; leave out \"namespace\" and \"admin\""),
         ));
     }
-    create(state, caller, Some(ns.to_owned()), body).await
+    created(create(state, caller, Some(ns.to_owned()), body).await?)
 }
 
-/// Makes a token for `namespace` (`None`: an admin token).
-async fn create(
+fn created(token: api::TokenCreated) -> ApiResult<Response<Body>> {
+    Ok(body::json_response(StatusCode::CREATED, &token))
+}
+
+/// Makes a token for `namespace` (`None`: an admin token); the answer
+/// holds the token, to be shown once. The API and the console both call
+/// this after deciding access.
+pub async fn create(
     state: &State,
     caller: &Caller,
     namespace: Option<String>,
     body: CreateToken,
-) -> ApiResult<Response<Body>> {
+) -> ApiResult<api::TokenCreated> {
     api_token::validate_name(&body.name)
         .map_err(|e| ApiError::bad_request(Code::NameInvalid, e))?;
     let owner = namespace.as_deref().unwrap_or("the admin").to_owned();
@@ -144,13 +150,10 @@ async fn create(
                     created_by = %row.created_by,
                     "API token created"
                 );
-                return Ok(body::json_response(
-                    StatusCode::CREATED,
-                    &api::TokenCreated {
-                        info: api::TokenInfo::new(&row, now),
-                        token,
-                    },
-                ));
+                return Ok(api::TokenCreated {
+                    info: api::TokenInfo::new(&row, now),
+                    token,
+                });
             }
             CreateTokenOutcome::IdTaken => continue,
             CreateTokenOutcome::NameTaken(other) => {

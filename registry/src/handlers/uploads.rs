@@ -8,7 +8,7 @@ use crate::error::{ApiError, ApiResult, Code};
 use crate::request_body::RequestBody;
 use crate::routes::{query_get, query_pairs};
 use crate::State;
-use berth_storage::uploads::{AppendError, FinishError, Session};
+use berth_storage::uploads::{AppendError, FinishError, Session, Staged};
 use berth_storage::{Digest, RepoName};
 use http::{header, HeaderMap, Request, Response, StatusCode};
 use http_body_util::BodyDataStream;
@@ -244,32 +244,31 @@ async fn complete(
         }
         Err(FinishError::Storage(e)) => return Err(e.into()),
     };
-    // Refuse before the blob enters the store when it clearly cannot fit;
-    // the binding check is the one inside `link_blob`'s transaction.
+    // Refuse before a staged file enters the store when it clearly cannot
+    // fit; the binding check is the one inside `link_blob`'s transaction
+    // (and for a small blob kept in memory, only that one: refusing it
+    // leaves nothing behind).
     let ns = repo.namespace();
-    if !state
-        .storage
-        .meta
-        .namespace_holds_blob(ns, &digest.to_string())
-        .await?
-    {
-        if let Some(available) = state.storage.meta.quota_available(ns).await? {
-            if done.size > available {
-                let _ = tokio::fs::remove_file(&done.path).await;
-                return Err(quota_refusal(state, repo, done.size, 0).await);
+    if let Staged::File(path) = &done.content {
+        if !state
+            .storage
+            .meta
+            .namespace_holds_blob(ns, &digest.to_string())
+            .await?
+        {
+            if let Some(available) = state.storage.meta.quota_available(ns).await? {
+                if done.size > available {
+                    let _ = tokio::fs::remove_file(path).await;
+                    return Err(quota_refusal(state, repo, done.size, 0).await);
+                }
             }
         }
     }
     // A refusal here (a concurrent push took the room) leaves the object
     // uncharged and unreferenced; the blob sweep removes it. The staged
-    // bytes stay reserved until the blob is charged, then `hold` goes.
+    // bytes stay reserved until the write that charges the blob.
     let size = done.size;
-    let hold = done.hold;
-    state
-        .storage
-        .store_upload(done.path, repo, digest, size)
-        .await??;
-    drop(hold);
+    state.storage.store_upload(done, repo, digest).await??;
     tracing::debug!(%repo, %digest, size, "blob stored");
     created(repo, digest)
 }

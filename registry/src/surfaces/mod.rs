@@ -4,6 +4,7 @@
 //! in `routes` plus one arm here and one handler.
 
 pub mod admin;
+pub mod hooks;
 pub mod namespace;
 pub mod oci;
 pub mod ops;

@@ -1,10 +1,11 @@
 //! `/v1/tool/{tool}/...`: a tool's own API, in Toolforge's shapes (builds,
-//! quota, clean). Authorized once: the tool's own account, or the admin.
+//! quota, clean, and the build trigger: starting builds on a git push is
+//! authorized exactly as starting a build is). Authorized once: the tool's own account, or the admin.
 
 use crate::auth::Caller;
 use crate::body::Body;
 use crate::error::ApiResult;
-use crate::handlers::{builds, method_not_allowed, quota};
+use crate::handlers::{builds, method_not_allowed, quota, triggers};
 use crate::request_body::RequestBody;
 use crate::routes::ToolOp;
 use crate::State;
@@ -46,6 +47,10 @@ async fn answer(
         ToolOp::BuildLogs(id) => builds::logs(state, tool, &id, query, req.headers()).await,
         ToolOp::CancelBuild(id) => builds::cancel(state, tool, &id).await,
         ToolOp::Clean => builds::clean(state, tool).await,
+        ToolOp::ShowTrigger => triggers::show(state, tool).await,
+        ToolOp::PutTrigger => triggers::put(state, tool, req).await,
+        ToolOp::DeleteTrigger => triggers::delete(state, tool).await,
+        ToolOp::RotateTrigger => triggers::rotate(state, tool).await,
         ToolOp::MethodNotAllowed(m) => Err(method_not_allowed(&m)),
     }
 }

@@ -203,6 +203,13 @@ async fn respond(
         auth.require_owner(&caller, &state.builds.namespace(&tool))?;
         Ok(tool)
     };
+    // What changes a tool's things needs more than a pull-only API token,
+    // as on the tool's API.
+    let tool_writer = |tool: &str| -> UiResult<String> {
+        let tool = tool_owner(tool)?;
+        auth.require_write(&caller)?;
+        Ok(tool)
+    };
     // A POST is read (bounded) and its CSRF token checked before anything.
     let form = if parts.method == http::Method::POST {
         let form = read_form(parts, body).await?;
@@ -292,6 +299,27 @@ async fn respond(
                 &format!("/ui/namespaces/{ns}"),
             )
         }
+        // API tokens: what `/v1/namespaces/{ns}/tokens` allows, the same
+        // way (the namespace's own account or the admin; no token makes
+        // another, and a pull-only one changes nothing).
+        UiOp::CreateToken(ns) => {
+            owner(&ns)?;
+            auth.require_write(&caller)?;
+            auth.require_password(&caller)?;
+            let request = pages::token_request(&form)?;
+            let created =
+                handlers::tokens::create(state, &caller, Some(ns.clone()), request).await?;
+            page(pages::token_shown(ctx, &created))
+        }
+        UiOp::RevokeToken(ns, id) => {
+            owner(&ns)?;
+            auth.require_write(&caller)?;
+            handlers::tokens::revoke(state, &id, Some(&ns)).await?;
+            flash_to(
+                &format!("The API token {id} is revoked; it stopped working at once."),
+                &format!("/ui/namespaces/{ns}"),
+            )
+        }
         UiOp::Gc => {
             admin("garbage collection")?;
             page(pages::gc(state, ctx).await?)
@@ -326,7 +354,7 @@ async fn respond(
             page(pages::tool_builds(state, ctx, &tool).await?)
         }
         UiOp::StartBuild(tool) => {
-            let tool = tool_owner(&tool)?;
+            let tool = tool_writer(&tool)?;
             let request = pages::build_request(&form)?;
             let (record, warnings) = state.builds.start(&tool, request).await?;
             let mut msg = format!("Build {} queued.", record.id);
@@ -351,7 +379,7 @@ async fn respond(
             Ok(handlers::builds::logs(state, &tool, &id, query, &plain).await?)
         }
         UiOp::CancelBuild(tool, id) => {
-            let tool = tool_owner(&tool)?;
+            let tool = tool_writer(&tool)?;
             let id = validate_build_id(&id)?;
             let b = state.builds.cancel(&tool, &id).await?;
             flash_to(
@@ -360,11 +388,36 @@ async fn respond(
             )
         }
         UiOp::Clean(tool) => {
-            let tool = tool_owner(&tool)?;
+            let tool = tool_writer(&tool)?;
             let info = state.builds.clean(&tool).await?;
             flash_to(
                 &info.join(" "),
                 &format!("/ui/namespaces/{}", state.builds.namespace(&tool)),
+            )
+        }
+        UiOp::SetTrigger(tool) => {
+            let tool = tool_writer(&tool)?;
+            let request = pages::trigger_request(&form)?;
+            let (_, shown) = handlers::triggers::set(state, &tool, request).await?;
+            match shown.secret {
+                Some(_) => page(pages::trigger_shown(ctx, &tool, &shown)),
+                None => flash_to(
+                    "The build trigger is updated; its hook URL and secret are unchanged.",
+                    &format!("/ui/tools/{tool}/builds"),
+                ),
+            }
+        }
+        UiOp::RotateTrigger(tool) => {
+            let tool = tool_writer(&tool)?;
+            let shown = handlers::triggers::rotate_secret(state, &tool).await?;
+            page(pages::trigger_shown(ctx, &tool, &shown))
+        }
+        UiOp::DeleteTrigger(tool) => {
+            let tool = tool_writer(&tool)?;
+            handlers::triggers::remove(state, &tool).await?;
+            flash_to(
+                "The build trigger is deleted; remove the webhook from the forge too.",
+                &format!("/ui/tools/{tool}/builds"),
             )
         }
         UiOp::Storage => {

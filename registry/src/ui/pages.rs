@@ -15,6 +15,7 @@ use crate::routes::{query_get, query_pairs};
 use crate::State;
 use berth_storage::meta::builds::BuildRecord;
 use berth_storage::meta::console::{QuotaQuery, QuotaSort};
+use berth_storage::meta::TokenOwner;
 use maud::{html, Markup};
 
 const DAY_MS: i64 = 24 * 3600 * 1000;
@@ -318,34 +319,117 @@ fn with_now(
 /// A namespace's API tokens, for the section on its page. API tokens
 /// (issue 12) land beside the console: wiring them is this call (their
 /// storage listing) and the two buttons in `tokens_section`.
-async fn api_tokens(_state: &State, _ns: &str) -> ApiResult<Vec<TokenRow>> {
-    Ok(Vec::new())
+/// Most API tokens the namespace page lists (the API pages through all).
+const TOKENS_SHOWN: usize = 100;
+
+async fn api_tokens(state: &State, ns: &str) -> ApiResult<Vec<api::TokenInfo>> {
+    let rows = state
+        .storage
+        .meta
+        .api_tokens(TokenOwner::Namespace(ns.to_owned()), None, TOKENS_SHOWN)
+        .await?;
+    let now = berth_storage::now_ms();
+    Ok(rows.iter().map(|t| api::TokenInfo::new(t, now)).collect())
 }
 
-/// One API token as the namespace page lists it.
-pub struct TokenRow {
-    pub name: String,
-    pub created_ms: i64,
-    pub expires_ms: Option<i64>,
-    pub last_used_ms: Option<i64>,
-}
-
-fn tokens_section(rows: &[TokenRow]) -> Markup {
+/// The namespace's API tokens with a revoke button each, and a form for a
+/// new one (not offered to a session that signed in with a token: tokens
+/// do not make tokens).
+fn tokens_section(ctx: &Ctx, ns: &str, rows: &[api::TokenInfo]) -> Markup {
+    let may_write = ctx
+        .token
+        .as_ref()
+        .is_none_or(|t| t.scope != crate::auth::TokenScope::Pull);
     html! {
-        h3 { "API tokens" }
-        @if rows.is_empty() {
-            p { "No API tokens." }
-        } @else {
-            div.scroll { table {
-                thead { tr { th scope="col" { "Name" } th scope="col" { "Created" } th scope="col" { "Expires" } th scope="col" { "Last used" } } }
-                tbody { @for t in rows { tr {
-                    td { (t.name) } td { (time_el(t.created_ms)) }
-                    td { @match t.expires_ms { Some(e) => (time_el(e)), None => "never" } }
-                    td { @match t.last_used_ms { Some(e) => (time_el(e)), None => "never" } }
-                } } }
-            } }
+        section aria-labelledby="h-tokens" {
+            h2 id="h-tokens" { "API tokens" }
+            @if rows.is_empty() {
+                p { "No API tokens." }
+            } @else {
+                div.scroll { table.tokens {
+                    thead { tr {
+                        th scope="col" { "Name" } th scope="col" { "Id" } th scope="col" { "Scope" } th scope="col" { "Created" }
+                        th scope="col" { "Expires" } th scope="col" { "Last used" } th scope="col" { span.visually-hidden { "Actions" } }
+                    } }
+                    tbody { @for t in rows { tr data-token=(t.id) {
+                        td data-label="Name" { (t.name) }
+                        td data-label="Id" { code { (t.id) } }
+                        td data-label="Scope" { (t.scope.as_str()) }
+                        td data-label="Created" { (time_el(t.created_ms)) }
+                        td data-label="Expires" { (time_el(t.expires_ms)) @if t.expired { " (expired)" } }
+                        td data-label="Last used" { @match t.last_used_ms { Some(e) => (time_el(e)), None => "never" } }
+                        td { @if may_write {
+                            (views::confirm_form(ctx, &format!("/ui/namespaces/{ns}/tokens/{}/revoke", t.id),
+                                &format!("Revoke {}", t.name), &[], "danger",
+                                Some("Revoke this API token? Everything using it stops at once.")))
+                        } }
+                    } } }
+                } }
+            }
+            @if may_write && ctx.token.is_none() {
+                form.token method="post" action=(format!("/ui/namespaces/{ns}/tokens")) {
+                    (views::csrf_field(ctx))
+                    label for="token-name" { "Name" }
+                    input id="token-name" name="name" type="text" required size="16" maxlength="64" placeholder="e.g. ci";
+                    label for="token-scope" { "Scope" }
+                    select id="token-scope" name="scope" {
+                        option value="push" selected { "push and pull" }
+                        option value="pull" { "pull only" }
+                    }
+                    label for="token-expires" { "Expires in" }
+                    input id="token-expires" name="expires_in" type="text" size="6" placeholder="90d";
+                    button type="submit" { "Create a token" }
+                }
+            }
         }
     }
+}
+
+/// The console form's fields as the API's request.
+pub fn token_request(form: &[(String, String)]) -> ApiResult<api::CreateToken> {
+    let scope = match query_get(form, "scope") {
+        None | Some("") | Some("push") => api::TokenScope::Push,
+        Some("pull") => api::TokenScope::Pull,
+        Some(other) => {
+            return Err(ApiError::bad_request(
+                Code::Unsupported,
+                format!(
+                    "scope {:?} is not \"push\" or \"pull\"",
+                    other.chars().take(16).collect::<String>()
+                ),
+            ))
+        }
+    };
+    Ok(api::CreateToken {
+        namespace: None,
+        admin: false,
+        name: query_get(form, "name").unwrap_or("").trim().to_owned(),
+        expires_in: query_get(form, "expires_in")
+            .map(str::trim)
+            .filter(|e| !e.is_empty())
+            .map(str::to_owned),
+        scope: Some(scope),
+    })
+}
+
+/// A new API token, shown once.
+pub fn token_shown(ctx: &Ctx, t: &api::TokenCreated) -> Markup {
+    let ns = t.info.namespace.clone().unwrap_or_default();
+    views::page(
+        Some(ctx),
+        &format!("API token {} of {ns}", t.info.name),
+        Nav::None,
+        html! {
+            p { "This token is shown once: copy it now. Use it as the password of "
+                code { "docker login" } " (any user name), or as " code { "Authorization: Bearer" } "." }
+            dl.pairs {
+                dt { "Token" } dd { code id="secret" { (t.token) } }
+                dt { "Scope" } dd { (t.info.scope.as_str()) }
+                dt { "Expires" } dd { (time_el(t.info.expires_ms)) }
+            }
+            p { a href=(format!("/ui/namespaces/{ns}")) { "Back to " (ns) } }
+        },
+    )
 }
 
 pub async fn namespace(
@@ -502,8 +586,10 @@ pub async fn namespace(
                     (views::confirm_form(ctx, &format!("/ui/namespaces/{ns}/credentials/revoke"), "Revoke the account", &[], "danger",
                         Some("Revoke this namespace account? Its pushes and sign-ins stop at once.")))
                 }
-                (tokens_section(&tokens))
             }
+        }
+        @if ctx.is_admin() || ctx.own_namespace() == Some(ns) {
+            (tokens_section(ctx, ns, &tokens))
         }
     };
     Ok(views::page(Some(ctx), ns, Nav::Namespace, body))
@@ -739,6 +825,7 @@ pub async fn builds(state: &State, ctx: &Ctx) -> ApiResult<Markup> {
 pub async fn tool_builds(state: &State, ctx: &Ctx, tool: &str) -> ApiResult<Markup> {
     let list = state.builds.list(tool).await?;
     let ns = state.builds.namespace(tool);
+    let trigger = handlers::triggers::current(state, tool).await?;
     let body = html! {
         section aria-labelledby="h-start" {
             h2 id="h-start" { "Start a build" }
@@ -759,6 +846,7 @@ pub async fn tool_builds(state: &State, ctx: &Ctx, tool: &str) -> ApiResult<Mark
                 button type="submit" { "Start the build" }
             }
         }
+        (trigger_section(ctx, tool, trigger.as_ref().map(|t| &t.trigger)))
         section aria-labelledby="h-list" {
             h2 id="h-list" { "Builds of " (tool) }
             @if list.is_empty() { p { "No builds yet." } } @else { (builds_table(ctx, &list[..list.len().min(BUILDS_LISTED as usize)], false)) }
@@ -771,6 +859,80 @@ pub async fn tool_builds(state: &State, ctx: &Ctx, tool: &str) -> ApiResult<Mark
         Nav::Builds,
         body,
     ))
+}
+
+/// The tool's build trigger: what it builds and its hook, and the form
+/// that sets it (README's "Builds on git push" says what to do on the
+/// forge).
+fn trigger_section(ctx: &Ctx, tool: &str, t: Option<&api::ToolTrigger>) -> Markup {
+    let envvars = t
+        .map(|t| {
+            t.envvars
+                .iter()
+                .map(|(k, v)| format!("{k}={v}\n"))
+                .collect::<String>()
+        })
+        .unwrap_or_default();
+    html! {
+        section aria-labelledby="h-trigger" {
+            h2 id="h-trigger" { "Build on git push" }
+            @match t {
+                Some(t) => {
+                    dl.pairs {
+                        dt { "Hook URL" } dd { code id="hook-url" { (t.hook_url) } }
+                        dt { "Repository" } dd { code { (t.source_url) } }
+                        dt { "Builds pushes to" } dd { @match &t.reference { Some(r) => code { (r) }, None => "the default branch" } }
+                        dt { "Updated" } dd { (t.updated_time) }
+                    }
+                    (views::button_form(ctx, &format!("/ui/tools/{tool}/trigger/rotate"), "Make a new secret", &[], ""))
+                    (views::confirm_form(ctx, &format!("/ui/tools/{tool}/trigger/delete"), "Delete the trigger", &[], "danger",
+                        Some("Delete this build trigger? Pushes stop starting builds.")))
+                }
+                None => p { "Pushes start no builds. Set a trigger, then add its hook URL and secret as a push webhook on the forge." },
+            }
+            form.build.trigger method="post" action=(format!("/ui/tools/{tool}/trigger")) {
+                (views::csrf_field(ctx))
+                label for="trigger_source_url" { "Repository URL (as the forge names it)" }
+                input id="trigger_source_url" name="source_url" type="url" required value=(t.map(|t| t.source_url.as_str()).unwrap_or(""));
+                label for="trigger_ref" { "Branches to build (a branch, a full ref or a pattern with *; empty for the default branch)" }
+                input id="trigger_ref" name="ref" type="text" value=(t.and_then(|t| t.reference.as_deref()).unwrap_or(""));
+                label for="trigger_image_name" { "Image name (empty for " code { "tool" } ")" }
+                input id="trigger_image_name" name="image_name" type="text" value=(t.and_then(|t| t.image_name.as_deref()).unwrap_or(""));
+                label for="trigger_envvars" { "Environment variables, one NAME=value per line" }
+                textarea id="trigger_envvars" name="envvars" rows="3" { (envvars) }
+                button type="submit" { (if t.is_some() { "Update the trigger" } else { "Set the trigger" }) }
+            }
+        }
+    }
+}
+
+/// Reads the trigger form (its fields are the build form's).
+pub fn trigger_request(form: &[(String, String)]) -> ApiResult<api::PutTrigger> {
+    let b = build_request(form)?;
+    Ok(api::PutTrigger {
+        source_url: b.source_url,
+        reference: b.reference,
+        image_name: b.image_name,
+        envvars: b.envvars,
+    })
+}
+
+/// A trigger's new secret, shown once, with what to do with it.
+pub fn trigger_shown(ctx: &Ctx, tool: &str, t: &api::ToolTriggerShown) -> Markup {
+    views::page(
+        Some(ctx),
+        &format!("Build trigger of {tool}"),
+        Nav::Builds,
+        html! {
+            p { "Add a webhook for push events on the forge with this URL and secret. The secret is shown once: copy it now." }
+            dl.pairs {
+                dt { "Hook URL" } dd { code id="hook-url" { (t.trigger.hook_url) } }
+                dt { "Secret" } dd { code id="secret" { (t.secret.as_deref().unwrap_or("")) } }
+            }
+            p { "GitLab: Settings → Webhooks, the URL, the secret as Secret token, Push events. GitHub, Gitea, Forgejo: Settings → Webhooks, the URL, content type application/json, the secret, just the push event." }
+            p { a href=(format!("/ui/tools/{tool}/builds")) { "Back to the builds of " (tool) } }
+        },
+    )
 }
 
 /// Reads the start-a-build form.
@@ -842,6 +1004,12 @@ pub async fn build(state: &State, ctx: &Ctx, tool: &str, id: &str) -> ApiResult<
             dt { "Status" } dd { span id="build-status" class=(format!("status {}", b.status.as_str().to_lowercase())) { (b.status.as_str()) } }
             dt { "Message" } dd { (b.message) }
             dt { "Source" } dd { code { (b.params.source_url) } " at " code { (b.params.reference) } " (" code { (b.resolved_ref.chars().take(12).collect::<String>()) } ")" }
+            dt { "Triggered by" } dd { @match &b.trigger {
+                berth_storage::meta::builds::BuildTrigger::Manual => "a person (started by hand)",
+                berth_storage::meta::builds::BuildTrigger::Push { commit, reference, pusher } => {
+                    "a push of " code { (commit.chars().take(12).collect::<String>()) } " to " code { (reference) } " by " (pusher)
+                }
+            } }
             dt { "Image" } dd { code { (if b.destination_image.is_empty() { format!("{}/{}", state.builds.namespace(tool), b.image_name) } else { b.destination_image.clone() }) } }
             dt { "Created" } dd { (time_el(b.created_ms)) }
             @if let Some(s) = b.start_ms { dt { "Started" } dd { (time_el(s)) } }

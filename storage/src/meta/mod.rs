@@ -23,7 +23,7 @@ use crate::digest::Digest;
 use crate::manifest::ParsedManifest;
 use crate::names::RepoName;
 use crate::StorageError;
-use builds::{BuildRecord, BuildStatus};
+use builds::{BuildRecord, BuildStatus, PushQueued, TriggerRecord};
 use console::*;
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -127,6 +127,40 @@ impl Metadata {
         }
     }
 
+    /// Links a blob whose object is already stored into `repo`, charging
+    /// its namespace; the inner error is a quota refusal (nothing changed).
+    /// `held` is dropped inside the write's transaction, just before it
+    /// commits (what it reserves, an upload's staged bytes, is given back
+    /// exactly as the charge becomes visible).
+    pub async fn link_blob<H: Send + 'static>(
+        &self,
+        repo: &RepoName,
+        digest: &Digest,
+        size: u64,
+        held: H,
+    ) -> Result<Result<(), QuotaExceeded>, StorageError> {
+        match self {
+            Metadata::Sqlite(m) => m.link_blob(repo, digest, size, held).await,
+            Metadata::Postgres(m) => m.link_blob(repo, digest, size, held).await,
+        }
+    }
+
+    /// Links a small blob whose bytes the database keeps (`blob_data`):
+    /// blob row, bytes and link with its charge in one transaction; `held`
+    /// as in `link_blob`.
+    pub async fn link_inline_blob<H: Send + 'static>(
+        &self,
+        repo: &RepoName,
+        digest: &Digest,
+        data: bytes::Bytes,
+        held: H,
+    ) -> Result<Result<(), QuotaExceeded>, StorageError> {
+        match self {
+            Metadata::Sqlite(m) => m.link_inline_blob(repo, digest, data, held).await,
+            Metadata::Postgres(m) => m.link_inline_blob(repo, digest, data, held).await,
+        }
+    }
+
     /// Inserts fixture repositories (see `FixtureRepo`); returns how many.
     pub async fn bulk_load<I>(&self, repos: I) -> Result<u64, StorageError>
     where
@@ -167,9 +201,8 @@ dispatch! {
     fn linked_blob(&self, repo: &RepoName, digest: &Digest) -> Option<LinkedBlob>;
     /// Size of a blob known to the registry in any repository.
     fn blob_size(&self, digest: &Digest) -> Option<u64>;
-    /// Links a blob whose object is already stored into `repo`, charging
-    /// its namespace; the inner error is a quota refusal (nothing changed).
-    fn link_blob(&self, repo: &RepoName, digest: &Digest, size: u64) -> Result<(), QuotaExceeded>;
+    /// The bytes of a blob the database keeps inline, if it is one.
+    fn inline_blob(&self, digest: &Digest) -> Option<bytes::Bytes>;
     /// Cross-repository mount: the blob's size when mounted, `None` when
     /// `from` does not link it, the inner error when `to` has no room.
     fn mount_blob(&self, from: &RepoName, to: &RepoName, digest: &Digest) -> Option<Result<u64, QuotaExceeded>>;
@@ -244,6 +277,21 @@ dispatch! {
     fn build_user(&self, tool: &str, limit: u32) -> Option<u32>;
     fn unfinished_builds(&self, tool: &str) -> usize;
     fn delete_build(&self, id: &str) -> bool;
+
+    // ------------------------------------------------------------ triggers
+    /// Creates the tool's trigger, or changes its settings keeping its id,
+    /// generation and creation time; the stored trigger and whether it is new.
+    fn put_trigger(&self, t: TriggerRecord) -> (TriggerRecord, bool);
+    fn trigger_of_tool(&self, tool: &str) -> Option<TriggerRecord>;
+    fn trigger_by_hook(&self, id: &str) -> Option<TriggerRecord>;
+    /// A new secret generation; `None` when the tool has no trigger.
+    fn rotate_trigger(&self, tool: &str) -> Option<TriggerRecord>;
+    /// Removes the tool's trigger and the commits it saw.
+    fn delete_trigger(&self, tool: &str) -> bool;
+    /// Queues a push's build in one transaction: replay check, coalescing
+    /// onto a waiting build of the same trigger and ref, the per-tool
+    /// limit, the insert.
+    fn queue_push_build(&self, b: BuildRecord, max_unfinished: usize) -> PushQueued;
 
     // ------------------------------------------------------------- console
     fn quota_page(&self, q: QuotaQuery) -> QuotaPage;

@@ -19,6 +19,9 @@ pub struct StoredManifest {
 pub struct LinkedBlob {
     pub size: u64,
     pub touched_ms: i64,
+    /// The blob's bytes are in the database (`blob_data`), not the blob
+    /// store.
+    pub inline: bool,
 }
 
 /// One entry of the referrers API.
@@ -399,8 +402,13 @@ pub struct FixtureManifest {
 /// What `Storage::check_integrity` found: rows against objects.
 #[derive(Debug, Clone, Default, serde::Serialize)]
 pub struct IntegrityReport {
+    /// Blob rows whose bytes are in the blob store.
     pub blob_rows: usize,
     pub objects: usize,
+    /// Blobs whose bytes are in the database (`[storage] inline_blob_max`).
+    pub inline_blobs: usize,
+    /// Inline blobs whose bytes do not match their digest or size: damage.
+    pub inline_damaged: Vec<String>,
     /// Blob rows whose object is missing: data loss.
     pub rows_without_object: Vec<String>,
     /// Objects without a blob row (a sweep removes them).
@@ -414,7 +422,7 @@ pub struct IntegrityReport {
 impl IntegrityReport {
     /// Nothing is lost (orphans and unreferenced rows are GC's business).
     pub fn is_sound(&self) -> bool {
-        self.rows_without_object.is_empty()
+        self.rows_without_object.is_empty() && self.inline_damaged.is_empty()
     }
 
     /// Nothing is lost and nothing is left for GC.

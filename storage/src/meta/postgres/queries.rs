@@ -189,6 +189,7 @@ impl Postgres {
             Some(r) => Ok(Some(LinkedBlob {
                 size: unsigned(&r, 0)?,
                 touched_ms: col(&r, 1)?,
+                inline: false,
             })),
             None => Ok(None),
         }
@@ -208,14 +209,16 @@ impl Postgres {
         }
     }
 
-    pub async fn link_blob(
+    pub async fn link_blob<H: Send + 'static>(
         &self,
         repo: &RepoName,
         digest: &Digest,
         size: u64,
+        held: H,
     ) -> Result<Result<(), QuotaExceeded>, StorageError> {
         let digest = digest.to_string();
         let policy = self.quota_policy();
+        let mut held = Some(held);
         transaction!(
             self,
             keep = |r: &Result<(), QuotaExceeded>| r.is_ok(),
@@ -223,9 +226,30 @@ impl Postgres {
                 let now = now_ms();
                 quota::lock_namespace(&tx, repo.namespace()).await?;
                 let id = ensure_repo(&tx, repo, now).await?;
-                link(&tx, &policy, id, repo.namespace(), &digest, size, now).await
+                let linked = link(&tx, &policy, id, repo.namespace(), &digest, size, now).await?;
+                drop(held.take());
+                Ok(linked)
             }
         )
+    }
+
+    pub async fn link_inline_blob<H: Send + 'static>(
+        &self,
+        _repo: &RepoName,
+        _digest: &Digest,
+        _data: bytes::Bytes,
+        _held: H,
+    ) -> Result<Result<(), QuotaExceeded>, StorageError> {
+        Err(StorageError::Internal(
+            "inline blobs are not on PostgreSQL yet".into(),
+        ))
+    }
+
+    pub async fn inline_blob(
+        &self,
+        _digest: &Digest,
+    ) -> Result<Option<bytes::Bytes>, StorageError> {
+        Ok(None)
     }
 
     /// The source link's blob row is read `FOR SHARE`: GC cannot delete

@@ -8,7 +8,26 @@ use crate::{now_ms, StorageError};
 use rusqlite::{params, OptionalExtension};
 
 pub(super) const COLUMNS: &str =
-    "id, tool, image_name, status, message, params, resolved_ref, destination_image, log_path, created_ms, start_ms, end_ms";
+    "id, tool, image_name, status, message, params, resolved_ref, destination_image, log_path, created_ms, start_ms, end_ms, trigger, trigger_id";
+
+/// A build's `trigger` column: JSON, NULL for manual builds (and for rows
+/// older than the column).
+pub(super) fn trigger_json(t: &BuildTrigger) -> Result<Option<String>, StorageError> {
+    match t {
+        BuildTrigger::Manual => Ok(None),
+        push => serde_json::to_string(push)
+            .map(Some)
+            .map_err(|e| StorageError::Internal(e.to_string())),
+    }
+}
+
+/// The ref a push build was pushed to (what coalescing matches on).
+fn trigger_ref(t: &BuildTrigger) -> Option<&str> {
+    match t {
+        BuildTrigger::Manual => None,
+        BuildTrigger::Push { reference, .. } => Some(reference),
+    }
+}
 
 pub(super) fn record(r: &rusqlite::Row<'_>) -> rusqlite::Result<BuildRecord> {
     let params: String = r.get(5)?;
@@ -28,31 +47,44 @@ pub(super) fn record(r: &rusqlite::Row<'_>) -> rusqlite::Result<BuildRecord> {
         created_ms: r.get(9)?,
         start_ms: r.get(10)?,
         end_ms: r.get(11)?,
+        // A trigger this version cannot read shows as manual rather than
+        // breaking every listing.
+        trigger: r
+            .get::<_, Option<String>>(12)?
+            .and_then(|t| serde_json::from_str(&t).ok())
+            .unwrap_or_default(),
+        trigger_id: r.get(13)?,
     })
+}
+
+/// Inserts `b` inside the caller's transaction.
+pub(super) fn insert(tx: &rusqlite::Transaction<'_>, b: &BuildRecord) -> Result<(), StorageError> {
+    tx.prepare_cached(&format!(
+        "INSERT INTO builds ({COLUMNS}, trigger_ref) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)"
+    ))?
+    .execute(params![
+        b.id,
+        b.tool,
+        b.image_name,
+        b.status.as_str(),
+        b.message,
+        serde_json::to_string(&b.params).map_err(|e| StorageError::Internal(e.to_string()))?,
+        b.resolved_ref,
+        b.destination_image,
+        b.log_path,
+        b.created_ms,
+        b.start_ms,
+        b.end_ms,
+        trigger_json(&b.trigger)?,
+        b.trigger_id,
+        trigger_ref(&b.trigger),
+    ])?;
+    Ok(())
 }
 
 impl Sqlite {
     pub async fn insert_build(&self, b: BuildRecord) -> Result<(), StorageError> {
-        self.write(move |tx| {
-            tx.prepare_cached(&format!("INSERT INTO builds ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)"))?
-                .execute(params![
-                    b.id,
-                    b.tool,
-                    b.image_name,
-                    b.status.as_str(),
-                    b.message,
-                    serde_json::to_string(&b.params)
-                        .map_err(|e| StorageError::Internal(e.to_string()))?,
-                    b.resolved_ref,
-                    b.destination_image,
-                    b.log_path,
-                    b.created_ms,
-                    b.start_ms,
-                    b.end_ms
-                ])?;
-            Ok(())
-        })
-        .await
+        self.write(move |tx| insert(tx, &b)).await
     }
 
     pub async fn build(&self, id: &str) -> Result<Option<BuildRecord>, StorageError> {

@@ -21,15 +21,42 @@ impl Integrity {
         Ok(Integrity { conn })
     }
 
-    /// Every blob row's digest, sorted.
+    /// Every blob row whose bytes are in the blob store (not inline in
+    /// `blob_data`), by digest.
     pub fn blob_digests(&self) -> Result<Vec<String>, StorageError> {
-        let mut stmt = self
-            .conn
-            .prepare("SELECT digest FROM blobs ORDER BY digest")?;
+        let mut stmt = self.conn.prepare(
+            "SELECT digest FROM blobs b
+                 WHERE NOT EXISTS (SELECT 1 FROM blob_data d WHERE d.digest = b.digest)
+                 ORDER BY digest",
+        )?;
         let rows = stmt
             .query_map([], |r| r.get(0))?
             .collect::<rusqlite::Result<Vec<String>>>()?;
         Ok(rows)
+    }
+
+    /// Blobs kept inline: how many, and those whose bytes do not hash to
+    /// their digest or have another size than their row says (damage).
+    pub fn inline_blobs(&self) -> Result<(usize, Vec<String>), StorageError> {
+        let mut stmt = self.conn.prepare(
+            "SELECT d.digest, d.data, b.size FROM blob_data d JOIN blobs b ON b.digest = d.digest
+             ORDER BY d.digest",
+        )?;
+        let mut rows = stmt.query([])?;
+        let (mut count, mut damaged) = (0, Vec::new());
+        while let Some(row) = rows.next()? {
+            count += 1;
+            let digest: String = row.get(0)?;
+            let data = row.get_ref(1)?.as_blob().map_err(rusqlite::Error::from)?;
+            let size: i64 = row.get(2)?;
+            let sound = digest.parse::<crate::Digest>().is_ok_and(|d| {
+                data.len() as i64 == size && crate::Digest::compute(d.algorithm(), data) == d
+            });
+            if !sound {
+                damaged.push(digest);
+            }
+        }
+        Ok((count, damaged))
     }
 
     /// Blob links no manifest of their repository references.

@@ -1,8 +1,16 @@
 //! Registry metadata in SQLite. One writer connection lives on a dedicated
-//! thread and runs each write as one `BEGIN IMMEDIATE` transaction, so writes
-//! are serialised (the basis of GC and quota safety); reads use a small pool
-//! of connections on tokio's blocking threads. No SQLite call ever runs on an
-//! async worker thread. All of berth's SQL lives in this directory.
+//! thread and runs each write inside a `BEGIN IMMEDIATE` transaction, so
+//! writes are serialised (the basis of GC and quota safety); reads use a
+//! small pool of connections on tokio's blocking threads. No SQLite call
+//! ever runs on an async worker thread. All of berth's SQL lives in this
+//! directory.
+//!
+//! Group commit: the writer takes every write queued behind the one it
+//! woke for (up to `GROUP_MAX`) into one transaction, each in its own
+//! savepoint, so a write that fails or is refused rolls back alone, and
+//! they all commit together: with `sqlite_synchronous = "full"` one fsync
+//! serves the whole group. A write's caller hears back only after the
+//! group's commit, so nothing is acknowledged before it is durable.
 
 mod builds;
 mod console;
@@ -15,6 +23,7 @@ mod queries;
 mod quota;
 mod schema;
 mod tokens;
+mod triggers;
 
 pub(crate) use integrity::Integrity;
 
@@ -40,7 +49,14 @@ pub enum Synchronous {
     Full,
 }
 
-type WriteJob = Box<dyn FnOnce(&mut Connection) + Send>;
+/// One write: runs in its savepoint of the group's transaction and hands
+/// back what to tell its caller once the group's commit succeeded or
+/// failed (`None`: it told its caller already; it changed nothing).
+type WriteJob = Box<dyn FnOnce(&Transaction<'_>) -> Option<Completion> + Send>;
+type Completion = Box<dyn FnOnce(Result<(), StorageError>) + Send>;
+
+/// Most writes committed in one transaction.
+const GROUP_MAX: usize = 64;
 
 /// Handle to the metadata database. Cheap to clone.
 #[derive(Clone)]
@@ -58,7 +74,7 @@ struct Inner {
     quota: RwLock<Arc<QuotaPolicy>>,
     /// Bumped after every committed write; cached reads are valid only for
     /// the generation they were read at.
-    generation: AtomicU64,
+    generation: Arc<AtomicU64>,
     manifests: Mutex<ManifestCache>,
     /// See `liveness`: how often a HEAD records a blob's use.
     touch_interval_ms: AtomicU64,
@@ -118,12 +134,22 @@ impl Sqlite {
         }
 
         let checkpointer = spawn_checkpointer(path)?;
+        let generation = Arc::new(AtomicU64::new(0));
+        let generation_for_writer = generation.clone();
         let (tx, rx) = mpsc::channel::<WriteJob>();
         let handle = std::thread::Builder::new()
             .name("berth-sqlite-writer".into())
             .spawn(move || {
-                for job in rx {
-                    job(&mut writer);
+                let inner_generation = generation_for_writer.clone();
+                while let Ok(first) = rx.recv() {
+                    let mut group = vec![first];
+                    while group.len() < GROUP_MAX {
+                        match rx.try_recv() {
+                            Ok(job) => group.push(job),
+                            Err(_) => break,
+                        }
+                    }
+                    run_group(&mut writer, group, &inner_generation);
                 }
                 // Dropping the last connection checkpoints the WAL.
                 drop(writer);
@@ -136,7 +162,7 @@ impl Sqlite {
                 reader_slots: Semaphore::new(READERS),
                 path: path.to_owned(),
                 quota: RwLock::new(Arc::new(QuotaPolicy::default())),
-                generation: AtomicU64::new(0),
+                generation,
                 manifests: Mutex::new(ManifestCache::default()),
                 touch_interval_ms: AtomicU64::new(60_000),
                 events_on: std::sync::atomic::AtomicBool::new(false),
@@ -244,22 +270,33 @@ impl Sqlite {
         F: FnOnce(&Transaction<'_>) -> Result<T, StorageError> + Send + 'static,
     {
         let (done_tx, done_rx) = oneshot::channel();
-        let inner = self.inner.clone();
-        let job: WriteJob = Box::new(move |conn: &mut Connection| {
-            let result = (|| {
-                let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-                let value = f(&tx)?;
-                if !keep(&value) {
-                    tx.rollback()?;
-                    return Ok(value);
+        let job: WriteJob = Box::new(move |tx: &Transaction<'_>| {
+            if let Err(e) = tx.execute_batch("SAVEPOINT write") {
+                let _ = done_tx.send(Err(e.into()));
+                return None;
+            }
+            let outcome = f(tx);
+            let keep_it = matches!(&outcome, Ok(v) if keep(v));
+            let ended = tx.execute_batch(if keep_it {
+                "RELEASE write"
+            } else {
+                "ROLLBACK TO write; RELEASE write"
+            });
+            match (outcome, ended) {
+                (Ok(value), Ok(())) if keep_it => {
+                    Some(Box::new(move |committed: Result<(), StorageError>| {
+                        let _ = done_tx.send(committed.map(|()| value));
+                    }) as Completion)
                 }
-                tx.commit()?;
-                // After the commit: a read that began before it cannot
-                // cache what it saw (see `cache_manifest`).
-                inner.generation.fetch_add(1, Ordering::SeqCst);
-                Ok(value)
-            })();
-            let _ = done_tx.send(result);
+                (outcome, Ok(())) => {
+                    let _ = done_tx.send(outcome);
+                    None
+                }
+                (_, Err(e)) => {
+                    let _ = done_tx.send(Err(e.into()));
+                    None
+                }
+            }
         });
         {
             let guard = self.inner.writer.lock().expect("writer lock");
@@ -322,6 +359,39 @@ impl Sqlite {
 
 /// How often the WAL is checkpointed into the database file.
 const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// Runs a group of writes in one IMMEDIATE transaction (see the module's
+/// doc), commits it, bumps the generation, then tells each kept write's
+/// caller how the commit went.
+fn run_group(conn: &mut Connection, group: Vec<WriteJob>, generation: &AtomicU64) {
+    let tx = match conn.transaction_with_behavior(TransactionBehavior::Immediate) {
+        Ok(tx) => tx,
+        Err(e) => {
+            // None of them ran; dropping them tells each caller so (its
+            // answer channel closes: StorageError::Closed).
+            tracing::error!(error = %e, "could not begin a write transaction");
+            drop(group);
+            return;
+        }
+    };
+    let kept: Vec<Completion> = group.into_iter().filter_map(|job| job(&tx)).collect();
+    let committed = if kept.is_empty() {
+        tx.rollback().map_err(StorageError::from)
+    } else {
+        tx.commit().map_err(StorageError::from)
+    };
+    if committed.is_ok() && !kept.is_empty() {
+        // After the commit: a read that began before it cannot cache what
+        // it saw (see `cache_manifest`).
+        generation.fetch_add(1, Ordering::SeqCst);
+    }
+    for done in kept {
+        done(match &committed {
+            Ok(()) => Ok(()),
+            Err(e) => Err(StorageError::Internal(format!("commit failed: {e}"))),
+        });
+    }
+}
 
 /// A thread with its own connection that checkpoints the WAL in PASSIVE
 /// mode (never blocking the writer or readers), and fully when stopped.

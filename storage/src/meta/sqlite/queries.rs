@@ -134,7 +134,9 @@ impl Sqlite {
         let (repo, digest) = (repo.as_str().to_owned(), digest.to_string());
         self.read(move |c| {
             Ok(c.prepare_cached(
-                "SELECT b.size, b.touched_ms FROM repo_blobs rb
+                "SELECT b.size, b.touched_ms,
+                        EXISTS (SELECT 1 FROM blob_data d WHERE d.digest = rb.digest)
+                 FROM repo_blobs rb
                  JOIN repositories r ON r.id = rb.repo_id
                  JOIN blobs b ON b.digest = rb.digest
                  WHERE r.name = ?1 AND rb.digest = ?2",
@@ -143,6 +145,7 @@ impl Sqlite {
                 Ok(LinkedBlob {
                     size: r.get::<_, i64>(0)? as u64,
                     touched_ms: r.get(1)?,
+                    inline: r.get(2)?,
                 })
             })
             .optional()?)
@@ -166,18 +169,76 @@ impl Sqlite {
 
     /// Links a blob whose object is already in the blob store into `repo`
     /// (object first, row second), creating the repository on first use.
-    pub async fn link_blob(
+    /// `held` is dropped inside the transaction, before it commits: what it
+    /// reserves elsewhere (an upload's staged bytes, counted against the
+    /// same quota) is given back before the charge is visible, so no
+    /// reader ever counts the bytes twice.
+    pub async fn link_blob<H: Send + 'static>(
         &self,
         repo: &RepoName,
         digest: &Digest,
         size: u64,
+        held: H,
     ) -> Result<Result<(), QuotaExceeded>, StorageError> {
         let (repo, digest) = (repo.clone(), digest.to_string());
         let policy = self.quota_policy();
         self.write_if(Result::is_ok, move |tx| {
             let now = now_ms();
             let id = ensure_repo(tx, &repo, now)?;
-            Ok(link(tx, &policy, id, repo.namespace(), &digest, size, now)?)
+            let linked = link(tx, &policy, id, repo.namespace(), &digest, size, now)?;
+            drop(held);
+            Ok(linked)
+        })
+        .await
+    }
+
+    /// Links a small blob whose bytes are kept in the database: the blob
+    /// row, its bytes and the link (with the quota charge) in one
+    /// transaction, so there is no object to write first and none to
+    /// leave behind when the charge is refused. `held` as in `link_blob`.
+    pub async fn link_inline_blob<H: Send + 'static>(
+        &self,
+        repo: &RepoName,
+        digest: &Digest,
+        data: bytes::Bytes,
+        held: H,
+    ) -> Result<Result<(), QuotaExceeded>, StorageError> {
+        let (repo, digest) = (repo.clone(), digest.to_string());
+        let policy = self.quota_policy();
+        self.write_if(Result::is_ok, move |tx| {
+            let now = now_ms();
+            let id = ensure_repo(tx, &repo, now)?;
+            let linked = link(
+                tx,
+                &policy,
+                id,
+                repo.namespace(),
+                &digest,
+                data.len() as u64,
+                now,
+            )?;
+            if linked.is_ok() {
+                tx.prepare_cached(
+                    "INSERT INTO blob_data (digest, data) VALUES (?1, ?2) ON CONFLICT DO NOTHING",
+                )?
+                .execute(params![digest, &data[..]])?;
+            }
+            drop(held);
+            Ok(linked)
+        })
+        .await
+    }
+
+    /// The bytes of a blob kept in the database, if it is one.
+    pub async fn inline_blob(&self, digest: &Digest) -> Result<Option<bytes::Bytes>, StorageError> {
+        let digest = digest.to_string();
+        self.read(move |c| {
+            Ok(
+                c.prepare_cached("SELECT data FROM blob_data WHERE digest = ?1")?
+                    .query_row([digest], |r| r.get::<_, Vec<u8>>(0))
+                    .optional()?
+                    .map(bytes::Bytes::from),
+            )
         })
         .await
     }

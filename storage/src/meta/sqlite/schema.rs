@@ -259,6 +259,52 @@ const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX webhook_attempts_endpoint ON webhook_attempts(endpoint, id DESC);
     "#,
+    // 10: small blobs kept in the database instead of one file each
+    // (`[storage] inline_blob_max`): a config or a small layer is then one
+    // row written in the transaction that links it, with no inode, no
+    // fsync of its own and no rename. A rowid table (large values do not
+    // belong in a WITHOUT ROWID b-tree); the row goes with its blob row.
+    r#"
+    CREATE TABLE blob_data (
+        digest  TEXT PRIMARY KEY REFERENCES blobs(digest) ON DELETE CASCADE,
+        data    BLOB NOT NULL
+    );
+    "#,
+    // 11: build triggers (git push webhooks). `build_triggers`: one per tool, its hook
+    // id (the URL's secret-less part) and the generation its secret is
+    // derived at (no secret is stored). `build_trigger_commits`: the
+    // commits each trigger has seen, so a replayed delivery starts
+    // nothing. On `builds`: what started each build (`trigger`, JSON:
+    // manual or push with commit, ref and pusher), and for push builds the
+    // trigger and ref, which a newer push to the same ref coalesces on.
+    r#"
+    CREATE TABLE build_triggers (
+        id           TEXT PRIMARY KEY,
+        tool         TEXT NOT NULL UNIQUE,
+        source_url   TEXT NOT NULL,
+        ref_pattern  TEXT,
+        image_name   TEXT,
+        envvars      TEXT NOT NULL,
+        generation   INTEGER NOT NULL,
+        created_ms   INTEGER NOT NULL,
+        updated_ms   INTEGER NOT NULL
+    ) WITHOUT ROWID;
+
+    CREATE TABLE build_trigger_commits (
+        trigger_id  TEXT NOT NULL,
+        commit_id   TEXT NOT NULL,
+        ref         TEXT NOT NULL,
+        seen_ms     INTEGER NOT NULL,
+        PRIMARY KEY (trigger_id, commit_id)
+    ) WITHOUT ROWID;
+    CREATE INDEX build_trigger_commits_seen ON build_trigger_commits(trigger_id, seen_ms);
+
+    ALTER TABLE builds ADD COLUMN trigger TEXT;
+    ALTER TABLE builds ADD COLUMN trigger_id TEXT;
+    ALTER TABLE builds ADD COLUMN trigger_ref TEXT;
+    CREATE INDEX builds_trigger ON builds(trigger_id, trigger_ref, status)
+        WHERE trigger_id IS NOT NULL;
+    "#,
 ];
 
 /// Brings the database up to the newest schema, one transaction per step.
