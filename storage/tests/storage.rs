@@ -26,6 +26,8 @@ for_each_backend!(
     concurrent_build_users_are_distinct,
     digest_locks_exclude_each_other,
     concurrent_small_blobs_commit_together_and_refusals_roll_back_alone,
+    held_is_given_back_inside_the_charging_transaction,
+    inline_blobs_go_with_their_rows,
 );
 
 fn body(
@@ -437,5 +439,137 @@ async fn concurrent_small_blobs_commit_together_and_refusals_roll_back_alone(bac
         s.meta.reconcile_quota().await.unwrap().is_empty(),
         "no drift"
     );
+    s.close().await;
+}
+
+/// Stands for an upload's hold on its staged bytes: when dropped, it reads
+/// the namespace's charged bytes through the handle's other connections
+/// (what any other request would see at that moment).
+struct Probe {
+    meta: berth_storage::Metadata,
+    handle: tokio::runtime::Handle,
+    seen: std::sync::Arc<std::sync::Mutex<Vec<u64>>>,
+}
+
+impl Drop for Probe {
+    fn drop(&mut self) {
+        let used = tokio::task::block_in_place(|| {
+            self.handle
+                .block_on(self.meta.quota("tool-held"))
+                .unwrap()
+                .map_or(0, |q| q.used_bytes)
+        });
+        self.seen.lock().unwrap().push(used);
+    }
+}
+
+/// `held` (an upload's reservation of its staged bytes) is given back
+/// inside the write that charges them, before its commit: when it is
+/// dropped nobody sees the charge yet, and once the write returns it is
+/// gone and the charge is there. A refused write drops it too.
+async fn held_is_given_back_inside_the_charging_transaction(backend: Backend) {
+    use berth_storage::meta::QuotaPolicy;
+    let dir = tempfile::tempdir().unwrap();
+    let s = Place::new(backend).storage(dir.path()).await;
+    s.meta.set_quota_policy(QuotaPolicy {
+        default_limit: Some(100),
+        ..Default::default()
+    });
+    let repo = RepoName::parse("tool-held/app").unwrap();
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let probe = || Probe {
+        meta: s.meta.clone(),
+        handle: tokio::runtime::Handle::current(),
+        seen: seen.clone(),
+    };
+    let used = || async { s.meta.quota("tool-held").await.unwrap().unwrap().used_bytes };
+
+    // On a worker thread: the probe blocks in place while it reads.
+    let (meta, r) = (s.meta.clone(), repo.clone());
+    let (p1, p2, p3) = (probe(), probe(), probe());
+    tokio::spawn(async move {
+        let file = Digest::sha256_of(b"a file-backed blob");
+        assert!(meta.link_blob(&r, &file, 60, p1).await.unwrap().is_ok());
+        let small = Bytes::from_static(&[7u8; 30]);
+        let inline = Digest::sha256_of(&small);
+        assert!(meta
+            .link_inline_blob(&r, &inline, small, p2)
+            .await
+            .unwrap()
+            .is_ok());
+        let big = Digest::sha256_of(b"does not fit");
+        assert!(meta.link_blob(&r, &big, 20, p3).await.unwrap().is_err());
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        *seen.lock().unwrap(),
+        vec![0, 60, 90],
+        "each hold went before its own charge was visible, after the one before"
+    );
+    assert_eq!(used().await, 90);
+    s.close().await;
+}
+
+/// A blob kept inline is a row like any other for GC: once unlinked and
+/// past the grace period its row goes, and its bytes with it (no object to
+/// delete). Linked into another repository as a file upload of the same
+/// digest would (`link_blob`), its bytes are still read from the database
+/// and the namespace is charged once.
+async fn inline_blobs_go_with_their_rows(backend: Backend) {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Place::new(backend).storage(dir.path()).await;
+    let repo = RepoName::parse("tool-inline/app").unwrap();
+    let digest = store_blob(&s, &repo, b"a small config").await;
+    let linked = s.meta.linked_blob(&repo, &digest).await.unwrap().unwrap();
+    assert!(linked.inline);
+    assert_eq!(linked.size, 14);
+    assert!(s.blobs.size(&digest).await.unwrap().is_none(), "no object");
+
+    assert_eq!(
+        s.meta.unlink_blob(&repo, &digest).await.unwrap(),
+        UnlinkBlobOutcome::Unlinked
+    );
+    let cutoff = berth_storage::now_ms() + 60_000;
+    let plan = s.meta.gc_plan(cutoff, cutoff).await.unwrap();
+    assert_eq!(
+        plan.blobs
+            .iter()
+            .map(|b| b.digest.clone())
+            .collect::<Vec<_>>(),
+        vec![digest.to_string()]
+    );
+    let deleted = s.delete_blobs(plan.blobs, cutoff).await.unwrap();
+    assert_eq!(deleted.len(), 1);
+    assert_eq!(s.meta.blob_size(&digest).await.unwrap(), None);
+    assert_eq!(s.meta.inline_blob(&digest).await.unwrap(), None);
+
+    // Inline again, then the same digest linked as a file upload links.
+    let digest = store_blob(&s, &repo, b"a small config").await;
+    let other = RepoName::parse("tool-inline/other").unwrap();
+    s.meta
+        .link_blob(&other, &digest, 14, ())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        s.meta
+            .linked_blob(&other, &digest)
+            .await
+            .unwrap()
+            .unwrap()
+            .inline
+    );
+    assert_eq!(
+        s.meta
+            .quota("tool-inline")
+            .await
+            .unwrap()
+            .unwrap()
+            .used_bytes,
+        14,
+        "charged once in the namespace"
+    );
+    assert!(s.meta.reconcile_quota().await.unwrap().is_empty());
     s.close().await;
 }

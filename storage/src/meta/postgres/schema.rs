@@ -254,6 +254,15 @@ const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX webhook_attempts_endpoint ON webhook_attempts(endpoint, id DESC);
     "#,
+    // 10: small blobs kept in the database instead of one file each
+    // (`[storage] inline_blob_max`): their bytes are written in the
+    // transaction that links them. The row goes with its blob row.
+    r#"
+    CREATE TABLE blob_data (
+        digest  TEXT PRIMARY KEY REFERENCES blobs(digest) ON DELETE CASCADE,
+        data    BYTEA NOT NULL
+    );
+    "#,
 ];
 
 /// Brings the database up to the newest schema. Holds the migration lock
