@@ -314,3 +314,17 @@ dispatch! {
     fn delivery_attempts(&self, name: &str, limit: u32) -> Vec<DeliveryAttempt>;
     fn prune_events(&self, keep_for: Vec<String>, before_ms: i64) -> usize;
 }
+
+#[cfg(test)]
+mod tests {
+    /// Migration N makes the same tables on both backends, so both know
+    /// as many.
+    #[test]
+    fn both_backends_number_their_migrations_alike() {
+        assert_eq!(
+            super::sqlite::Sqlite::schema_version(),
+            super::postgres::Postgres::schema_version()
+        );
+        assert_eq!(super::Metadata::schema_version(), 11);
+    }
+}

@@ -7,9 +7,29 @@
 use super::{col, exec, keys, opt, rows, transaction, Postgres};
 use crate::meta::builds::*;
 use crate::{now_ms, StorageError};
+use deadpool_postgres::GenericClient;
 
 pub(super) const COLUMNS: &str =
-    "id, tool, image_name, status, message, params, resolved_ref, destination_image, log_path, created_ms, start_ms, end_ms";
+    "id, tool, image_name, status, message, params, resolved_ref, destination_image, log_path, created_ms, start_ms, end_ms, trigger, trigger_id";
+
+/// A build's `trigger` column: JSON, NULL for manual builds (and for rows
+/// older than the column).
+pub(super) fn trigger_json(t: &BuildTrigger) -> Result<Option<String>, StorageError> {
+    match t {
+        BuildTrigger::Manual => Ok(None),
+        push => serde_json::to_string(push)
+            .map(Some)
+            .map_err(|e| StorageError::Internal(e.to_string())),
+    }
+}
+
+/// The ref a push build was pushed to (what coalescing matches on).
+fn trigger_ref(t: &BuildTrigger) -> Option<&str> {
+    match t {
+        BuildTrigger::Manual => None,
+        BuildTrigger::Push { reference, .. } => Some(reference),
+    }
+}
 
 pub(super) fn record(r: &tokio_postgres::Row) -> Result<BuildRecord, StorageError> {
     let params: String = col(r, 5)?;
@@ -28,38 +48,51 @@ pub(super) fn record(r: &tokio_postgres::Row) -> Result<BuildRecord, StorageErro
         created_ms: col(r, 9)?,
         start_ms: col(r, 10)?,
         end_ms: col(r, 11)?,
-        trigger: BuildTrigger::Manual,
-        trigger_id: None,
+        // A trigger this version cannot read shows as manual rather than
+        // breaking every listing.
+        trigger: col::<Option<String>>(r, 12)?
+            .and_then(|t| serde_json::from_str(&t).ok())
+            .unwrap_or_default(),
+        trigger_id: col(r, 13)?,
     })
+}
+
+/// Inserts `b` on `c` (a connection or the caller's transaction).
+pub(super) async fn insert(c: &impl GenericClient, b: &BuildRecord) -> Result<(), StorageError> {
+    let params =
+        serde_json::to_string(&b.params).map_err(|e| StorageError::Internal(e.to_string()))?;
+    exec(
+        c,
+        &format!(
+            "INSERT INTO builds ({COLUMNS}, trigger_ref)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)"
+        ),
+        &[
+            &b.id,
+            &b.tool,
+            &b.image_name,
+            &b.status.as_str(),
+            &b.message,
+            &params,
+            &b.resolved_ref,
+            &b.destination_image,
+            &b.log_path,
+            &b.created_ms,
+            &b.start_ms,
+            &b.end_ms,
+            &trigger_json(&b.trigger)?,
+            &b.trigger_id,
+            &trigger_ref(&b.trigger),
+        ],
+    )
+    .await?;
+    Ok(())
 }
 
 impl Postgres {
     pub async fn insert_build(&self, b: BuildRecord) -> Result<(), StorageError> {
-        let params =
-            serde_json::to_string(&b.params).map_err(|e| StorageError::Internal(e.to_string()))?;
         let c = self.client().await?;
-        exec(
-            &c,
-            &format!(
-                "INSERT INTO builds ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)"
-            ),
-            &[
-                &b.id,
-                &b.tool,
-                &b.image_name,
-                &b.status.as_str(),
-                &b.message,
-                &params,
-                &b.resolved_ref,
-                &b.destination_image,
-                &b.log_path,
-                &b.created_ms,
-                &b.start_ms,
-                &b.end_ms,
-            ],
-        )
-        .await?;
-        Ok(())
+        insert(&c, &b).await
     }
 
     pub async fn build(&self, id: &str) -> Result<Option<BuildRecord>, StorageError> {
@@ -221,44 +254,4 @@ impl Postgres {
         let c = self.client().await?;
         Ok(exec(&c, "DELETE FROM builds WHERE id = $1", &[&id]).await? > 0)
     }
-
-    // Build triggers (main's migration 11) are not on PostgreSQL yet.
-
-    pub async fn put_trigger(
-        &self,
-        _t: TriggerRecord,
-    ) -> Result<(TriggerRecord, bool), StorageError> {
-        Err(not_yet())
-    }
-
-    pub async fn trigger_of_tool(
-        &self,
-        _tool: &str,
-    ) -> Result<Option<TriggerRecord>, StorageError> {
-        Err(not_yet())
-    }
-
-    pub async fn trigger_by_hook(&self, _id: &str) -> Result<Option<TriggerRecord>, StorageError> {
-        Err(not_yet())
-    }
-
-    pub async fn rotate_trigger(&self, _tool: &str) -> Result<Option<TriggerRecord>, StorageError> {
-        Err(not_yet())
-    }
-
-    pub async fn delete_trigger(&self, _tool: &str) -> Result<bool, StorageError> {
-        Err(not_yet())
-    }
-
-    pub async fn queue_push_build(
-        &self,
-        _b: BuildRecord,
-        _max_unfinished: usize,
-    ) -> Result<PushQueued, StorageError> {
-        Err(not_yet())
-    }
-}
-
-fn not_yet() -> StorageError {
-    StorageError::Internal("build triggers are not on PostgreSQL yet".into())
 }

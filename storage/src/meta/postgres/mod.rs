@@ -18,8 +18,9 @@
 //! - the blob row (`FOR SHARE`) where a mount reads another repository's
 //!   link, so GC cannot delete the blob row under it;
 //! - transaction-level advisory locks where there is no row to lock: an
-//!   API token's owner, build uid allocation, the change feed's order, and
-//!   migrations (a session lock).
+//!   API token's owner, build uid allocation, a tool's push builds
+//!   (`queue_push_build`), the change feed's order, and migrations (a
+//!   session lock).
 //!
 //! Each statement after the lock sees every commit before it, so a check
 //! made after the lock holds until the commit. Deadlocks and serialization
@@ -35,6 +36,7 @@ mod queries;
 mod quota;
 mod schema;
 mod tokens;
+mod triggers;
 
 use super::types::*;
 use super::PostgresConfig;
@@ -326,6 +328,9 @@ pub(super) mod keys {
     pub const TOKEN_OWNER: i32 = 0x6274_6b6e;
     /// Blob digests (`digest_key`) in the second key space.
     pub const DIGEST: i32 = 0x6264_6774;
+    /// A tool's push builds (`hashtext` of the tool) in the second key
+    /// space: held by `queue_push_build` from its replay check to its commit.
+    pub const TOOL_PUSHES: i32 = 0x6274_7267;
 }
 
 impl From<tokio_postgres::Error> for StorageError {

@@ -263,6 +263,40 @@ const MIGRATIONS: &[&str] = &[
         data    BYTEA NOT NULL
     );
     "#,
+    // 11: build triggers (git push webhooks). `build_triggers`: one per
+    // tool, its hook id and the generation its secret is derived at (no
+    // secret is stored). `build_trigger_commits`: the commits each trigger
+    // has seen, so a replayed delivery starts nothing. On `builds`: what
+    // started each build (`trigger`, JSON), and for push builds the
+    // trigger and ref, which a newer push to the same ref coalesces on.
+    r#"
+    CREATE TABLE build_triggers (
+        id           TEXT PRIMARY KEY,
+        tool         TEXT NOT NULL UNIQUE,
+        source_url   TEXT NOT NULL,
+        ref_pattern  TEXT,
+        image_name   TEXT,
+        envvars      TEXT NOT NULL,
+        generation   BIGINT NOT NULL,
+        created_ms   BIGINT NOT NULL,
+        updated_ms   BIGINT NOT NULL
+    );
+
+    CREATE TABLE build_trigger_commits (
+        trigger_id  TEXT NOT NULL,
+        commit_id   TEXT NOT NULL,
+        ref         TEXT NOT NULL,
+        seen_ms     BIGINT NOT NULL,
+        PRIMARY KEY (trigger_id, commit_id)
+    );
+    CREATE INDEX build_trigger_commits_seen ON build_trigger_commits(trigger_id, seen_ms);
+
+    ALTER TABLE builds ADD COLUMN trigger TEXT;
+    ALTER TABLE builds ADD COLUMN trigger_id TEXT;
+    ALTER TABLE builds ADD COLUMN trigger_ref TEXT;
+    CREATE INDEX builds_trigger ON builds(trigger_id, trigger_ref, status)
+        WHERE trigger_id IS NOT NULL;
+    "#,
 ];
 
 /// Brings the database up to the newest schema. Holds the migration lock
