@@ -145,7 +145,7 @@ fn two_berths_starting_together_migrate_once() {
             db,
             "SELECT string_agg(version::text, ',' ORDER BY version) FROM schema_migrations"
         ),
-        "1,2,3,4,5,6,7,8,9"
+        "1,2,3,4,5,6,7,8,9,10,11"
     );
     // What one writes, the other reads.
     let password = a.namespace_credentials("tool-two");
@@ -161,31 +161,48 @@ fn two_berths_starting_together_migrate_once() {
 /// Untagged GC through the binary on PostgreSQL: an untagged image's
 /// manifest, links, blob rows and objects go (rows before objects, under
 /// the digest locks in the database), the tagged one stays whole, and the
-/// ledger has no drift.
+/// ledger has no drift. The untagged image was pushed with every blob in a
+/// file (`inline_blob_max = "0"`), the tagged one after a restart with the
+/// default, its small blobs inline in `blob_data`: GC deletes files, and
+/// inline bytes are pulled from the database.
 #[test]
 fn untagged_gc_on_postgres_removes_rows_then_objects() {
     let dir = tempfile::tempdir().unwrap();
     let url = pg::fresh_database();
     let data = dir.path().join("data");
-    let berth = Berth::start_with(
-        &data,
-        free_port(),
-        &format!(
-            "{}[gc]\nenabled = false\nuntagged_grace = \"1s\"\nblob_grace = \"1s\"\n",
-            config(&url)
-        ),
-    );
-    let password = berth.namespace_credentials("tool-gc");
-    let creds = format!("tool-gc:{password}");
-    for (tag, seed) in [("old", "gc old"), ("new", "gc new")] {
+    let gc = "[gc]\nenabled = false\nuntagged_grace = \"1s\"\nblob_grace = \"1s\"\n";
+    let objects = || -> usize {
+        match std::fs::read_dir(data.join("blobs/sha256")) {
+            Ok(shards) => shards
+                .map(|shard| std::fs::read_dir(shard.unwrap().path()).unwrap().count())
+                .sum(),
+            Err(_) => 0,
+        }
+    };
+    let push = |berth: &Berth, creds: &str, tag: &str, seed: &str| {
         let layout = dir.path().join(format!("layout-{tag}"));
         write_oci_layout(&layout, tag, seed, 3);
         skopeo_copy(
             &format!("oci:{}:{tag}", layout.display()),
             &format!("docker://{}/tool-gc/app:{tag}", berth.host()),
-            &["--dest-creds", &creds],
+            &["--dest-creds", creds],
         );
-    }
+    };
+    let db = pg::database_of(&url);
+    let files = format!(
+        "[storage]\ndatabase_url = \"{url}\"\ndatabase_max_connections = 8\ninline_blob_max = \"0\"\n{gc}"
+    );
+    let berth = Berth::start_with(&data, free_port(), &files);
+    let password = berth.namespace_credentials("tool-gc");
+    let creds = format!("tool-gc:{password}");
+    push(&berth, &creds, "old", "gc old");
+    assert_eq!(objects(), 4, "config and three layers as files");
+    drop(berth);
+    let berth = Berth::start_with(&data, free_port(), &format!("{}{gc}", config(&url)));
+    push(&berth, &creds, "new", "gc new");
+    assert_eq!(objects(), 4);
+    assert_eq!(pg::psql(db, "SELECT COUNT(*) FROM blob_data"), "4");
+
     let auth = basic("admin", ADMIN_PASSWORD);
     let (status, _, _) = request(
         "DELETE",
@@ -203,15 +220,11 @@ fn untagged_gc_on_postgres_removes_rows_then_objects() {
     let report: serde_json::Value = serde_json::from_slice(&body).unwrap();
     assert_eq!(report["status"], "ok", "{report}");
 
-    let db = pg::database_of(&url);
-    // What is left: the tagged image's config and three layers.
+    // What is left: the tagged image's config and three layers, inline.
     assert_eq!(pg::psql(db, "SELECT COUNT(*) FROM manifests"), "1");
     assert_eq!(pg::psql(db, "SELECT COUNT(*) FROM blobs"), "4");
-    let objects: usize = std::fs::read_dir(data.join("blobs/sha256"))
-        .unwrap()
-        .map(|shard| std::fs::read_dir(shard.unwrap().path()).unwrap().count())
-        .sum();
-    assert_eq!(objects, 4, "objects follow their rows");
+    assert_eq!(pg::psql(db, "SELECT COUNT(*) FROM blob_data"), "4");
+    assert_eq!(objects(), 0, "objects follow their rows");
     let (status, _, body) = request(
         "POST",
         &format!("{}/admin/v1/quotas/_reconcile", berth.url()),
