@@ -21,18 +21,24 @@ pub async fn build_state(cfg: &Config, fd_budget: Option<u64>) -> Result<Arc<Sta
         data_dir: cfg.storage.data_dir.clone(),
         synchronous: cfg.storage.sqlite_synchronous,
         uploads: cfg.limits.upload_limits(cfg.storage.inline_blob_max),
+        postgres: cfg.storage.postgres(),
     };
-    // Opening runs migrations and touches the filesystem: keep it off the
-    // async workers like every other blocking call.
-    let storage = tokio::task::spawn_blocking(move || Storage::open(&storage_config))
-        .await
-        .map_err(|e| format!("storage start-up task failed: {e}"))?
-        .map_err(|e| {
+    // Opening runs migrations and touches the filesystem: `connect` keeps
+    // the blocking parts off the async workers.
+    let storage = Storage::connect(&storage_config).await.map_err(|e| {
+        if cfg.storage.database_url.is_some() {
+            format!(
+                "cannot open storage (data dir {}, PostgreSQL at [storage] database_url): {e}",
+                cfg.storage.data_dir.display()
+            )
+        } else {
             format!(
                 "cannot open data dir {}: {e}",
                 cfg.storage.data_dir.display()
             )
-        })?;
+        }
+    })?;
+    tracing::info!(backend = ?storage.meta.backend(), "metadata opened");
     let notifications = &cfg.notifications;
     storage
         .meta

@@ -101,6 +101,10 @@ impl Server {
 pub struct Storage {
     pub data_dir: PathBuf,
     pub sqlite_synchronous: berth_storage::Synchronous,
+    /// `postgres://...`: metadata in PostgreSQL instead of SQLite.
+    pub database_url: Option<String>,
+    /// PostgreSQL connections this process keeps at most.
+    pub database_max_connections: usize,
     /// Blobs up to this size are kept in the database, not as files.
     #[serde(with = "size")]
     pub inline_blob_max: u64,
@@ -115,8 +119,36 @@ impl Default for Storage {
         Storage {
             data_dir: PathBuf::from("./berth-data"),
             sqlite_synchronous: berth_storage::Synchronous::Normal,
+            database_url: None,
+            database_max_connections: 16,
             inline_blob_max: berth_storage::UploadLimits::default().inline_max,
         }
+    }
+}
+
+impl Storage {
+    /// The PostgreSQL settings, when `database_url` selects PostgreSQL.
+    pub fn postgres(&self) -> Option<berth_storage::PostgresConfig> {
+        self.database_url
+            .as_ref()
+            .map(|url| berth_storage::PostgresConfig {
+                url: url.clone(),
+                max_connections: self.database_max_connections,
+            })
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        if let Some(url) = &self.database_url {
+            if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+                return Err(
+                    "[storage] database_url must be a postgres:// (or postgresql://) URL".into(),
+                );
+            }
+            if self.database_max_connections < 2 {
+                return Err("[storage] database_max_connections must be at least 2".into());
+            }
+        }
+        Ok(())
     }
 }
 
@@ -399,6 +431,7 @@ impl Config {
     /// after command-line flags have overridden the file.
     pub fn resolve(&mut self) -> Result<(), String> {
         self.limits.validate()?;
+        self.storage.validate()?;
         self.server.resolve(&mut self.auth)?;
         self.gc.validate()?;
         // Builds reach the registry as its clients do: at the public URL
@@ -506,6 +539,11 @@ mod tests {
         assert_eq!(
             example.storage.sqlite_synchronous,
             default.storage.sqlite_synchronous
+        );
+        assert_eq!(example.storage.database_url, default.storage.database_url);
+        assert_eq!(
+            example.storage.database_max_connections,
+            default.storage.database_max_connections
         );
         assert_eq!(
             example.storage.inline_blob_max,

@@ -1,9 +1,12 @@
-//! Quota end to end: concurrent pushes never pass the limit, dedup counts
-//! a blob once per namespace, refused and cancelled pushes charge nothing,
-//! deletes give space back, and the admin API, CLI, Toolforge shape,
-//! metrics and docker all show the figures and the message.
+//! Quota end to end: concurrent pushes never pass the limit (with SQLite
+//! and with PostgreSQL metadata), dedup counts a blob once per namespace,
+//! refused and cancelled pushes charge nothing, deletes give space back,
+//! and the admin API, CLI, Toolforge shape, metrics and docker all show
+//! the figures and the message.
 
 mod common;
+#[path = "../storage/tests/support/postgres.rs"]
+mod pg;
 
 use berth_conformance::client::{Client, Resp};
 use berth_conformance::fixtures::{
@@ -125,8 +128,27 @@ fn push_image(
 
 #[test]
 fn twenty_concurrent_pushes_into_room_for_ten_exactly_ten_succeed() {
+    twenty_concurrent_pushes(false)
+}
+
+/// The same with the metadata in PostgreSQL, where concurrent writes are
+/// serialised per namespace by its row lock instead of one writer thread.
+#[test]
+fn twenty_concurrent_pushes_into_room_for_ten_exactly_ten_succeed_on_postgres() {
+    twenty_concurrent_pushes(true)
+}
+
+fn twenty_concurrent_pushes(postgres: bool) {
     let dir = tempfile::tempdir().unwrap();
-    let berth = Berth::start(&dir.path().join("data"));
+    let config = if postgres {
+        format!(
+            "[storage]\ndatabase_url = \"{}\"\ndatabase_max_connections = 16\n",
+            pg::fresh_database()
+        )
+    } else {
+        String::new()
+    };
+    let berth = Berth::start_with(&dir.path().join("data"), free_port(), &config);
     let password = berth.namespace_credentials("tool-q");
     let images: Vec<_> = (0..20).map(fixed_size_image).collect();
     let image_size = (images[0].0.bytes.len() + images[0].1.bytes.len() + images[0].2.len()) as u64;

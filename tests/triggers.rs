@@ -5,12 +5,15 @@
 //! its commit (fetched over http from a repository served here, git's
 //! dumb protocol, as tests/builds_network.rs serves one) and the image
 //! lands; every bad delivery is refused and starts nothing; a burst of
-//! pushes builds once, the newest commit; the per-tool delivery rate and
-//! the per-address throttle of failures hold.
+//! pushes builds once, the newest commit (with SQLite and with PostgreSQL
+//! metadata); the per-tool delivery rate and the per-address throttle of
+//! failures hold.
 
 mod common;
 #[path = "common/builds.rs"]
 mod harness;
+#[path = "../storage/tests/support/postgres.rs"]
+mod pg;
 
 use common::*;
 use harness::*;
@@ -180,7 +183,8 @@ fn builds(tool: &Tool) -> Vec<Value> {
 }
 
 /// berth with builds, http sources from `localhost` trusted, `limits`
-/// under `[limits]`; the repository in `dir` served over http.
+/// under `[limits]` (which may end with further tables); the repository
+/// in `dir` served over http.
 fn setup(dir: &Path, limits: &str) -> (Berth, GitServer, String) {
     git_repo(dir);
     let (berth, _) = start_berth_with(
@@ -555,8 +559,34 @@ fn a_signed_github_push_builds_its_commit_and_bad_deliveries_start_nothing() {
 
 #[test]
 fn a_burst_of_gitlab_pushes_builds_once_the_newest_commit() {
+    burst_of_gitlab_pushes(false)
+}
+
+/// The same with the metadata in PostgreSQL (`[storage] database_url`):
+/// triggers, replays and coalescing are that backend's SQL.
+#[test]
+fn a_burst_of_gitlab_pushes_builds_once_the_newest_commit_on_postgres() {
+    burst_of_gitlab_pushes(true)
+}
+
+fn burst_of_gitlab_pushes(postgres: bool) {
     let dir = tempfile::tempdir().unwrap();
-    let (berth, _server, url) = setup(dir.path(), "");
+    let storage = if postgres {
+        format!(
+            "[storage]\ndatabase_url = \"{}\"\ndatabase_max_connections = 8\n",
+            pg::fresh_database()
+        )
+    } else {
+        String::new()
+    };
+    let (berth, _server, url) = setup(dir.path(), &storage);
+    if postgres {
+        assert!(
+            berth.log_text().contains("Postgres"),
+            "{}",
+            berth.log_text()
+        );
+    }
     let tool = Tool::new(&berth, "busy");
     let (hook, secret) = register(&tool, &url, json!({ "ref": "main", "image_name": "web" }));
 

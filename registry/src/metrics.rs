@@ -191,6 +191,7 @@ mod tests {
             data_dir: dir.path().to_owned(),
             synchronous: berth_storage::Synchronous::Normal,
             uploads: Default::default(),
+            postgres: None,
         })
         .unwrap();
         let text = Metrics::new().render(&storage, |_| true).await.unwrap();

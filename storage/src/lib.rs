@@ -1,7 +1,7 @@
 //! berth-storage: everything berth keeps. Digests and names (the grammar
 //! every identifier passes before it touches a path or a row), the
-//! content-addressed blob store on object_store, the SQLite metadata, and
-//! upload staging.
+//! content-addressed blob store on object_store, the metadata (SQLite, or
+//! PostgreSQL with `[storage] database_url`), and upload staging.
 //!
 //! Invariant: objects are written before the rows that name them and rows
 //! are deleted before their objects, so a crash can leave an orphan object
@@ -17,7 +17,7 @@ pub mod uploads;
 
 pub use blobs::BlobStore;
 pub use digest::{Algorithm, Digest, DigestError};
-pub use meta::{Metadata, Synchronous};
+pub use meta::{Metadata, PostgresConfig, Synchronous};
 pub use names::{NameError, RepoName};
 pub use uploads::{Staged, UploadLimits, Uploads};
 
@@ -123,6 +123,8 @@ pub struct StorageConfig {
     pub data_dir: PathBuf,
     pub synchronous: Synchronous,
     pub uploads: UploadLimits,
+    /// Metadata in PostgreSQL instead of `<data_dir>/berth.db`.
+    pub postgres: Option<PostgresConfig>,
 }
 
 /// The storage parts the registry uses, opened together on one data dir.
@@ -146,10 +148,50 @@ impl Storage {
     /// Takes the data dir's lock first: one process per data dir, because
     /// the upload staging, the per-digest locks, the manifest cache and
     /// the GC job locks all live in this process.
+    ///
+    /// Blocking: call it from a blocking thread (or use `connect`). With
+    /// `postgres` set, use `connect`.
     pub fn open(config: &StorageConfig) -> Result<Storage, StorageError> {
+        if config.postgres.is_some() {
+            return Err(StorageError::Internal(
+                "Storage::open is for SQLite; PostgreSQL metadata needs Storage::connect".into(),
+            ));
+        }
         let dir = &config.data_dir;
         let dir_lock = lock_data_dir(dir)?;
         let meta = Metadata::open(&dir.join("berth.db"), config.synchronous)?;
+        Storage::assemble(config, meta, dir_lock)
+    }
+
+    /// Opens storage from an async context: SQLite on a blocking thread
+    /// (as `open`), or PostgreSQL metadata (connecting and migrating)
+    /// beside the data dir's blobs and staging.
+    pub async fn connect(config: &StorageConfig) -> Result<Storage, StorageError> {
+        let Some(pg) = &config.postgres else {
+            let config = config.clone();
+            return tokio::task::spawn_blocking(move || Storage::open(&config))
+                .await
+                .map_err(|e| {
+                    StorageError::Internal(format!("storage start-up task failed: {e}"))
+                })?;
+        };
+        let dir = config.data_dir.clone();
+        let dir_lock = tokio::task::spawn_blocking(move || lock_data_dir(&dir))
+            .await
+            .map_err(|e| StorageError::Internal(format!("storage start-up task failed: {e}")))??;
+        let meta = Metadata::connect_postgres(pg).await?;
+        let config = config.clone();
+        tokio::task::spawn_blocking(move || Storage::assemble(&config, meta, dir_lock))
+            .await
+            .map_err(|e| StorageError::Internal(format!("storage start-up task failed: {e}")))?
+    }
+
+    fn assemble(
+        config: &StorageConfig,
+        meta: Metadata,
+        dir_lock: std::fs::File,
+    ) -> Result<Storage, StorageError> {
+        let dir = &config.data_dir;
         let blobs = BlobStore::local(dir)?;
         let uploads = Arc::new(Uploads::open(&dir.join("uploads"), config.uploads.clone())?);
         Ok(Storage {
@@ -164,6 +206,22 @@ impl Storage {
 
     pub fn data_dir(&self) -> &Path {
         &self.data_dir
+    }
+
+    /// Locks `digests` (see `locks`): in this process with SQLite, in the
+    /// database with PostgreSQL, where other processes may share blobs.
+    pub async fn lock_digests(
+        &self,
+        digests: &[&str],
+    ) -> Result<locks::DigestGuard<'_>, StorageError> {
+        match &self.meta {
+            Metadata::Sqlite(_) => Ok(locks::DigestGuard::Local(
+                self.locks.lock_many(digests.iter().copied()).await,
+            )),
+            Metadata::Postgres(pg) => Ok(locks::DigestGuard::Shared(Box::new(
+                pg.lock_digests(digests).await?,
+            ))),
+        }
     }
 
     /// Completes an upload. A staging file moves into the blob store
@@ -191,9 +249,13 @@ impl Storage {
             Staged::Memory(data) => self.meta.link_inline_blob(repo, digest, data, hold).await,
             Staged::File(path) => {
                 let key = digest.to_string();
-                let _guard = self.locks.lock(&key).await;
-                self.blobs.commit_staged(path, digest).await?;
-                self.meta.link_blob(repo, digest, size, hold).await
+                let guard = self.lock_digests(&[&key]).await?;
+                let result = match self.blobs.commit_staged(path, digest).await {
+                    Ok(()) => self.meta.link_blob(repo, digest, size, hold).await,
+                    Err(e) => Err(e),
+                };
+                guard.release().await;
+                result
             }
         }
     }
@@ -208,19 +270,22 @@ impl Storage {
         cutoff: i64,
     ) -> Result<Vec<meta::DoomedBlob>, StorageError> {
         let digests: Vec<String> = batch.iter().map(|b| b.digest.clone()).collect();
-        let _guards = self
-            .locks
-            .lock_many(digests.iter().map(String::as_str))
-            .await;
-        let deleted = self.meta.delete_blob_rows_checked(batch, cutoff).await?;
-        let digests: Vec<Digest> = deleted
-            .iter()
-            .filter_map(|b| b.digest.parse().ok())
-            .collect();
-        for (d, e) in self.blobs.delete_many(digests).await? {
-            tracing::warn!(digest = %d, error = %e, "blob object not deleted; a later sweep retries");
+        let keys: Vec<&str> = digests.iter().map(String::as_str).collect();
+        let guard = self.lock_digests(&keys).await?;
+        let result = async {
+            let deleted = self.meta.delete_blob_rows_checked(batch, cutoff).await?;
+            let digests: Vec<Digest> = deleted
+                .iter()
+                .filter_map(|b| b.digest.parse().ok())
+                .collect();
+            for (d, e) in self.blobs.delete_many(digests).await? {
+                tracing::warn!(digest = %d, error = %e, "blob object not deleted; a later sweep retries");
+            }
+            Ok(deleted)
         }
-        Ok(deleted)
+        .await;
+        guard.release().await;
+        result
     }
 
     /// Objects in the blob store without a blob row, last written before
@@ -244,12 +309,20 @@ impl Storage {
                 }
                 if !dry_run {
                     let key = o.digest.to_string();
-                    let _guard = self.locks.lock(&key).await;
+                    let guard = self.lock_digests(&[&key]).await?;
                     // Re-check under the lock: an upload may have linked it.
-                    if self.meta.blob_rows_present(vec![key.clone()]).await?[0] {
+                    let deleted = async {
+                        if self.meta.blob_rows_present(vec![key.clone()]).await?[0] {
+                            return Ok::<_, StorageError>(false);
+                        }
+                        self.blobs.delete(&o.digest).await?;
+                        Ok(true)
+                    }
+                    .await;
+                    guard.release().await;
+                    if !deleted? {
                         continue;
                     }
-                    self.blobs.delete(&o.digest).await?;
                 }
                 orphans.push(meta::DoomedBlob {
                     digest: o.digest.to_string(),

@@ -6,9 +6,31 @@
 //! it (new row), then GC deletes "its" object: a row without an object.
 //! Upload completion holds the digest's lock from the rename until the
 //! link commits; GC holds it from the row deletion until the object is
-//! gone. (One process; scale-out moves this to a database lock.)
+//! gone.
+//!
+//! `BlobLocks` are this process's (enough with SQLite, whose data dir one
+//! process holds). With PostgreSQL metadata several processes may share
+//! the blobs, so the locks are the database's (advisory locks, see
+//! `meta/postgres`); `DigestGuard` is either kind, and `Storage` picks.
 
 use tokio::sync::{Mutex, MutexGuard};
+
+/// Held digest locks, of this process or of the database. Release with
+/// `release` (a database guard dropped instead closes its connection,
+/// which releases it too).
+pub enum DigestGuard<'a> {
+    Local(Vec<MutexGuard<'a, ()>>),
+    Shared(Box<crate::meta::DigestLock>),
+}
+
+impl DigestGuard<'_> {
+    pub async fn release(self) {
+        match self {
+            DigestGuard::Local(guards) => drop(guards),
+            DigestGuard::Shared(lock) => (*lock).release().await,
+        }
+    }
+}
 
 const STRIPES: usize = 1024;
 
@@ -39,9 +61,9 @@ impl BlobLocks {
 
     /// Locks every digest's stripe, in stripe order (so two callers can
     /// never deadlock).
-    pub async fn lock_many<'a>(
+    pub async fn lock_many<'a, 'd>(
         &'a self,
-        digests: impl Iterator<Item = &'a str>,
+        digests: impl Iterator<Item = &'d str>,
     ) -> Vec<MutexGuard<'a, ()>> {
         let mut stripes: Vec<usize> = digests.map(Self::stripe).collect();
         stripes.sort_unstable();

@@ -1,11 +1,21 @@
-//! The web console's storage questions against a real SQLite file: the
+//! The web console's storage questions on each metadata backend: the
 //! quota list paged and sorted in SQL agrees with `quota_list`, tags carry
 //! their image sizes, and usage sampling records changes only and keeps
 //! its history bounded.
 
 use berth_storage::meta::console::{QuotaQuery, QuotaSort, SampleRetention};
 use berth_storage::meta::{FixtureBlob, FixtureManifest, FixtureRepo, LimitSetting, QuotaPolicy};
-use berth_storage::{Metadata, Synchronous};
+use berth_storage::Metadata;
+use support::{Backend, Place};
+
+#[macro_use]
+mod support;
+
+for_each_backend!(
+    quota_pages_agree_with_the_full_list,
+    tags_carry_image_sizes,
+    sampling_records_changes_and_stays_bounded,
+);
 
 const DAY: i64 = 24 * 3600 * 1000;
 
@@ -38,8 +48,8 @@ fn repo(ns: &str, n: u64, manifests: u64) -> FixtureRepo {
     }
 }
 
-async fn world(dir: &std::path::Path, namespaces: u64) -> Metadata {
-    let meta = Metadata::open(&dir.join("berth.db"), Synchronous::Normal).unwrap();
+async fn world(backend: Backend, dir: &std::path::Path, namespaces: u64) -> Metadata {
+    let meta = Place::new(backend).metadata(dir).await;
     meta.set_quota_policy(QuotaPolicy {
         default_limit: Some(20_000),
         unlimited: ["ns-003".to_owned()].into_iter().collect(),
@@ -52,10 +62,9 @@ async fn world(dir: &std::path::Path, namespaces: u64) -> Metadata {
     meta
 }
 
-#[tokio::test]
-async fn quota_pages_agree_with_the_full_list() {
+async fn quota_pages_agree_with_the_full_list(backend: Backend) {
     let dir = tempfile::tempdir().unwrap();
-    let meta = world(dir.path(), 40).await;
+    let meta = world(backend, dir.path(), 40).await;
     meta.set_quota_limit("ns-005", LimitSetting::Bytes(1))
         .await
         .unwrap();
@@ -151,10 +160,9 @@ async fn quota_pages_agree_with_the_full_list() {
     meta.close().await;
 }
 
-#[tokio::test]
-async fn tags_carry_image_sizes() {
+async fn tags_carry_image_sizes(backend: Backend) {
     let dir = tempfile::tempdir().unwrap();
-    let meta = world(dir.path(), 3).await;
+    let meta = world(backend, dir.path(), 3).await;
     let (total, tags) = meta.namespace_tags("ns-002", 0, 10).await.unwrap();
     assert_eq!(total, 3);
     // Newest first; each image is its manifest plus its one layer.
@@ -167,10 +175,9 @@ async fn tags_carry_image_sizes() {
     meta.close().await;
 }
 
-#[tokio::test]
-async fn sampling_records_changes_and_stays_bounded() {
+async fn sampling_records_changes_and_stays_bounded(backend: Backend) {
     let dir = tempfile::tempdir().unwrap();
-    let meta = world(dir.path(), 20).await;
+    let meta = world(backend, dir.path(), 20).await;
     let keep = SampleRetention {
         keep_ms: 30 * DAY,
         max_rows: 1000,

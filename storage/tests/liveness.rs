@@ -1,5 +1,6 @@
 //! GC's liveness rule as a table (distribution's garbagecollect_test.go is
-//! the model): each case builds a small world in a real SQLite file through
+//! the model), on each metadata backend: each case builds a small world
+//! in a real SQLite file or PostgreSQL database through
 //! the storage API, plans an untagged GC, runs the checked deletions the
 //! way berth-gc does, and checks that the plan names exactly the expected
 //! manifests, links and blobs, and that the checked deletions remove
@@ -7,8 +8,25 @@
 
 use berth_storage::manifest::{self, OCI_INDEX, OCI_MANIFEST};
 use berth_storage::meta::{DoomedManifest, GcPlan, PutManifestOutcome};
-use berth_storage::{now_ms, Digest, RepoName, Storage, StorageConfig, Synchronous};
+use berth_storage::{now_ms, Digest, RepoName, Storage};
 use std::collections::{BTreeMap, BTreeSet};
+use support::{Backend, Place};
+
+#[macro_use]
+mod support;
+
+for_each_backend!(
+    tagged_images_live_untagged_ones_go_with_what_only_they_used,
+    nothing_goes_within_the_grace_period,
+    a_blob_stays_while_another_repository_links_it,
+    a_tagged_index_keeps_its_children_an_untagged_one_takes_them_along,
+    a_child_of_a_tagged_index_and_of_an_untagged_one_lives,
+    referrers_live_and_die_with_their_subject_chains_included,
+    a_pinned_untagged_image_lives_with_its_blobs,
+    uploaded_blobs_no_manifest_names_go_once_past_grace,
+    a_manifest_that_just_lost_its_tag_keeps_its_grace,
+    a_push_after_the_plan_wins_over_the_checked_deletion,
+);
 
 /// A little world: labelled blobs and manifests in real storage.
 struct World {
@@ -22,14 +40,9 @@ fn repo(name: &str) -> RepoName {
 }
 
 impl World {
-    async fn new() -> World {
+    async fn new(backend: Backend) -> World {
         let dir = tempfile::tempdir().unwrap();
-        let s = Storage::open(&StorageConfig {
-            data_dir: dir.path().to_owned(),
-            synchronous: Synchronous::Normal,
-            uploads: Default::default(),
-        })
-        .unwrap();
+        let s = Place::new(backend).storage(dir.path()).await;
         World {
             s,
             names: BTreeMap::new(),
@@ -240,9 +253,8 @@ async fn check(w: &World, cutoff: i64, want: Outcome) {
     assert_eq!(again, expect(&[], &[], &[]), "a second run");
 }
 
-#[tokio::test]
-async fn tagged_images_live_untagged_ones_go_with_what_only_they_used() {
-    let mut w = World::new().await;
+async fn tagged_images_live_untagged_ones_go_with_what_only_they_used(backend: Backend) {
+    let mut w = World::new(backend).await;
     w.image("a/app", "kept", &["shared", "kept.layer"], None, Some("v1"))
         .await;
     w.image("a/app", "gone", &["shared", "gone.layer"], None, Some("v0"))
@@ -260,9 +272,8 @@ async fn tagged_images_live_untagged_ones_go_with_what_only_they_used() {
     .await;
 }
 
-#[tokio::test]
-async fn nothing_goes_within_the_grace_period() {
-    let mut w = World::new().await;
+async fn nothing_goes_within_the_grace_period(backend: Backend) {
+    let mut w = World::new(backend).await;
     w.image("a/app", "fresh", &["l1"], None, Some("v0")).await;
     w.untag("a/app", "v0").await;
     w.blob("a/app", "uploaded.only").await;
@@ -270,9 +281,8 @@ async fn nothing_goes_within_the_grace_period() {
     check(&w, 0, expect(&[], &[], &[])).await;
 }
 
-#[tokio::test]
-async fn a_blob_stays_while_another_repository_links_it() {
-    let mut w = World::new().await;
+async fn a_blob_stays_while_another_repository_links_it(backend: Backend) {
+    let mut w = World::new(backend).await;
     w.image("a/one", "old", &["common"], None, None).await;
     w.image("b/two", "kept", &["common"], None, Some("latest"))
         .await;
@@ -288,9 +298,8 @@ async fn a_blob_stays_while_another_repository_links_it() {
     .await;
 }
 
-#[tokio::test]
-async fn a_tagged_index_keeps_its_children_an_untagged_one_takes_them_along() {
-    let mut w = World::new().await;
+async fn a_tagged_index_keeps_its_children_an_untagged_one_takes_them_along(backend: Backend) {
+    let mut w = World::new(backend).await;
     let amd = w
         .image("a/multi", "amd64", &["amd.layer"], None, None)
         .await;
@@ -314,18 +323,16 @@ async fn a_tagged_index_keeps_its_children_an_untagged_one_takes_them_along() {
     .await;
 }
 
-#[tokio::test]
-async fn a_child_of_a_tagged_index_and_of_an_untagged_one_lives() {
-    let mut w = World::new().await;
+async fn a_child_of_a_tagged_index_and_of_an_untagged_one_lives(backend: Backend) {
+    let mut w = World::new(backend).await;
     let child = w.image("a/x", "child", &[], None, None).await;
     w.index("a/x", "tagged-index", &[&child], Some("v1")).await;
     w.index("a/x", "untagged-index", &[&child], None).await;
     check(&w, past_grace(), expect(&["a/x@untagged-index"], &[], &[])).await;
 }
 
-#[tokio::test]
-async fn referrers_live_and_die_with_their_subject_chains_included() {
-    let mut w = World::new().await;
+async fn referrers_live_and_die_with_their_subject_chains_included(backend: Backend) {
+    let mut w = World::new(backend).await;
     let subject = w.image("a/s", "subject", &[], None, Some("v1")).await;
     let sig = w.image("a/s", "signature", &[], Some(&subject), None).await;
     w.image("a/s", "sig-of-sig", &[], Some(&sig), None).await;
@@ -353,9 +360,8 @@ async fn referrers_live_and_die_with_their_subject_chains_included() {
     .await;
 }
 
-#[tokio::test]
-async fn a_pinned_untagged_image_lives_with_its_blobs() {
-    let mut w = World::new().await;
+async fn a_pinned_untagged_image_lives_with_its_blobs(backend: Backend) {
+    let mut w = World::new(backend).await;
     let running = w
         .image("tool-a/web", "running", &["run.layer"], None, Some("old"))
         .await;
@@ -374,17 +380,15 @@ async fn a_pinned_untagged_image_lives_with_its_blobs() {
     .await;
 }
 
-#[tokio::test]
-async fn uploaded_blobs_no_manifest_names_go_once_past_grace() {
-    let mut w = World::new().await;
+async fn uploaded_blobs_no_manifest_names_go_once_past_grace(backend: Backend) {
+    let mut w = World::new(backend).await;
     w.blob("a/up", "orphan").await;
     w.image("a/up", "img", &["used"], None, Some("v1")).await;
     check(&w, past_grace(), expect(&[], &["a/up@orphan"], &["orphan"])).await;
 }
 
-#[tokio::test]
-async fn a_manifest_that_just_lost_its_tag_keeps_its_grace() {
-    let mut w = World::new().await;
+async fn a_manifest_that_just_lost_its_tag_keeps_its_grace(backend: Backend) {
+    let mut w = World::new(backend).await;
     w.image("a/m", "moved-from", &[], None, Some("latest"))
         .await;
     let before_untag = now_ms();
@@ -403,9 +407,8 @@ async fn a_manifest_that_just_lost_its_tag_keeps_its_grace() {
     .await;
 }
 
-#[tokio::test]
-async fn a_push_after_the_plan_wins_over_the_checked_deletion() {
-    let mut w = World::new().await;
+async fn a_push_after_the_plan_wins_over_the_checked_deletion(backend: Backend) {
+    let mut w = World::new(backend).await;
     let img = w
         .image("a/race", "raced", &["race.layer"], None, None)
         .await;

@@ -1,10 +1,15 @@
-//! berth-storage against a real SQLite file and a real data directory.
+//! berth-storage against a real data directory and each metadata backend
+//! (a SQLite file; a PostgreSQL database).
+
+#[macro_use]
+mod support;
 
 use berth_storage::manifest::{self, OCI_INDEX, OCI_MANIFEST};
 use berth_storage::meta::{DeleteManifestOutcome, PutManifestOutcome, UnlinkBlobOutcome};
 use berth_storage::uploads::FinishError;
-use berth_storage::{Algorithm, Digest, RepoName, Storage, StorageConfig, Synchronous};
+use berth_storage::{Algorithm, Digest, RepoName, Storage};
 use bytes::Bytes;
+use support::{Backend, Place};
 
 /// Files in the staging directory's shards.
 fn staged_files(dir: &std::path::Path) -> usize {
@@ -14,14 +19,16 @@ fn staged_files(dir: &std::path::Path) -> usize {
         .sum()
 }
 
-fn open(dir: &std::path::Path) -> Storage {
-    Storage::open(&StorageConfig {
-        data_dir: dir.to_owned(),
-        synchronous: Synchronous::Full,
-        uploads: Default::default(),
-    })
-    .unwrap()
-}
+for_each_backend!(
+    manifests_reference_checks_and_deletes_survive_reopen,
+    uploads_verify_sha256_and_sha512_and_discard_mismatches,
+    concurrent_pushes_never_pass_the_quota,
+    concurrent_build_users_are_distinct,
+    digest_locks_exclude_each_other,
+    concurrent_small_blobs_commit_together_and_refusals_roll_back_alone,
+    held_is_given_back_inside_the_charging_transaction,
+    inline_blobs_go_with_their_rows,
+);
 
 fn body(
     parts: &[&'static [u8]],
@@ -58,11 +65,11 @@ fn image(config: &Digest, layers: &[&Digest]) -> Vec<u8> {
     .unwrap()
 }
 
-#[tokio::test]
-async fn manifests_reference_checks_and_deletes_survive_reopen() {
+async fn manifests_reference_checks_and_deletes_survive_reopen(backend: Backend) {
     let dir = tempfile::tempdir().unwrap();
+    let place = Place::new(backend);
     let repo = RepoName::parse("tool-a/web").unwrap();
-    let s = open(dir.path());
+    let s = place.storage(dir.path()).await;
     let config = store_blob(&s, &repo, b"{}").await;
     let layer = store_blob(&s, &repo, b"layer bytes").await;
     let missing = Digest::sha256_of(b"never uploaded");
@@ -144,7 +151,7 @@ async fn manifests_reference_checks_and_deletes_survive_reopen() {
     s.close().await;
 
     // Everything is there after a reopen (migrations run again harmlessly).
-    let s = open(dir.path());
+    let s = place.storage(dir.path()).await;
     let m = s
         .meta
         .get_manifest(&repo, "v1", false, true)
@@ -197,10 +204,9 @@ async fn manifests_reference_checks_and_deletes_survive_reopen() {
     ));
 }
 
-#[tokio::test]
-async fn uploads_verify_sha256_and_sha512_and_discard_mismatches() {
+async fn uploads_verify_sha256_and_sha512_and_discard_mismatches(backend: Backend) {
     let dir = tempfile::tempdir().unwrap();
-    let s = open(dir.path());
+    let s = Place::new(backend).storage(dir.path()).await;
     let repo = RepoName::parse("tool-b/app").unwrap();
 
     let session = s.uploads.start(&repo).await.unwrap();
@@ -258,13 +264,146 @@ async fn uploads_verify_sha256_and_sha512_and_discard_mismatches() {
     );
 }
 
-/// Writes queued together commit in one transaction (group commit), each
-/// in its own savepoint: refused ones roll back alone, the rest commit,
-/// and the quota stays exact.
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn concurrent_small_blobs_commit_together_and_refusals_roll_back_alone() {
+/// Twenty pushes of distinct blobs into one namespace with room for ten,
+/// through two handles on one database (two replicas, for PostgreSQL):
+/// exactly ten are linked, the ledger is exact, and a blob linked by two
+/// repositories of the namespace at once is charged once.
+async fn concurrent_pushes_never_pass_the_quota(backend: Backend) {
+    use berth_storage::meta::{LimitSetting, QuotaPolicy};
     let dir = tempfile::tempdir().unwrap();
-    let s = open(dir.path());
+    let place = Place::new(backend);
+    let a = place.metadata(dir.path()).await;
+    let b = place.metadata(dir.path()).await;
+    for m in [&a, &b] {
+        m.set_quota_policy(QuotaPolicy {
+            default_limit: Some(1_000_000),
+            ..Default::default()
+        });
+    }
+    a.set_quota_limit("tool-q", LimitSetting::Bytes(10 * 1000))
+        .await
+        .unwrap();
+    let mut tasks = Vec::new();
+    for i in 0..20 {
+        let meta = if i % 2 == 0 { a.clone() } else { b.clone() };
+        tasks.push(tokio::spawn(async move {
+            let repo = RepoName::parse(&format!("tool-q/app{}", i % 3)).unwrap();
+            let digest = Digest::sha256_of(format!("blob {i}").as_bytes());
+            meta.link_blob(&repo, &digest, 1000, ())
+                .await
+                .unwrap()
+                .is_ok()
+        }));
+    }
+    let mut linked = 0;
+    for t in tasks {
+        linked += usize::from(t.await.unwrap());
+    }
+    assert_eq!(linked, 10, "exactly the room there was");
+    let q = a.quota("tool-q").await.unwrap().unwrap();
+    assert_eq!(q.used_bytes, 10_000);
+
+    // One shared blob linked into five repositories at once: charged once.
+    a.set_quota_limit("tool-s", LimitSetting::Bytes(1_000_000))
+        .await
+        .unwrap();
+    let shared = Digest::sha256_of(b"shared layer");
+    let mut tasks = Vec::new();
+    for i in 0..5 {
+        let meta = if i % 2 == 0 { a.clone() } else { b.clone() };
+        let shared = shared.clone();
+        tasks.push(tokio::spawn(async move {
+            let repo = RepoName::parse(&format!("tool-s/r{i}")).unwrap();
+            meta.link_blob(&repo, &shared, 777, ())
+                .await
+                .unwrap()
+                .unwrap();
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    assert_eq!(b.quota("tool-s").await.unwrap().unwrap().used_bytes, 777);
+    assert!(a.reconcile_quota().await.unwrap().is_empty(), "no drift");
+    a.close().await;
+    b.close().await;
+}
+
+/// Build uids allocated for many tools at once (two handles): all distinct.
+async fn concurrent_build_users_are_distinct(backend: Backend) {
+    let dir = tempfile::tempdir().unwrap();
+    let place = Place::new(backend);
+    let a = place.metadata(dir.path()).await;
+    let b = place.metadata(dir.path()).await;
+    let mut tasks = Vec::new();
+    for i in 0..16 {
+        let meta = if i % 2 == 0 { a.clone() } else { b.clone() };
+        tasks.push(tokio::spawn(async move {
+            meta.build_user(&format!("tool{i}"), 1000).await.unwrap()
+        }));
+    }
+    let mut seen = std::collections::BTreeSet::new();
+    for t in tasks {
+        assert!(seen.insert(t.await.unwrap().expect("a number")));
+    }
+    assert_eq!(seen.len(), 16);
+    assert_eq!(
+        a.build_user("tool3", 1000).await.unwrap(),
+        b.build_user("tool3", 1000).await.unwrap()
+    );
+    a.close().await;
+    b.close().await;
+}
+
+/// A digest's lock (held by upload completion and by GC around an object
+/// and its row) excludes another holder: in the process with SQLite, and
+/// across processes sharing the database with PostgreSQL (two `Storage`s
+/// on two data dirs stand for two replicas). A guard dropped without
+/// `release` frees the lock too.
+async fn digest_locks_exclude_each_other(backend: Backend) {
+    use std::time::{Duration, Instant};
+    let (d1, d2) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let place = Place::new(backend);
+    let a = place.storage(d1.path()).await;
+    let b = match backend {
+        Backend::Sqlite => a.clone(),
+        Backend::Postgres => place.storage(d2.path()).await,
+    };
+    let digest = Digest::sha256_of(b"locked").to_string();
+    let held = a.lock_digests(&[&digest]).await.unwrap();
+    let waiter = {
+        let (b, digest) = (b.clone(), digest.clone());
+        tokio::spawn(async move {
+            let g = b.lock_digests(&[&digest]).await.unwrap();
+            let at = Instant::now();
+            g.release().await;
+            at
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!waiter.is_finished(), "a second holder got a held lock");
+    let released = Instant::now();
+    held.release().await;
+    assert!(waiter.await.unwrap() >= released);
+
+    let dropped = a.lock_digests(&[&digest]).await.unwrap();
+    drop(dropped);
+    tokio::time::timeout(Duration::from_secs(10), b.lock_digests(&[&digest]))
+        .await
+        .expect("a dropped guard frees its lock")
+        .unwrap()
+        .release()
+        .await;
+}
+
+/// Small blobs linked at once into a namespace with room for a quarter of
+/// them: SQLite commits writes queued together in one transaction (group
+/// commit), each in its own savepoint, PostgreSQL commits each under the
+/// namespace's lock; either way refused ones roll back alone (no bytes
+/// left behind), the rest commit, and the quota stays exact.
+async fn concurrent_small_blobs_commit_together_and_refusals_roll_back_alone(backend: Backend) {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Place::new(backend).storage(dir.path()).await;
     s.meta.set_quota_policy(berth_storage::meta::QuotaPolicy {
         default_limit: Some(100),
         ..Default::default()
@@ -300,5 +439,137 @@ async fn concurrent_small_blobs_commit_together_and_refusals_roll_back_alone() {
         s.meta.reconcile_quota().await.unwrap().is_empty(),
         "no drift"
     );
+    s.close().await;
+}
+
+/// Stands for an upload's hold on its staged bytes: when dropped, it reads
+/// the namespace's charged bytes through the handle's other connections
+/// (what any other request would see at that moment).
+struct Probe {
+    meta: berth_storage::Metadata,
+    handle: tokio::runtime::Handle,
+    seen: std::sync::Arc<std::sync::Mutex<Vec<u64>>>,
+}
+
+impl Drop for Probe {
+    fn drop(&mut self) {
+        let used = tokio::task::block_in_place(|| {
+            self.handle
+                .block_on(self.meta.quota("tool-held"))
+                .unwrap()
+                .map_or(0, |q| q.used_bytes)
+        });
+        self.seen.lock().unwrap().push(used);
+    }
+}
+
+/// `held` (an upload's reservation of its staged bytes) is given back
+/// inside the write that charges them, before its commit: when it is
+/// dropped nobody sees the charge yet, and once the write returns it is
+/// gone and the charge is there. A refused write drops it too.
+async fn held_is_given_back_inside_the_charging_transaction(backend: Backend) {
+    use berth_storage::meta::QuotaPolicy;
+    let dir = tempfile::tempdir().unwrap();
+    let s = Place::new(backend).storage(dir.path()).await;
+    s.meta.set_quota_policy(QuotaPolicy {
+        default_limit: Some(100),
+        ..Default::default()
+    });
+    let repo = RepoName::parse("tool-held/app").unwrap();
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let probe = || Probe {
+        meta: s.meta.clone(),
+        handle: tokio::runtime::Handle::current(),
+        seen: seen.clone(),
+    };
+    let used = || async { s.meta.quota("tool-held").await.unwrap().unwrap().used_bytes };
+
+    // On a worker thread: the probe blocks in place while it reads.
+    let (meta, r) = (s.meta.clone(), repo.clone());
+    let (p1, p2, p3) = (probe(), probe(), probe());
+    tokio::spawn(async move {
+        let file = Digest::sha256_of(b"a file-backed blob");
+        assert!(meta.link_blob(&r, &file, 60, p1).await.unwrap().is_ok());
+        let small = Bytes::from_static(&[7u8; 30]);
+        let inline = Digest::sha256_of(&small);
+        assert!(meta
+            .link_inline_blob(&r, &inline, small, p2)
+            .await
+            .unwrap()
+            .is_ok());
+        let big = Digest::sha256_of(b"does not fit");
+        assert!(meta.link_blob(&r, &big, 20, p3).await.unwrap().is_err());
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        *seen.lock().unwrap(),
+        vec![0, 60, 90],
+        "each hold went before its own charge was visible, after the one before"
+    );
+    assert_eq!(used().await, 90);
+    s.close().await;
+}
+
+/// A blob kept inline is a row like any other for GC: once unlinked and
+/// past the grace period its row goes, and its bytes with it (no object to
+/// delete). Linked into another repository as a file upload of the same
+/// digest would (`link_blob`), its bytes are still read from the database
+/// and the namespace is charged once.
+async fn inline_blobs_go_with_their_rows(backend: Backend) {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Place::new(backend).storage(dir.path()).await;
+    let repo = RepoName::parse("tool-inline/app").unwrap();
+    let digest = store_blob(&s, &repo, b"a small config").await;
+    let linked = s.meta.linked_blob(&repo, &digest).await.unwrap().unwrap();
+    assert!(linked.inline);
+    assert_eq!(linked.size, 14);
+    assert!(s.blobs.size(&digest).await.unwrap().is_none(), "no object");
+
+    assert_eq!(
+        s.meta.unlink_blob(&repo, &digest).await.unwrap(),
+        UnlinkBlobOutcome::Unlinked
+    );
+    let cutoff = berth_storage::now_ms() + 60_000;
+    let plan = s.meta.gc_plan(cutoff, cutoff).await.unwrap();
+    assert_eq!(
+        plan.blobs
+            .iter()
+            .map(|b| b.digest.clone())
+            .collect::<Vec<_>>(),
+        vec![digest.to_string()]
+    );
+    let deleted = s.delete_blobs(plan.blobs, cutoff).await.unwrap();
+    assert_eq!(deleted.len(), 1);
+    assert_eq!(s.meta.blob_size(&digest).await.unwrap(), None);
+    assert_eq!(s.meta.inline_blob(&digest).await.unwrap(), None);
+
+    // Inline again, then the same digest linked as a file upload links.
+    let digest = store_blob(&s, &repo, b"a small config").await;
+    let other = RepoName::parse("tool-inline/other").unwrap();
+    s.meta
+        .link_blob(&other, &digest, 14, ())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        s.meta
+            .linked_blob(&other, &digest)
+            .await
+            .unwrap()
+            .unwrap()
+            .inline
+    );
+    assert_eq!(
+        s.meta
+            .quota("tool-inline")
+            .await
+            .unwrap()
+            .unwrap()
+            .used_bytes,
+        14,
+        "charged once in the namespace"
+    );
+    assert!(s.meta.reconcile_quota().await.unwrap().is_empty());
     s.close().await;
 }

@@ -135,6 +135,10 @@ pub struct TriggerRecord {
     pub updated_ms: i64,
 }
 
+/// Commits remembered per trigger for replay detection (every backend);
+/// older ones are forgotten (a replay of a push that old is queued again).
+pub const SEEN_COMMITS_KEPT: i64 = 1000;
+
 /// What `Metadata::queue_push_build` did with a push's build.
 #[derive(Debug, Clone)]
 pub enum PushQueued {

@@ -1,5 +1,5 @@
 //! What the metadata store holds and answers, as types shared by every
-//! backend (the SQLite one in `sqlite/` today). Nothing here knows SQL.
+//! backend (`sqlite/` and `postgres/`). Nothing here knows SQL.
 
 use crate::digest::Digest;
 use std::collections::{BTreeMap, HashSet};
@@ -123,6 +123,10 @@ pub struct ApiToken {
     pub created_by: String,
 }
 
+/// How often a token's use is written down: a token sent on every request
+/// of a push must not make each request a write.
+pub const TOKEN_USE_INTERVAL_MS: i64 = 60_000;
+
 /// Which tokens a listing shows.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TokenOwner {
@@ -155,6 +159,49 @@ pub struct QuotaPolicy {
     /// A `quota` event is recorded when a charge takes a namespace's
     /// usage to this percentage of its limit or past it (from below).
     pub alert_percent: Option<f64>,
+}
+
+/// The limit that applies to `ns` (`None`: unlimited) and where it comes
+/// from (`default`, `override` or `unlimited`), given its row's override.
+pub(crate) fn effective_limit(
+    policy: &QuotaPolicy,
+    ns: &str,
+    limit_bytes: Option<i64>,
+    unlimited: bool,
+) -> (Option<u64>, &'static str) {
+    if unlimited || policy.unlimited.contains(ns) {
+        (None, "unlimited")
+    } else if let Some(l) = limit_bytes {
+        (Some(l.max(0) as u64), "override")
+    } else {
+        (policy.default_limit, "default")
+    }
+}
+
+/// A namespace's quota as the admin API shows it, from its row.
+pub(crate) fn quota_of(
+    policy: &QuotaPolicy,
+    ns: String,
+    limit_bytes: Option<i64>,
+    unlimited: bool,
+    used: i64,
+    repositories: i64,
+) -> NamespaceQuota {
+    let (limit, source) = effective_limit(policy, &ns, limit_bytes, unlimited);
+    let used = used.max(0) as u64;
+    NamespaceQuota {
+        namespace: ns,
+        limit_bytes: limit,
+        used_bytes: used,
+        available_bytes: limit.map(|l| l.saturating_sub(used)),
+        percent: match limit {
+            Some(0) => 100.0,
+            Some(l) => (used as f64 * 10000.0 / l as f64).round() / 100.0,
+            None => 0.0,
+        },
+        repositories: repositories.max(0) as u64,
+        limit_source: source,
+    }
 }
 
 /// A refused charge, with the figures the client's error message needs.

@@ -2,7 +2,7 @@
 //! updates (`... WHERE status = <expected>`), so a cancel and a finish
 //! racing each other cannot both win.
 
-use super::Metadata;
+use super::Sqlite;
 use crate::meta::builds::*;
 use crate::{now_ms, StorageError};
 use rusqlite::{params, OptionalExtension};
@@ -82,7 +82,7 @@ pub(super) fn insert(tx: &rusqlite::Transaction<'_>, b: &BuildRecord) -> Result<
     Ok(())
 }
 
-impl Metadata {
+impl Sqlite {
     pub async fn insert_build(&self, b: BuildRecord) -> Result<(), StorageError> {
         self.write(move |tx| insert(tx, &b)).await
     }

@@ -9,7 +9,7 @@
 //! transactions.
 
 use super::quota::quota_of;
-use super::Metadata;
+use super::Sqlite;
 use crate::meta::builds::{BuildRecord, BuildStatus};
 use crate::meta::console::*;
 use crate::StorageError;
@@ -18,7 +18,7 @@ use rusqlite::{params, OptionalExtension};
 /// Rows deleted per write transaction when pruning samples.
 const PRUNE_BATCH: i64 = 5_000;
 
-impl Metadata {
+impl Sqlite {
     /// One page of the quota list, sorted and filtered in SQL. The
     /// effective limit and percentage are computed the way `quota_list`
     /// computes them (config default, config `unlimited`, overrides).

@@ -4,7 +4,7 @@
 //! attempts. Recording is off unless notifications are configured, so a
 //! registry without endpoints keeps no feed.
 
-use super::Metadata;
+use super::Sqlite;
 use crate::meta::types::{DeliveryAttempt, EndpointState, Event, NewEvent};
 use crate::{now_ms, StorageError};
 use rusqlite::{params, Connection, OptionalExtension};
@@ -70,7 +70,7 @@ const ENDPOINT: &str = "SELECT w.name, w.cursor, w.failures, w.next_attempt_ms,
     (SELECT COUNT(*) FROM events e WHERE e.id > w.cursor)
     FROM webhook_endpoints w";
 
-impl Metadata {
+impl Sqlite {
     /// Turns the feed on or off (on when notifications are configured).
     pub fn set_event_recording(&self, on: bool) {
         self.inner.events_on.store(on, Ordering::Relaxed);

@@ -2,7 +2,7 @@
 //! transaction through prepared statements, so a million manifests load
 //! in seconds without anyone outside this layer writing SQL.
 
-use super::Metadata;
+use super::Sqlite;
 use crate::meta::types::FixtureRepo;
 use crate::StorageError;
 use rusqlite::params;
@@ -10,7 +10,7 @@ use rusqlite::params;
 /// Repositories per write transaction.
 const REPOS_PER_TRANSACTION: usize = 512;
 
-impl Metadata {
+impl Sqlite {
     /// Inserts the given repositories with their links, manifests, blob
     /// references and tags, in transactions of a few hundred repositories;
     /// returns how many repositories were loaded. The quota ledger is not

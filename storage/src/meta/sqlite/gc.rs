@@ -6,7 +6,7 @@
 
 use super::liveness;
 use super::quota;
-use super::Metadata;
+use super::Sqlite;
 use crate::meta::types::*;
 use crate::{now_ms, StorageError};
 use rusqlite::{named_params, params, Connection, OptionalExtension, Transaction};
@@ -148,7 +148,7 @@ fn delete_manifest_if_garbage(
     Ok(Some(size))
 }
 
-impl Metadata {
+impl Sqlite {
     /// Every tag with what retention needs, newest first per repository.
     pub async fn gc_tags(&self) -> Result<Vec<TagRow>, StorageError> {
         self.read(|c| {

@@ -18,7 +18,7 @@
 //! are built from the fragments below; the tests at the end check that the
 //! plan and the checked deletions agree on a table of cases.
 
-use super::Metadata;
+use super::Sqlite;
 use crate::{now_ms, StorageError};
 use rusqlite::{named_params, params, Connection};
 use std::sync::atomic::Ordering;
@@ -168,7 +168,7 @@ pub(super) fn delete_blob_if_garbage(
         > 0)
 }
 
-impl Metadata {
+impl Sqlite {
     /// How often a blob's use by a HEAD is recorded: a quarter of the blob
     /// grace period (between 100 ms and a minute), so a HEAD always
     /// protects the blob for the rest of a push while HEAD-heavy pulls do

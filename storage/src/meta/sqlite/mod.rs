@@ -60,7 +60,7 @@ const GROUP_MAX: usize = 64;
 
 /// Handle to the metadata database. Cheap to clone.
 #[derive(Clone)]
-pub struct Metadata {
+pub struct Sqlite {
     inner: Arc<Inner>,
 }
 
@@ -106,9 +106,9 @@ const READERS: usize = 4;
 /// (16,384 frames of 4 KiB: 64 MiB).
 const WAL_RESTART_FRAMES: i64 = 16_384;
 
-impl Metadata {
+impl Sqlite {
     /// Opens (creating if needed) the database at `path` and migrates it.
-    pub fn open(path: &Path, synchronous: Synchronous) -> Result<Metadata, StorageError> {
+    pub fn open(path: &Path, synchronous: Synchronous) -> Result<Sqlite, StorageError> {
         let mut writer = Connection::open(path)?;
         writer.pragma_update(None, "journal_mode", "WAL")?;
         writer.pragma_update(
@@ -164,7 +164,7 @@ impl Metadata {
                 // Dropping the last connection checkpoints the WAL.
                 drop(writer);
             })?;
-        Ok(Metadata {
+        Ok(Sqlite {
             inner: Arc::new(Inner {
                 writer: Mutex::new(Some((tx, handle))),
                 checkpointer: Mutex::new(Some(checkpointer)),

@@ -4,7 +4,7 @@
 //! with another write.
 
 use super::quota;
-use super::Metadata;
+use super::Sqlite;
 use crate::digest::Digest;
 use crate::manifest::ParsedManifest;
 use crate::meta::types::*;
@@ -113,7 +113,7 @@ fn repo_namespace(conn: &Connection, repo: &str) -> rusqlite::Result<Option<(i64
         .optional()
 }
 
-impl Metadata {
+impl Sqlite {
     /// Answers when the database does (for `/healthz`).
     pub async fn ping(&self) -> Result<(), StorageError> {
         self.read(|c| Ok(c.query_row("SELECT 1", [], |_| Ok(()))?))
@@ -666,7 +666,7 @@ impl Metadata {
     }
 }
 
-impl Metadata {
+impl Sqlite {
     /// Creates the account of `namespace`, or replaces its secret (rotation).
     /// Returns true when the account is new.
     pub async fn set_namespace_secret(

@@ -4,7 +4,7 @@
 //! the tables cannot disagree, and because writes are serialised no two
 //! pushes can both take the last free bytes.
 
-use super::Metadata;
+use super::Sqlite;
 use crate::meta::types::*;
 use crate::{now_ms, StorageError};
 use rusqlite::{params, Connection, OptionalExtension};
@@ -29,20 +29,7 @@ fn row(conn: &Connection, ns: &str) -> rusqlite::Result<Option<Row>> {
     .optional()
 }
 
-fn effective_limit(
-    policy: &QuotaPolicy,
-    ns: &str,
-    limit_bytes: Option<i64>,
-    unlimited: bool,
-) -> (Option<u64>, &'static str) {
-    if unlimited || policy.unlimited.contains(ns) {
-        (None, "unlimited")
-    } else if let Some(l) = limit_bytes {
-        (Some(l.max(0) as u64), "override")
-    } else {
-        (policy.default_limit, "default")
-    }
-}
+use crate::meta::types::effective_limit;
 
 pub(super) fn ensure_namespace(conn: &Connection, ns: &str, now: i64) -> rusqlite::Result<()> {
     conn.prepare_cached(
@@ -165,32 +152,9 @@ pub(super) fn count_unlink(conn: &Connection, ns: &str, digest: &str) -> rusqlit
     }
 }
 
-pub(super) fn quota_of(
-    policy: &QuotaPolicy,
-    ns: String,
-    limit_bytes: Option<i64>,
-    unlimited: bool,
-    used: i64,
-    repositories: i64,
-) -> NamespaceQuota {
-    let (limit, source) = effective_limit(policy, &ns, limit_bytes, unlimited);
-    let used = used.max(0) as u64;
-    NamespaceQuota {
-        namespace: ns,
-        limit_bytes: limit,
-        used_bytes: used,
-        available_bytes: limit.map(|l| l.saturating_sub(used)),
-        percent: match limit {
-            Some(0) => 100.0,
-            Some(l) => (used as f64 * 10000.0 / l as f64).round() / 100.0,
-            None => 0.0,
-        },
-        repositories: repositories.max(0) as u64,
-        limit_source: source,
-    }
-}
+pub(super) use crate::meta::types::quota_of;
 
-impl Metadata {
+impl Sqlite {
     /// Every namespace with its quota, largest usage first.
     pub async fn quota_list(&self) -> Result<Vec<NamespaceQuota>, StorageError> {
         let policy = self.quota_policy();

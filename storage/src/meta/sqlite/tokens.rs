@@ -2,17 +2,13 @@
 //! transaction), the one-row read a login needs, listings, revocation and
 //! the rate-limited record of use.
 
-use super::Metadata;
-use crate::meta::{ApiToken, CreateTokenOutcome, TokenOwner, TokenScope};
+use super::Sqlite;
+use crate::meta::{ApiToken, CreateTokenOutcome, TokenOwner, TokenScope, TOKEN_USE_INTERVAL_MS};
 use crate::{now_ms, StorageError};
 use rusqlite::{params, OptionalExtension};
 
 const COLUMNS: &str =
     "id, name, namespace, scope, secret_hash, created_ms, expires_ms, last_used_ms, created_by";
-
-/// How often a token's use is written down: a token sent on every request
-/// of a push must not make each request a write.
-pub const TOKEN_USE_INTERVAL_MS: i64 = 60_000;
 
 fn token(r: &rusqlite::Row<'_>) -> rusqlite::Result<ApiToken> {
     let scope: String = r.get(3)?;
@@ -31,7 +27,7 @@ fn token(r: &rusqlite::Row<'_>) -> rusqlite::Result<ApiToken> {
     })
 }
 
-impl Metadata {
+impl Sqlite {
     /// Stores a new token unless its owner (namespace, or the admin)
     /// already has `cap` tokens or a live token named the same. Tokens of
     /// the owner that expired before `purge_before_ms` are deleted first,
@@ -176,145 +172,5 @@ impl Metadata {
             Ok(())
         })
         .await
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::meta::Synchronous;
-
-    fn new(id: &str, name: &str, namespace: Option<&str>, expires_ms: i64) -> ApiToken {
-        ApiToken {
-            id: id.into(),
-            name: name.into(),
-            namespace: namespace.map(str::to_owned),
-            scope: if namespace.is_some() {
-                TokenScope::Push
-            } else {
-                TokenScope::Admin
-            },
-            secret_hash: vec![7; 32],
-            created_ms: now_ms(),
-            expires_ms,
-            last_used_ms: None,
-            created_by: "admin".into(),
-        }
-    }
-
-    #[tokio::test]
-    async fn cap_names_purge_listing_and_revocation() {
-        let dir = tempfile::tempdir().unwrap();
-        let meta = Metadata::open(&dir.path().join("m.db"), Synchronous::Normal).unwrap();
-        let later = now_ms() + 3_600_000;
-        let create = |t: ApiToken| meta.create_api_token(t, 3, now_ms() - 1000);
-        assert_eq!(
-            create(new("a1", "ci", Some("tool-a"), later))
-                .await
-                .unwrap(),
-            CreateTokenOutcome::Created
-        );
-        assert_eq!(
-            create(new("a1", "other", Some("tool-a"), later))
-                .await
-                .unwrap(),
-            CreateTokenOutcome::IdTaken
-        );
-        assert_eq!(
-            create(new("a2", "ci", Some("tool-a"), later))
-                .await
-                .unwrap(),
-            CreateTokenOutcome::NameTaken("a1".into())
-        );
-        // The same name elsewhere (another namespace, the admin) is fine.
-        for t in [
-            new("b1", "ci", Some("tool-b"), later),
-            new("x1", "ci", None, later),
-        ] {
-            assert_eq!(create(t).await.unwrap(), CreateTokenOutcome::Created);
-        }
-        // An expired token's name is free again; it still counts until purged.
-        let just_expired = now_ms() - 10;
-        assert_eq!(
-            create(new("a2", "old", Some("tool-a"), just_expired))
-                .await
-                .unwrap(),
-            CreateTokenOutcome::Created
-        );
-        assert_eq!(
-            create(new("a3", "old", Some("tool-a"), later))
-                .await
-                .unwrap(),
-            CreateTokenOutcome::Created
-        );
-        assert_eq!(
-            create(new("a4", "more", Some("tool-a"), later))
-                .await
-                .unwrap(),
-            CreateTokenOutcome::LimitReached(3)
-        );
-        // Once long expired, it is purged by the next creation.
-        assert_eq!(
-            meta.create_api_token(new("a4", "more", Some("tool-a"), later), 3, now_ms())
-                .await
-                .unwrap(),
-            CreateTokenOutcome::Created
-        );
-        assert!(meta.api_token("a2").await.unwrap().is_none());
-
-        let ids = |v: Vec<ApiToken>| v.into_iter().map(|t| t.id).collect::<Vec<_>>();
-        assert_eq!(
-            ids(meta
-                .api_tokens(TokenOwner::Namespace("tool-a".into()), None, 10)
-                .await
-                .unwrap()),
-            ["a1", "a3", "a4"]
-        );
-        assert_eq!(
-            ids(meta.api_tokens(TokenOwner::Admin, None, 10).await.unwrap()),
-            ["x1"]
-        );
-        assert_eq!(
-            ids(meta
-                .api_tokens(TokenOwner::All, Some("a3".into()), 2)
-                .await
-                .unwrap()),
-            ["a4", "b1"]
-        );
-
-        let t = meta.api_token("a1").await.unwrap().unwrap();
-        assert_eq!(t.namespace.as_deref(), Some("tool-a"));
-        assert_eq!(t.scope, TokenScope::Push);
-        assert_eq!(t.last_used_ms, None);
-        meta.api_token_used("a1", None).await.unwrap();
-        let used = meta.api_token("a1").await.unwrap().unwrap().last_used_ms;
-        assert!(used.is_some());
-        // Within the interval nothing is written.
-        meta.api_token_used("a1", Some(now_ms() - 10))
-            .await
-            .unwrap();
-        assert_eq!(
-            meta.api_token("a1").await.unwrap().unwrap().last_used_ms,
-            used
-        );
-
-        // Revocation within a namespace cannot reach another's token.
-        assert!(!meta
-            .delete_api_token("b1", Some(Some("tool-a".into())))
-            .await
-            .unwrap());
-        assert!(!meta
-            .delete_api_token("x1", Some(Some("tool-a".into())))
-            .await
-            .unwrap());
-        assert!(!meta.delete_api_token("b1", Some(None)).await.unwrap());
-        assert!(meta.delete_api_token("x1", Some(None)).await.unwrap());
-        assert!(meta.api_token("x1").await.unwrap().is_none());
-        assert!(meta
-            .delete_api_token("a1", Some(Some("tool-a".into())))
-            .await
-            .unwrap());
-        assert!(!meta.delete_api_token("a1", None).await.unwrap());
-        meta.close().await;
     }
 }

@@ -5,17 +5,13 @@
 //! dispatcher taking the waiting build.
 
 use super::builds::{insert, record, trigger_json, COLUMNS};
-use super::Metadata;
+use super::Sqlite;
 use crate::meta::builds::*;
 use crate::{now_ms, StorageError};
 use rusqlite::{params, OptionalExtension};
 
 const TRIGGER_COLUMNS: &str =
     "id, tool, source_url, ref_pattern, image_name, envvars, generation, created_ms, updated_ms";
-
-/// Commits remembered per trigger for replay detection; older ones are
-/// forgotten (a replay of a push that old is queued again).
-pub const SEEN_COMMITS_KEPT: i64 = 1000;
 
 fn trigger(r: &rusqlite::Row<'_>) -> rusqlite::Result<TriggerRecord> {
     let envvars: String = r.get(5)?;
@@ -36,7 +32,7 @@ fn json<T: serde::Serialize>(v: &T) -> Result<String, StorageError> {
     serde_json::to_string(v).map_err(|e| StorageError::Internal(e.to_string()))
 }
 
-impl Metadata {
+impl Sqlite {
     /// Creates `t.tool`'s trigger as `t`, or, when the tool has one,
     /// changes its settings (source, ref pattern, image, envvars) and
     /// keeps its id, generation and creation time. Returns the stored
@@ -244,161 +240,5 @@ impl Metadata {
             Ok(outcome)
         })
         .await
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::meta::Synchronous;
-
-    fn push_build(id: &str, trigger: &str, reference: &str, commit: &str) -> BuildRecord {
-        BuildRecord {
-            id: id.into(),
-            tool: "t".into(),
-            image_name: "tool-t".into(),
-            status: BuildStatus::Pending,
-            message: "waiting".into(),
-            params: BuildParams {
-                source_url: "https://git.example.org/t.git".into(),
-                reference: reference.into(),
-                commit: Some(commit.into()),
-                ..BuildParams::default()
-            },
-            resolved_ref: commit.into(),
-            destination_image: String::new(),
-            log_path: format!("/logs/{id}.log"),
-            created_ms: now_ms(),
-            start_ms: None,
-            end_ms: None,
-            trigger: BuildTrigger::Push {
-                commit: commit.into(),
-                reference: reference.into(),
-                pusher: "someone".into(),
-            },
-            trigger_id: Some(trigger.into()),
-        }
-    }
-
-    fn sha(c: char) -> String {
-        c.to_string().repeat(40)
-    }
-
-    #[tokio::test]
-    async fn pushes_coalesce_replays_start_nothing_and_the_limit_holds() {
-        let dir = tempfile::tempdir().unwrap();
-        let meta = Metadata::open(&dir.path().join("m.db"), Synchronous::Normal).unwrap();
-        let main = "refs/heads/main";
-        let q = meta
-            .queue_push_build(push_build("b1", "h1", main, &sha('a')), 10)
-            .await
-            .unwrap();
-        assert!(matches!(q, PushQueued::Queued(_)));
-        // A newer push to the same ref while b1 waits: b1 builds it.
-        match meta
-            .queue_push_build(push_build("b2", "h1", main, &sha('b')), 10)
-            .await
-            .unwrap()
-        {
-            PushQueued::Coalesced { build, replaced } => {
-                assert_eq!((build.id.as_str(), replaced), ("b1", sha('a')));
-                assert_eq!(build.params.commit, Some(sha('b')));
-            }
-            other => panic!("{other:?}"),
-        }
-        let stored = meta.build("b1").await.unwrap().unwrap();
-        assert_eq!(stored.resolved_ref, sha('b'));
-        assert!(
-            matches!(stored.trigger, BuildTrigger::Push { ref commit, .. } if *commit == sha('b'))
-        );
-        assert!(meta.build("b2").await.unwrap().is_none());
-        // Both commits are seen: replays of either start nothing.
-        for c in ['a', 'b'] {
-            assert!(matches!(
-                meta.queue_push_build(push_build("b3", "h1", main, &sha(c)), 10)
-                    .await
-                    .unwrap(),
-                PushQueued::Replay
-            ));
-        }
-        // Another ref queues its own build; once b1 runs, main does too.
-        assert!(matches!(
-            meta.queue_push_build(push_build("b4", "h1", "refs/heads/dev", &sha('c')), 10)
-                .await
-                .unwrap(),
-            PushQueued::Queued(_)
-        ));
-        assert!(meta
-            .transition_build(
-                "b1",
-                BuildStatus::Pending,
-                BuildStatus::Running,
-                "running".into(),
-                None
-            )
-            .await
-            .unwrap());
-        assert!(matches!(
-            meta.queue_push_build(push_build("b5", "h1", main, &sha('d')), 10)
-                .await
-                .unwrap(),
-            PushQueued::Queued(_)
-        ));
-        // Over the per-tool limit: refused, and the commit is not seen.
-        let e = meta
-            .queue_push_build(push_build("b6", "h1", "refs/heads/x", &sha('e')), 3)
-            .await
-            .unwrap_err();
-        assert!(matches!(
-            e,
-            StorageError::LimitReached {
-                limit: "queued_per_tool",
-                ..
-            }
-        ));
-        assert!(matches!(
-            meta.queue_push_build(push_build("b6", "h1", "refs/heads/x", &sha('e')), 10)
-                .await
-                .unwrap(),
-            PushQueued::Queued(_)
-        ));
-    }
-
-    #[tokio::test]
-    async fn a_trigger_is_created_updated_rotated_and_deleted() {
-        let dir = tempfile::tempdir().unwrap();
-        let meta = Metadata::open(&dir.path().join("m.db"), Synchronous::Normal).unwrap();
-        let t = TriggerRecord {
-            id: "a".repeat(32),
-            tool: "t".into(),
-            source_url: "https://git.example.org/t.git".into(),
-            ref_pattern: None,
-            image_name: None,
-            envvars: Default::default(),
-            generation: 1,
-            created_ms: 1,
-            updated_ms: 1,
-        };
-        let (stored, created) = meta.put_trigger(t.clone()).await.unwrap();
-        assert!(created);
-        assert_eq!(stored, t);
-        let again = TriggerRecord {
-            id: "b".repeat(32),
-            ref_pattern: Some("release/*".into()),
-            created_ms: 2,
-            ..t.clone()
-        };
-        let (stored, created) = meta.put_trigger(again).await.unwrap();
-        assert!(!created);
-        assert_eq!(stored.id, t.id, "the hook id stays");
-        assert_eq!(stored.ref_pattern.as_deref(), Some("release/*"));
-        assert_eq!(stored.created_ms, 1);
-        let rotated = meta.rotate_trigger("t").await.unwrap().unwrap();
-        assert_eq!(rotated.generation, 2);
-        assert_eq!(meta.trigger_by_hook(&t.id).await.unwrap(), Some(rotated));
-        assert!(meta.delete_trigger("t").await.unwrap());
-        assert!(!meta.delete_trigger("t").await.unwrap());
-        assert_eq!(meta.trigger_of_tool("t").await.unwrap(), None);
-        assert_eq!(meta.rotate_trigger("t").await.unwrap(), None);
     }
 }

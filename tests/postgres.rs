@@ -1,0 +1,242 @@
+//! The real binary with its metadata in PostgreSQL (`[storage]
+//! database_url`): the conformance suite, skopeo pushing and pulling, two
+//! berth processes starting at once on one empty database (migrations run
+//! once), and the metadata surviving a restart. The server is a real
+//! PostgreSQL started by the harness (`storage/tests/support/postgres.rs`).
+
+mod common;
+#[path = "../storage/tests/support/postgres.rs"]
+mod pg;
+
+use common::*;
+use std::path::Path;
+use std::process::Command;
+
+/// berth's config selecting PostgreSQL database `url`.
+fn config(url: &str) -> String {
+    format!("[storage]\ndatabase_url = \"{url}\"\ndatabase_max_connections = 8\n")
+}
+
+fn start(data: &Path, url: &str) -> Berth {
+    Berth::start_with(data, free_port(), &config(url))
+}
+
+#[test]
+fn berth_on_postgres_passes_every_conformance_check() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = pg::fresh_database();
+    let berth = start(&dir.path().join("data"), &url);
+    assert!(
+        berth.log_text().contains("Postgres"),
+        "berth should say it opened PostgreSQL:\n{}",
+        berth.log_text()
+    );
+    let password = berth.namespace_credentials("tool-conformance");
+    let target = berth_conformance::Target {
+        url: berth.url(),
+        namespace: "tool-conformance".into(),
+        credentials: Some(("tool-conformance".into(), password)),
+    };
+    let outcomes = berth_conformance::run(&target, "");
+    let report = berth_conformance::report(&outcomes);
+    println!("{report}");
+    assert!(outcomes.len() >= 40, "the suite should run all its checks");
+    let failed: Vec<_> = outcomes.iter().filter(|o| o.result.is_err()).collect();
+    assert!(
+        failed.is_empty(),
+        "conformance failures:\n{report}\nberth log:\n{}",
+        berth.log_text()
+    );
+    // The rows are in PostgreSQL, not in a SQLite file beside the blobs.
+    let db = pg::database_of(&url);
+    let repos: u64 = pg::psql(db, "SELECT COUNT(*) FROM repositories")
+        .parse()
+        .unwrap();
+    assert!(repos > 0);
+    assert!(!dir.path().join("data/berth.db").exists());
+}
+
+fn skopeo_copy(src: &str, dst: &str, extra: &[&str]) {
+    run(Command::new(tool("skopeo"))
+        .args([
+            "copy",
+            "--src-tls-verify=false",
+            "--dest-tls-verify=false",
+            "--retry-times=0",
+        ])
+        .args(extra)
+        .arg(src)
+        .arg(dst));
+}
+
+/// skopeo pushes an image, berth restarts, skopeo pulls it back byte for
+/// byte; quota and tags are what the database says.
+#[test]
+fn skopeo_round_trip_on_postgres_survives_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = pg::fresh_database();
+    let data = dir.path().join("data");
+    let mut berth = start(&data, &url);
+    let password = berth.namespace_credentials("tool-pg");
+    let creds = format!("tool-pg:{password}");
+    let layout = dir.path().join("layout");
+    let layers = write_oci_layout(&layout, "v1", "postgres e2e", 3);
+    let image = format!("docker://{}/tool-pg/app:v1", berth.host());
+    skopeo_copy(
+        &format!("oci:{}:v1", layout.display()),
+        &image,
+        &["--dest-creds", &creds],
+    );
+    let db = pg::database_of(&url);
+    assert_eq!(
+        pg::psql(
+            db,
+            "SELECT t.name FROM tags t JOIN repositories r ON r.id = t.repo_id WHERE r.name = 'tool-pg/app'"
+        ),
+        "v1"
+    );
+    let used: u64 = pg::psql(
+        db,
+        "SELECT used_bytes FROM namespaces WHERE name = 'tool-pg'",
+    )
+    .parse()
+    .unwrap();
+    let layer_bytes: u64 = layers.iter().map(|l| l.len() as u64).sum();
+    assert!(used > layer_bytes, "quota charged: {used} <= {layer_bytes}");
+
+    berth.kill9();
+    let berth = Berth::start_with(&data, berth.port, &config(&url));
+    let out = dir.path().join("pulled");
+    skopeo_copy(
+        &format!("docker://{}/tool-pg/app:v1", berth.host()),
+        &format!("oci:{}:v1", out.display()),
+        &["--src-creds", &creds],
+    );
+    for layer in &layers {
+        let d = sha256(layer);
+        let pulled = std::fs::read(out.join("blobs/sha256").join(&d[7..])).unwrap();
+        assert_eq!(&pulled, layer, "layer {d} differs after the round trip");
+    }
+    // The admin API reads the same ledger.
+    let (status, _, body) = request(
+        "GET",
+        &format!("{}/admin/v1/quotas/tool-pg", berth.url()),
+        &[("authorization", &basic("admin", ADMIN_PASSWORD))],
+    );
+    assert_eq!(status, 200);
+    let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(v["used_bytes"].as_u64(), Some(used));
+}
+
+/// Two berths (own data dirs, one database) starting at the same moment on
+/// an empty database: both come up, and each migration ran once.
+#[test]
+fn two_berths_starting_together_migrate_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = pg::fresh_database();
+    let (a, b) = std::thread::scope(|s| {
+        let a = s.spawn(|| start(&dir.path().join("a"), &url));
+        let b = s.spawn(|| start(&dir.path().join("b"), &url));
+        (a.join().unwrap(), b.join().unwrap())
+    });
+    let db = pg::database_of(&url);
+    assert_eq!(
+        pg::psql(
+            db,
+            "SELECT string_agg(version::text, ',' ORDER BY version) FROM schema_migrations"
+        ),
+        "1,2,3,4,5,6,7,8,9,10,11"
+    );
+    // What one writes, the other reads.
+    let password = a.namespace_credentials("tool-two");
+    let (status, _, _) = request(
+        "GET",
+        &format!("{}/v2/", b.url()),
+        &[("authorization", &basic("tool-two", &password))],
+    );
+    assert_eq!(status, 200, "{}", b.log_text());
+    drop((a, b));
+}
+
+/// Untagged GC through the binary on PostgreSQL: an untagged image's
+/// manifest, links, blob rows and objects go (rows before objects, under
+/// the digest locks in the database), the tagged one stays whole, and the
+/// ledger has no drift. The untagged image was pushed with every blob in a
+/// file (`inline_blob_max = "0"`), the tagged one after a restart with the
+/// default, its small blobs inline in `blob_data`: GC deletes files, and
+/// inline bytes are pulled from the database.
+#[test]
+fn untagged_gc_on_postgres_removes_rows_then_objects() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = pg::fresh_database();
+    let data = dir.path().join("data");
+    let gc = "[gc]\nenabled = false\nuntagged_grace = \"1s\"\nblob_grace = \"1s\"\n";
+    let objects = || -> usize {
+        match std::fs::read_dir(data.join("blobs/sha256")) {
+            Ok(shards) => shards
+                .map(|shard| std::fs::read_dir(shard.unwrap().path()).unwrap().count())
+                .sum(),
+            Err(_) => 0,
+        }
+    };
+    let push = |berth: &Berth, creds: &str, tag: &str, seed: &str| {
+        let layout = dir.path().join(format!("layout-{tag}"));
+        write_oci_layout(&layout, tag, seed, 3);
+        skopeo_copy(
+            &format!("oci:{}:{tag}", layout.display()),
+            &format!("docker://{}/tool-gc/app:{tag}", berth.host()),
+            &["--dest-creds", creds],
+        );
+    };
+    let db = pg::database_of(&url);
+    let files = format!(
+        "[storage]\ndatabase_url = \"{url}\"\ndatabase_max_connections = 8\ninline_blob_max = \"0\"\n{gc}"
+    );
+    let berth = Berth::start_with(&data, free_port(), &files);
+    let password = berth.namespace_credentials("tool-gc");
+    let creds = format!("tool-gc:{password}");
+    push(&berth, &creds, "old", "gc old");
+    assert_eq!(objects(), 4, "config and three layers as files");
+    drop(berth);
+    let berth = Berth::start_with(&data, free_port(), &format!("{}{gc}", config(&url)));
+    push(&berth, &creds, "new", "gc new");
+    assert_eq!(objects(), 4);
+    assert_eq!(pg::psql(db, "SELECT COUNT(*) FROM blob_data"), "4");
+
+    let auth = basic("admin", ADMIN_PASSWORD);
+    let (status, _, _) = request(
+        "DELETE",
+        &format!("{}/v2/tool-gc/app/manifests/old", berth.url()),
+        &[("authorization", &auth)],
+    );
+    assert_eq!(status, 202);
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    let (status, _, body) = request(
+        "POST",
+        &format!("{}/admin/v1/gc/untagged?dry_run=false", berth.url()),
+        &[("authorization", &auth)],
+    );
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    let report: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(report["status"], "ok", "{report}");
+
+    // What is left: the tagged image's config and three layers, inline.
+    assert_eq!(pg::psql(db, "SELECT COUNT(*) FROM manifests"), "1");
+    assert_eq!(pg::psql(db, "SELECT COUNT(*) FROM blobs"), "4");
+    assert_eq!(pg::psql(db, "SELECT COUNT(*) FROM blob_data"), "4");
+    assert_eq!(objects(), 0, "objects follow their rows");
+    let (status, _, body) = request(
+        "POST",
+        &format!("{}/admin/v1/quotas/_reconcile", berth.url()),
+        &[("authorization", &auth)],
+    );
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(v["drift"], serde_json::json!([]), "drift after GC: {v}");
+    let out = dir.path().join("pulled");
+    skopeo_copy(
+        &format!("docker://{}/tool-gc/app:new", berth.host()),
+        &format!("oci:{}:new", out.display()),
+        &["--src-creds", &creds],
+    );
+}
