@@ -658,3 +658,54 @@ fn a_second_berth_on_the_same_data_dir_is_refused() {
     // The first one never noticed.
     others_are_served(&first, "tool-victim");
 }
+
+/// A request refused before berth reads its body (an out-of-order chunk,
+/// an unknown upload, a PUT without its digest, a monolithic POST with a
+/// malformed digest or past the session cap) still gets its error: berth
+/// reads and drops the body first, so a client sending megabytes reads the
+/// answer instead of a reset connection.
+#[test]
+fn refusals_before_the_body_are_answered_not_reset() {
+    let dir = tempfile::tempdir().unwrap();
+    let berth = start(dir.path(), "[limits]\nuploads_per_namespace = 2\n");
+    let client = tool_client(&berth, "tool-early");
+    let body = vec![7u8; 8 * 1024 * 1024];
+    let r = start_upload(&client, "tool-early/app");
+    let location = r.header("location").unwrap().to_owned();
+    let send = |method: &str, url: &str, headers: &[(&str, &str)]| {
+        client
+            .send(method, url, headers, body.clone())
+            .unwrap_or_else(|e| panic!("{method} {url}: the answer was lost: {e}"))
+    };
+    let len = body.len().to_string();
+    let r = send(
+        "PATCH",
+        &location,
+        &[
+            ("content-range", &format!("100-{}", body.len() + 99)),
+            ("content-length", &len),
+        ],
+    );
+    assert_refused(&r, 416, "BLOB_UPLOAD_INVALID", &["does not continue"]);
+    let unknown = "/v2/tool-early/app/blobs/uploads/00000000-0000-0000-0000-000000000000";
+    let r = send("PATCH", unknown, &[]);
+    assert_refused(&r, 404, "BLOB_UPLOAD_UNKNOWN", &[]);
+    let r = send("PUT", &location, &[]);
+    assert_refused(&r, 400, "DIGEST_INVALID", &["digest"]);
+    let r = send(
+        "POST",
+        "/v2/tool-early/app/blobs/uploads/?digest=sha256:nothex",
+        &[],
+    );
+    assert_eq!(r.status, 400, "{}", r.describe());
+    // One session is open; a second fills the cap; a monolithic POST
+    // past it is refused, and answered.
+    start_upload(&client, "tool-early/app");
+    let digest = format!("sha256:{}", "0".repeat(64));
+    let r = send(
+        "POST",
+        &format!("/v2/tool-early/app/blobs/uploads/?digest={digest}"),
+        &[],
+    );
+    assert_refused(&r, 429, "TOOMANYREQUESTS", &["uploads_per_namespace"]);
+}

@@ -107,8 +107,20 @@ pub async fn start(
             }
         }
     }
-    let monolithic = digest_param(&query)?;
-    let session = state.storage.uploads.start(repo).await?;
+    // A refusal before the body (a bad digest, the session caps) reads
+    // and drops what a monolithic POST sends first (see `session_for_chunk`).
+    let opened = async {
+        let monolithic = digest_param(&query)?;
+        Ok::<_, ApiError>((monolithic, state.storage.uploads.start(repo).await?))
+    }
+    .await;
+    let (monolithic, session) = match opened {
+        Ok(v) => v,
+        Err(e) => {
+            super::drain(req.into_body()).await;
+            return Err(e);
+        }
+    };
     let mut session = session.lock().await;
     match monolithic {
         Some(digest) => {
@@ -195,14 +207,55 @@ fn check_chunk(repo: &RepoName, session: &Session, headers: &HeaderMap) -> ApiRe
     Ok(())
 }
 
+/// The upload a chunk is for, after the checks that come before its body;
+/// when one refuses, the body is read and dropped first (bounded), so that
+/// a client still sending it reads the error rather than a reset
+/// connection.
+async fn session_for_chunk(
+    state: &State,
+    repo: &RepoName,
+    id: &str,
+    req: Request<RequestBody>,
+    needs_digest: bool,
+) -> ApiResult<(
+    tokio::sync::OwnedMutexGuard<Session>,
+    Option<Digest>,
+    Request<RequestBody>,
+)> {
+    // What the checks read, taken out: the request (its body) is not
+    // shared across the awaits.
+    let (query, headers) = (query_pairs(req.uri().query()), req.headers().clone());
+    let checked = async {
+        let digest = match needs_digest {
+            false => None,
+            true => Some(digest_param(&query)?.ok_or_else(|| {
+                ApiError::bad_request(
+                    Code::DigestInvalid,
+                    "closing an upload needs ?digest=<algorithm>:<hex>",
+                )
+            })?),
+        };
+        let session = open_session(state, repo, id).await?;
+        check_chunk(repo, &session, &headers)?;
+        Ok::<_, ApiError>((session, digest))
+    }
+    .await;
+    match checked {
+        Ok((session, digest)) => Ok((session, digest, req)),
+        Err(e) => {
+            super::drain(req.into_body()).await;
+            Err(e)
+        }
+    }
+}
+
 pub async fn patch(
     state: &State,
     repo: &RepoName,
     id: &str,
     req: Request<RequestBody>,
 ) -> ApiResult<Response<Body>> {
-    let mut session = open_session(state, repo, id).await?;
-    check_chunk(repo, &session, req.headers())?;
+    let (mut session, _, req) = session_for_chunk(state, repo, id, req, false).await?;
     append_within_quota(state, repo, &mut session, req).await?;
     progress(StatusCode::ACCEPTED, repo, &session)
 }
@@ -213,15 +266,8 @@ pub async fn put(
     id: &str,
     req: Request<RequestBody>,
 ) -> ApiResult<Response<Body>> {
-    let query = query_pairs(req.uri().query());
-    let digest = digest_param(&query)?.ok_or_else(|| {
-        ApiError::bad_request(
-            Code::DigestInvalid,
-            "closing an upload needs ?digest=<algorithm>:<hex>",
-        )
-    })?;
-    let mut session = open_session(state, repo, id).await?;
-    check_chunk(repo, &session, req.headers())?;
+    let (mut session, digest, req) = session_for_chunk(state, repo, id, req, true).await?;
+    let digest = digest.ok_or_else(|| ApiError::internal("the digest was checked"))?;
     append_within_quota(state, repo, &mut session, req).await?;
     complete(state, repo, &mut session, &digest).await
 }
