@@ -364,7 +364,7 @@ fn start_berth(bin: &Path, dir: &Path, name: &str, extra: &str) -> (Proc, Target
         .arg("--config")
         .arg(&config)
         .env("BERTH_ADMIN_PASSWORD", "bench")
-        .stderr(Stdio::null())
+        .stderr(std::fs::File::create(dir.join(format!("{name}.log"))).expect("berth's log"))
         .spawn()
         .expect("start berth");
     let url = format!("http://127.0.0.1:{port}");
@@ -497,17 +497,6 @@ fn compare(berth_bin: &Path, registry_bin: &Path, o: &Options) {
     sampler.join().unwrap();
     let hwm = rss_kib(pid, "VmHWM:");
 
-    let wrk_rows = if "wrk".contains(o.filter) || o.filter.is_empty() {
-        wrk_comparison(&dir, &bt, &rt, o)
-    } else {
-        Vec::new()
-    };
-    let idle_report = if "idle".contains(o.filter) || o.filter.is_empty() {
-        Some(idle_connections(berth_bin, &dir, o))
-    } else {
-        None
-    };
-
     println!(
         "\n| scenario | unit | berth | registry:2 | ratio | berth p50 / p99 ms | registry:2 p50 / p99 ms |"
     );
@@ -536,6 +525,17 @@ fn compare(berth_bin: &Path, registry_bin: &Path, o: &Options) {
         };
         println!("- {name}: {}; {}", fmt(bs), fmt(rs));
     }
+    let wrk_rows = if "wrk".contains(o.filter) || o.filter.is_empty() {
+        wrk_comparison(&dir, &bt, &rt, o)
+    } else {
+        Vec::new()
+    };
+    let idle_report = if "idle".contains(o.filter) || o.filter.is_empty() {
+        Some(idle_connections(berth_bin, &dir, o))
+    } else {
+        None
+    };
+
     if !wrk_rows.is_empty() {
         println!(
             "\nwrk, 1 thread, 32 connections, {} s (median of {}):\n",
@@ -687,32 +687,67 @@ fn wait_up_path(url: &str) {
 /// (manifest GET, 32 connections) with them open.
 fn idle_connections(berth_bin: &Path, dir: &Path, o: &Options) -> String {
     println!("{} idle connections...", o.idle);
+    // berth keeps `max_connections` under half its descriptors (a
+    // connection may hold a file too) and inherits this process's limit,
+    // which an unprivileged process cannot raise past the hard one.
+    let open_files = std::fs::read_to_string("/proc/self/limits")
+        .ok()
+        .and_then(|l| {
+            l.lines()
+                .find(|l| l.starts_with("Max open files"))
+                .and_then(|l| l.split_whitespace().nth(3)?.parse::<usize>().ok())
+        })
+        .unwrap_or(1024);
+    let can_hold = (open_files.saturating_sub(256) / 2).saturating_sub(200);
+    let idle = o.idle.min(can_hold);
+    let clamp = (idle < o.idle).then(|| {
+        format!(
+            " ({} asked; berth can hold {can_hold} beside active clients under this machine's hard limit of {open_files} open files, 2 per connection)",
+            o.idle
+        )
+    });
     let (berth, t) = start_berth(
         berth_bin,
         dir,
         "berth-idle",
         &format!(
             "[limits]\nmax_connections = {}\nmax_connections_per_address = 0\nheader_timeout = \"300s\"\n",
-            o.idle + 1024
+            idle + 1024
         ),
     );
     t.authorize(&scopes()).expect("berth token");
     let pid = berth.0.id();
     let d = Duration::from_secs(o.seconds);
-    let quiet = manifest_get(&t, d).expect("manifest GET");
+    let quiet = match manifest_get(&t, d) {
+        Ok(f) => f,
+        Err(e) => return format!("idle connections: manifest GET failed: {e}"),
+    };
     let before = rss_kib(pid, "VmRSS:");
     let addr = t.url.trim_start_matches("http://").to_owned();
     let opened_at = Instant::now();
-    let (conns, failure) = idle::open_idle(&addr, o.idle);
+    let (conns, failure) = idle::open_idle(&addr, idle);
     let opened_in = opened_at.elapsed();
     std::thread::sleep(Duration::from_millis(500));
     let after = rss_kib(pid, "VmRSS:");
-    let busy = manifest_get(&t, d).expect("manifest GET with idle connections");
+    let busy = manifest_get(&t, d);
     let held = conns.len();
     drop(conns);
+    let busy = match busy {
+        Ok(f) => f,
+        Err(e) => {
+            let log = std::fs::read_to_string(dir.join("berth-idle.log")).unwrap_or_default();
+            let tail: Vec<&str> = log.lines().rev().take(5).collect();
+            return format!(
+                "{held} idle connections: berth RSS {} -> {} MiB; then manifest GET failed: {e}; berth's log ends: {tail:?}",
+                before / 1024,
+                after / 1024,
+            );
+        }
+    };
     format!(
-        "{held} idle keep-alive connections{} (opened in {:.1} s): berth RSS {} -> {} MiB, {:.1} KiB per connection; \
+        "{held} idle keep-alive connections{}{} (opened in {:.1} s): berth RSS {} -> {} MiB, {:.1} KiB per connection; \
          manifest GET at 32 connections: {:.0} req/s, p99 {:.2} ms without them, {:.0} req/s, p99 {:.2} ms with them",
+        clamp.unwrap_or_default(),
         failure.map(|f| format!(" (stopped: {f})")).unwrap_or_default(),
         opened_in.as_secs_f64(),
         before / 1024,

@@ -325,16 +325,25 @@ struct ConnInfo {
 }
 
 impl Connection {
-    async fn run(mut self, stream: TcpStream, tls: Option<Arc<Tls>>) {
-        let Some(tls) = tls else {
-            let info = ConnInfo {
-                peer: self.peer,
-                tls: false,
-                cert: None,
-                activity: None,
-            };
-            return self.serve_h1(TokioIo::new(stream), info).await;
-        };
+    /// Each kind of connection's state is allocated as it starts (boxed):
+    /// inline, the largest (a TLS session, ~40 KiB) made every spawned
+    /// connection that large, plain keep-alive ones included.
+    async fn run(self, stream: TcpStream, tls: Option<Arc<Tls>>) {
+        match tls {
+            None => {
+                let info = ConnInfo {
+                    peer: self.peer,
+                    tls: false,
+                    cert: None,
+                    activity: None,
+                };
+                Box::pin(self.serve_h1(TokioIo::new(stream), info)).await
+            }
+            Some(tls) => Box::pin(self.run_tls(stream, tls)).await,
+        }
+    }
+
+    async fn run_tls(mut self, stream: TcpStream, tls: Arc<Tls>) {
         let timeout = self.state.config.limits.tls_handshake_timeout;
         let handshake = tokio::time::timeout(timeout, async {
             // Plain HTTP sent to the TLS port: say so instead of a
@@ -423,7 +432,10 @@ impl Connection {
         let counts = self.counts.clone();
         hyper::service::service_fn(move |req: Request<Incoming>| {
             let (info, state, counts) = (info.clone(), state.clone(), counts.clone());
-            async move { Ok(answer(&state, &counts, &info, req).await) }
+            // Boxed: hyper keeps room for the service's future in every
+            // connection from its start, and `answer`'s (every handler
+            // inline) is tens of KiB; an idle connection should not cost that.
+            async move { Ok(Box::pin(answer(&state, &counts, &info, req)).await) }
         })
     }
 
