@@ -146,9 +146,9 @@ async fn dispatch(
     })?;
     let caller = match route {
         Route::Ops(op) => return surfaces::ops::handle(state, op, req, peer).await,
-        Route::Ui(op) => return surfaces::ui::handle(state, op, req, peer).await,
+        Route::Ui(op) => return Box::pin(surfaces::ui::handle(state, op, req, peer)).await,
         // A forge signs its delivery; it sends no credentials of berth's.
-        Route::Hook(op) => return surfaces::hooks::handle(state, op, req, peer).await,
+        Route::Hook(op) => return Box::pin(surfaces::hooks::handle(state, op, req, peer)).await,
         _ => {
             state
                 .auth
@@ -163,9 +163,13 @@ async fn dispatch(
     };
     match route {
         Route::Oci(op) => surfaces::oci::handle(state, &caller, op, req).await,
-        Route::Admin(op) => surfaces::admin::handle(state, &caller, op, req).await,
-        Route::Tool(tool, op) => surfaces::tool::handle(state, &caller, &tool, op, req).await,
-        Route::Namespace(ns, op) => surfaces::namespace::handle(state, &caller, &ns, op, req).await,
+        Route::Admin(op) => Box::pin(surfaces::admin::handle(state, &caller, op, req)).await,
+        Route::Tool(tool, op) => {
+            Box::pin(surfaces::tool::handle(state, &caller, &tool, op, req)).await
+        }
+        Route::Namespace(ns, op) => {
+            Box::pin(surfaces::namespace::handle(state, &caller, &ns, op, req)).await
+        }
         Route::Ops(_) | Route::Ui(_) | Route::Hook(_) => Err(ApiError::internal("answered above")),
     }
 }

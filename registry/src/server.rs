@@ -432,10 +432,11 @@ impl Connection {
         let counts = self.counts.clone();
         hyper::service::service_fn(move |req: Request<Incoming>| {
             let (info, state, counts) = (info.clone(), state.clone(), counts.clone());
-            // Boxed: hyper keeps room for the service's future in every
-            // connection from its start, and `answer`'s (every handler
-            // inline) is tens of KiB; an idle connection should not cost that.
-            async move { Ok(Box::pin(answer(&state, &counts, &info, req)).await) }
+            // hyper keeps room for this future in every connection from
+            // its start, so it is kept small: the surfaces other than the
+            // registry's own are boxed where `dispatch` calls them (boxing
+            // all of `answer` copied tens of KiB per request).
+            async move { Ok(answer(&state, &counts, &info, req).await) }
         })
     }
 
