@@ -526,7 +526,12 @@ fn compare(berth_bin: &Path, registry_bin: &Path, o: &Options) {
         println!("- {name}: {}; {}", fmt(bs), fmt(rs));
     }
     let wrk_rows = if "wrk".contains(o.filter) || o.filter.is_empty() {
-        wrk_comparison(&dir, &bt, &rt, o)
+        // A berth of its own, as nginx serves a fresh directory: the main
+        // one holds every image the scenarios pushed, and its scheduled
+        // tag cleanup wakes every 5 minutes.
+        let (_fresh, ft) = start_berth(berth_bin, &dir, "berth-wrk", "");
+        ft.authorize(&scopes()).expect("berth token");
+        wrk_comparison(&dir, &ft, &rt, o)
     } else {
         Vec::new()
     };

@@ -21,7 +21,7 @@ use sha2::{Digest as _, Sha256};
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use throttle::LoginThrottle;
 pub use token::Grant;
@@ -198,7 +198,9 @@ pub struct ClientCertificate {
 #[derive(Debug, Clone)]
 pub struct Caller {
     pub principal: Principal,
-    pub grants: Option<Vec<Grant>>,
+    /// Shared: a cached token's caller is cloned for every request, and a
+    /// token can carry dozens of grants.
+    pub grants: Option<Arc<[Grant]>>,
     pub token: Option<TokenUse>,
     /// The subject of the token the caller came with, when it names more
     /// than the principal does (a build's token: `build:<id>`).
@@ -209,7 +211,7 @@ impl Caller {
     pub fn new(principal: Principal, grants: Option<Vec<Grant>>) -> Caller {
         Caller {
             principal,
-            grants,
+            grants: grants.map(Arc::from),
             token: None,
             token_subject: None,
         }
@@ -299,43 +301,66 @@ pub struct Auth {
     generation: AtomicU64,
 }
 
-/// Verified tokens by their SHA-256, until their own expiry, bounded in
-/// bytes (a token's grants can be large) rather than in entries.
+/// Verified tokens until their own expiry, bounded in bytes (a token's
+/// grants can be large) rather than in entries. Found by the token's
+/// signature (its last segment: an HMAC over the rest, so it differs
+/// between any two tokens berth signed) and then compared whole, so a
+/// token that reuses another's signature with other claims is no hit.
+/// Hashing whole tokens (kilobytes with many scopes) cost every pull
+/// request more than the rest of the lookup.
 #[derive(Default)]
 struct TokenCache {
-    entries: HashMap<[u8; 32], (Caller, u64, usize)>,
+    entries: HashMap<Box<str>, CachedToken>,
     bytes: usize,
 }
 
+struct CachedToken {
+    token: Box<str>,
+    caller: Caller,
+    exp: u64,
+    size: usize,
+}
+
+/// The part of a JWT a cache entry is found by.
+fn signature_of(token: &str) -> &str {
+    token.rsplit('.').next().unwrap_or(token)
+}
+
 impl TokenCache {
-    fn get(&self, key: &[u8; 32], now: u64) -> Option<Caller> {
+    fn get(&self, token: &str, now: u64) -> Option<Caller> {
         self.entries
-            .get(key)
-            .filter(|(_, exp, _)| *exp > now)
-            .map(|(c, _, _)| c.clone())
+            .get(signature_of(token))
+            .filter(|e| e.exp > now && *e.token == *token)
+            .map(|e| e.caller.clone())
     }
 
-    fn insert(&mut self, key: [u8; 32], caller: Caller, exp: u64, now: u64, budget: usize) {
-        let size = caller_bytes(&caller);
+    fn insert(&mut self, token: &str, caller: Caller, exp: u64, now: u64, budget: usize) {
+        let size = caller_bytes(&caller) + 2 * token.len();
         if size > budget / 4 {
             return; // never worth evicting everyone else for
         }
         if self.bytes + size > budget {
-            self.entries.retain(|_, (_, e, _)| *e > now);
-            self.bytes = self.entries.values().map(|(_, _, n)| n).sum();
+            self.entries.retain(|_, e| e.exp > now);
+            self.bytes = self.entries.values().map(|e| e.size).sum();
         }
         while self.bytes + size > budget {
             // Still full of live tokens: drop some; they are re-verified
             // (cheaply) when they come back.
-            let Some(k) = self.entries.keys().next().copied() else {
+            let Some(k) = self.entries.keys().next().cloned() else {
                 break;
             };
-            if let Some((_, _, n)) = self.entries.remove(&k) {
-                self.bytes -= n;
+            if let Some(e) = self.entries.remove(&k) {
+                self.bytes -= e.size;
             }
         }
-        if let Some((_, _, old)) = self.entries.insert(key, (caller, exp, size)) {
-            self.bytes -= old;
+        let entry = CachedToken {
+            token: token.into(),
+            caller,
+            exp,
+            size,
+        };
+        if let Some(old) = self.entries.insert(signature_of(token).into(), entry) {
+            self.bytes -= old.size;
         }
         self.bytes += size;
     }
@@ -470,8 +495,7 @@ impl Auth {
                 .duration_since(std::time::UNIX_EPOCH)
                 .map(|d| d.as_secs())
                 .unwrap_or(0);
-            let key: [u8; 32] = Sha256::digest(token.as_bytes()).into();
-            if let Some(caller) = self.token_cache().get(&key, now) {
+            if let Some(caller) = self.token_cache().get(token, now) {
                 return Ok(caller);
             }
             let generation = self.generation();
@@ -494,14 +518,14 @@ impl Auth {
             let token_subject = (claims.sub != principal.name()).then(|| claims.sub.clone());
             let caller = Caller {
                 principal,
-                grants: Some(claims.access),
+                grants: Some(Arc::from(claims.access)),
                 token: token_use,
                 token_subject,
             };
             let mut cache = self.token_cache();
             if self.generation() == generation {
                 cache.insert(
-                    key,
+                    token,
                     caller.clone(),
                     claims.exp,
                     now,
@@ -1235,6 +1259,24 @@ fn rfc3339(secs: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_token_cache_finds_only_the_very_token_it_verified() {
+        let mut cache = TokenCache::default();
+        let caller = Caller::new(Principal::Namespace("tool-a".into()), Some(Vec::new()));
+        cache.insert("head.claims.sig", caller, 100, 10, 1 << 20);
+        assert!(cache.get("head.claims.sig", 50).is_some());
+        // Another token ending in the same signature is no hit.
+        assert!(cache.get("head.forged.sig", 50).is_none());
+        assert!(cache.get("sig", 50).is_none());
+        // Nor is it past its expiry.
+        assert!(cache.get("head.claims.sig", 100).is_none());
+        // The byte bound holds: a token too large for a quarter of it is
+        // not kept.
+        let big = format!("h.{}.s2", "c".repeat(4096));
+        cache.insert(&big, Caller::new(Principal::Admin, None), 100, 10, 8192);
+        assert!(cache.get(&big, 50).is_none());
+    }
 
     #[test]
     fn scopes() {
