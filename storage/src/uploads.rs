@@ -464,20 +464,14 @@ impl Uploads {
             namespace,
             bytes: size,
         };
-        let mut hasher =
+        let hasher =
             hasher.ok_or_else(|| StorageError::Internal("upload has no running hash".into()))?;
         let algorithm = expected.algorithm();
         if let Some(kept) = memory {
-            // At most `inline_max` bytes: hashed here, on the request's
-            // own thread, rather than paying a trip to a blocking one.
+            // At most `inline_max` bytes, none hashed yet: hashed here, on
+            // the request's own thread, rather than on a blocking one.
             let data = kept.freeze();
-            let computed = match algorithm {
-                Algorithm::Sha256 => {
-                    hasher.update(&data);
-                    hasher.finish()
-                }
-                other => Digest::compute(other, &data),
-            };
+            let computed = Digest::compute(algorithm, &data);
             if &computed != expected {
                 return Err(FinishError::DigestMismatch {
                     expected: expected.clone(),

@@ -107,20 +107,11 @@ pub async fn start(
             }
         }
     }
-    // A refusal before the body (a bad digest, the session caps) reads
-    // and drops what a monolithic POST sends first (see `session_for_chunk`).
-    let opened = async {
+    let ((monolithic, session), req) = before_body(req, async {
         let monolithic = digest_param(&query)?;
-        Ok::<_, ApiError>((monolithic, state.storage.uploads.start(repo).await?))
-    }
-    .await;
-    let (monolithic, session) = match opened {
-        Ok(v) => v,
-        Err(e) => {
-            super::drain(req.into_body()).await;
-            return Err(e);
-        }
-    };
+        Ok((monolithic, state.storage.uploads.start(repo).await?))
+    })
+    .await?;
     let mut session = session.lock().await;
     match monolithic {
         Some(digest) => {
@@ -207,46 +198,34 @@ fn check_chunk(repo: &RepoName, session: &Session, headers: &HeaderMap) -> ApiRe
     Ok(())
 }
 
-/// The upload a chunk is for, after the checks that come before its body;
-/// when one refuses, the body is read and dropped first (bounded), so that
-/// a client still sending it reads the error rather than a reset
-/// connection.
-async fn session_for_chunk(
-    state: &State,
-    repo: &RepoName,
-    id: &str,
+/// Runs `checks`, what comes before a request's body (they read what they
+/// need of the request beforehand: the body is not shared across their
+/// awaits); when they refuse, the body is read and dropped first
+/// (bounded), so that a client still sending it reads the error rather
+/// than a reset connection.
+async fn before_body<T>(
     req: Request<RequestBody>,
-    needs_digest: bool,
-) -> ApiResult<(
-    tokio::sync::OwnedMutexGuard<Session>,
-    Option<Digest>,
-    Request<RequestBody>,
-)> {
-    // What the checks read, taken out: the request (its body) is not
-    // shared across the awaits.
-    let (query, headers) = (query_pairs(req.uri().query()), req.headers().clone());
-    let checked = async {
-        let digest = match needs_digest {
-            false => None,
-            true => Some(digest_param(&query)?.ok_or_else(|| {
-                ApiError::bad_request(
-                    Code::DigestInvalid,
-                    "closing an upload needs ?digest=<algorithm>:<hex>",
-                )
-            })?),
-        };
-        let session = open_session(state, repo, id).await?;
-        check_chunk(repo, &session, &headers)?;
-        Ok::<_, ApiError>((session, digest))
-    }
-    .await;
-    match checked {
-        Ok((session, digest)) => Ok((session, digest, req)),
+    checks: impl std::future::Future<Output = ApiResult<T>>,
+) -> ApiResult<(T, Request<RequestBody>)> {
+    match checks.await {
+        Ok(v) => Ok((v, req)),
         Err(e) => {
             super::drain(req.into_body()).await;
             Err(e)
         }
     }
+}
+
+/// The upload a chunk is for, if it continues the upload.
+async fn session_for_chunk(
+    state: &State,
+    repo: &RepoName,
+    id: &str,
+    headers: &HeaderMap,
+) -> ApiResult<tokio::sync::OwnedMutexGuard<Session>> {
+    let session = open_session(state, repo, id).await?;
+    check_chunk(repo, &session, headers)?;
+    Ok(session)
 }
 
 pub async fn patch(
@@ -255,7 +234,8 @@ pub async fn patch(
     id: &str,
     req: Request<RequestBody>,
 ) -> ApiResult<Response<Body>> {
-    let (mut session, _, req) = session_for_chunk(state, repo, id, req, false).await?;
+    let headers = req.headers().clone();
+    let (mut session, req) = before_body(req, session_for_chunk(state, repo, id, &headers)).await?;
     append_within_quota(state, repo, &mut session, req).await?;
     progress(StatusCode::ACCEPTED, repo, &session)
 }
@@ -266,8 +246,17 @@ pub async fn put(
     id: &str,
     req: Request<RequestBody>,
 ) -> ApiResult<Response<Body>> {
-    let (mut session, digest, req) = session_for_chunk(state, repo, id, req, true).await?;
-    let digest = digest.ok_or_else(|| ApiError::internal("the digest was checked"))?;
+    let (query, headers) = (query_pairs(req.uri().query()), req.headers().clone());
+    let ((digest, mut session), req) = before_body(req, async {
+        let digest = digest_param(&query)?.ok_or_else(|| {
+            ApiError::bad_request(
+                Code::DigestInvalid,
+                "closing an upload needs ?digest=<algorithm>:<hex>",
+            )
+        })?;
+        Ok((digest, session_for_chunk(state, repo, id, &headers).await?))
+    })
+    .await?;
     append_within_quota(state, repo, &mut session, req).await?;
     complete(state, repo, &mut session, &digest).await
 }
