@@ -551,13 +551,7 @@ fn compare(berth_bin: &Path, registry_bin: &Path, o: &Options) {
         );
         println!("| --- | ---: | ---: | ---: | ---: | ---: | ---: |");
         for (what, unit, b, r, n) in &wrk_rows {
-            let v = |f: &wrk::WrkFigures| {
-                if *unit == "MB/s" {
-                    f.mb_per_second
-                } else {
-                    f.per_second
-                }
-            };
+            let v = |f: &wrk::WrkFigures| f.headline(unit);
             println!(
                 "| {what} ({unit}) | {:.0} | {:.0} | {:.0} | {:.2}x | {:.2} | {:.2} |",
                 v(b),
@@ -653,21 +647,11 @@ fn wrk_comparison(
         ("64 MiB blob GET", "MB/s", blob_path.clone()),
     ] {
         let one = |url: &str, headers: &[(&str, String)]| {
-            let runs: Vec<wrk::WrkFigures> = (0..o.runs.max(1))
+            let mut runs: Vec<wrk::WrkFigures> = (0..o.runs.max(1))
                 .map(|_| wrk::run(&format!("{url}{path}"), headers, 32, o.seconds).expect("wrk"))
                 .collect();
-            let mut sorted = runs;
-            sorted.sort_by(|a, b| {
-                let v = |f: &wrk::WrkFigures| {
-                    if unit == "MB/s" {
-                        f.mb_per_second
-                    } else {
-                        f.per_second
-                    }
-                };
-                v(a).total_cmp(&v(b))
-            });
-            sorted[sorted.len() / 2].clone()
+            runs.sort_by(|a, b| a.headline(unit).total_cmp(&b.headline(unit)));
+            runs[runs.len() / 2].clone()
         };
         let b = one(&bt.url, &auth(bt));
         let r = one(&rt.url, &auth(rt));

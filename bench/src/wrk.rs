@@ -18,6 +18,18 @@ pub struct WrkFigures {
     pub errors: u64,
 }
 
+impl WrkFigures {
+    /// The figure a scenario is judged by, as `headline` for the other
+    /// scenarios: MB/s for transfers, requests per second otherwise.
+    pub fn headline(&self, unit: &str) -> f64 {
+        if unit == "MB/s" {
+            self.mb_per_second
+        } else {
+            self.per_second
+        }
+    }
+}
+
 /// Runs wrk against `url` for `seconds` with `conns` connections on one
 /// thread, sending `headers`.
 pub fn run(

@@ -150,7 +150,6 @@ impl Sqlite {
         let handle = std::thread::Builder::new()
             .name("berth-sqlite-writer".into())
             .spawn(move || {
-                let inner_generation = generation_for_writer.clone();
                 while let Ok(first) = rx.recv() {
                     let mut group = vec![first];
                     while group.len() < GROUP_MAX {
@@ -159,7 +158,7 @@ impl Sqlite {
                             Err(_) => break,
                         }
                     }
-                    run_group(&mut writer, group, &inner_generation);
+                    run_group(&mut writer, group, &generation_for_writer);
                 }
                 // Dropping the last connection checkpoints the WAL.
                 drop(writer);
@@ -412,11 +411,9 @@ fn spawn_checkpointer(path: &Path) -> Result<(mpsc::Sender<()>, JoinHandle<()>),
     let handle = std::thread::Builder::new()
         .name("berth-sqlite-checkpoint".into())
         .spawn(move || {
-            // (busy, frames in the WAL, frames copied back).
-            let checkpoint = |mode: &str| -> Option<(i64, i64, i64)> {
-                match conn.query_row(&format!("PRAGMA wal_checkpoint({mode})"), [], |r| {
-                    Ok((r.get(0)?, r.get(1)?, r.get(2)?))
-                }) {
+            // The frames in the WAL (the pragma's second column).
+            let checkpoint = |mode: &str| -> Option<i64> {
+                match conn.query_row(&format!("PRAGMA wal_checkpoint({mode})"), [], |r| r.get(1)) {
                     Ok(v) => Some(v),
                     Err(e) => {
                         tracing::warn!(error = %e, mode, "WAL checkpoint failed");
@@ -434,7 +431,7 @@ fn spawn_checkpointer(path: &Path) -> Result<(mpsc::Sender<()>, JoinHandle<()>),
                         // push load it grew by gigabytes. Past the limit,
                         // a RESTART copies the little a passive one left
                         // and holds writers back only for that long.
-                        if let Some((_, frames, _)) = checkpoint("PASSIVE") {
+                        if let Some(frames) = checkpoint("PASSIVE") {
                             if frames > WAL_RESTART_FRAMES {
                                 checkpoint("RESTART");
                             }
