@@ -69,6 +69,21 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Move an embedded installation (SQLite and blob files in a data dir)
+    /// to the storage another config names: metadata into its PostgreSQL
+    /// database (which must be new), blobs into its data dir when that is
+    /// another directory. Stop berth first; the source is only read, so a
+    /// failed run can be repeated. Start berth with the new config after.
+    Migrate {
+        /// The embedded installation's data dir.
+        #[arg(long, default_value = "./berth-data")]
+        data_dir: PathBuf,
+        /// The config berth will run with afterwards ([storage] database_url required).
+        #[arg(long)]
+        to: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -134,7 +149,90 @@ fn main() -> ExitCode {
                 },
         } => report(namespace_credentials(&namespace, revoke, &connection)),
         Command::Fsck { data_dir, json } => fsck(&data_dir, json),
+        Command::Migrate { data_dir, to, json } => migrate(&data_dir, &to, json),
     }
+}
+
+/// `berth migrate`: the embedded store moved to the storage of `target`.
+fn migrate(data_dir: &std::path::Path, target: &std::path::Path, json: bool) -> ExitCode {
+    let cfg = match Config::load(target) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("berth: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let Some(pg) = cfg.storage.postgres() else {
+        eprintln!(
+            "berth: {} has no [storage] database_url: migrate moves an embedded data dir to PostgreSQL",
+            target.display()
+        );
+        return ExitCode::from(2);
+    };
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("berth: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let same_dir = match (
+        std::fs::canonicalize(data_dir),
+        std::fs::canonicalize(&cfg.storage.data_dir),
+    ) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => false,
+    };
+    let outcome = runtime.block_on(async {
+        let blobs = if same_dir {
+            None
+        } else {
+            Some(berth_storage::BlobStore::local(&cfg.storage.data_dir)?)
+        };
+        berth_storage::migrate::embedded_to_postgres(data_dir, &pg, blobs.as_ref()).await
+    });
+    let report = match outcome {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!(
+                "berth: migration of {} failed, nothing was committed to PostgreSQL: {e}",
+                data_dir.display()
+            );
+            return ExitCode::FAILURE;
+        }
+    };
+    if !same_dir {
+        // Secrets berth generated stay valid: tokens it signed, the admin
+        // password people were given, the hook secrets forges hold.
+        for name in ["token-key", "admin-password", "hook-key"] {
+            let (from, to) = (data_dir.join(name), cfg.storage.data_dir.join(name));
+            if from.exists() && !to.exists() {
+                if let Err(e) = std::fs::copy(&from, &to) {
+                    eprintln!("berth: cannot copy {}: {e}", from.display());
+                    return ExitCode::FAILURE;
+                }
+            }
+        }
+    }
+    if json {
+        match serde_json::to_string_pretty(&report) {
+            Ok(text) => println!("{text}"),
+            Err(e) => eprintln!("berth: {e}"),
+        }
+    } else {
+        for (table, rows) in &report.tables {
+            println!("{table:<24} {rows:>10} rows");
+        }
+        println!(
+            "blobs: {} objects, {} copied ({} bytes), the rest already there",
+            report.objects, report.objects_copied, report.bytes_copied
+        );
+        println!("done: start berth with --config {}", target.display());
+    }
+    ExitCode::SUCCESS
 }
 
 /// `berth fsck`: the storage integrity check, for people or as JSON.

@@ -240,3 +240,130 @@ fn untagged_gc_on_postgres_removes_rows_then_objects() {
         &["--src-creds", &creds],
     );
 }
+
+/// `berth migrate`: an embedded installation (SQLite + files) with an
+/// image, a quota limit and an API token moves to PostgreSQL and a new
+/// data dir; berth started on the new config serves the same image byte
+/// for byte to the same token, with the same quota. A second run into the
+/// now filled database is refused and changes nothing.
+#[test]
+fn migrate_moves_an_embedded_installation_to_postgres() {
+    let dir = tempfile::tempdir().unwrap();
+    let source = dir.path().join("embedded");
+    let mut berth = Berth::start(&source);
+    let password = berth.namespace_credentials("tool-mig");
+    let layout = dir.path().join("layout");
+    let layers = write_oci_layout(&layout, "v1", "migrate", 3);
+    skopeo_copy(
+        &format!("oci:{}:v1", layout.display()),
+        &format!("docker://{}/tool-mig/app:v1", berth.host()),
+        &["--dest-creds", &format!("tool-mig:{password}")],
+    );
+    // A layer too large to be kept inline: it lives as a file, which the
+    // migration must copy.
+    let big: Vec<u8> = (0..1_000_000u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    let big_digest = sha256(&big);
+    let push = http_agent()
+        .run(
+            ureq::http::Request::builder()
+                .method("POST")
+                .uri(format!(
+                    "{}/v2/tool-mig/app/blobs/uploads/?digest={big_digest}",
+                    berth.url()
+                ))
+                .header("authorization", basic("tool-mig", &password))
+                .header("content-type", "application/octet-stream")
+                .body(big.clone())
+                .unwrap(),
+        )
+        .unwrap();
+    assert_eq!(push.status().as_u16(), 201);
+    let admin = basic("admin", ADMIN_PASSWORD);
+    let quota_url = |b: &Berth| format!("{}/admin/v1/quotas/tool-mig", b.url());
+    let (status, _) = send_json(
+        "PUT",
+        &quota_url(&berth),
+        Some(&admin),
+        Some(serde_json::json!({ "limit_bytes": 50_000_000 })),
+    );
+    assert_eq!(status, 200);
+    let (status, before) = send_json("GET", &quota_url(&berth), Some(&admin), None);
+    assert_eq!(status, 200);
+    let (status, token) = send_json(
+        "POST",
+        &format!("{}/admin/v1/tokens", berth.url()),
+        Some(&admin),
+        Some(serde_json::json!({ "namespace": "tool-mig", "name": "ci" })),
+    );
+    assert_eq!(status, 201, "{token}");
+    let token = token["token"].as_str().unwrap().to_owned();
+    berth.signal(libc::SIGTERM);
+    berth.wait();
+
+    let url = pg::fresh_database();
+    let target = dir.path().join("replica-data");
+    let target_config = dir.path().join("target.toml");
+    std::fs::write(
+        &target_config,
+        format!(
+            "[storage]\ndata_dir = \"{}\"\ndatabase_url = \"{url}\"\n",
+            target.display()
+        ),
+    )
+    .unwrap();
+    let migrate = || {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_berth"));
+        cmd.arg("migrate")
+            .arg("--data-dir")
+            .arg(&source)
+            .arg("--to")
+            .arg(&target_config);
+        cmd
+    };
+    let out = run(&mut migrate());
+    assert!(out.contains("manifests"), "{out}");
+    assert!(out.contains("copied"), "{out}");
+
+    let berth = Berth::start_with(&target, free_port(), &config(&url));
+    let pulled = dir.path().join("pulled");
+    skopeo_copy(
+        &format!("docker://{}/tool-mig/app:v1", berth.host()),
+        &format!("oci:{}:v1", pulled.display()),
+        &["--src-creds", &format!("tool-mig:{token}")],
+    );
+    for layer in &layers {
+        let d = sha256(layer);
+        let bytes = std::fs::read(pulled.join("blobs/sha256").join(&d[7..])).unwrap();
+        assert_eq!(&bytes, layer, "layer {d} differs after the migration");
+    }
+    let (status, after) = send_json("GET", &quota_url(&berth), Some(&admin), None);
+    assert_eq!(status, 200);
+    assert_eq!(after["used_bytes"], before["used_bytes"]);
+    assert_eq!(after["limit_bytes"], 50_000_000);
+    // The namespace's password moved too (its hash is a row).
+    let (status, _) = send_json(
+        "GET",
+        &format!("{}/v2/tool-mig/app/tags/list", berth.url()),
+        Some(&basic("tool-mig", &password)),
+        None,
+    );
+    assert_eq!(status, 200);
+    // The large blob was copied as a file into the new data dir.
+    assert!(target
+        .join("blobs/sha256")
+        .join(&big_digest[7..9])
+        .join(&big_digest[7..])
+        .exists());
+    let (status, _, bytes) = request(
+        "GET",
+        &format!("{}/v2/tool-mig/app/blobs/{big_digest}", berth.url()),
+        &[("authorization", &basic("tool-mig", &token))],
+    );
+    assert_eq!(status, 200);
+    assert!(bytes == big, "the large blob differs after the migration");
+
+    let again = run_failing(&mut migrate());
+    assert!(again.contains("not empty"), "{again}");
+}

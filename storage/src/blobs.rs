@@ -211,6 +211,52 @@ impl BlobStore {
         Ok(out)
     }
 
+    /// Stores `bytes` as the blob `digest`, checking the digest and size
+    /// as they stream (a mismatch stores nothing: the multipart upload is
+    /// aborted). For copying blobs between stores (`berth migrate`).
+    pub async fn put_verified(
+        &self,
+        digest: &Digest,
+        size: u64,
+        mut bytes: ByteStream,
+    ) -> Result<(), StorageError> {
+        let upload = self.store.put_multipart(&Self::object_path(digest)).await?;
+        let mut writer = WriteMultipart::new(upload);
+        let mut hasher = crate::digest::Hasher::new(digest.algorithm());
+        let mut seen = 0u64;
+        let copied = async {
+            while let Some(chunk) = bytes.next().await {
+                let chunk = chunk?;
+                hasher.update(&chunk);
+                seen += chunk.len() as u64;
+                writer.wait_for_capacity(4).await?;
+                writer.write(&chunk);
+            }
+            Ok::<_, StorageError>(())
+        }
+        .await;
+        let verified = copied.and_then(|()| {
+            let got = hasher.finish();
+            if got == *digest && seen == size {
+                Ok(())
+            } else {
+                Err(StorageError::Internal(format!(
+                    "blob {digest}: read {seen} bytes with digest {got}, expected {size} bytes"
+                )))
+            }
+        });
+        match verified {
+            Ok(()) => {
+                writer.finish().await?;
+                Ok(())
+            }
+            Err(e) => {
+                let _ = writer.abort().await;
+                Err(e)
+            }
+        }
+    }
+
     /// Answers when the store does (for `/healthz`).
     pub async fn ping(&self) -> Result<(), StorageError> {
         self.size(&Digest::sha256_of(b"berth-healthz"))

@@ -12,6 +12,7 @@ pub mod digest;
 pub mod locks;
 pub mod manifest;
 pub mod meta;
+pub mod migrate;
 pub mod names;
 pub mod uploads;
 

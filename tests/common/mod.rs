@@ -270,6 +270,36 @@ pub fn request(
     (status, headers, body)
 }
 
+/// A JSON request (`body` serialised) with an optional `Authorization`;
+/// the status and the answer as JSON (`Null` when it is not JSON).
+pub fn send_json(
+    method: &str,
+    url: &str,
+    authorization: Option<&str>,
+    body: Option<serde_json::Value>,
+) -> (u16, serde_json::Value) {
+    let mut b = ureq::http::Request::builder().method(method).uri(url);
+    if let Some(a) = authorization {
+        b = b.header("authorization", a);
+    }
+    let body = body
+        .map(|v| serde_json::to_vec(&v).unwrap())
+        .unwrap_or_default();
+    let req = b
+        .header("content-type", "application/json")
+        .body(body)
+        .unwrap();
+    let mut r = http_agent()
+        .run(req)
+        .unwrap_or_else(|e| panic!("{method} {url}: {e}"));
+    let status = r.status().as_u16();
+    let text = r.body_mut().read_to_vec().unwrap();
+    (
+        status,
+        serde_json::from_slice(&text).unwrap_or(serde_json::Value::Null),
+    )
+}
+
 pub const MANIFEST_ACCEPT: &str = berth_conformance::client::MANIFEST_ACCEPT;
 
 /// Runs a command, panicking with its output when it fails.

@@ -15,8 +15,8 @@ mod sqlite;
 mod types;
 
 pub use postgres::DigestLock;
-pub(crate) use sqlite::Integrity;
 pub use sqlite::Synchronous;
+pub(crate) use sqlite::{export_tables, Integrity};
 pub use types::*;
 
 use crate::digest::Digest;

@@ -487,3 +487,22 @@ pub struct DeliveryAttempt {
     pub error: Option<String>,
     pub duration_ms: u64,
 }
+
+/// One value of a row moved between backends (`berth migrate`), as SQLite
+/// holds it; the importer converts it to the target column's type.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Cell {
+    Null,
+    Integer(i64),
+    Real(f64),
+    Text(String),
+    Blob(Vec<u8>),
+}
+
+/// Some rows of one table, each in the order of `columns`.
+#[derive(Debug, Clone)]
+pub struct RowBatch {
+    pub table: String,
+    pub columns: Vec<String>,
+    pub rows: Vec<Vec<Cell>>,
+}

@@ -31,6 +31,7 @@ mod console;
 mod events;
 mod fixture;
 mod gc;
+mod import;
 mod liveness;
 mod queries;
 mod quota;

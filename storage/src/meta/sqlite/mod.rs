@@ -15,6 +15,7 @@
 mod builds;
 mod console;
 mod events;
+mod export;
 mod fixture;
 mod gc;
 mod integrity;
@@ -25,6 +26,7 @@ mod schema;
 mod tokens;
 mod triggers;
 
+pub(crate) use export::export_tables;
 pub(crate) use integrity::Integrity;
 
 use super::types::*;
