@@ -66,6 +66,10 @@ enum Command {
         /// The data dir to check.
         #[arg(long, default_value = "./berth-data")]
         data_dir: PathBuf,
+        /// Check the storage this config names instead (PostgreSQL
+        /// metadata with its blob store).
+        #[arg(long, conflicts_with = "data_dir")]
+        config: Option<PathBuf>,
         #[arg(long)]
         json: bool,
     },
@@ -148,7 +152,11 @@ fn main() -> ExitCode {
                     connection,
                 },
         } => report(namespace_credentials(&namespace, revoke, &connection)),
-        Command::Fsck { data_dir, json } => fsck(&data_dir, json),
+        Command::Fsck {
+            data_dir,
+            config,
+            json,
+        } => fsck(&data_dir, config.as_deref(), json),
         Command::Migrate { data_dir, to, json } => migrate(&data_dir, &to, json),
     }
 }
@@ -236,7 +244,17 @@ fn migrate(data_dir: &std::path::Path, target: &std::path::Path, json: bool) -> 
 }
 
 /// `berth fsck`: the storage integrity check, for people or as JSON.
-fn fsck(data_dir: &std::path::Path, json: bool) -> ExitCode {
+fn fsck(data_dir: &std::path::Path, config: Option<&std::path::Path>, json: bool) -> ExitCode {
+    let cfg = match config.map(Config::load).transpose() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("berth: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let data_dir = cfg
+        .as_ref()
+        .map_or(data_dir, |c| c.storage.data_dir.as_path());
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -247,7 +265,16 @@ fn fsck(data_dir: &std::path::Path, json: bool) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let report = match runtime.block_on(berth_storage::Storage::check_integrity(data_dir)) {
+    let check = async {
+        match cfg.as_ref().and_then(|c| c.storage.postgres()) {
+            Some(pg) => {
+                let blobs = berth_storage::BlobStore::local(data_dir)?;
+                berth_storage::Storage::check_integrity_postgres(&pg, &blobs).await
+            }
+            None => berth_storage::Storage::check_integrity(data_dir).await,
+        }
+    };
+    let report = match runtime.block_on(check) {
         Ok(r) => r,
         Err(e) => {
             eprintln!("berth: cannot check {}: {e}", data_dir.display());

@@ -364,6 +364,29 @@ fn migrate_moves_an_embedded_installation_to_postgres() {
     assert_eq!(status, 200);
     assert!(bytes == big, "the large blob differs after the migration");
 
+    // fsck reads the rows from PostgreSQL and finds every object; an
+    // object removed behind berth's back is reported as lost.
+    let fsck = || {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_berth"));
+        cmd.arg("fsck").arg("--config").arg(&target_config);
+        cmd
+    };
+    let report = run(&mut fsck());
+    assert!(report.contains("no data is missing"), "{report}");
+    assert!(report.contains("inline in the database"), "{report}");
+    std::fs::remove_file(
+        target
+            .join("blobs/sha256")
+            .join(&big_digest[7..9])
+            .join(&big_digest[7..]),
+    )
+    .unwrap();
+    let report = run_failing(&mut fsck());
+    assert!(
+        report.contains(&format!("MISSING  {big_digest}")),
+        "{report}"
+    );
+
     let again = run_failing(&mut migrate());
     assert!(again.contains("not empty"), "{again}");
 }

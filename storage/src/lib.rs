@@ -344,44 +344,37 @@ impl Storage {
                 dir.display()
             )));
         }
-        let (rows, (inline_blobs, inline_damaged), unreferenced_links, unlinked_blob_rows) = {
-            let db = db.clone();
-            tokio::task::spawn_blocking(move || {
-                let i = meta::Integrity::open(&db)?;
-                Ok::<_, StorageError>((
-                    i.blob_digests()?,
-                    i.inline_blobs()?,
-                    i.unreferenced_links()?,
-                    i.unlinked_blob_rows()?,
-                ))
+        let rows = tokio::task::spawn_blocking(move || {
+            let i = meta::Integrity::open(&db)?;
+            let (inline_blobs, inline_damaged) = i.inline_blobs()?;
+            Ok::<_, StorageError>(meta::IntegrityRows {
+                blob_digests: i.blob_digests()?,
+                inline_blobs,
+                inline_damaged,
+                unreferenced_links: i.unreferenced_links()?,
+                unlinked_blob_rows: i.unlinked_blob_rows()?,
             })
-            .await
-            .map_err(|e| StorageError::Internal(e.to_string()))??
-        };
-        let objects = BlobStore::local(dir)?.list().await?;
-        let object_set: std::collections::HashSet<String> =
-            objects.iter().map(|o| o.digest.to_string()).collect();
-        let row_set: std::collections::HashSet<&String> = rows.iter().collect();
-        let mut orphan_objects: Vec<String> = object_set
-            .iter()
-            .filter(|d| !row_set.contains(d))
-            .cloned()
-            .collect();
-        orphan_objects.sort();
-        Ok(meta::IntegrityReport {
-            blob_rows: rows.len(),
-            objects: objects.len(),
-            inline_blobs,
-            inline_damaged,
-            rows_without_object: rows
-                .iter()
-                .filter(|d| !object_set.contains(*d))
-                .cloned()
-                .collect(),
-            orphan_objects,
-            unreferenced_links,
-            unlinked_blob_rows,
         })
+        .await
+        .map_err(|e| StorageError::Internal(e.to_string()))??;
+        let objects = BlobStore::local(dir)?.list().await?;
+        Ok(integrity_report(rows, objects))
+    }
+
+    /// The same check for metadata in PostgreSQL and blobs in `blobs`
+    /// (read-only, safe while replicas run).
+    pub async fn check_integrity_postgres(
+        config: &PostgresConfig,
+        blobs: &BlobStore,
+    ) -> Result<meta::IntegrityReport, StorageError> {
+        let Metadata::Postgres(pg) = Metadata::connect_postgres(config).await? else {
+            return Err(StorageError::Internal("not PostgreSQL".into()));
+        };
+        let rows = pg.integrity_rows().await;
+        pg.close().await;
+        let rows = rows?;
+        let objects = blobs.list().await?;
+        Ok(integrity_report(rows, objects))
     }
 
     /// Closes the database cleanly (pending writes finish first), then
@@ -392,5 +385,37 @@ impl Storage {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .take();
+    }
+}
+
+/// Rows against objects. Objects are listed after the rows were read, so
+/// an object written since then shows as an orphan, never as a loss.
+fn integrity_report(
+    rows: meta::IntegrityRows,
+    objects: Vec<blobs::StoredObject>,
+) -> meta::IntegrityReport {
+    let object_set: std::collections::HashSet<String> =
+        objects.iter().map(|o| o.digest.to_string()).collect();
+    let row_set: std::collections::HashSet<&String> = rows.blob_digests.iter().collect();
+    let mut orphan_objects: Vec<String> = object_set
+        .iter()
+        .filter(|d| !row_set.contains(d))
+        .cloned()
+        .collect();
+    orphan_objects.sort();
+    meta::IntegrityReport {
+        blob_rows: rows.blob_digests.len(),
+        objects: objects.len(),
+        inline_blobs: rows.inline_blobs,
+        inline_damaged: rows.inline_damaged,
+        rows_without_object: rows
+            .blob_digests
+            .iter()
+            .filter(|d| !object_set.contains(*d))
+            .cloned()
+            .collect(),
+        orphan_objects,
+        unreferenced_links: rows.unreferenced_links,
+        unlinked_blob_rows: rows.unlinked_blob_rows,
     }
 }

@@ -78,7 +78,7 @@ pub async fn embedded_to_postgres(
                 .await?;
             report.objects_copied += 1;
             report.bytes_copied += object.size;
-            if report.objects_copied % 1000 == 0 {
+            if report.objects_copied.is_multiple_of(1000) {
                 tracing::info!(copied = report.objects_copied, "copying blobs");
             }
         }

@@ -419,6 +419,17 @@ pub struct IntegrityReport {
     pub unlinked_blob_rows: u64,
 }
 
+/// The metadata's half of an integrity check, from one snapshot.
+#[derive(Debug, Clone, Default)]
+pub struct IntegrityRows {
+    /// Blob rows whose bytes are in the blob store, by digest.
+    pub blob_digests: Vec<String>,
+    pub inline_blobs: usize,
+    pub inline_damaged: Vec<String>,
+    pub unreferenced_links: u64,
+    pub unlinked_blob_rows: u64,
+}
+
 impl IntegrityReport {
     /// Nothing is lost (orphans and unreferenced rows are GC's business).
     pub fn is_sound(&self) -> bool {

@@ -32,6 +32,7 @@ mod events;
 mod fixture;
 mod gc;
 mod import;
+mod integrity;
 mod liveness;
 mod queries;
 mod quota;

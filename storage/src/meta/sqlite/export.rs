@@ -65,7 +65,7 @@ pub fn export_tables(
         let mut count = 0u64;
         while let Some(row) = rows.next()? {
             let mut cells = Vec::with_capacity(columns.len());
-            for i in 0..columns.len() {
+            for (i, column) in columns.iter().enumerate() {
                 let cell = match row.get_ref(i)? {
                     ValueRef::Null => Cell::Null,
                     ValueRef::Integer(v) => Cell::Integer(v),
@@ -74,8 +74,7 @@ pub fn export_tables(
                         std::str::from_utf8(t)
                             .map_err(|_| {
                                 StorageError::Internal(format!(
-                                    "table {table}, column {}: text that is not UTF-8",
-                                    columns[i]
+                                    "table {table}, column {column}: text that is not UTF-8"
                                 ))
                             })?
                             .to_owned(),
