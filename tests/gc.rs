@@ -4,6 +4,8 @@
 //! a pinned image after cleanup.
 
 mod common;
+#[path = "common/storm.rs"]
+mod storm;
 
 use berth_conformance::client::Client;
 use berth_conformance::fixtures::{
@@ -13,9 +15,9 @@ use berth_conformance::fixtures::{
 use common::*;
 use std::path::Path;
 use std::process::Command;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+use storm::tags_of;
 
 const FAST_GC: &str = "[gc]\nenabled = false\nuntagged_grace = \"1s\"\nblob_grace = \"1s\"\n";
 
@@ -36,19 +38,6 @@ fn gc_run(berth: &Berth, job: &str, dry_run: bool) -> serde_json::Value {
     let v = r.json().unwrap();
     assert_eq!(v["status"], "ok", "{v}");
     v
-}
-
-fn tags_of(client: &Client, repo: &str) -> Vec<String> {
-    let r = client.get(&format!("/v2/{repo}/tags/list")).unwrap();
-    if r.status == 404 {
-        return Vec::new();
-    }
-    r.json().unwrap()["tags"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|t| t.as_str().unwrap().to_owned())
-        .collect()
 }
 
 /// Checks the database against the blob store, with berth stopped or
@@ -374,225 +363,6 @@ fn untagged_gc_follows_indexes_referrers_and_pins_and_gives_quota_back() {
     check_storage(&dir.path().join("data"), true);
 }
 
-/// Counters of what the storm's clients saw.
-#[derive(Default)]
-struct Storm {
-    pushes: AtomicU64,
-    pulls: AtomicU64,
-    blobs_verified: AtomicU64,
-    pulls_gone: AtomicU64,
-    gc_runs: AtomicU64,
-    bytes_freed: AtomicU64,
-    manifests_removed: AtomicU64,
-    failures: Mutex<Vec<String>>,
-}
-
-impl Storm {
-    fn fail(&self, what: String) {
-        let mut f = self.failures.lock().unwrap();
-        if f.len() < 50 {
-            f.push(what);
-        }
-    }
-}
-
-/// Pushes one image (config + unique layer + mounted base layers); some
-/// as an index of two, some with a referrer. Returns (repo, tag).
-fn storm_push(
-    client: &Client,
-    storm: &Storm,
-    worker: usize,
-    n: u64,
-    bases: &[Blob],
-) -> Option<(String, String)> {
-    let repo = format!("tool-storm/app{}", (worker + n as usize) % 4);
-    let check = |r: berth_conformance::client::Resp,
-                 what: &str|
-     -> Option<berth_conformance::client::Resp> {
-        if r.status >= 500
-            || matches!(
-                r.error_code().as_deref(),
-                Some("BLOB_UNKNOWN" | "MANIFEST_BLOB_UNKNOWN")
-            )
-        {
-            storm.fail(format!("{what} in {repo}: {}", r.describe()));
-            return None;
-        }
-        Some(r)
-    };
-    let upload = |blob: &Blob| -> Option<()> {
-        let put = match client.push_blob(&repo, &blob.digest, blob.bytes.clone()) {
-            Ok(r) => check(r, "PUT blob")?,
-            Err(e) => {
-                storm.fail(format!("blob push in {repo}: {e}"));
-                return None;
-            }
-        };
-        (put.status == 201).then_some(())
-    };
-    let image = |k: u64| -> Option<Vec<u8>> {
-        let config = Blob::new(format!("{{\"worker\":{worker},\"n\":{n},\"k\":{k}}}").into_bytes());
-        let layer = Blob::new(
-            format!("layer {worker} {n} {k} ")
-                .repeat(200 + (n as usize * 37) % 2000)
-                .into_bytes(),
-        );
-        upload(&config)?;
-        upload(&layer)?;
-        let mut layers = vec![descriptor(OCI_LAYER, &layer)];
-        for base in bases.iter().take(1 + (n as usize % bases.len())) {
-            let r = check(
-                client
-                    .send(
-                        "POST",
-                        &format!(
-                            "/v2/{repo}/blobs/uploads/?mount={}&from=tool-base/base",
-                            base.digest
-                        ),
-                        &[],
-                        Vec::new(),
-                    )
-                    .ok()?,
-                "mount",
-            )?;
-            if r.status != 201 {
-                storm.fail(format!("mount of a live base layer answered {}", r.status));
-                return None;
-            }
-            layers.push(descriptor(OCI_LAYER, base));
-        }
-        Some(
-            serde_json::to_vec(&serde_json::json!({
-                "schemaVersion": 2, "mediaType": OCI_MANIFEST, "config": descriptor(OCI_CONFIG, &config), "layers": layers
-            }))
-            .unwrap(),
-        )
-    };
-    let put_manifest = |reference: &str, media_type: &str, body: &[u8]| -> Option<()> {
-        let r = check(
-            client
-                .send(
-                    "PUT",
-                    &format!("/v2/{repo}/manifests/{reference}"),
-                    &[("content-type", media_type)],
-                    body.to_vec(),
-                )
-                .ok()?,
-            "PUT manifest",
-        )?;
-        if r.status != 201 {
-            storm.fail(format!("manifest PUT answered {}", r.describe()));
-            return None;
-        }
-        Some(())
-    };
-    let tag = format!("w{worker}-{n}");
-    let top = if n.is_multiple_of(3) {
-        let (a, b) = (image(1)?, image(2)?);
-        put_manifest(&digest_of(&a), OCI_MANIFEST, &a)?;
-        put_manifest(&digest_of(&b), OCI_MANIFEST, &b)?;
-        let index = serde_json::to_vec(&serde_json::json!({
-            "schemaVersion": 2, "mediaType": OCI_INDEX,
-            "manifests": [{"mediaType": OCI_MANIFEST, "digest": digest_of(&a), "size": a.len()},
-                          {"mediaType": OCI_MANIFEST, "digest": digest_of(&b), "size": b.len()}]
-        }))
-        .unwrap();
-        put_manifest(&tag, OCI_INDEX, &index)?;
-        index
-    } else {
-        let m = image(0)?;
-        put_manifest(&tag, OCI_MANIFEST, &m)?;
-        m
-    };
-    if n % 4 == 1 {
-        let empty = Blob::new(b"{}".to_vec());
-        upload(&empty)?;
-        let sig = serde_json::to_vec(&serde_json::json!({
-            "schemaVersion": 2, "mediaType": OCI_MANIFEST, "artifactType": "application/vnd.example.sig",
-            "config": descriptor(OCI_EMPTY, &empty), "layers": [],
-            "subject": {"mediaType": OCI_MANIFEST, "digest": digest_of(&top), "size": top.len()}
-        }))
-        .unwrap();
-        put_manifest(&digest_of(&sig), OCI_MANIFEST, &sig)?;
-    }
-    storm.pushes.fetch_add(1, Ordering::Relaxed);
-    Some((repo, tag))
-}
-
-/// Pulls `repo:tag` completely, verifying every digest. A manifest that is
-/// gone (cleanup removed the tag) is fine; a blob missing while the
-/// manifest naming it still exists is a loss.
-fn storm_pull(client: &Client, storm: &Storm, repo: &str, tag: &str) {
-    let r = match client.get(&format!("/v2/{repo}/manifests/{tag}")) {
-        Ok(r) => r,
-        Err(e) => return storm.fail(format!("GET manifest: {e}")),
-    };
-    if r.status == 404 {
-        storm.pulls_gone.fetch_add(1, Ordering::Relaxed);
-        return;
-    }
-    if r.status != 200 {
-        return storm.fail(format!("GET {repo}:{tag}: {}", r.describe()));
-    }
-    let top_digest = digest_of(&r.body);
-    if r.header("docker-content-digest") != Some(top_digest.as_str()) {
-        return storm.fail(format!(
-            "{repo}:{tag}: body does not match Docker-Content-Digest"
-        ));
-    }
-    let mut todo = vec![(top_digest, r.json().unwrap())];
-    while let Some((manifest_digest, m)) = todo.pop() {
-        let mut blobs = Vec::new();
-        if let Some(children) = m["manifests"].as_array() {
-            for c in children {
-                let d = c["digest"].as_str().unwrap();
-                let r = client.get(&format!("/v2/{repo}/manifests/{d}")).unwrap();
-                if r.status != 200 || digest_of(&r.body) != d {
-                    if still_exists(client, repo, &manifest_digest) {
-                        storm.fail(format!(
-                            "child {d} of live index {manifest_digest}: {}",
-                            r.describe()
-                        ));
-                    }
-                    return;
-                }
-                todo.push((d.to_owned(), r.json().unwrap()));
-            }
-        } else {
-            blobs.push(m["config"]["digest"].as_str().unwrap().to_owned());
-            blobs.extend(
-                m["layers"]
-                    .as_array()
-                    .unwrap()
-                    .iter()
-                    .map(|l| l["digest"].as_str().unwrap().to_owned()),
-            );
-        }
-        for d in blobs {
-            let r = client.get(&format!("/v2/{repo}/blobs/{d}")).unwrap();
-            if r.status == 200 && digest_of(&r.body) == d {
-                storm.blobs_verified.fetch_add(1, Ordering::Relaxed);
-                continue;
-            }
-            if r.status >= 500 || still_exists(client, repo, &manifest_digest) {
-                storm.fail(format!(
-                    "blob {d} of {repo}@{manifest_digest}: {}",
-                    r.describe()
-                ));
-            }
-            return;
-        }
-    }
-    storm.pulls.fetch_add(1, Ordering::Relaxed);
-}
-
-fn still_exists(client: &Client, repo: &str, digest: &str) -> bool {
-    client
-        .head(&format!("/v2/{repo}/manifests/{digest}"))
-        .map(|r| r.status == 200)
-        .unwrap_or(true)
-}
-
 #[test]
 fn gc_storm_loses_nothing_while_pushes_and_pulls_go_on() {
     let seconds: u64 = std::env::var("BERTH_STORM_SECS")
@@ -606,169 +376,35 @@ fn gc_storm_loses_nothing_while_pushes_and_pulls_go_on() {
         free_port(),
         "[auth]\nenabled = false\n[gc]\nenabled = false\nuntagged_grace = \"2s\"\nblob_grace = \"2s\"\n[gc.retention]\nkeep_last = 3\n",
     );
-    let url = berth.url();
-    // Shared base layers in a namespace of their own, tagged so they live.
-    let base_ctx = Ctx::new(Client::new(&url, None), "tool-base");
-    let bases: Vec<Blob> = (0..3)
-        .map(|i| Blob::new(format!("base layer {i} ").repeat(3000).into_bytes()))
-        .collect();
-    let config = Blob::new(br#"{"base":true}"#.to_vec());
-    base_ctx.push_blob("tool-base/base", &config).unwrap();
-    for b in &bases {
-        base_ctx.push_blob("tool-base/base", b).unwrap();
-    }
-    let base_manifest = serde_json::to_vec(&serde_json::json!({
-        "schemaVersion": 2, "mediaType": OCI_MANIFEST, "config": descriptor(OCI_CONFIG, &config),
-        "layers": bases.iter().map(|b| descriptor(OCI_LAYER, b)).collect::<Vec<_>>()
-    }))
-    .unwrap();
-    assert_eq!(
-        base_ctx
-            .put_manifest("tool-base/base", "latest", OCI_MANIFEST, &base_manifest)
-            .unwrap()
-            .status,
-        201
+    let report = storm::run(
+        &berth.url(),
+        storm::StormOptions {
+            seconds,
+            jobs: &["tag-cleanup", "untagged"],
+            halfway: None,
+        },
     );
-
-    let storm = Arc::new(Storm::default());
-    let stop = Arc::new(AtomicBool::new(false));
-    let pushed: Arc<Mutex<Vec<(String, String)>>> = Arc::new(Mutex::new(Vec::new()));
-    let mut threads = Vec::new();
-    for worker in 0..8 {
-        let (storm, stop, pushed, url, bases) = (
-            storm.clone(),
-            stop.clone(),
-            pushed.clone(),
-            url.clone(),
-            bases.clone(),
-        );
-        threads.push(std::thread::spawn(move || {
-            let client = Client::new(&url, None);
-            let mut n = 0u64;
-            while !stop.load(Ordering::Relaxed) {
-                if let Some(image) = storm_push(&client, &storm, worker, n, &bases) {
-                    pushed.lock().unwrap().push(image);
-                }
-                n += 1;
-            }
-        }));
-    }
-    for puller in 0..8 {
-        let (storm, stop, pushed, url) = (storm.clone(), stop.clone(), pushed.clone(), url.clone());
-        threads.push(std::thread::spawn(move || {
-            let client = Client::new(&url, None);
-            let mut i = puller;
-            while !stop.load(Ordering::Relaxed) {
-                let pick = {
-                    let p = pushed.lock().unwrap();
-                    (!p.is_empty()).then(|| p[p.len() - 1 - (i * 7919) % p.len().min(64)].clone())
-                };
-                match pick {
-                    Some((repo, tag)) => storm_pull(&client, &storm, &repo, &tag),
-                    None => std::thread::sleep(Duration::from_millis(10)),
-                }
-                i += 1;
-            }
-        }));
-    }
-    {
-        let (storm, stop, url) = (storm.clone(), stop.clone(), url.clone());
-        threads.push(std::thread::spawn(move || {
-            let client = Client::new(&url, None);
-            let mut k = 0u64;
-            while !stop.load(Ordering::Relaxed) {
-                let job = if k.is_multiple_of(2) {
-                    "tag-cleanup"
-                } else {
-                    "untagged"
-                };
-                match client.send(
-                    "POST",
-                    &format!("/admin/v1/gc/{job}?dry_run=false"),
-                    &[],
-                    Vec::new(),
-                ) {
-                    Ok(r) if r.status == 200 => {
-                        let v = r.json().unwrap();
-                        if v["status"] != "ok" {
-                            storm.fail(format!("gc run failed: {}", v["errors"]));
-                        }
-                        storm.gc_runs.fetch_add(1, Ordering::Relaxed);
-                        storm
-                            .bytes_freed
-                            .fetch_add(v["bytes_freed"].as_u64().unwrap_or(0), Ordering::Relaxed);
-                        storm.manifests_removed.fetch_add(
-                            v["manifests_removed"].as_u64().unwrap_or(0),
-                            Ordering::Relaxed,
-                        );
-                    }
-                    Ok(r) => storm.fail(format!("gc trigger: {}", r.describe())),
-                    Err(e) => storm.fail(format!("gc trigger: {e}")),
-                }
-                k += 1;
-                std::thread::sleep(Duration::from_millis(200));
-            }
-        }));
-    }
-    let started = Instant::now();
-    std::thread::sleep(Duration::from_secs(seconds));
-    stop.store(true, Ordering::Relaxed);
-    for t in threads {
-        t.join().unwrap();
-    }
-    let elapsed = started.elapsed();
-
-    // Every tagged image is completely pullable with verified digests.
-    let client = Client::new(&url, None);
-    let catalog = client.get("/v2/_catalog").unwrap().json().unwrap();
-    let mut tagged_images = 0;
-    let final_check = Storm::default();
-    for repo in catalog["repositories"].as_array().unwrap() {
-        let repo = repo.as_str().unwrap();
-        for tag in tags_of(&client, repo) {
-            storm_pull(&client, &final_check, repo, &tag);
-            tagged_images += 1;
-        }
-    }
-    let final_failures = final_check.failures.lock().unwrap().clone();
     assert!(
-        final_failures.is_empty(),
-        "tagged images not pullable after the storm: {final_failures:#?}"
+        report.final_failures.is_empty(),
+        "tagged images not pullable after the storm: {:#?}",
+        report.final_failures
     );
-    assert_eq!(
-        final_check.pulls.load(Ordering::Relaxed),
-        tagged_images,
-        "every tagged image pulled completely"
-    );
-
     // A final GC past the grace period leaves nothing unreferenced.
     std::thread::sleep(Duration::from_millis(2200));
     let last = gc_run(&berth, "untagged", false);
     let (rows, objects) = check_storage(&data, true);
-    let failures = storm.failures.lock().unwrap().clone();
     println!(
-        "gc storm: {:?}; {} pushes, {} complete pulls ({} blobs verified, {} tags gone before their pull), \
-         {} GC runs removed {} manifests and freed {} bytes (final run {} more); {} tagged images intact; \
-         {} blob rows = {} objects; {} failures",
-        elapsed,
-        storm.pushes.load(Ordering::Relaxed),
-        storm.pulls.load(Ordering::Relaxed),
-        storm.blobs_verified.load(Ordering::Relaxed),
-        storm.pulls_gone.load(Ordering::Relaxed),
-        storm.gc_runs.load(Ordering::Relaxed),
-        storm.manifests_removed.load(Ordering::Relaxed),
-        storm.bytes_freed.load(Ordering::Relaxed),
-        last["bytes_freed"],
-        tagged_images,
-        rows,
-        objects,
-        failures.len()
+        "gc storm: {} (final run freed {} more); {rows} blob rows = {objects} objects",
+        report.summary(),
+        last["bytes_freed"]
     );
+    let failures = report.storm.failures();
     assert!(
         failures.is_empty(),
         "no 5xx, no lost blob, no failed GC run: {failures:#?}"
     );
     assert_eq!(rows, objects);
+    let storm = &report.storm;
     assert!(
         storm.pushes.load(Ordering::Relaxed) > 50 && storm.gc_runs.load(Ordering::Relaxed) > 10,
         "the storm must actually storm"
