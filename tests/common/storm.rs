@@ -259,6 +259,9 @@ pub fn still_exists(client: &Client, repo: &str, digest: &str) -> bool {
         .unwrap_or(true)
 }
 
+/// Something done to the registry halfway through a storm.
+pub type Halfway = Box<dyn FnOnce(&Storm) + Send>;
+
 /// How a storm runs.
 pub struct StormOptions {
     pub seconds: u64,
@@ -268,7 +271,7 @@ pub struct StormOptions {
     pub jobs: &'static [&'static str],
     /// Called once, halfway through, while the clients go on (e.g. kill a
     /// replica); `Storm::outage` is set while it runs.
-    pub halfway: Option<Box<dyn FnOnce(&Storm) + Send>>,
+    pub halfway: Option<Halfway>,
 }
 
 /// What a storm did, checked from the clients' side.
