@@ -105,6 +105,8 @@ pub struct Storage {
     pub database_url: Option<String>,
     /// PostgreSQL connections this process keeps at most.
     pub database_max_connections: usize,
+    /// CA certificates (PEM) for TLS to PostgreSQL (`sslmode=require`).
+    pub database_ca: Option<PathBuf>,
     /// Blobs up to this size are kept in the database, not as files.
     #[serde(with = "size")]
     pub inline_blob_max: u64,
@@ -121,6 +123,7 @@ impl Default for Storage {
             sqlite_synchronous: berth_storage::Synchronous::Normal,
             database_url: None,
             database_max_connections: 16,
+            database_ca: None,
             inline_blob_max: berth_storage::UploadLimits::default().inline_max,
         }
     }
@@ -134,6 +137,7 @@ impl Storage {
             .map(|url| berth_storage::PostgresConfig {
                 url: url.clone(),
                 max_connections: self.database_max_connections,
+                tls_ca: self.database_ca.clone(),
             })
     }
 

@@ -390,3 +390,52 @@ fn migrate_moves_an_embedded_installation_to_postgres() {
     let again = run_failing(&mut migrate());
     assert!(again.contains("not empty"), "{again}");
 }
+
+/// `sslmode=require`: berth connects over TLS and verifies the server's
+/// certificate against `[storage] database_ca`; a server whose certificate
+/// does not chain to it (here: the platform's roots, which do not hold the
+/// test CA) is refused at start, with the reason.
+#[test]
+fn tls_to_postgres_is_verified() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = pg::database_of(&pg::fresh_database()).to_owned();
+    let url = pg::tls_url(&db);
+    let berth = Berth::start_with(
+        &dir.path().join("data"),
+        free_port(),
+        &format!(
+            "[storage]\ndatabase_url = \"{url}\"\ndatabase_ca = \"{}\"\n",
+            pg::tls_ca().display()
+        ),
+    );
+    let password = berth.namespace_credentials("tool-tls");
+    let (status, _) = send_json(
+        "GET",
+        &format!("{}/v2/tool-tls/app/tags/list", berth.url()),
+        Some(&basic("tool-tls", &password)),
+        None,
+    );
+    assert_eq!(status, 404, "the namespace's account works; nothing pushed");
+    // The connections really are encrypted.
+    let encrypted = pg::psql(
+        &db,
+        "SELECT COUNT(*) FROM pg_stat_ssl s JOIN pg_stat_activity a ON a.pid = s.pid \
+         WHERE s.ssl AND a.datname = current_database() AND a.pid <> pg_backend_pid()",
+    );
+    assert_ne!(encrypted, "0", "berth's connections should use TLS");
+
+    let refused = Command::new(env!("CARGO_BIN_EXE_berth"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(dir.path().join("other"))
+        .arg("--config")
+        .arg({
+            let path = dir.path().join("no-ca.toml");
+            std::fs::write(&path, format!("[storage]\ndatabase_url = \"{url}\"\n")).unwrap();
+            path
+        })
+        .output()
+        .unwrap();
+    assert!(!refused.status.success());
+    let said = String::from_utf8_lossy(&refused.stderr);
+    assert!(said.contains("certificate"), "{said}");
+}

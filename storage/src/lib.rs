@@ -99,8 +99,17 @@ pub fn lock_data_dir(dir: &Path) -> Result<std::fs::File, StorageError> {
 pub struct DatabaseError(Box<dyn std::error::Error + Send + Sync>);
 
 impl std::fmt::Display for DatabaseError {
+    /// The error and its causes ("error performing TLS handshake: invalid
+    /// peer certificate: UnknownIssuer"): the top error alone rarely says
+    /// what to fix.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        self.0.fmt(f)
+        self.0.fmt(f)?;
+        let mut cause = self.0.source();
+        while let Some(e) = cause {
+            write!(f, ": {e}")?;
+            cause = e.source();
+        }
+        Ok(())
     }
 }
 

@@ -51,6 +51,9 @@ pub struct PostgresConfig {
     pub url: String,
     /// Connections this process keeps at most.
     pub max_connections: usize,
+    /// With `sslmode=require`: the CA certificates (PEM) the server's
+    /// certificate must chain to (default: the platform's roots).
+    pub tls_ca: Option<std::path::PathBuf>,
 }
 
 impl Metadata {

@@ -44,6 +44,7 @@ impl Place {
             postgres: self.url.as_ref().map(|url| PostgresConfig {
                 url: url.clone(),
                 max_connections: 8,
+                tls_ca: None,
             }),
         }
     }
@@ -62,6 +63,7 @@ impl Place {
             Some(url) => Metadata::connect_postgres(&PostgresConfig {
                 url: url.clone(),
                 max_connections: 8,
+                tls_ca: None,
             })
             .await
             .unwrap(),

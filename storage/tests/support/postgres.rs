@@ -6,8 +6,8 @@
 //! - The binaries: `initdb`, `pg_ctl` and `psql` from `BERTH_PG_BIN` if
 //!   set, else `/usr/local/bin`, else the newest `/usr/lib/postgresql/*/bin`
 //!   (Debian's `postgresql` package), else `PATH`.
-//! - The server lives in a fresh temporary directory, listens only on a
-//!   Unix socket in that directory (no TCP port to collide with anything),
+//! - The server lives in a fresh temporary directory, listens on a Unix
+//!   socket in that directory (what the tests use),
 //!   trusts local connections (user `berth`), and runs with fsync off:
 //!   test data need not survive a power loss.
 //! - initdb and postgres refuse to run as root. As root (CI), they run as
@@ -19,6 +19,9 @@
 //!   the directory. Statics are never dropped, so a Drop guard could not.
 //! - Each test gets its own database (`fresh_database`), created from
 //!   `template0`: tests never see each other's rows.
+//! - It also listens with TLS on a loopback TCP port, its certificate for
+//!   `localhost` issued by a CA made at start (`tls_url`, `tls_ca`), for
+//!   the tests of `sslmode=require` (PostgreSQL has no TLS on sockets).
 #![allow(dead_code)]
 
 use std::os::unix::fs::PermissionsExt;
@@ -31,6 +34,8 @@ use std::sync::OnceLock;
 pub struct Server {
     /// Where the socket is (the server's directory).
     pub dir: PathBuf,
+    /// The loopback port of the TLS listener.
+    pub tls_port: u16,
     psql: PathBuf,
     /// Kept open for the life of the process: closing it stops the server.
     _watchdog: ChildStdin,
@@ -41,6 +46,20 @@ static DATABASES: AtomicUsize = AtomicUsize::new(0);
 
 /// The superuser every test connects as (trust authentication).
 pub const USER: &str = "berth";
+
+/// A database's URL over TCP with `sslmode=require` (host `localhost`,
+/// which the server's certificate names).
+pub fn tls_url(db: &str) -> String {
+    format!(
+        "postgres://{USER}@localhost:{}/{db}?sslmode=require",
+        server().tls_port
+    )
+}
+
+/// The CA (PEM file) that issued the server's certificate.
+pub fn tls_ca() -> PathBuf {
+    server().dir.join("ca.pem")
+}
 
 /// The process's server, started on first use. Panics (failing the test)
 /// with the reason when PostgreSQL cannot be started: these tests exercise
@@ -59,6 +78,7 @@ pub fn fresh_database() -> String {
     let out = Command::new(&s.psql)
         .args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-h"])
         .arg(&s.dir)
+        .args(["-p", &s.tls_port.to_string()])
         .args(["-U", USER, "-d", "postgres", "-c"])
         .arg(format!("CREATE DATABASE {name} TEMPLATE template0"))
         .output()
@@ -78,6 +98,7 @@ pub fn psql(db: &str, sql: &str) -> String {
     let out = Command::new(&s.psql)
         .args(["-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-h"])
         .arg(&s.dir)
+        .args(["-p", &s.tls_port.to_string()])
         .args(["-U", USER, "-d", db, "-c", sql])
         .output()
         .expect("run psql");
@@ -96,9 +117,14 @@ pub fn database_of(url: &str) -> &str {
 }
 
 impl Server {
-    /// The URL of database `name` on this server (over its socket).
+    /// The URL of database `name` on this server (over its socket, whose
+    /// name carries the port).
     pub fn url(&self, name: &str) -> String {
-        format!("postgres://{USER}@/{name}?host={}", self.dir.display())
+        format!(
+            "postgres://{USER}@/{name}?host={}&port={}",
+            self.dir.display(),
+            self.tls_port
+        )
     }
 }
 
@@ -259,6 +285,40 @@ fn start() -> Result<Server, String> {
         ])
         .current_dir(&dir);
     run(initdb, "initdb")?;
+    // The TLS listener's certificate, from a CA of this run.
+    let ca_key = rcgen::KeyPair::generate().map_err(|e| e.to_string())?;
+    let mut ca_params =
+        rcgen::CertificateParams::new(Vec::<String>::new()).map_err(|e| e.to_string())?;
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "berth test PostgreSQL CA");
+    let ca_cert = ca_params.self_signed(&ca_key).map_err(|e| e.to_string())?;
+    let issuer = rcgen::Issuer::new(ca_params, ca_key);
+    let server_key = rcgen::KeyPair::generate().map_err(|e| e.to_string())?;
+    let server_cert = rcgen::CertificateParams::new(vec!["localhost".to_string()])
+        .and_then(|p| p.signed_by(&server_key, &issuer))
+        .map_err(|e| e.to_string())?;
+    std::fs::write(dir.join("ca.pem"), ca_cert.pem()).map_err(|e| e.to_string())?;
+    for (name, pem) in [
+        ("server.crt", server_cert.pem()),
+        ("server.key", server_key.serialize_pem()),
+    ] {
+        let path = dir.join(name);
+        std::fs::write(&path, pem).map_err(|e| e.to_string())?;
+        // PostgreSQL refuses a key others may read, and reads it as the
+        // server's user.
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
+            .map_err(|e| e.to_string())?;
+        if let Some((uid, gid)) = user {
+            std::os::unix::fs::chown(&path, Some(uid), Some(gid)).map_err(|e| e.to_string())?;
+        }
+    }
+    let tls_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .map_err(|e| e.to_string())?;
+
     let mut pg_ctl = command(&bin.join("pg_ctl"), user);
     pg_ctl
         .arg("-D")
@@ -267,9 +327,11 @@ fn start() -> Result<Server, String> {
         .arg(&log)
         .args(["-w", "-t", "60", "-o"])
         .arg(format!(
-            "-k {} -c listen_addresses='' -c fsync=off -c synchronous_commit=off \
+            "-k {dir} -c listen_addresses=127.0.0.1 -p {tls_port} -c ssl=on \
+             -c ssl_cert_file={dir}/server.crt -c ssl_key_file={dir}/server.key \
+             -c fsync=off -c synchronous_commit=off \
              -c full_page_writes=off -c max_connections=400 -c shared_buffers=32MB",
-            dir.display()
+            dir = dir.display()
         ))
         .arg("start")
         .current_dir(&dir)
@@ -282,6 +344,7 @@ fn start() -> Result<Server, String> {
     }
     Ok(Server {
         dir,
+        tls_port,
         psql: psql_binary(&bin),
         _watchdog: pipe,
     })

@@ -13,7 +13,10 @@
 //! `Location`s and token realm for the proxy's address. A backend that
 //! refuses the connection is skipped for a request without a body (a
 //! replica that was killed); a request with a body gets 502, which is what
-//! a balancer answers once it has consumed part of the body.
+//! a balancer answers once it has consumed part of the body. Like a
+//! balancer's health check, a backend that refused a connection gets no
+//! requests for the next second, then is tried again (a restarted replica
+//! comes back into the rotation).
 //! `GET /_rr/stats` answers `{"requests":[n0,n1,...]}` (per backend), for
 //! tests to check that every replica served.
 
@@ -35,6 +38,9 @@ struct Balancer {
     backends: Vec<Uri>,
     next: AtomicUsize,
     served: Vec<AtomicU64>,
+    /// Per backend: milliseconds since `started` until which it is skipped.
+    down_until: Vec<AtomicU64>,
+    started: std::time::Instant,
     client: Client<HttpConnector, Body>,
 }
 
@@ -88,6 +94,8 @@ async fn serve(listen: String, backends: Vec<Uri>) -> std::io::Result<()> {
     connector.set_nodelay(true);
     let balancer = Arc::new(Balancer {
         served: backends.iter().map(|_| AtomicU64::new(0)).collect(),
+        down_until: backends.iter().map(|_| AtomicU64::new(0)).collect(),
+        started: std::time::Instant::now(),
         backends,
         next: AtomicUsize::new(0),
         client: Client::builder(TokioExecutor::new()).build(connector),
@@ -129,10 +137,14 @@ impl Balancer {
                 .is_none_or(|v| v.as_bytes() == b"0");
         let mut body = Some(body.boxed());
         let first = self.next.fetch_add(1, Ordering::Relaxed);
-        let tries = if bodyless { self.backends.len() } else { 1 };
+        let now = self.started.elapsed().as_millis() as u64;
+        let n = self.backends.len();
+        // Backends in turn from this request's, the healthy ones first.
+        let mut order: Vec<usize> = (0..n).map(|k| (first + k) % n).collect();
+        order.sort_by_key(|&i| self.down_until[i].load(Ordering::Relaxed) > now);
+        let tries = if bodyless { n } else { 1 };
         let mut last_error = String::new();
-        for attempt in 0..tries {
-            let index = (first + attempt) % self.backends.len();
+        for &index in order.iter().take(tries) {
             let backend = &self.backends[index];
             let path = parts
                 .uri
@@ -172,6 +184,8 @@ impl Balancer {
                     if !e.is_connect() {
                         break;
                     }
+                    let now = self.started.elapsed().as_millis() as u64;
+                    self.down_until[index].store(now + 1000, Ordering::Relaxed);
                 }
             }
         }

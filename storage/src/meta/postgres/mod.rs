@@ -37,6 +37,7 @@ mod liveness;
 mod queries;
 mod quota;
 mod schema;
+mod tls;
 mod tokens;
 mod triggers;
 
@@ -83,16 +84,21 @@ impl Postgres {
                 "[storage] database_url is not a PostgreSQL URL: {e}"
             ))
         })?;
+        let tls = tls::for_config(&pg, config.tls_ca.as_deref())?;
         let pool = |size: usize| {
-            let manager = Manager::from_config(
-                pg.clone(),
-                tokio_postgres::NoTls,
-                ManagerConfig {
-                    // A connection is checked (a round trip) only when it
-                    // failed before: a broken one errors and is dropped.
-                    recycling_method: RecyclingMethod::Fast,
-                },
-            );
+            let manager_config = ManagerConfig {
+                // A connection is checked (a round trip) only when it
+                // failed before: a broken one errors and is dropped.
+                recycling_method: RecyclingMethod::Fast,
+            };
+            let manager = match &tls {
+                tls::Tls::Plain => {
+                    Manager::from_config(pg.clone(), tokio_postgres::NoTls, manager_config)
+                }
+                tls::Tls::Verified(connector) => {
+                    Manager::from_config(pg.clone(), connector.clone(), manager_config)
+                }
+            };
             Pool::builder(manager)
                 .max_size(size)
                 .runtime(Runtime::Tokio1)
