@@ -1,9 +1,15 @@
 //! GC at platform scale: 10,000 namespaces, 100,000 manifests, 1,000,000
-//! blobs (metadata generated directly). Measures tag cleanup and untagged
-//! GC (wall time, peak RSS during the run) and the latency of push commits
-//! (blob link + manifest insert) issued every 5 ms while each run goes on.
+//! blobs (metadata generated directly); `BERTH_BENCH_SCALE=10` makes it
+//! 1,000,000 manifests and 10,000,000 blobs. Measures tag cleanup and
+//! untagged GC (wall time, peak RSS during the run) and the latency of
+//! push commits (blob link + manifest insert) issued every 5 ms while each
+//! run goes on; before them, on the full fixture: push commits alone, the
+//! quota list, the metadata's size on disk, and manifest GETs of random
+//! tags from the real binary under wrk (32 connections; needs Debian's
+//! wrk, skipped without it) with the binary's peak RSS.
 //!
 //!     cargo bench --bench gc
+//!     BERTH_BENCH_SCALE=10 cargo bench --bench gc
 //!
 //! Figures go to BENCHMARKS.md. Nothing here asserts a time.
 
@@ -16,8 +22,22 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 const NAMESPACES: usize = 10_000;
-const MANIFESTS_PER_REPO: usize = 10; // 9 tagged, 1 untagged and old
+/// Per repository at scale 1: 9 tagged, 1 untagged and old; every tenth
+/// manifest is untagged at any scale.
+const MANIFESTS_PER_REPO: usize = 10;
 const BLOBS_PER_MANIFEST: usize = 10; // config + 9 layers, all distinct
+
+fn scale() -> usize {
+    std::env::var("BERTH_BENCH_SCALE")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(1)
+        .max(1)
+}
+
+fn manifests_per_repo() -> usize {
+    MANIFESTS_PER_REPO * scale()
+}
 
 fn peak_rss_reset() {
     // Linux: writing 5 resets the process's peak RSS (VmHWM).
@@ -48,13 +68,15 @@ async fn populate(storage: &Storage) {
     let day = 86_400_000i64;
     let now = berth_storage::now_ms();
     let mut n = 0u64;
+    let per_repo = manifests_per_repo();
     let repos = (0..NAMESPACES).map(move |ns| {
         let mut links = Vec::new();
         let mut manifests = Vec::new();
-        for k in 0..MANIFESTS_PER_REPO {
+        for k in 0..per_repo {
             n += 1;
             let digest = format!("sha256:{:064x}", n << 8);
-            let pushed = now - (30 - k as i64) * day;
+            // Spread over the 20-30 days before now, oldest first.
+            let pushed = now - 30 * day + (k as i64 * 10 * day) / per_repo as i64;
             let blobs: Vec<String> = (0..BLOBS_PER_MANIFEST)
                 .map(|b| format!("sha256:{:064x}", (n << 8) | (b as u64 + 1)))
                 .collect();
@@ -70,7 +92,7 @@ async fn populate(storage: &Storage) {
                 size: 900,
                 pushed_ms: pushed,
                 blobs,
-                tags: if k > 0 {
+                tags: if k % 10 != 0 {
                     vec![format!("v{k}")]
                 } else {
                     Vec::new()
@@ -166,13 +188,20 @@ async fn measure(storage: &Storage, gc: &Arc<Gc>, job: JobKind, name: &'static s
 
 fn main() {
     let dir = tempfile::tempdir().unwrap();
+    let config = StorageConfig {
+        data_dir: dir.path().to_owned(),
+        synchronous: Synchronous::Normal,
+        uploads: Default::default(),
+        postgres: None,
+    };
+    let per_repo = manifests_per_repo();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .unwrap();
     rt.block_on(async {
-        let storage = Storage::open(&StorageConfig { data_dir: dir.path().to_owned(), synchronous: Synchronous::Normal, uploads: Default::default(), postgres: None }).unwrap();
+        let storage = Storage::open(&config).unwrap();
         let started = Instant::now();
         populate(&storage).await;
         let built = started.elapsed();
@@ -180,15 +209,157 @@ fn main() {
         storage.meta.reconcile_quota().await.unwrap();
         println!(
             "fixture: {NAMESPACES} namespaces, {} manifests ({} tagged), {} blobs; built in {:.1} s, ledger reconciled in {:.1} s",
-            NAMESPACES * MANIFESTS_PER_REPO,
-            NAMESPACES * (MANIFESTS_PER_REPO - 1),
-            NAMESPACES * MANIFESTS_PER_REPO * BLOBS_PER_MANIFEST,
+            NAMESPACES * per_repo,
+            NAMESPACES * per_repo * 9 / 10,
+            NAMESPACES * per_repo * BLOBS_PER_MANIFEST,
             built.as_secs_f64(),
             started.elapsed().as_secs_f64()
         );
+        let mut list = Vec::new();
+        for _ in 0..20 {
+            let t = Instant::now();
+            let all = storage.meta.quota_list().await.unwrap();
+            list.push(t.elapsed());
+            assert_eq!(all.len(), NAMESPACES);
+        }
+        println!(
+            "quota list ({NAMESPACES} namespaces): p50 {:.1} ms, p99 {:.1} ms",
+            pct(&mut list, 0.5),
+            pct(&mut list, 0.99)
+        );
+        let stop = Arc::new(AtomicBool::new(false));
+        let pusher = tokio::spawn(pushes_during(storage.clone(), stop.clone(), "steady"));
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        stop.store(true, Ordering::Relaxed);
+        let mut lat = pusher.await.unwrap();
+        println!(
+            "push commits alone: {} in 5 s, p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+            lat.len(),
+            pct(&mut lat, 0.5),
+            pct(&mut lat, 0.99),
+            pct(&mut lat, 1.0)
+        );
+        storage.close().await;
+    });
+    let size = |name: &str| {
+        std::fs::metadata(dir.path().join(name))
+            .map(|m| m.len())
+            .unwrap_or(0)
+    };
+    println!(
+        "metadata on disk: berth.db {} MiB (+ WAL {} MiB)",
+        size("berth.db") >> 20,
+        size("berth.db-wal") >> 20
+    );
+    manifest_gets(dir.path(), per_repo);
+    rt.block_on(async {
+        let storage = Storage::open(&config).unwrap();
         let gc = Gc::new(storage.clone(), GcConfig::default());
         measure(&storage, &gc, JobKind::TagCleanup, "tag-cleanup").await;
         measure(&storage, &gc, JobKind::Untagged, "untagged").await;
         storage.close().await;
     });
+}
+
+/// Manifest GETs of random tags from the real binary on the fixture, by
+/// wrk with 32 connections for 15 s; the latency percentiles wrk reports
+/// and the binary's peak RSS.
+fn manifest_gets(data: &std::path::Path, per_repo: usize) {
+    use std::process::{Command, Stdio};
+    if Command::new("wrk").arg("--version").output().is_err() {
+        println!("manifest GETs: skipped (no wrk; apt-get install wrk)");
+        return;
+    }
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let config = data.with_extension("bench.toml");
+    std::fs::write(&config, "[auth]\nenabled = false\n").unwrap();
+    let mut berth = Command::new(env!("CARGO_BIN_EXE_berth"))
+        .args([
+            "serve",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--data-dir",
+        ])
+        .arg(data)
+        .arg("--config")
+        .arg(&config)
+        .env("RUST_LOG", "warn")
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let url = format!("http://127.0.0.1:{port}");
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .into();
+    let starting = Instant::now();
+    for _ in 0..2400 {
+        if agent
+            .get(&format!("{url}/healthz"))
+            .call()
+            .map(|r| r.status() == 200)
+            .unwrap_or(false)
+        {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    }
+    println!(
+        "berth serving the fixture after {:.1} s",
+        starting.elapsed().as_secs_f64()
+    );
+    let script = data.with_extension("gets.lua");
+    std::fs::write(
+        &script,
+        format!(
+            r#"math.randomseed(42)
+request = function()
+  local k = math.random(1, {last})
+  if k % 10 == 0 then k = k - 1 end
+  local path = string.format("/v2/tool-%05d/app/manifests/v%d", math.random(0, {ns}), k)
+  return wrk.format("GET", path, {{Accept = "application/vnd.oci.image.manifest.v1+json"}})
+end
+"#,
+            last = per_repo - 1,
+            ns = NAMESPACES - 1
+        ),
+    )
+    .unwrap();
+    let out = Command::new("wrk")
+        .args(["-t1", "-c32", "-d15s", "--latency", "-s"])
+        .arg(&script)
+        .arg(&url)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let pick = |label: &str| {
+        text.lines()
+            .find(|l| l.trim_start().starts_with(label))
+            .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
+            .unwrap_or_default()
+    };
+    let hwm = std::fs::read_to_string(format!("/proc/{}/status", berth.id()))
+        .unwrap_or_default()
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse::<u64>().ok())
+        .unwrap_or(0);
+    println!(
+        "manifest GETs (random tags, 32 connections, 15 s): {} | latency {} | {} | {} | berth peak RSS {} MiB",
+        pick("Requests/sec"),
+        pick("50%"),
+        pick("99%"),
+        pick("Non-2xx"),
+        hwm / 1024
+    );
+    // SAFETY: kill(2) with a pid this process started and has not reaped.
+    unsafe {
+        libc::kill(berth.id() as i32, libc::SIGTERM);
+    }
+    let _ = berth.wait();
 }

@@ -22,26 +22,7 @@ use std::time::{Duration, Instant};
 
 /// The lifecycle stand-in binary, built if this test run has not built it.
 pub fn standin() -> PathBuf {
-    static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
-    BUILT
-        .get_or_init(|| {
-            // Built on every test run, not only when missing: `cargo test`
-            // does not rebuild another package's binary, and a stale stand-in
-            // fails in ways that look like berth's fault (e.g. one built
-            // before it learnt to trust the registry's CA).
-            let path = Path::new(env!("CARGO_BIN_EXE_berth")).with_file_name("cnb-creator");
-            let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-            run(Command::new(cargo).args([
-                "build",
-                "-p",
-                "berth-test-tools",
-                "--bin",
-                "cnb-creator",
-            ]));
-            assert!(path.exists(), "{} missing", path.display());
-            path
-        })
-        .clone()
+    test_tool("cnb-creator")
 }
 
 /// The `creator` every build test runs. It finds its flags, reads the

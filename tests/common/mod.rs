@@ -270,6 +270,22 @@ pub fn request(
     (status, headers, body)
 }
 
+/// A binary of berth-test-tools (`cnb-creator`, `rr-proxy`), built once per
+/// test process: `cargo test` does not rebuild another package's binary,
+/// and a stale one fails in ways that look like berth's fault.
+pub fn test_tool(name: &'static str) -> PathBuf {
+    static BUILT: std::sync::Mutex<Vec<&'static str>> = std::sync::Mutex::new(Vec::new());
+    let path = Path::new(env!("CARGO_BIN_EXE_berth")).with_file_name(name);
+    let mut built = BUILT.lock().unwrap_or_else(|p| p.into_inner());
+    if !built.contains(&name) {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        run(Command::new(cargo).args(["build", "-p", "berth-test-tools", "--bin", name]));
+        assert!(path.exists(), "{} missing", path.display());
+        built.push(name);
+    }
+    path
+}
+
 /// A JSON request (`body` serialised) with an optional `Authorization`;
 /// the status and the answer as JSON (`Null` when it is not JSON).
 pub fn send_json(

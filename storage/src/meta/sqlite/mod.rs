@@ -108,6 +108,10 @@ const READERS: usize = 4;
 /// (16,384 frames of 4 KiB: 64 MiB).
 const WAL_RESTART_FRAMES: i64 = 16_384;
 
+/// How long a RESTART checkpoint may hold writers while it waits for
+/// readers to leave the old WAL.
+const RESTART_WAIT: std::time::Duration = std::time::Duration::from_millis(20);
+
 impl Sqlite {
     /// Opens (creating if needed) the database at `path` and migrates it.
     pub fn open(path: &Path, synchronous: Synchronous) -> Result<Sqlite, StorageError> {
@@ -433,9 +437,18 @@ fn spawn_checkpointer(path: &Path) -> Result<(mpsc::Sender<()>, JoinHandle<()>),
                         // push load it grew by gigabytes. Past the limit,
                         // a RESTART copies the little a passive one left
                         // and holds writers back only for that long.
+                        //
+                        // A RESTART takes the write lock and then waits for
+                        // readers still on the old WAL. A long read (GC's
+                        // plan reads one snapshot for seconds) made it hold
+                        // every push for the whole 5 s busy timeout; so it
+                        // waits 20 ms at most and otherwise tries again on
+                        // the next tick.
                         if let Some(frames) = checkpoint("PASSIVE") {
                             if frames > WAL_RESTART_FRAMES {
+                                let _ = conn.busy_timeout(RESTART_WAIT);
                                 checkpoint("RESTART");
+                                let _ = conn.busy_timeout(std::time::Duration::from_secs(5));
                             }
                         }
                     }
