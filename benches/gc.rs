@@ -85,11 +85,21 @@ async fn populate(storage: &Storage) {
                 size: 1_000_000,
                 at_ms: pushed,
             }));
+            // A real manifest's body (what GETs serve), about 1 KB.
+            let bytes = serde_json::to_vec(&serde_json::json!({
+                "schemaVersion": 2,
+                "mediaType": manifest::OCI_MANIFEST,
+                "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": blobs[0], "size": 1_000_000},
+                "layers": blobs[1..].iter().map(|d| serde_json::json!({
+                    "mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", "digest": d, "size": 1_000_000
+                })).collect::<Vec<_>>(),
+            }))
+            .unwrap();
             manifests.push(FixtureManifest {
                 digest,
                 media_type: manifest::OCI_MANIFEST.into(),
-                bytes: b"{}".to_vec(),
-                size: 900,
+                size: bytes.len() as u64,
+                bytes,
                 pushed_ms: pushed,
                 blobs,
                 tags: if k % 10 != 0 {
