@@ -6,6 +6,7 @@
 
 use super::{col, exec, keys, opt, rows, transaction, Postgres};
 use crate::meta::builds::*;
+use crate::meta::types::REPLICA_STALE_MS;
 use crate::{now_ms, StorageError};
 use deadpool_postgres::GenericClient;
 
@@ -164,23 +165,106 @@ impl Postgres {
         Ok(n == 1)
     }
 
-    /// Marks running builds as failed: at start-up, for builds a previous
-    /// process left running. With several replicas this would fail builds
-    /// another replica is running: builds need an owner and a lease first
-    /// (a later phase).
+    /// Marks as failed the running builds whose replica stopped: its
+    /// heartbeat is older than `REPLICA_STALE_MS` (or it never had one: a
+    /// build claimed before replicas were recorded). A live replica's
+    /// builds are never touched, so every replica may run this at start and
+    /// periodically.
     pub async fn fail_orphaned_builds(&self, message: &str) -> Result<usize, StorageError> {
         let c = self.client().await?;
+        let now = now_ms();
         Ok(exec(
             &c,
-            "UPDATE builds SET status = $1, message = $2, end_ms = $3 WHERE status = $4",
+            "UPDATE builds SET status = $1, message = $2, end_ms = $3
+             WHERE status = $4 AND NOT EXISTS (
+                 SELECT 1 FROM replicas r WHERE r.id = builds.replica AND r.heartbeat_ms > $5)",
             &[
                 &BuildStatus::Failure.as_str(),
                 &message,
-                &now_ms(),
+                &now,
                 &BuildStatus::Running.as_str(),
+                &(now - REPLICA_STALE_MS),
             ],
         )
         .await? as usize)
+    }
+
+    /// Claims the oldest queued build this replica may start: fewer than
+    /// `max_parallel` builds running on this replica, fewer than
+    /// `per_tool_parallel` of its tool running on any replica. Moves it to
+    /// running, recording this replica, and returns it as it now stands.
+    /// Claims are serialised by an advisory lock held to the commit (so
+    /// the per-tool count read holds until the claim is visible), and the
+    /// candidate row is locked with `SKIP LOCKED` (a build being cancelled
+    /// or coalesced onto is passed over, not waited for).
+    pub async fn claim_build(
+        &self,
+        max_parallel: usize,
+        per_tool_parallel: usize,
+    ) -> Result<Option<BuildRecord>, StorageError> {
+        let me = self.replica_id();
+        transaction!(self, |tx| {
+            exec(
+                &tx,
+                "SELECT pg_advisory_xact_lock($1)",
+                &[&keys::BUILD_CLAIMS],
+            )
+            .await?;
+            let claimed = opt(
+                &tx,
+                &format!(
+                    "UPDATE builds SET status = 'BUILD_RUNNING', message = 'running', start_ms = $1,
+                         replica = $2, cancel_requested = FALSE
+                     WHERE id = (
+                         SELECT b.id FROM builds b
+                         WHERE b.status = 'BUILD_PENDING'
+                           AND (SELECT COUNT(*) FROM builds r
+                                WHERE r.status = 'BUILD_RUNNING' AND r.replica = $2) < $3
+                           AND (SELECT COUNT(*) FROM builds r
+                                WHERE r.status = 'BUILD_RUNNING' AND r.tool = b.tool) < $4
+                         ORDER BY b.created_ms, b.id COLLATE \"C\"
+                         LIMIT 1
+                         FOR UPDATE SKIP LOCKED)
+                       AND status = 'BUILD_PENDING'
+                     RETURNING {COLUMNS}"
+                ),
+                &[
+                    &now_ms(),
+                    &me,
+                    &(max_parallel.min(i64::MAX as usize) as i64),
+                    &(per_tool_parallel.min(i64::MAX as usize) as i64),
+                ],
+            )
+            .await?;
+            claimed.as_ref().map(record).transpose()
+        })
+    }
+
+    /// Asks the replica running build `id` to cancel it (it polls
+    /// `cancel_requested_builds`); false when it is not running.
+    pub async fn request_build_cancel(&self, id: &str) -> Result<bool, StorageError> {
+        let c = self.client().await?;
+        Ok(exec(
+            &c,
+            "UPDATE builds SET cancel_requested = TRUE WHERE id = $1 AND status = 'BUILD_RUNNING'",
+            &[&id],
+        )
+        .await?
+            == 1)
+    }
+
+    /// This replica's running builds someone asked to cancel.
+    pub async fn cancel_requested_builds(&self) -> Result<Vec<String>, StorageError> {
+        let c = self.client().await?;
+        rows(
+            &c,
+            "SELECT id FROM builds WHERE status = 'BUILD_RUNNING' AND replica = $1 AND cancel_requested",
+            &[&self.replica_id()],
+        )
+        .await?
+        .iter()
+        .map(|r| col(r, 0))
+        .collect()
     }
 
     /// Allocation reads `MAX(n)` then inserts: behind an advisory lock, so
