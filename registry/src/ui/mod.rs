@@ -118,13 +118,18 @@ pub struct Rates {
 }
 
 impl Console {
-    pub fn new(config: UiConfig) -> Console {
-        let sessions = session::Sessions::new(session::SessionLimits {
-            max: config.sessions,
-            per_account: config.sessions_per_account,
-            ttl: config.session_ttl,
-            idle: config.session_idle,
-        });
+    /// The console; its sessions are kept in `meta` when replicas share
+    /// it (PostgreSQL), else in memory.
+    pub fn new(config: UiConfig, meta: &berth_storage::Metadata) -> Console {
+        let sessions = session::Sessions::for_store(
+            session::SessionLimits {
+                max: config.sessions,
+                per_account: config.sessions_per_account,
+                ttl: config.session_ttl,
+                idle: config.session_idle,
+            },
+            meta,
+        );
         Console {
             config,
             sessions,
