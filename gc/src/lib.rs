@@ -126,14 +126,26 @@ impl Gc {
     /// Runs `job` now (waiting for a run of the same job in progress to
     /// finish first, on this replica or, up to `BUSY_WAIT`, on another)
     /// and returns its report.
-    pub async fn run(&self, job: JobKind, dry_run: bool, trigger: &str) -> Result<RunReport, RunRefused> {
+    pub async fn run(
+        &self,
+        job: JobKind,
+        dry_run: bool,
+        trigger: &str,
+    ) -> Result<RunReport, RunRefused> {
         let _guard = self.lock(job).lock().await;
         let waited_since = std::time::Instant::now();
         loop {
-            match Lease::acquire(&self.storage.meta, job.as_str(), self.config.lease_ttl, None)
-                .await?
+            match Lease::acquire(
+                &self.storage.meta,
+                job.as_str(),
+                self.config.lease_ttl,
+                None,
+            )
+            .await?
             {
-                Taken::Lease(lease) => return Ok(self.run_leased(job, dry_run, trigger, lease).await),
+                Taken::Lease(lease) => {
+                    return Ok(self.run_leased(job, dry_run, trigger, lease).await)
+                }
                 Taken::Held(holder) if waited_since.elapsed() >= BUSY_WAIT => {
                     return Err(RunRefused::Busy {
                         job: job.as_str(),
@@ -162,10 +174,21 @@ impl Gc {
             JobKind::Untagged => &self.config.untagged_schedule,
         };
         let slot = scheduler::slot(schedule, now_ms());
-        match Lease::acquire(&self.storage.meta, job.as_str(), self.config.lease_ttl, slot).await {
+        match Lease::acquire(
+            &self.storage.meta,
+            job.as_str(),
+            self.config.lease_ttl,
+            slot,
+        )
+        .await
+        {
             Ok(Taken::Lease(lease)) => Some(self.run_leased(job, false, "schedule", lease).await),
             Ok(Taken::Held(holder)) => {
-                tracing::info!(job = job.as_str(), holder, "running on another replica; skipping this tick");
+                tracing::info!(
+                    job = job.as_str(),
+                    holder,
+                    "running on another replica; skipping this tick"
+                );
                 None
             }
             Ok(Taken::SlotDone) => {
@@ -181,7 +204,13 @@ impl Gc {
         }
     }
 
-    async fn run_leased(&self, job: JobKind, dry_run: bool, trigger: &str, lease: Lease) -> RunReport {
+    async fn run_leased(
+        &self,
+        job: JobKind,
+        dry_run: bool,
+        trigger: &str,
+        lease: Lease,
+    ) -> RunReport {
         if lease.interrupted > 0 {
             tracing::warn!(
                 job = job.as_str(),

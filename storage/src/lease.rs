@@ -81,7 +81,9 @@ impl Lease {
                                     return;
                                 }
                                 // Kept trying: the lease is good until it expires.
-                                Err(e) => tracing::warn!(job, error = %e, "cannot renew the job's lease"),
+                                Err(e) => {
+                                    tracing::warn!(job, error = %e, "cannot renew the job's lease")
+                                }
                             }
                         }
                     })
