@@ -633,8 +633,16 @@ impl Builds {
         {
             return self.get(tool, &b.id).await;
         }
-        if let Some(r) = self.running().get(&b.id) {
-            let _ = r.cancel.send(true);
+        let here = match self.running().get(&b.id) {
+            Some(r) => {
+                let _ = r.cancel.send(true);
+                true
+            }
+            None => false,
+        };
+        if !here && self.storage.meta.shared() {
+            // Running on another replica: it polls for this flag.
+            self.storage.meta.request_build_cancel(&b.id).await?;
         }
         // The run task records BUILD_CANCELLED once git or the lifecycle
         // is dead, whichever was running.
