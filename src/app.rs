@@ -38,7 +38,11 @@ pub async fn build_state(cfg: &Config, fd_budget: Option<u64>) -> Result<Arc<Sta
             )
         }
     })?;
-    tracing::info!(backend = ?storage.meta.backend(), "metadata opened");
+    tracing::info!(
+        backend = ?storage.meta.backend(),
+        replica = storage.meta.replica_id().unwrap_or("-"),
+        "metadata opened"
+    );
     let notifications = &cfg.notifications;
     storage
         .meta

@@ -182,7 +182,14 @@ impl Gc {
         )
         .await
         {
-            Ok(Taken::Lease(lease)) => Some(self.run_leased(job, false, "schedule", lease).await),
+            Ok(Taken::Lease(lease)) => {
+                tracing::info!(
+                    job = job.as_str(),
+                    slot = slot.unwrap_or_default(),
+                    "running the schedule slot"
+                );
+                Some(self.run_leased(job, false, "schedule", lease).await)
+            }
             Ok(Taken::Held(holder)) => {
                 tracing::info!(
                     job = job.as_str(),

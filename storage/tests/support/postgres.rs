@@ -96,6 +96,11 @@ pub fn database_of(url: &str) -> &str {
 }
 
 impl Server {
+    /// The psql client the harness uses (for a session a test keeps open).
+    pub fn psql_binary(&self) -> &Path {
+        &self.psql
+    }
+
     /// The URL of database `name` on this server (over its socket).
     pub fn url(&self, name: &str) -> String {
         format!("postgres://{USER}@/{name}?host={}", self.dir.display())
