@@ -7,7 +7,9 @@
 //! other and ended there by a sign-out, scheduled GC running each slot
 //! once, and a replica killed in the middle of a GC run taken over by the
 //! survivor, the dead run marked interrupted (and not by a replica merely
-//! starting). Nothing here shares blobs between the replicas: what a
+//! starting); builds claimed once by the two dispatchers, cancelled from
+//! the replica not running them, and failed by the survivor when the
+//! replica running them dies. Nothing here shares blobs between the replicas: what a
 //! replica pushes is small (kept in the database) or pulled from it.
 //!
 //! Where a change on one replica must be seen on the other, the test polls
@@ -17,6 +19,8 @@
 //! revoking request answered".
 
 mod common;
+#[path = "common/builds.rs"]
+mod harness;
 #[path = "../storage/tests/support/postgres.rs"]
 mod pg;
 
@@ -516,4 +520,94 @@ fn a_replica_killed_mid_gc_is_taken_over_and_its_run_marked_interrupted() {
         "{}",
         b.log_text()
     );
+}
+
+#[test]
+fn builds_are_claimed_once_cancelled_from_elsewhere_and_failed_when_their_replica_dies() {
+    use harness::*;
+    let dir = tempfile::tempdir().unwrap();
+    let url = pg::fresh_database();
+    let db = pg::database_of(&url).to_owned();
+    let cfg = config(
+        &url,
+        &builds_config(
+            dir.path(),
+            "source_schemes = [\"file\"]\n",
+            "timeout = \"10m\"\n",
+        ),
+    );
+    let mut a = Berth::start_with(&dir.path().join("a"), free_port(), &cfg);
+    let b = Berth::start_with(&dir.path().join("b"), free_port(), &cfg);
+    let (a_id, b_id) = (the_replica_id(&a), the_replica_id(&b));
+    let source = git_repo(dir.path());
+    let on_a = Tool::new(&a, "bx");
+    let on_b = on_a.again(&b);
+    // Four sleeping builds, two runners per replica: both dispatchers
+    // claim from the one queue.
+    let sleep = serde_json::json!({ "envvars": { "MODE": "sleep" } });
+    let ids: Vec<String> = (0..4)
+        .map(|_| started_id(&on_a.start(&source, sleep.clone())))
+        .collect();
+    for id in &ids {
+        on_a.wait_status(id, "BUILD_RUNNING");
+    }
+    let placed = pg::psql(
+        &db,
+        "SELECT replica, COUNT(*) FROM builds WHERE status = 'BUILD_RUNNING' GROUP BY replica ORDER BY replica",
+    );
+    let mut expected = [format!("{a_id}|2"), format!("{b_id}|2")];
+    expected.sort();
+    assert_eq!(placed, expected.join("\n"), "two on each replica");
+    // Claimed once: one sleeping lifecycle per build on the host (its
+    // `sleep` carries the output image, naming its replica's host).
+    let sleeping = |host: &str| {
+        processes_with(&format!("{host}/tool-bx/"))
+            .into_iter()
+            .filter(|(_, cmd)| cmd.starts_with("sh -c sleep"))
+            .count()
+    };
+    eventually("every build's lifecycle sleeping", || {
+        sleeping(&a.host()) + sleeping(&b.host()) >= 4
+    });
+    assert_eq!(sleeping(&a.host()), 2);
+    assert_eq!(sleeping(&b.host()), 2);
+
+    // Cancelled on B, running on A: A stops it.
+    let running_on = |replica: &str| -> Vec<String> {
+        pg::psql(
+            &db,
+            &format!("SELECT id FROM builds WHERE status = 'BUILD_RUNNING' AND replica = '{replica}' ORDER BY id"),
+        )
+        .lines()
+        .map(str::to_owned)
+        .collect()
+    };
+    let victim = running_on(&a_id)[0].clone();
+    let (code, body) = on_b.cancel(&victim);
+    assert_eq!(code, 200, "{body}");
+    on_b.wait_status(&victim, "BUILD_CANCELLED");
+    eventually("A's cancelled lifecycle gone", || sleeping(&a.host()) == 1);
+
+    // A dies with a build running: B fails it once A's heartbeat is stale,
+    // and leaves its own builds running.
+    let orphan = running_on(&a_id)[0].clone();
+    a.kill9();
+    let deadline = Instant::now() + Duration::from_secs(90);
+    while on_b.build(&orphan)["status"] == "BUILD_RUNNING" {
+        assert!(Instant::now() < deadline, "A's build was never failed");
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    let failed = on_b.build(&orphan);
+    assert_eq!(failed["status"], "BUILD_FAILURE", "{failed}");
+    assert!(
+        failed["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("the replica running it stopped"),
+        "{failed}"
+    );
+    assert_eq!(running_on(&b_id).len(), 2, "B's builds run on");
+    for id in running_on(&b_id) {
+        on_b.cancel(&id);
+    }
 }
