@@ -284,17 +284,6 @@ impl Sessions {
         self.lock().retain(|_, e| &e.principal != principal);
         Ok(())
     }
-
-    pub async fn len(&self) -> Result<usize, ApiError> {
-        if let Some(meta) = &self.shared {
-            return meta
-                .ui_session_count()
-                .await
-                .map(|n| n as usize)
-                .map_err(unavailable);
-        }
-        Ok(self.lock().len())
-    }
 }
 
 /// The value of cookie `name` in the request, if sent (only the first of
