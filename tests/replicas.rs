@@ -7,9 +7,10 @@
 //! other and ended there by a sign-out, scheduled GC running each slot
 //! once, and a replica killed in the middle of a GC run taken over by the
 //! survivor, the dead run marked interrupted (and not by a replica merely
-//! starting); builds claimed once by the two dispatchers, cancelled from
-//! the replica not running them, and failed by the survivor when the
-//! replica running them dies. Nothing here shares blobs between the replicas: what a
+//! starting); builds claimed once by the two dispatchers, their logs read
+//! and followed from the other replica, cancelled from the replica not
+//! running them, and failed by the survivor when the replica running them
+//! dies. Nothing here shares blobs between the replicas: what a
 //! replica pushes is small (kept in the database) or pulled from it.
 //!
 //! Where a change on one replica must be seen on the other, the test polls
@@ -583,14 +584,36 @@ fn builds_are_claimed_once_cancelled_from_elsewhere_and_failed_when_their_replic
         .collect()
     };
     let victim = running_on(&a_id)[0].clone();
+    // Its log, written on A, read on B; followed on B until it ends.
+    on_b.wait_log(&victim, "sleeping");
+    let follower = {
+        let t = on_b.again(&b);
+        let id = victim.clone();
+        std::thread::spawn(move || t.logs(&id, true))
+    };
     let (code, body) = on_b.cancel(&victim);
     assert_eq!(code, 200, "{body}");
     on_b.wait_status(&victim, "BUILD_CANCELLED");
     eventually("A's cancelled lifecycle gone", || sleeping(&a.host()) == 1);
+    // (From the database's copy: the file is A's, in A's data dir.)
+    assert_eq!(
+        pg::psql(
+            &db,
+            &format!("SELECT COUNT(*) > 0 FROM build_log_chunks WHERE build_id = '{victim}'")
+        ),
+        "t"
+    );
+    let followed = follower.join().unwrap();
+    assert!(followed.contains("sleeping"), "{followed}");
+    assert!(
+        followed.contains("BUILD_CANCELLED"),
+        "the follow on B saw the end: {followed}"
+    );
 
     // A dies with a build running: B fails it once A's heartbeat is stale,
     // and leaves its own builds running.
     let orphan = running_on(&a_id)[0].clone();
+    on_b.wait_log(&orphan, "sleeping");
     a.kill9();
     let deadline = Instant::now() + Duration::from_secs(90);
     while on_b.build(&orphan)["status"] == "BUILD_RUNNING" {
@@ -607,6 +630,8 @@ fn builds_are_claimed_once_cancelled_from_elsewhere_and_failed_when_their_replic
         "{failed}"
     );
     assert_eq!(running_on(&b_id).len(), 2, "B's builds run on");
+    // The dead replica's log is still there for everyone.
+    assert!(on_b.logs(&orphan, false).contains("queued"));
     for id in running_on(&b_id) {
         on_b.cancel(&id);
     }

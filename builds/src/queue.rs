@@ -84,6 +84,19 @@ impl Builds {
                 if n > 0 {
                     tracing::info!(removed = n, "expired build logs");
                 }
+                if self.storage.meta.shared() {
+                    let before = cutoff
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map(|d| d.as_millis().min(i64::MAX as u128) as i64)
+                        .unwrap_or(0);
+                    match self.storage.meta.expire_build_logs(before).await {
+                        Ok(0) => {}
+                        Ok(n) => tracing::info!(pieces = n, "expired build logs in the database"),
+                        Err(e) => {
+                            tracing::warn!(error = %e, "cannot expire build logs in the database")
+                        }
+                    }
+                }
             }
             let _ = tokio::time::timeout(Duration::from_secs(1), self.wake.notified()).await;
         }

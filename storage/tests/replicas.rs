@@ -258,13 +258,13 @@ async fn builds_are_claimed_once_and_a_dead_replicas_builds_fail() {
     assert_eq!(b_running, on_b, "B's own builds run on");
 
     // A cancel asked on one replica is seen by the one running the build.
-    let running_on_b = pg::psql(
-        &db,
-        &format!(
-            "SELECT id FROM builds WHERE status = 'BUILD_RUNNING' AND replica = '{}' LIMIT 1",
-            b.replica_id().unwrap()
-        ),
-    );
+    b.insert_build(build("t5-0", "t5", t0 + 20)).await.unwrap();
+    let running_on_b = b
+        .claim_build(100, 2)
+        .await
+        .unwrap()
+        .expect("B claims it")
+        .id;
     assert!(b.cancel_requested_builds().await.unwrap().is_empty());
     assert!(b.request_build_cancel(&running_on_b).await.unwrap());
     assert_eq!(
@@ -426,4 +426,42 @@ async fn a_change_on_one_replica_moves_the_others_cache_epoch() {
             "{change} reached B"
         );
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_build_log_written_on_one_replica_reads_on_the_other() {
+    let (a, b, db, _dir) = two().await;
+    a.append_build_log("bl-1", b"line one\n".to_vec())
+        .await
+        .unwrap();
+    a.append_build_log("bl-1", b"line two\n".to_vec())
+        .await
+        .unwrap();
+    a.append_build_log("other", b"not mine\n".to_vec())
+        .await
+        .unwrap();
+    let got = b.build_log_after("bl-1", 0, 64).await.unwrap();
+    let text: Vec<u8> = got.iter().flat_map(|(_, d)| d.clone()).collect();
+    assert_eq!(text, b"line one\nline two\n");
+    // Read on from where it stopped.
+    let last = got.last().unwrap().0;
+    assert!(b
+        .build_log_after("bl-1", last, 64)
+        .await
+        .unwrap()
+        .is_empty());
+    a.append_build_log("bl-1", b"line three\n".to_vec())
+        .await
+        .unwrap();
+    let more = b.build_log_after("bl-1", last, 64).await.unwrap();
+    assert_eq!(more.len(), 1);
+    assert_eq!(more[0].1, b"line three\n");
+    // Retention: pieces older than the cutoff go.
+    pg::psql(
+        &db,
+        "UPDATE build_log_chunks SET at_ms = 1 WHERE build_id = 'other'",
+    );
+    assert_eq!(b.expire_build_logs(1000).await.unwrap(), 1);
+    assert!(a.build_log_after("other", 0, 64).await.unwrap().is_empty());
+    assert_eq!(a.build_log_after("bl-1", 0, 64).await.unwrap().len(), 3);
 }

@@ -240,6 +240,10 @@ postgres_only! {
     fn claim_build(&self, max_parallel: usize, per_tool_parallel: usize) -> Option<BuildRecord>;
     fn request_build_cancel(&self, id: &str) -> bool;
     fn cancel_requested_builds(&self) -> Vec<String>;
+    /// Build logs every replica reads (each replica also writes its file).
+    fn append_build_log(&self, id: &str, data: Vec<u8>) -> ();
+    fn build_log_after(&self, id: &str, after: i64, limit: u32) -> Vec<(i64, Vec<u8>)>;
+    fn expire_build_logs(&self, before_ms: i64) -> u64;
     /// A new console session within `bounds`; false when the table is full.
     fn create_ui_session(&self, key: Vec<u8>, s: UiSessionRow, bounds: UiSessionBounds) -> bool;
     fn ui_session(&self, key: Vec<u8>, bounds: UiSessionBounds) -> Option<UiSessionRow>;

@@ -267,6 +267,52 @@ impl Postgres {
         .collect()
     }
 
+    /// Appends a piece of build `id`'s log (what its log file got), so
+    /// every replica can serve the log. One writer per build flushes in
+    /// order (`BuildLog`), so its pieces' `seq` follow their commits.
+    pub async fn append_build_log(&self, id: &str, data: Vec<u8>) -> Result<(), StorageError> {
+        let c = self.client().await?;
+        exec(
+            &c,
+            "INSERT INTO build_log_chunks (build_id, at_ms, data) VALUES ($1, $2, $3)",
+            &[&id, &now_ms(), &data],
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// Pieces of build `id`'s log after `after` (a `seq`), oldest first, at
+    /// most `limit`.
+    pub async fn build_log_after(
+        &self,
+        id: &str,
+        after: i64,
+        limit: u32,
+    ) -> Result<Vec<(i64, Vec<u8>)>, StorageError> {
+        let c = self.client().await?;
+        rows(
+            &c,
+            "SELECT seq, data FROM build_log_chunks WHERE build_id = $1 AND seq > $2 ORDER BY seq LIMIT $3",
+            &[&id, &after, &i64::from(limit)],
+        )
+        .await?
+        .iter()
+        .map(|r| Ok((col(r, 0)?, col(r, 1)?)))
+        .collect()
+    }
+
+    /// Forgets log pieces written before `before_ms` (the logs' retention;
+    /// idempotent, so every replica may run it).
+    pub async fn expire_build_logs(&self, before_ms: i64) -> Result<u64, StorageError> {
+        let c = self.client().await?;
+        exec(
+            &c,
+            "DELETE FROM build_log_chunks WHERE at_ms < $1",
+            &[&before_ms],
+        )
+        .await
+    }
+
     /// Allocation reads `MAX(n)` then inserts: behind an advisory lock, so
     /// two tools never get the same number from two replicas.
     pub async fn build_user(&self, tool: &str, limit: u32) -> Result<Option<u32>, StorageError> {

@@ -313,7 +313,8 @@ const MIGRATIONS: &[&str] = &[
     // can be told from one still in progress. `ui_sessions`: console
     // sessions (found by the SHA-256 of the cookie). On `gc_runs` and
     // `builds`: the replica running them; a cancel asked for on another
-    // replica than the one running the build.
+    // replica than the one running the build. `build_log_chunks`: build
+    // logs as every replica reads them (each replica also keeps its file).
     r#"
     CREATE TABLE shared_secrets (
         name        TEXT PRIMARY KEY,
@@ -352,6 +353,15 @@ const MIGRATIONS: &[&str] = &[
     ALTER TABLE builds ADD COLUMN replica TEXT;
     ALTER TABLE builds ADD COLUMN cancel_requested BOOLEAN NOT NULL DEFAULT FALSE;
     CREATE INDEX builds_status_replica ON builds(status, replica);
+
+    CREATE TABLE build_log_chunks (
+        seq       BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+        build_id  TEXT NOT NULL,
+        at_ms     BIGINT NOT NULL,
+        data      BYTEA NOT NULL
+    );
+    CREATE INDEX build_log_chunks_build ON build_log_chunks(build_id, seq);
+    CREATE INDEX build_log_chunks_at ON build_log_chunks(at_ms);
     "#,
 ];
 
