@@ -228,6 +228,67 @@ pub async fn pump(reader: impl AsyncRead + Unpin, log: &BuildLog, source: &str) 
 /// A log as a body: chunks of text.
 pub type LogStream = Pin<Box<dyn Stream<Item = std::io::Result<Bytes>> + Send>>;
 
+/// Where a followed log's bytes come from: its file, or (several
+/// replicas) the database's copy. `Ok(None)`: nothing more for now.
+trait LogSource: Send + 'static {
+    fn next(&mut self) -> impl Future<Output = Result<Option<Bytes>, String>> + Send;
+}
+
+/// The log file, opened on the first read.
+struct FileSource {
+    path: PathBuf,
+    file: Option<tokio::fs::File>,
+}
+
+impl LogSource for FileSource {
+    async fn next(&mut self) -> Result<Option<Bytes>, String> {
+        if self.file.is_none() {
+            let f = tokio::fs::File::open(&self.path)
+                .await
+                .map_err(|e| format!("the build log cannot be read: {e}"))?;
+            self.file = Some(f);
+        }
+        let Some(file) = self.file.as_mut() else {
+            return Ok(None);
+        };
+        let mut buf = vec![0u8; 64 * 1024];
+        match file.read(&mut buf).await {
+            Ok(0) => Ok(None),
+            Ok(n) => {
+                buf.truncate(n);
+                Ok(Some(Bytes::from(buf)))
+            }
+            Err(e) => Err(format!("reading the build log failed: {e}")),
+        }
+    }
+}
+
+/// The database's pieces of a build's log, after the last one read.
+struct SharedSource {
+    meta: Metadata,
+    build: String,
+    after: i64,
+}
+
+impl LogSource for SharedSource {
+    async fn next(&mut self) -> Result<Option<Bytes>, String> {
+        let pieces = self
+            .meta
+            .build_log_after(&self.build, self.after, 64)
+            .await
+            .map_err(|e| format!("the build log cannot be read: {e}"))?;
+        if pieces.is_empty() {
+            return Ok(None);
+        }
+        let mut out = Vec::new();
+        for (seq, data) in pieces {
+            self.after = seq;
+            out.extend_from_slice(&data);
+        }
+        Ok(Some(Bytes::from(out)))
+    }
+}
+
 /// Reads the log at `path`. With `follow`, waits for more (polling every
 /// 200 ms) until `finished()` says the build ended, then sends what was
 /// written last and ends. `hold` is kept until the stream ends or is
@@ -239,62 +300,7 @@ where
     Fut: Future<Output = bool> + Send,
     H: Send + 'static,
 {
-    struct Cursor<F, H> {
-        path: PathBuf,
-        file: Option<tokio::fs::File>,
-        done: bool,
-        finished: F,
-        _hold: H,
-    }
-    let start = Cursor {
-        path,
-        file: None,
-        done: false,
-        finished,
-        _hold: hold,
-    };
-    Box::pin(futures_util::stream::unfold(
-        start,
-        move |mut c| async move {
-            if c.done {
-                return None;
-            }
-            let error = |c: &mut Cursor<F, H>, what: String| {
-                c.done = true;
-                Bytes::from(format!("error: {what}\n"))
-            };
-            let file = match c.file.take() {
-                Some(f) => f,
-                None => match tokio::fs::File::open(&c.path).await {
-                    Ok(f) => f,
-                    Err(e) => {
-                        let chunk = error(&mut c, format!("the build log cannot be read: {e}"));
-                        return Some((Ok(chunk), c));
-                    }
-                },
-            };
-            let mut file = file;
-            loop {
-                // Checked before reading, so the lines written just before the
-                // end are read after it is seen.
-                let finished = !follow || (c.finished)().await;
-                let mut buf = vec![0u8; 64 * 1024];
-                match file.read(&mut buf).await {
-                    Ok(0) if finished => return None,
-                    Ok(0) => tokio::time::sleep(FOLLOW_POLL).await,
-                    Ok(n) => {
-                        buf.truncate(n);
-                        c.file = Some(file);
-                        return Some((Ok(Bytes::from(buf)), c));
-                    }
-                    Err(e) => {
-                        let chunk = error(&mut c, format!("reading the build log failed: {e}"));
-                        return Some((Ok(chunk), c));
-                    }
-                }
-            }
-        },
-    ))
+    stream(FileSource { path, file: None }, follow, finished, hold)
 }
 
 /// Reads build `build`'s log from the database (several replicas: it may
@@ -311,18 +317,31 @@ where
     Fut: Future<Output = bool> + Send,
     H: Send + 'static,
 {
-    struct Cursor<F, H> {
-        meta: Metadata,
-        build: String,
-        after: i64,
+    let source = SharedSource {
+        meta,
+        build,
+        after: 0,
+    };
+    stream(source, follow, finished, hold)
+}
+
+/// A log source as a stream: what there is; with `follow`, polled until
+/// the build has finished.
+fn stream<S, F, Fut, H>(source: S, follow: bool, finished: F, hold: H) -> LogStream
+where
+    S: LogSource,
+    F: Fn() -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = bool> + Send,
+    H: Send + 'static,
+{
+    struct Cursor<S, F, H> {
+        source: S,
         done: bool,
         finished: F,
         _hold: H,
     }
     let start = Cursor {
-        meta,
-        build,
-        after: 0,
+        source,
         done: false,
         finished,
         _hold: hold,
@@ -334,28 +353,16 @@ where
                 return None;
             }
             loop {
-                // Checked before reading, as `follow` does.
+                // Checked before reading, so the lines written just before the
+                // end are read after it is seen.
                 let finished = !follow || (c.finished)().await;
-                match c.meta.build_log_after(&c.build, c.after, 64).await {
-                    Ok(pieces) if pieces.is_empty() => {
-                        if finished {
-                            return None;
-                        }
-                        tokio::time::sleep(FOLLOW_POLL).await;
-                    }
-                    Ok(pieces) => {
-                        let mut out = Vec::new();
-                        for (seq, data) in pieces {
-                            c.after = seq;
-                            out.extend_from_slice(&data);
-                        }
-                        return Some((Ok(Bytes::from(out)), c));
-                    }
-                    Err(e) => {
+                match c.source.next().await {
+                    Ok(None) if finished => return None,
+                    Ok(None) => tokio::time::sleep(FOLLOW_POLL).await,
+                    Ok(Some(chunk)) => return Some((Ok(chunk), c)),
+                    Err(what) => {
                         c.done = true;
-                        let chunk =
-                            Bytes::from(format!("error: the build log cannot be read: {e}\n"));
-                        return Some((Ok(chunk), c));
+                        return Some((Ok(Bytes::from(format!("error: {what}\n"))), c));
                     }
                 }
             }
