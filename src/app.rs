@@ -137,8 +137,8 @@ fn hooks_from_config(
 
 /// The secrets replicas sharing a PostgreSQL database must agree on, as
 /// the database holds them; `None` where the data dir's file (or the
-/// config) is the source: always with SQLite.
-#[derive(Debug, Clone, Default)]
+/// config) is the source: always with SQLite. No `Debug`: it holds secrets.
+#[derive(Clone, Default)]
 struct SharedSecrets {
     /// Unless `[auth] admin_password` or `BERTH_ADMIN_PASSWORD` sets it.
     admin_password: Option<String>,

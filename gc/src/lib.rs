@@ -59,6 +59,12 @@ impl GcConfig {
     pub fn validate(&self) -> Result<(), String> {
         scheduler::validate(&self.tag_cleanup_schedule)
             .map_err(|e| format!("[gc] tag_cleanup_schedule: {e}"))?;
+        if self.lease_ttl < Duration::from_secs(1) {
+            return Err(format!(
+                "[gc] lease_ttl = {:?} is too short: a lease is renewed every third of it, so it must be at least 1s",
+                self.lease_ttl
+            ));
+        }
         scheduler::validate(&self.untagged_schedule)
             .map_err(|e| format!("[gc] untagged_schedule: {e}"))
     }

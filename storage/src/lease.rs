@@ -69,7 +69,9 @@ impl Lease {
                 let renew = {
                     let (meta, job, lost) = (meta.clone(), job.to_owned(), lost.clone());
                     tokio::spawn(async move {
-                        let mut every = tokio::time::interval(ttl / 3);
+                        // (A zero period would panic; configs refuse < 1 s.)
+                        let mut every =
+                            tokio::time::interval((ttl / 3).max(Duration::from_millis(100)));
                         every.tick().await;
                         loop {
                             every.tick().await;
