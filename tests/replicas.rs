@@ -486,6 +486,19 @@ fn a_replica_killed_mid_gc_is_taken_over_and_its_run_marked_interrupted() {
         b.log_text().contains("running on another replica")
     });
     assert_eq!(running(), a_run, "a starting replica left A's run alone");
+    // A manual run on B waits for A's (20 s), then is refused, saying so.
+    let busy = Client::new(&b.url(), admin())
+        .send("POST", "/admin/v1/gc/untagged", &[], Vec::new())
+        .unwrap();
+    assert_eq!(busy.status, 409, "{}", busy.describe());
+    let body: serde_json::Value = busy.json().unwrap();
+    assert_eq!(body["errors"][0]["code"], "DENIED", "{body}");
+    let message = body["errors"][0]["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("already running") && message.contains(&a_id),
+        "{message}"
+    );
+    assert_eq!(running(), a_run, "the refused run started nothing");
 
     // A dies mid-run. Its lease runs out; B's next tick takes over, marks
     // A's run interrupted and runs the job itself (waiting on the lock too).
