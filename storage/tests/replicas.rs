@@ -382,7 +382,7 @@ async fn eventually(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_change_on_one_replica_moves_the_others_cache_epoch() {
-    let (a, b, _db, _dir) = two().await;
+    let (a, b, db, _dir) = two().await;
     assert!(
         eventually(Duration::from_secs(10), || b.cache_epoch().is_some()).await,
         "B's listening connection comes up"
@@ -395,6 +395,23 @@ async fn a_change_on_one_replica_moves_the_others_cache_epoch() {
     assert!(
         eventually(Duration::from_secs(10), || b.cache_epoch() > Some(before)).await,
         "the credential change reached B"
+    );
+    // The listening connection lost: no epoch (caches bypassed) until it
+    // is back, and then a new one (nothing cached before the gap counts).
+    let before = b.cache_epoch().unwrap();
+    pg::psql(
+        &db,
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+         WHERE datname = current_database() AND pid <> pg_backend_pid()
+           AND (query LIKE 'LISTEN%' OR query = 'SELECT 1')",
+    );
+    assert!(
+        eventually(Duration::from_secs(10), || b.cache_epoch().is_none()).await,
+        "B noticed its listening connection went"
+    );
+    assert!(
+        eventually(Duration::from_secs(10), || b.cache_epoch() > Some(before)).await,
+        "B listens again, under a new epoch"
     );
     for change in ["token revocation", "quota limit", "retention"] {
         let before = b.cache_epoch().unwrap();
