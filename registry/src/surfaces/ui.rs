@@ -47,9 +47,13 @@ pub async fn handle(
     }
     let (parts, body) = req.into_parts();
     let token = cookie(&parts.headers, COOKIE).map(str::to_owned);
+    // Assets, `/` and the sign-in POST never look at the session: with
+    // PostgreSQL a lookup is a write (the session's use), and a page
+    // loads its stylesheet and script besides.
+    let needs_session = !matches!(op, UiOp::Asset(_) | UiOp::Root | UiOp::Login);
     let mut session = match token.as_deref() {
-        Some(t) => state.ui.sessions.get(t).await?,
-        None => None,
+        Some(t) if needs_session => state.ui.sessions.get(t).await?,
+        _ => None,
     };
     // A session signed in with an API token lasts only while the token
     // does: revoked or expired, the session ends here.
