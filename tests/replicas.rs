@@ -29,7 +29,6 @@ use berth_conformance::client::Client;
 use berth_conformance::fixtures::Ctx;
 use common::*;
 use std::io::Write;
-use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -39,50 +38,6 @@ const PROPAGATION: Duration = Duration::from_secs(10);
 
 fn config(url: &str, extra: &str) -> String {
     format!("[storage]\ndatabase_url = \"{url}\"\ndatabase_max_connections = 8\n{extra}")
-}
-
-/// Starts a replica on `data` without `BERTH_ADMIN_PASSWORD`, so its admin
-/// password is the generated (shared) one.
-fn start_generated(data: &Path, config: &str) -> Berth {
-    std::fs::create_dir_all(data.parent().unwrap()).unwrap();
-    let port = free_port();
-    let log = data.with_extension(format!("{port}.log"));
-    let config_path = data.with_extension(format!("{port}.toml"));
-    std::fs::write(&config_path, config).unwrap();
-    let child = Command::new(env!("CARGO_BIN_EXE_berth"))
-        .args([
-            "serve",
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-            "--data-dir",
-        ])
-        .arg(data)
-        .arg("--config")
-        .arg(&config_path)
-        .env("RUST_LOG", "info")
-        .env_remove("BERTH_ADMIN_PASSWORD")
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .expect("start berth");
-    let berth = Berth {
-        child: Some(child),
-        port,
-        data_dir: data.to_owned(),
-        log,
-    };
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while Instant::now() < deadline {
-        let healthy = http_agent()
-            .get(&format!("{}/healthz", berth.url()))
-            .call()
-            .is_ok_and(|r| r.status() == 200);
-        if healthy {
-            return berth;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    panic!("berth did not become healthy:\n{}", berth.log_text());
 }
 
 /// Polls `f` until it holds, for at most `PROPAGATION`.
@@ -147,8 +102,8 @@ fn secrets_credentials_and_tokens_hold_on_every_replica() {
     std::fs::write(a_data.join("admin-password"), "imported-admin-password\n").unwrap();
     std::fs::write(a_data.join("token-key"), "imported-token-key\n").unwrap();
     std::fs::write(a_data.join("hook-key"), "imported-hook-key\n").unwrap();
-    let a = start_generated(&a_data, &config(&url, ""));
-    let b = start_generated(&dir.path().join("b"), &config(&url, ""));
+    let a = Berth::start_generated(&a_data, free_port(), &config(&url, ""));
+    let b = Berth::start_generated(&dir.path().join("b"), free_port(), &config(&url, ""));
     assert_eq!(
         pg::psql(&db, "SELECT name || '=' || value FROM shared_secrets ORDER BY name"),
         "admin-password=imported-admin-password\nhook-key=imported-hook-key\ntoken-key=imported-token-key"
