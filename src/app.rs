@@ -38,7 +38,11 @@ pub async fn build_state(cfg: &Config, fd_budget: Option<u64>) -> Result<Arc<Sta
             )
         }
     })?;
-    tracing::info!(backend = ?storage.meta.backend(), "metadata opened");
+    tracing::info!(
+        backend = ?storage.meta.backend(),
+        replica = storage.meta.replica_id().unwrap_or("-"),
+        "metadata opened"
+    );
     let notifications = &cfg.notifications;
     storage
         .meta
@@ -62,9 +66,11 @@ pub async fn build_state(cfg: &Config, fd_budget: Option<u64>) -> Result<Arc<Sta
     }
     let gc = berth_gc::Gc::new(storage.clone(), gc_config.clone());
     let builds_config = cfg.builds.clone();
+    let shared = shared_secrets(cfg, &storage.meta).await?;
     let auth: Arc<berth_registry::auth::Auth> = {
         let cfg = cfg.clone();
-        tokio::task::spawn_blocking(move || auth_from_config(&cfg))
+        let shared = shared.clone();
+        tokio::task::spawn_blocking(move || auth_from_config(&cfg, &shared))
             .await
             .map_err(|e| format!("auth start-up task failed: {e}"))??
             .into()
@@ -72,10 +78,11 @@ pub async fn build_state(cfg: &Config, fd_budget: Option<u64>) -> Result<Arc<Sta
     let builds = berth_builds::Builds::new(storage.clone(), builds_config, auth.clone());
     let hooks = {
         let cfg = cfg.clone();
-        tokio::task::spawn_blocking(move || hooks_from_config(&cfg))
+        tokio::task::spawn_blocking(move || hooks_from_config(&cfg, shared.hook_key))
             .await
             .map_err(|e| format!("hooks start-up task failed: {e}"))??
     };
+    let ui = berth_registry::ui::Console::new(cfg.ui.clone(), &storage.meta);
     Ok(Arc::new(State {
         auth,
         storage,
@@ -100,23 +107,87 @@ pub async fn build_state(cfg: &Config, fd_budget: Option<u64>) -> Result<Arc<Sta
         builds,
         // Secure cookies follow `[ui] secure_cookies`, else whether each
         // request came over TLS (`ui::OverTls`).
-        ui: berth_registry::ui::Console::new(cfg.ui.clone()),
+        ui,
         hooks,
     }))
 }
 
-/// Build triggers' hooks: their secrets derive from `<data dir>/hook-key`
-/// (generated on first start, mode 0600; replacing it changes every
-/// hook's secret), their limits from `[limits]`.
-fn hooks_from_config(cfg: &Config) -> Result<berth_registry::hooks::Hooks, String> {
-    let path = cfg.storage.data_dir.join("hook-key");
-    let key = berth_registry::auth::secrets::load_or_create(&path)
-        .map_err(|e| format!("cannot read or create hook key {}: {e}", path.display()))?;
+/// Build triggers' hooks: their secrets derive from the hook key
+/// (`<data dir>/hook-key`, generated on first start, mode 0600; with
+/// PostgreSQL the one in the database, see `shared_secrets`; replacing it
+/// changes every hook's secret), their limits from `[limits]`.
+fn hooks_from_config(
+    cfg: &Config,
+    shared_key: Option<String>,
+) -> Result<berth_registry::hooks::Hooks, String> {
+    let key = match shared_key {
+        Some(k) => k,
+        None => {
+            let path = cfg.storage.data_dir.join("hook-key");
+            berth_registry::auth::secrets::load_or_create(&path)
+                .map_err(|e| format!("cannot read or create hook key {}: {e}", path.display()))?
+        }
+    };
     Ok(berth_registry::hooks::Hooks::new(
         berth_registry::hooks::HookKey::new(key.as_bytes()),
         cfg.limits.hooks_per_tool_per_minute,
         cfg.limits.logins_per_address,
     ))
+}
+
+/// The secrets replicas sharing a PostgreSQL database must agree on, as
+/// the database holds them; `None` where the data dir's file (or the
+/// config) is the source: always with SQLite. No `Debug`: it holds secrets.
+#[derive(Clone, Default)]
+struct SharedSecrets {
+    /// Unless `[auth] admin_password` or `BERTH_ADMIN_PASSWORD` sets it.
+    admin_password: Option<String>,
+    /// Unless `[auth] token_key_file` names a file (which then wins).
+    token_key: Option<String>,
+    hook_key: Option<String>,
+}
+
+/// With PostgreSQL, each generated secret is created once in the database
+/// (`shared_secrets`: insert if absent, then read back, so two replicas
+/// starting together agree) and read from there. A data dir's existing
+/// file is what gets stored first, so an installation moving to
+/// PostgreSQL keeps its tokens, hook secrets and admin password valid.
+async fn shared_secrets(
+    cfg: &Config,
+    meta: &berth_storage::Metadata,
+) -> Result<SharedSecrets, String> {
+    if !meta.shared() {
+        return Ok(SharedSecrets::default());
+    }
+    let admin_given = cfg.auth.admin_password.is_some()
+        || std::env::var("BERTH_ADMIN_PASSWORD").is_ok_and(|p| !p.is_empty());
+    let shared = |name: &'static str| async move {
+        let path = cfg.storage.data_dir.join(name);
+        let candidate = match tokio::fs::read_to_string(&path).await {
+            Ok(s) if !s.trim().is_empty() => s.trim().to_owned(),
+            Ok(_) => berth_registry::auth::secrets::generate_secret(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                berth_registry::auth::secrets::generate_secret()
+            }
+            Err(e) => return Err(format!("cannot read {}: {e}", path.display())),
+        };
+        meta.shared_secret(name, candidate)
+            .await
+            .map_err(|e| format!("cannot read or store the shared {name}: {e}"))
+    };
+    Ok(SharedSecrets {
+        admin_password: if admin_given {
+            None
+        } else {
+            Some(shared("admin-password").await?)
+        },
+        token_key: if cfg.auth.token_key_file.is_some() {
+            None
+        } else {
+            Some(shared("token-key").await?)
+        },
+        hook_key: Some(shared("hook-key").await?),
+    })
 }
 
 /// The listener's TLS, when `[server] tls_cert` and `tls_key` are set: the
@@ -248,16 +319,33 @@ impl Background {
 }
 
 /// Builds the auth layer: the admin password comes from the config, else
-/// BERTH_ADMIN_PASSWORD, else a file generated in the data dir; the token
-/// key from its configured file, else one generated in the data dir.
-pub fn auth_from_config(cfg: &Config) -> Result<berth_registry::auth::Auth, String> {
+/// BERTH_ADMIN_PASSWORD, else the one generated once (a file in the data
+/// dir, or with PostgreSQL the database's, written to the data dir's file
+/// too so the operator can read it); the token key from its configured
+/// file, else the database's (PostgreSQL), else a file generated in the
+/// data dir.
+fn auth_from_config(
+    cfg: &Config,
+    shared: &SharedSecrets,
+) -> Result<berth_registry::auth::Auth, String> {
     use berth_registry::auth::{secrets, Auth};
     let admin_password = match (
         &cfg.auth.admin_password,
         std::env::var("BERTH_ADMIN_PASSWORD"),
+        &shared.admin_password,
     ) {
-        (Some(p), _) => p.clone(),
-        (None, Ok(p)) if !p.is_empty() => p,
+        (Some(p), _, _) => p.clone(),
+        (None, Ok(p), _) if !p.is_empty() => p,
+        (_, _, Some(p)) => {
+            let path = cfg.storage.data_dir.join("admin-password");
+            let on_disk = std::fs::read_to_string(&path).unwrap_or_default();
+            if on_disk.trim() != p {
+                secrets::write_secret(&path, p)
+                    .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+                tracing::info!(path = %path.display(), "wrote the replicas' shared admin password (user `admin`)");
+            }
+            p.clone()
+        }
         _ => {
             let path = cfg.storage.data_dir.join("admin-password");
             let existed = path.exists();
@@ -269,17 +357,20 @@ pub fn auth_from_config(cfg: &Config) -> Result<berth_registry::auth::Auth, Stri
             p
         }
     };
-    let key_path = cfg
-        .auth
-        .token_key_file
-        .clone()
-        .unwrap_or_else(|| cfg.storage.data_dir.join("token-key"));
-    let key = secrets::load_or_create(&key_path).map_err(|e| {
-        format!(
-            "cannot read or create token key {}: {e}",
-            key_path.display()
-        )
-    })?;
+    let key = match (&cfg.auth.token_key_file, &shared.token_key) {
+        (None, Some(k)) => k.clone(),
+        (file, _) => {
+            let key_path = file
+                .clone()
+                .unwrap_or_else(|| cfg.storage.data_dir.join("token-key"));
+            secrets::load_or_create(&key_path).map_err(|e| {
+                format!(
+                    "cannot read or create token key {}: {e}",
+                    key_path.display()
+                )
+            })?
+        }
+    };
     if !cfg.auth.enabled {
         tracing::warn!(
             "authentication is OFF: anyone who can reach the listener may push and delete"

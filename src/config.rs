@@ -602,6 +602,7 @@ mod tests {
         assert_eq!(example.gc.untagged_schedule, default.gc.untagged_schedule);
         assert_eq!(example.gc.untagged_grace, default.gc.untagged_grace);
         assert_eq!(example.gc.blob_grace, default.gc.blob_grace);
+        assert_eq!(example.gc.lease_ttl, default.gc.lease_ttl);
         assert_eq!(
             example.limits.upload_idle_timeout,
             default.limits.upload_idle_timeout
@@ -796,6 +797,8 @@ mod tests {
         assert!(Config::parse("[quota]\ndefault_limit = \"lots\"").is_err());
         let c = Config::parse("[gc]\ntag_cleanup_schedule = \"every tuesday\"").unwrap();
         assert!(c.gc.validate().is_err());
+        let c = Config::parse("[gc]\nlease_ttl = \"0s\"").unwrap();
+        assert!(c.gc.validate().unwrap_err().contains("lease_ttl"));
         let e = Config::parse("[gc.retention]\nkeep_pattern = \"(\"").unwrap_err();
         assert!(e.to_string().contains("keep_pattern"), "{e}");
         let c = Config::parse("[gc.retention]\nmax_age = \"30d\"").unwrap();

@@ -212,17 +212,34 @@ fn migrate(data_dir: &std::path::Path, target: &std::path::Path, json: bool) -> 
             return ExitCode::FAILURE;
         }
     };
-    if !same_dir {
-        // Secrets berth generated stay valid: tokens it signed, the admin
-        // password people were given, the hook secrets forges hold.
+    // Secrets berth generated stay valid (tokens it signed, the admin
+    // password people were given, the hook secrets forges hold): with
+    // PostgreSQL every replica reads them from the database.
+    let secrets = runtime.block_on(async {
+        let meta = berth_storage::Metadata::connect_postgres(&pg).await?;
+        let mut moved = Vec::new();
         for name in ["token-key", "admin-password", "hook-key"] {
-            let (from, to) = (data_dir.join(name), cfg.storage.data_dir.join(name));
-            if from.exists() && !to.exists() {
-                if let Err(e) = std::fs::copy(&from, &to) {
-                    eprintln!("berth: cannot copy {}: {e}", from.display());
-                    return ExitCode::FAILURE;
-                }
+            let Ok(text) = std::fs::read_to_string(data_dir.join(name)) else {
+                continue;
+            };
+            let text = text.trim().to_owned();
+            if text.is_empty() {
+                continue;
             }
+            if meta.shared_secret(name, text.clone()).await? != text {
+                eprintln!("berth: the database already holds another {name}; it keeps its own");
+            }
+            moved.push(name);
+        }
+        meta.close().await;
+        Ok::<_, berth_storage::StorageError>(moved)
+    });
+    match secrets {
+        Ok(moved) if !json && !moved.is_empty() => println!("secrets: {}", moved.join(", ")),
+        Ok(_) => {}
+        Err(e) => {
+            eprintln!("berth: the rows were migrated, but not berth's secrets: {e}");
+            return ExitCode::FAILURE;
         }
     }
     if json {

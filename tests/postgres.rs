@@ -145,7 +145,12 @@ fn two_berths_starting_together_migrate_once() {
             db,
             "SELECT string_agg(version::text, ',' ORDER BY version) FROM schema_migrations"
         ),
-        "1,2,3,4,5,6,7,8,9,10,11"
+        // Every migration this berth knows (the storage unit test pins
+        // how many), each once.
+        (1..=berth_storage::Metadata::schema_version())
+            .map(|v| v.to_string())
+            .collect::<Vec<_>>()
+            .join(",")
     );
     // What one writes, the other reads.
     let password = a.namespace_credentials("tool-two");
@@ -299,6 +304,18 @@ fn migrate_moves_an_embedded_installation_to_postgres() {
     );
     assert_eq!(status, 201, "{token}");
     let token = token["token"].as_str().unwrap().to_owned();
+    // A JWT berth signed before the move (with its generated token key).
+    let (status, jwt) = send_json(
+        "GET",
+        &format!(
+            "{}/token?service=berth&scope=repository:tool-mig/app:pull",
+            berth.url()
+        ),
+        Some(&basic("tool-mig", &password)),
+        None,
+    );
+    assert_eq!(status, 200);
+    let jwt = jwt["token"].as_str().unwrap().to_owned();
     berth.signal(libc::SIGTERM);
     berth.wait();
 
@@ -350,6 +367,14 @@ fn migrate_moves_an_embedded_installation_to_postgres() {
         None,
     );
     assert_eq!(status, 200);
+    // The token key moved into the database: the old JWT still verifies.
+    let (status, _) = send_json(
+        "GET",
+        &format!("{}/v2/tool-mig/app/tags/list", berth.url()),
+        Some(&format!("Bearer {jwt}")),
+        None,
+    );
+    assert_eq!(status, 200, "a JWT issued before the migration");
     // The large blob was copied as a file into the new data dir.
     assert!(target
         .join("blobs/sha256")
@@ -423,6 +448,16 @@ fn tls_to_postgres_is_verified() {
          WHERE s.ssl AND a.datname = current_database() AND a.pid <> pg_backend_pid()",
     );
     assert_ne!(encrypted, "0", "berth's connections should use TLS");
+    // The cache-invalidation listener connects the same way.
+    assert!(
+        wait_for_line(
+            &berth.log,
+            "listening for cache invalidations",
+            std::time::Duration::from_secs(10)
+        ),
+        "{}",
+        berth.log_text()
+    );
 
     let refused = Command::new(env!("CARGO_BIN_EXE_berth"))
         .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])

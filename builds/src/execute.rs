@@ -18,7 +18,7 @@ use tokio::sync::watch;
 
 impl Builds {
     pub(crate) async fn execute(&self, b: BuildRecord, cancelled: watch::Receiver<bool>) {
-        let log = match BuildLog::create(Path::new(&b.log_path), self.config.max_log_bytes).await {
+        let log = match self.open_log(&b).await {
             Ok(l) => Arc::new(l),
             Err(e) => {
                 let _ = self

@@ -449,9 +449,7 @@ impl Builds {
                 PushOutcome::Queued(b)
             }
             Ok(PushQueued::Coalesced { build, replaced }) => {
-                if let Ok(log) =
-                    BuildLog::create(Path::new(&build.log_path), self.config.max_log_bytes).await
-                {
+                if let Ok(log) = self.open_log(&build).await {
                     log.line(
                         "berth",
                         &format!("{by} replaced {replaced}: this build will build {commit}"),
@@ -510,11 +508,25 @@ impl Builds {
         }
     }
 
+    /// Opens build `record`'s log for writing: its file and, with several
+    /// replicas (PostgreSQL), the database copy every replica reads.
+    pub(crate) async fn open_log(&self, record: &BuildRecord) -> std::io::Result<BuildLog> {
+        let shared = self
+            .storage
+            .meta
+            .shared()
+            .then(|| (self.storage.meta.clone(), record.id.clone()));
+        BuildLog::create_shared(
+            Path::new(&record.log_path),
+            self.config.max_log_bytes,
+            shared,
+        )
+        .await
+    }
+
     /// The log's first line: what was queued (`by`: by whom, if not by hand).
     async fn log_queued(&self, record: &BuildRecord, by: &str) -> Result<(), BuildError> {
-        let log = BuildLog::create(Path::new(&record.log_path), self.config.max_log_bytes)
-            .await
-            .map_err(StorageError::from)?;
+        let log = self.open_log(record).await.map_err(StorageError::from)?;
         log.line(
             "berth",
             &format!(
@@ -602,13 +614,35 @@ impl Builds {
         };
         let me = self.clone();
         let build_id = b.id.clone();
+        let finished = move || {
+            let (me, id) = (me.clone(), build_id.clone());
+            async move { me.finished(&id).await }
+        };
+        // With several replicas the build may run, or have run, on
+        // another one: the database's copy, unless it has none (a build
+        // logged before the copy existed) and the file is here.
+        if self.storage.meta.shared() {
+            let in_db = !self
+                .storage
+                .meta
+                .build_log_after(&b.id, 0, 1)
+                .await?
+                .is_empty();
+            let here = tokio::fs::try_exists(&b.log_path).await.unwrap_or(false);
+            if in_db || !here {
+                return Ok(logs::follow_shared(
+                    self.storage.meta.clone(),
+                    b.id.clone(),
+                    follow,
+                    finished,
+                    slot,
+                ));
+            }
+        }
         Ok(logs::follow(
             PathBuf::from(&b.log_path),
             follow,
-            move || {
-                let (me, id) = (me.clone(), build_id.clone());
-                async move { me.finished(&id).await }
-            },
+            finished,
             slot,
         ))
     }
@@ -633,8 +667,16 @@ impl Builds {
         {
             return self.get(tool, &b.id).await;
         }
-        if let Some(r) = self.running().get(&b.id) {
-            let _ = r.cancel.send(true);
+        let here = match self.running().get(&b.id) {
+            Some(r) => {
+                let _ = r.cancel.send(true);
+                true
+            }
+            None => false,
+        };
+        if !here && self.storage.meta.shared() {
+            // Running on another replica: it polls for this flag.
+            self.storage.meta.request_build_cancel(&b.id).await?;
         }
         // The run task records BUILD_CANCELLED once git or the lifecycle
         // is dead, whichever was running.

@@ -6,13 +6,21 @@
 //! the disk or berth's memory. Files outlive build records; their own
 //! retention removes them. [`follow`] reads a log as a stream, waiting for
 //! more while the build runs.
+//!
+//! With several replicas (PostgreSQL) the replica writing a log also ships
+//! what it writes to the database (`build_log_chunks`, in batches: at once
+//! for berth's own lines, else every 64 KiB or 250 ms, and every 500 ms
+//! while the build is quiet), so any replica can serve it ([`follow_shared`]);
+//! the file stays the writer's own copy and SQLite's only one.
 
+use berth_storage::Metadata;
 use bytes::Bytes;
 use futures_util::Stream;
 use std::future::Future;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::sync::Mutex;
@@ -27,6 +35,62 @@ pub struct BuildLog {
     path: PathBuf,
     max_bytes: u64,
     state: Mutex<State>,
+    shipper: Option<Arc<Shipper>>,
+    ticker: Option<tokio::task::JoinHandle<()>>,
+}
+
+/// A shipped batch grows to at most this before it goes.
+const SHIP_BYTES: usize = 64 << 10;
+/// A batch waits at most this long for more lines before it goes.
+const SHIP_EVERY: Duration = Duration::from_millis(250);
+
+/// Ships a log's lines to the database for the other replicas.
+struct Shipper {
+    meta: Metadata,
+    build: String,
+    /// Lines not shipped yet, and when the last batch went. Held across
+    /// the insert, so batches go in order.
+    pending: Mutex<(Vec<u8>, std::time::Instant)>,
+}
+
+impl Shipper {
+    async fn push(&self, line: &[u8], at_once: bool) {
+        let mut p = self.pending.lock().await;
+        p.0.extend_from_slice(line);
+        if at_once || p.0.len() >= SHIP_BYTES || p.1.elapsed() >= SHIP_EVERY {
+            self.ship(&mut p).await;
+        }
+    }
+
+    async fn flush(&self) {
+        let mut p = self.pending.lock().await;
+        self.ship(&mut p).await;
+    }
+
+    async fn ship(&self, p: &mut (Vec<u8>, std::time::Instant)) {
+        p.1 = std::time::Instant::now();
+        if p.0.is_empty() {
+            return;
+        }
+        let data = std::mem::take(&mut p.0);
+        // Logging never fails a build: a lost batch is a gap in what other
+        // replicas show (the file has it).
+        if let Err(e) = self.meta.append_build_log(&self.build, data).await {
+            tracing::warn!(build = %self.build, error = %e, "cannot ship build log lines to the database");
+        }
+    }
+}
+
+impl Drop for BuildLog {
+    fn drop(&mut self) {
+        if let Some(t) = self.ticker.take() {
+            t.abort();
+        }
+        // What is still pending goes out after the log is dropped.
+        if let (Some(s), Ok(rt)) = (self.shipper.take(), tokio::runtime::Handle::try_current()) {
+            rt.spawn(async move { s.flush().await });
+        }
+    }
 }
 
 struct State {
@@ -44,6 +108,16 @@ pub async fn private_dir(dir: &Path) -> std::io::Result<()> {
 impl BuildLog {
     /// Opens (appending) or creates the log at `path`, mode 0600.
     pub async fn create(path: &Path, max_bytes: u64) -> std::io::Result<BuildLog> {
+        BuildLog::create_shared(path, max_bytes, None).await
+    }
+
+    /// Like `create`; with `shared` (the database and the build's id),
+    /// what is written is also shipped there for the other replicas.
+    pub async fn create_shared(
+        path: &Path,
+        max_bytes: u64,
+        shared: Option<(Metadata, String)>,
+    ) -> std::io::Result<BuildLog> {
         if let Some(dir) = path.parent() {
             private_dir(dir).await?;
         }
@@ -54,6 +128,27 @@ impl BuildLog {
             .open(path)
             .await?;
         let written = file.metadata().await?.len();
+        let shipper = shared.map(|(meta, build)| {
+            Arc::new(Shipper {
+                meta,
+                build,
+                pending: Mutex::new((Vec::new(), std::time::Instant::now())),
+            })
+        });
+        // While the build is quiet, what it printed last still goes out.
+        let ticker = shipper.as_ref().map(|s| {
+            let s = Arc::downgrade(s);
+            tokio::spawn(async move {
+                let mut every = tokio::time::interval(2 * SHIP_EVERY);
+                loop {
+                    every.tick().await;
+                    match s.upgrade() {
+                        Some(s) => s.flush().await,
+                        None => return,
+                    }
+                }
+            })
+        });
         Ok(BuildLog {
             path: path.to_owned(),
             max_bytes,
@@ -62,6 +157,8 @@ impl BuildLog {
                 written,
                 truncated: false,
             }),
+            shipper,
+            ticker,
         })
     }
 
@@ -91,6 +188,11 @@ impl BuildLog {
             tracing::warn!(path = %self.path.display(), error = %e, "cannot write build log");
         }
         let _ = s.file.flush().await;
+        // Still under the file's lock: lines reach the database in the
+        // order the file has them.
+        if let Some(shipper) = &self.shipper {
+            shipper.push(line.as_bytes(), source == "berth").await;
+        }
     }
 }
 
@@ -126,6 +228,67 @@ pub async fn pump(reader: impl AsyncRead + Unpin, log: &BuildLog, source: &str) 
 /// A log as a body: chunks of text.
 pub type LogStream = Pin<Box<dyn Stream<Item = std::io::Result<Bytes>> + Send>>;
 
+/// Where a followed log's bytes come from: its file, or (several
+/// replicas) the database's copy. `Ok(None)`: nothing more for now.
+trait LogSource: Send + 'static {
+    fn next(&mut self) -> impl Future<Output = Result<Option<Bytes>, String>> + Send;
+}
+
+/// The log file, opened on the first read.
+struct FileSource {
+    path: PathBuf,
+    file: Option<tokio::fs::File>,
+}
+
+impl LogSource for FileSource {
+    async fn next(&mut self) -> Result<Option<Bytes>, String> {
+        if self.file.is_none() {
+            let f = tokio::fs::File::open(&self.path)
+                .await
+                .map_err(|e| format!("the build log cannot be read: {e}"))?;
+            self.file = Some(f);
+        }
+        let Some(file) = self.file.as_mut() else {
+            return Ok(None);
+        };
+        let mut buf = vec![0u8; 64 * 1024];
+        match file.read(&mut buf).await {
+            Ok(0) => Ok(None),
+            Ok(n) => {
+                buf.truncate(n);
+                Ok(Some(Bytes::from(buf)))
+            }
+            Err(e) => Err(format!("reading the build log failed: {e}")),
+        }
+    }
+}
+
+/// The database's pieces of a build's log, after the last one read.
+struct SharedSource {
+    meta: Metadata,
+    build: String,
+    after: i64,
+}
+
+impl LogSource for SharedSource {
+    async fn next(&mut self) -> Result<Option<Bytes>, String> {
+        let pieces = self
+            .meta
+            .build_log_after(&self.build, self.after, 64)
+            .await
+            .map_err(|e| format!("the build log cannot be read: {e}"))?;
+        if pieces.is_empty() {
+            return Ok(None);
+        }
+        let mut out = Vec::new();
+        for (seq, data) in pieces {
+            self.after = seq;
+            out.extend_from_slice(&data);
+        }
+        Ok(Some(Bytes::from(out)))
+    }
+}
+
 /// Reads the log at `path`. With `follow`, waits for more (polling every
 /// 200 ms) until `finished()` says the build ended, then sends what was
 /// written last and ends. `hold` is kept until the stream ends or is
@@ -137,16 +300,48 @@ where
     Fut: Future<Output = bool> + Send,
     H: Send + 'static,
 {
-    struct Cursor<F, H> {
-        path: PathBuf,
-        file: Option<tokio::fs::File>,
+    stream(FileSource { path, file: None }, follow, finished, hold)
+}
+
+/// Reads build `build`'s log from the database (several replicas: it may
+/// be running, or have run, on another one), as `follow` reads a file.
+pub fn follow_shared<F, Fut, H>(
+    meta: Metadata,
+    build: String,
+    follow: bool,
+    finished: F,
+    hold: H,
+) -> LogStream
+where
+    F: Fn() -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = bool> + Send,
+    H: Send + 'static,
+{
+    let source = SharedSource {
+        meta,
+        build,
+        after: 0,
+    };
+    stream(source, follow, finished, hold)
+}
+
+/// A log source as a stream: what there is; with `follow`, polled until
+/// the build has finished.
+fn stream<S, F, Fut, H>(source: S, follow: bool, finished: F, hold: H) -> LogStream
+where
+    S: LogSource,
+    F: Fn() -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = bool> + Send,
+    H: Send + 'static,
+{
+    struct Cursor<S, F, H> {
+        source: S,
         done: bool,
         finished: F,
         _hold: H,
     }
     let start = Cursor {
-        path,
-        file: None,
+        source,
         done: false,
         finished,
         _hold: hold,
@@ -157,37 +352,17 @@ where
             if c.done {
                 return None;
             }
-            let error = |c: &mut Cursor<F, H>, what: String| {
-                c.done = true;
-                Bytes::from(format!("error: {what}\n"))
-            };
-            let file = match c.file.take() {
-                Some(f) => f,
-                None => match tokio::fs::File::open(&c.path).await {
-                    Ok(f) => f,
-                    Err(e) => {
-                        let chunk = error(&mut c, format!("the build log cannot be read: {e}"));
-                        return Some((Ok(chunk), c));
-                    }
-                },
-            };
-            let mut file = file;
             loop {
                 // Checked before reading, so the lines written just before the
                 // end are read after it is seen.
                 let finished = !follow || (c.finished)().await;
-                let mut buf = vec![0u8; 64 * 1024];
-                match file.read(&mut buf).await {
-                    Ok(0) if finished => return None,
-                    Ok(0) => tokio::time::sleep(FOLLOW_POLL).await,
-                    Ok(n) => {
-                        buf.truncate(n);
-                        c.file = Some(file);
-                        return Some((Ok(Bytes::from(buf)), c));
-                    }
-                    Err(e) => {
-                        let chunk = error(&mut c, format!("reading the build log failed: {e}"));
-                        return Some((Ok(chunk), c));
+                match c.source.next().await {
+                    Ok(None) if finished => return None,
+                    Ok(None) => tokio::time::sleep(FOLLOW_POLL).await,
+                    Ok(Some(chunk)) => return Some((Ok(chunk), c)),
+                    Err(what) => {
+                        c.done = true;
+                        return Some((Ok(Bytes::from(format!("error: {what}\n"))), c));
                     }
                 }
             }

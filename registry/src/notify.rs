@@ -8,6 +8,7 @@
 //! 2xx answer; a failure is retried with backoff. Cursors and the delivery
 //! log live in the database, so a restart resumes where delivery stopped.
 
+use berth_storage::lease::{self, Lease, Taken};
 use berth_storage::meta::{DeliveryAttempt, EndpointState, Event, Metadata};
 use berth_storage::now_ms;
 use hmac::{Hmac, Mac};
@@ -345,19 +346,41 @@ impl Notifier {
         }
     }
 
+    /// Delivers to endpoint `index` for as long as this replica holds its
+    /// lease (`notify:<name>`): with several replicas on one database, one
+    /// deliverer per endpoint at a time, so events go out in order. A
+    /// replica that loses the lease (it could not renew it for
+    /// `lease::DEFAULT_TTL`) stops after the attempt in hand; the new
+    /// holder starts from the stored cursor, so nothing is skipped
+    /// (at least once, as always).
     async fn deliver_forever(&self, index: usize) {
         let ep = &self.config.endpoints[index];
+        let job = format!("notify:{}", ep.name);
         loop {
-            let wait = match self.deliver_once(ep).await {
-                Ok(Some(wait)) => wait,
-                Ok(None) => Duration::ZERO,
+            let lease = match Lease::acquire(&self.meta, &job, lease::DEFAULT_TTL, None).await {
+                Ok(Taken::Lease(l)) => l,
+                Ok(_) => {
+                    tokio::time::sleep(lease::DEFAULT_TTL / 3).await;
+                    continue;
+                }
                 Err(e) => {
-                    tracing::warn!(endpoint = %ep.name, error = %e, "notification delivery");
-                    Duration::from_secs(1)
+                    tracing::warn!(endpoint = %ep.name, error = %e, "cannot take the endpoint's delivery lease");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    continue;
                 }
             };
-            if !wait.is_zero() {
-                tokio::time::sleep(wait).await;
+            while !lease.lost() {
+                let wait = match self.deliver_once(ep).await {
+                    Ok(Some(wait)) => wait,
+                    Ok(None) => Duration::ZERO,
+                    Err(e) => {
+                        tracing::warn!(endpoint = %ep.name, error = %e, "notification delivery");
+                        Duration::from_secs(1)
+                    }
+                };
+                if !wait.is_zero() {
+                    tokio::time::sleep(wait.min(lease::DEFAULT_TTL / 3)).await;
+                }
             }
         }
     }

@@ -9,6 +9,7 @@
 
 pub mod blobs;
 pub mod digest;
+pub mod lease;
 pub mod locks;
 pub mod manifest;
 pub mod meta;

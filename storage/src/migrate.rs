@@ -13,6 +13,11 @@ use crate::meta::{export_tables, Metadata, PostgresConfig, RowBatch, Synchronous
 use crate::{lock_data_dir, BlobStore, StorageError};
 use std::path::Path;
 
+/// Tables of what a running process holds, not of what it stores: each
+/// replica fills them as it runs (its heartbeat, the leases of jobs it
+/// runs, console sign-ins), so they are neither copied nor required empty.
+pub const TRANSIENT_TABLES: &[&str] = &["replicas", "job_leases", "ui_sessions"];
+
 /// What a migration moved.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct MigrationReport {
@@ -89,14 +94,14 @@ pub async fn embedded_to_postgres(
     let (batches, received) = tokio::sync::mpsc::channel::<RowBatch>(2);
     let (counts_tx, counts_rx) = tokio::sync::oneshot::channel();
     let export = tokio::task::spawn_blocking(move || {
-        let counts = export_tables(&db, &[], |batch| {
+        let counts = export_tables(&db, TRANSIENT_TABLES, |batch| {
             batches
                 .blocking_send(batch)
                 .map_err(|_| StorageError::Internal("the import stopped".into()))
         });
         let _ = counts_tx.send(counts);
     });
-    let imported = pg.import(received, counts_rx).await;
+    let imported = pg.import(TRANSIENT_TABLES, received, counts_rx).await;
     let _ = export.await;
     pg.close().await;
     report.tables = imported?;

@@ -91,6 +91,22 @@ impl Berth {
         )
     }
 
+    /// Starts berth without `BERTH_ADMIN_PASSWORD`, so its admin password
+    /// is the generated one (the data dir's file, or the replicas' shared
+    /// one with PostgreSQL).
+    pub fn start_generated(data_dir: &Path, port: u16, config: &str) -> Berth {
+        let listen = format!("127.0.0.1:{port}");
+        let child = Berth::spawn_env(data_dir, &listen, port, config, None, None);
+        let berth = Berth {
+            child: Some(child),
+            port,
+            data_dir: data_dir.to_owned(),
+            log: data_dir.with_extension(format!("{port}.log")),
+        };
+        berth.wait_healthy();
+        berth
+    }
+
     /// Like `spawn`, listening on `listen` (an address with `port`).
     pub fn spawn_at(
         data_dir: &Path,
@@ -98,6 +114,26 @@ impl Berth {
         port: u16,
         config: &str,
         open_files: Option<u64>,
+    ) -> Child {
+        Berth::spawn_env(
+            data_dir,
+            listen,
+            port,
+            config,
+            open_files,
+            Some(ADMIN_PASSWORD),
+        )
+    }
+
+    /// `spawn_at` with `admin_password` as `BERTH_ADMIN_PASSWORD` (none:
+    /// unset).
+    fn spawn_env(
+        data_dir: &Path,
+        listen: &str,
+        port: u16,
+        config: &str,
+        open_files: Option<u64>,
+        admin_password: Option<&str>,
     ) -> Child {
         use std::os::unix::process::CommandExt;
         let log = data_dir.with_extension(format!("{port}.log"));
@@ -124,9 +160,12 @@ impl Berth {
             .arg(data_dir)
             .arg("--config")
             .arg(&config_path)
-            .env("RUST_LOG", "info")
-            .env("BERTH_ADMIN_PASSWORD", ADMIN_PASSWORD)
-            .stdout(Stdio::null())
+            .env("RUST_LOG", "info");
+        match admin_password {
+            Some(p) => cmd.env("BERTH_ADMIN_PASSWORD", p),
+            None => cmd.env_remove("BERTH_ADMIN_PASSWORD"),
+        };
+        cmd.stdout(Stdio::null())
             .stderr(log_file)
             .spawn()
             .expect("start berth")

@@ -172,7 +172,7 @@ impl Principal {
         }
     }
 
-    fn from_subject(sub: &str) -> Principal {
+    pub(crate) fn from_subject(sub: &str) -> Principal {
         match sub {
             ADMIN_USER => Principal::Admin,
             ANONYMOUS => Principal::Anonymous,
@@ -291,8 +291,8 @@ pub struct Auth {
     throttle: LoginThrottle,
     password_checks: tokio::sync::Semaphore,
     /// Remembered logins, each until its deadline (60 s, or its API
-    /// token's expiry when sooner).
-    logins: Mutex<HashMap<[u8; 32], (Identity, Instant)>>,
+    /// token's expiry when sooner), with the `Stamp` it was found under.
+    logins: Mutex<HashMap<[u8; 32], (Identity, Instant, Stamp)>>,
     /// Tokens already verified: a client sends the same token on every
     /// request of a pull or push.
     verified: Mutex<TokenCache>,
@@ -300,6 +300,13 @@ pub struct Auth {
     /// does not remember what it found (it may be revoked already).
     generation: AtomicU64,
 }
+
+/// When a cache entry was found: this process's credential generation and
+/// the storage's invalidation epoch (which, with PostgreSQL, moves with
+/// every credential change on any replica). An entry is used only under
+/// the stamp it was found with; there is no stamp (nothing is cached or
+/// used) while a shared database's invalidations cannot be heard.
+type Stamp = (u64, u64);
 
 /// Verified tokens until their own expiry, bounded in bytes (a token's
 /// grants can be large) rather than in entries. Found by the token's
@@ -319,6 +326,7 @@ struct CachedToken {
     caller: Caller,
     exp: u64,
     size: usize,
+    stamp: Stamp,
 }
 
 /// The part of a JWT a cache entry is found by.
@@ -327,20 +335,26 @@ fn signature_of(token: &str) -> &str {
 }
 
 impl TokenCache {
-    fn get(&self, token: &str, now: u64) -> Option<Caller> {
+    fn get(&self, token: &str, now: u64, stamp: Stamp) -> Option<Caller> {
         self.entries
             .get(signature_of(token))
-            .filter(|e| e.exp > now && *e.token == *token)
+            .filter(|e| e.exp > now && e.stamp == stamp && *e.token == *token)
             .map(|e| e.caller.clone())
     }
 
-    fn insert(&mut self, token: &str, caller: Caller, exp: u64, now: u64, budget: usize) {
+    fn insert(
+        &mut self,
+        token: &str,
+        (caller, exp, stamp): (Caller, u64, Stamp),
+        now: u64,
+        budget: usize,
+    ) {
         let size = caller_bytes(&caller) + 2 * token.len();
         if size > budget / 4 {
             return; // never worth evicting everyone else for
         }
         if self.bytes + size > budget {
-            self.entries.retain(|_, e| e.exp > now);
+            self.entries.retain(|_, e| e.exp > now && e.stamp == stamp);
             self.bytes = self.entries.values().map(|e| e.size).sum();
         }
         while self.bytes + size > budget {
@@ -358,6 +372,7 @@ impl TokenCache {
             caller,
             exp,
             size,
+            stamp,
         };
         if let Some(old) = self.entries.insert(signature_of(token).into(), entry) {
             self.bytes -= old.size;
@@ -432,8 +447,11 @@ impl Auth {
         verified.bytes = 0;
     }
 
-    fn generation(&self) -> u64 {
-        self.generation.load(Ordering::SeqCst)
+    /// The stamp cache entries are found and kept under now (`None`: use
+    /// and keep nothing).
+    fn stamp(&self, meta: &Metadata) -> Option<Stamp> {
+        let generation = self.generation.load(Ordering::SeqCst);
+        meta.cache_epoch().map(|epoch| (generation, epoch))
     }
 
     /// Works out who sent the request. Credentials in `Authorization` win;
@@ -495,10 +513,10 @@ impl Auth {
                 .duration_since(std::time::UNIX_EPOCH)
                 .map(|d| d.as_secs())
                 .unwrap_or(0);
-            if let Some(caller) = self.token_cache().get(token, now) {
+            let stamp = self.stamp(meta);
+            if let Some(caller) = stamp.and_then(|st| self.token_cache().get(token, now, st)) {
                 return Ok(caller);
             }
-            let generation = self.generation();
             let claims = self.keys.verify(token).map_err(|e| {
                 tracing::info!(%peer, reason = %e, "bearer token refused");
                 self.unauthorized(headers, None, Some("invalid_token"), &e.to_string())
@@ -523,11 +541,10 @@ impl Auth {
                 token_subject,
             };
             let mut cache = self.token_cache();
-            if self.generation() == generation {
+            if let Some(st) = stamp.filter(|st| self.stamp(meta) == Some(*st)) {
                 cache.insert(
                     token,
-                    caller.clone(),
-                    claims.exp,
+                    (caller.clone(), claims.exp, st),
                     now,
                     self.config.limits.token_cache_bytes,
                 );
@@ -555,7 +572,9 @@ impl Auth {
         self.verified.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn login_cache(&self) -> std::sync::MutexGuard<'_, HashMap<[u8; 32], (Identity, Instant)>> {
+    fn login_cache(
+        &self,
+    ) -> std::sync::MutexGuard<'_, HashMap<[u8; 32], (Identity, Instant, Stamp)>> {
         self.logins.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -580,12 +599,12 @@ impl Auth {
             .chain_update(password.as_bytes())
             .finalize()
             .into();
-        if let Some((identity, until)) = self.login_cache().get(&cache_key) {
-            if Instant::now() < *until {
+        let stamp = self.stamp(meta);
+        if let Some((identity, until, found)) = self.login_cache().get(&cache_key) {
+            if Instant::now() < *until && Some(*found) == stamp {
                 return Ok(identity.clone());
             }
         }
-        let generation = self.generation();
         let identity = match api_token::parse(password) {
             // The admin's password, however it looks, is the admin's.
             Some(presented)
@@ -602,14 +621,14 @@ impl Auth {
             ttl = ttl.min(Duration::from_millis(left.max(0) as u64));
         }
         let mut cache = self.login_cache();
-        if self.generation() == generation {
+        if let Some(st) = stamp.filter(|st| self.stamp(meta) == Some(*st)) {
             if cache.len() >= LOGIN_CACHE_ENTRIES {
-                cache.retain(|_, (_, until)| Instant::now() < *until);
+                cache.retain(|_, (_, until, found)| Instant::now() < *until && *found == st);
                 if cache.len() >= LOGIN_CACHE_ENTRIES {
                     cache.clear();
                 }
             }
-            cache.insert(cache_key, (identity.clone(), Instant::now() + ttl));
+            cache.insert(cache_key, (identity.clone(), Instant::now() + ttl, st));
         }
         Ok(identity)
     }
@@ -1264,18 +1283,27 @@ mod tests {
     fn the_token_cache_finds_only_the_very_token_it_verified() {
         let mut cache = TokenCache::default();
         let caller = Caller::new(Principal::Namespace("tool-a".into()), Some(Vec::new()));
-        cache.insert("head.claims.sig", caller, 100, 10, 1 << 20);
-        assert!(cache.get("head.claims.sig", 50).is_some());
+        let st = (0, 7);
+        cache.insert("head.claims.sig", (caller, 100, st), 10, 1 << 20);
+        assert!(cache.get("head.claims.sig", 50, st).is_some());
         // Another token ending in the same signature is no hit.
-        assert!(cache.get("head.forged.sig", 50).is_none());
-        assert!(cache.get("sig", 50).is_none());
+        assert!(cache.get("head.forged.sig", 50, st).is_none());
+        assert!(cache.get("sig", 50, st).is_none());
         // Nor is it past its expiry.
-        assert!(cache.get("head.claims.sig", 100).is_none());
+        assert!(cache.get("head.claims.sig", 100, st).is_none());
+        // Nor after an invalidation: here or (the epoch) on another replica.
+        assert!(cache.get("head.claims.sig", 50, (1, 7)).is_none());
+        assert!(cache.get("head.claims.sig", 50, (0, 8)).is_none());
         // The byte bound holds: a token too large for a quarter of it is
         // not kept.
         let big = format!("h.{}.s2", "c".repeat(4096));
-        cache.insert(&big, Caller::new(Principal::Admin, None), 100, 10, 8192);
-        assert!(cache.get(&big, 50).is_none());
+        cache.insert(
+            &big,
+            (Caller::new(Principal::Admin, None), 100, st),
+            10,
+            8192,
+        );
+        assert!(cache.get(&big, 50, st).is_none());
     }
 
     #[test]

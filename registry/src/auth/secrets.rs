@@ -28,6 +28,12 @@ pub fn load_or_create(path: &Path) -> std::io::Result<String> {
         Err(e) => return Err(e),
     }
     let secret = generate_secret();
+    write_secret(path, &secret)?;
+    Ok(secret)
+}
+
+/// Writes `secret` to `path` (mode 0600, replacing what was there).
+pub fn write_secret(path: &Path, secret: &str) -> std::io::Result<()> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)?;
     }
@@ -40,8 +46,7 @@ pub fn load_or_create(path: &Path) -> std::io::Result<String> {
     }
     let mut f = options.open(path)?;
     writeln!(f, "{secret}")?;
-    f.sync_all()?;
-    Ok(secret)
+    f.sync_all()
 }
 
 /// Hashes a namespace secret for storage (slow by design: run it on a

@@ -50,7 +50,7 @@ pub async fn issue_credentials(state: &State, ns: &str) -> ApiResult<crate::api:
         .await
         .map_err(|e| ApiError::internal(format!("hashing failed: {e}")))?;
     let created = state.storage.meta.set_namespace_secret(ns, hash).await?;
-    credentials_changed(state, ns);
+    credentials_changed(state, ns).await?;
     tracing::info!(namespace = ns, created, "namespace credentials issued");
     Ok(crate::api::Credentials {
         username: ns.to_owned(),
@@ -75,15 +75,16 @@ pub async fn revoke(state: &State, ns: &str) -> ApiResult<()> {
             format!("namespace {ns} has no credentials"),
         ));
     }
-    credentials_changed(state, ns);
+    credentials_changed(state, ns).await?;
     tracing::info!(namespace = ns, "namespace credentials revoked");
     Ok(())
 }
 
-fn credentials_changed(state: &State, ns: &str) {
+async fn credentials_changed(state: &State, ns: &str) -> ApiResult<()> {
     state.auth.credentials_changed();
     state
         .ui
         .sessions
-        .end_all(&crate::auth::Principal::Namespace(ns.to_owned()));
+        .end_all(&crate::auth::Principal::Namespace(ns.to_owned()))
+        .await
 }

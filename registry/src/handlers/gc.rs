@@ -37,7 +37,15 @@ pub async fn run_job(state: &State, job: &str, dry_run: bool) -> ApiResult<api::
             format!("no GC job {job:?}; the jobs are tag-cleanup and untagged"),
         )
     })?;
-    Ok(state.gc.run(job, dry_run, "admin").await)
+    match state.gc.run(job, dry_run, "admin").await {
+        Ok(report) => Ok(report),
+        Err(e @ berth_gc::RunRefused::Busy { .. }) => Err(ApiError::new(
+            StatusCode::CONFLICT,
+            Code::Denied,
+            e.to_string(),
+        )),
+        Err(berth_gc::RunRefused::Storage(e)) => Err(e.into()),
+    }
 }
 
 /// `GET /admin/v1/gc/runs[?limit=N]`: newest first.

@@ -47,7 +47,14 @@ pub async fn handle(
     }
     let (parts, body) = req.into_parts();
     let token = cookie(&parts.headers, COOKIE).map(str::to_owned);
-    let mut session = token.as_deref().and_then(|t| state.ui.sessions.get(t));
+    // Assets, `/` and the sign-in POST never look at the session: with
+    // PostgreSQL a lookup is a write (the session's use), and a page
+    // loads its stylesheet and script besides.
+    let needs_session = !matches!(op, UiOp::Asset(_) | UiOp::Root | UiOp::Login);
+    let mut session = match token.as_deref() {
+        Some(t) if needs_session => state.ui.sessions.get(t).await?,
+        _ => None,
+    };
     // A session signed in with an API token lasts only while the token
     // does: revoked or expired, the session ends here.
     if let (Some(s), Some(cookie_value)) = (&session, token.as_deref()) {
@@ -57,7 +64,7 @@ pub async fn handle(
                 .token_origin(&state.storage.meta, &api_token.id, s.principal.name())
                 .await;
             if still.is_err() {
-                state.ui.sessions.end(cookie_value);
+                state.ui.sessions.end(cookie_value).await?;
                 session = None;
             }
         }
@@ -224,8 +231,8 @@ async fn respond(
         None
     };
     let form = form.unwrap_or_default();
-    let flash_to = |message: &str, location: &str| {
-        state.ui.sessions.flash(token, message);
+    let flash_to = async |message: &str, location: &str| -> Result<Response<Body>, Failure> {
+        state.ui.sessions.flash(token, message).await?;
         Ok(redirect(location))
     };
     match op {
@@ -234,7 +241,7 @@ async fn respond(
             _ => page(pages::overview(state, ctx).await?),
         },
         UiOp::Logout => {
-            state.ui.sessions.end(token);
+            state.ui.sessions.end(token).await?;
             let mut resp = redirect("/ui/login");
             add_cookie(
                 &mut resp,
@@ -261,6 +268,7 @@ async fn respond(
                 ),
                 &back,
             )
+            .await
         }
         UiOp::Namespace(ns) => {
             owner(&ns)?;
@@ -285,6 +293,7 @@ async fn respond(
                 ),
                 &format!("/ui/namespaces/{ns}"),
             )
+            .await
         }
         UiOp::RotateCredentials(ns) => {
             admin("managing credentials")?;
@@ -298,6 +307,7 @@ async fn respond(
                 &format!("The account {ns} is revoked; its sign-ins and sessions ended."),
                 &format!("/ui/namespaces/{ns}"),
             )
+            .await
         }
         // API tokens: what `/v1/namespaces/{ns}/tokens` allows, the same
         // way (the namespace's own account or the admin; no token makes
@@ -319,6 +329,7 @@ async fn respond(
                 &format!("The API token {id} is revoked; it stopped working at once."),
                 &format!("/ui/namespaces/{ns}"),
             )
+            .await
         }
         UiOp::Gc => {
             admin("garbage collection")?;
@@ -341,6 +352,7 @@ async fn respond(
                 ),
                 &format!("/ui/gc/runs/{}", report.id),
             )
+            .await
         }
         UiOp::Builds => match ctx.own_tool() {
             Some(tool) if !ctx.is_admin() => Ok(redirect(&format!("/ui/tools/{tool}/builds"))),
@@ -362,7 +374,7 @@ async fn respond(
                 msg.push(' ');
                 msg.push_str(&w);
             }
-            flash_to(&msg, &format!("/ui/tools/{tool}/builds/{}", record.id))
+            flash_to(&msg, &format!("/ui/tools/{tool}/builds/{}", record.id)).await
         }
         UiOp::Build(tool, id) => {
             let tool = tool_owner(&tool)?;
@@ -386,6 +398,7 @@ async fn respond(
                 &format!("Build {} is {}.", b.id, b.status),
                 &format!("/ui/tools/{tool}/builds/{}", b.id),
             )
+            .await
         }
         UiOp::Clean(tool) => {
             let tool = tool_writer(&tool)?;
@@ -394,6 +407,7 @@ async fn respond(
                 &info.join(" "),
                 &format!("/ui/namespaces/{}", state.builds.namespace(&tool)),
             )
+            .await
         }
         UiOp::SetTrigger(tool) => {
             let tool = tool_writer(&tool)?;
@@ -401,10 +415,13 @@ async fn respond(
             let (_, shown) = handlers::triggers::set(state, &tool, request).await?;
             match shown.secret {
                 Some(_) => page(pages::trigger_shown(ctx, &tool, &shown)),
-                None => flash_to(
-                    "The build trigger is updated; its hook URL and secret are unchanged.",
-                    &format!("/ui/tools/{tool}/builds"),
-                ),
+                None => {
+                    flash_to(
+                        "The build trigger is updated; its hook URL and secret are unchanged.",
+                        &format!("/ui/tools/{tool}/builds"),
+                    )
+                    .await
+                }
             }
         }
         UiOp::RotateTrigger(tool) => {
@@ -419,6 +436,7 @@ async fn respond(
                 "The build trigger is deleted; remove the webhook from the forge too.",
                 &format!("/ui/tools/{tool}/builds"),
             )
+            .await
         }
         UiOp::Storage => {
             admin("storage over time")?;
@@ -668,7 +686,7 @@ async fn login(
         }
     };
     let principal = identity.principal.clone();
-    let value = state.ui.sessions.create(identity)?;
+    let value = state.ui.sessions.create(identity).await?;
     tracing::info!(%peer, user = principal.name(), "console sign-in");
     let secure = state.ui.secure(parts);
     // A tool's account lands on its own namespace.

@@ -16,6 +16,7 @@ pub mod session;
 pub mod views;
 
 use crate::metrics::RequestTotals;
+use berth_storage::lease::{self, Lease, Taken};
 use serde::Deserialize;
 use std::collections::VecDeque;
 use std::sync::Mutex;
@@ -118,13 +119,18 @@ pub struct Rates {
 }
 
 impl Console {
-    pub fn new(config: UiConfig) -> Console {
-        let sessions = session::Sessions::new(session::SessionLimits {
-            max: config.sessions,
-            per_account: config.sessions_per_account,
-            ttl: config.session_ttl,
-            idle: config.session_idle,
-        });
+    /// The console; its sessions are kept in `meta` when replicas share
+    /// it (PostgreSQL), else in memory.
+    pub fn new(config: UiConfig, meta: &berth_storage::Metadata) -> Console {
+        let sessions = session::Sessions::for_store(
+            session::SessionLimits {
+                max: config.sessions,
+                per_account: config.sessions_per_account,
+                ttl: config.session_ttl,
+                idle: config.session_idle,
+            },
+            meta,
+        );
         Console {
             config,
             sessions,
@@ -191,13 +197,35 @@ pub async fn run_sampler(state: std::sync::Arc<crate::State>) {
             continue;
         }
         next_usage = Instant::now() + state.ui.config.usage_sample_interval;
-        let started = Instant::now();
-        match state
-            .storage
-            .meta
-            .sample_usage(berth_storage::now_ms(), keep)
-            .await
+        // With several replicas, one sample per interval across them: the
+        // interval's window is the slot, taken under the sampler's lease.
+        let every_ms = state
+            .ui
+            .config
+            .usage_sample_interval
+            .as_millis()
+            .clamp(1, i64::MAX as u128) as i64;
+        let now = berth_storage::now_ms();
+        let slot = now - now.rem_euclid(every_ms);
+        let lease = match Lease::acquire(
+            &state.storage.meta,
+            "usage-sample",
+            lease::DEFAULT_TTL,
+            Some(slot),
+        )
+        .await
         {
+            Ok(Taken::Lease(l)) => l,
+            Ok(_) => continue, // another replica sampled (or is sampling) this interval
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot take the sampler's lease; next try at the next interval");
+                continue;
+            }
+        };
+        let started = Instant::now();
+        let sampled = state.storage.meta.sample_usage(now, keep).await;
+        lease.release().await;
+        match sampled {
             Ok(r) => tracing::info!(
                 namespaces_changed = r.recorded,
                 pruned = r.pruned,

@@ -1,10 +1,13 @@
-//! Console sign-in sessions: in memory, bounded, lost on restart.
+//! Console sign-in sessions: in memory with SQLite, rows with PostgreSQL;
+//! bounded either way.
 //!
-//! Why memory and not the database: berth is one process per data dir
-//! today, a session is worth a sign-in at most, and keeping them out of
-//! SQLite keeps every page view from being a write. When several replicas
-//! share a database (issue 15) sessions become rows like upload sessions
-//! (ARCHITECTURE.md, the storage contract).
+//! Why memory with SQLite: berth is one process per data dir there, a
+//! session is worth a sign-in at most, and keeping them out of SQLite
+//! keeps every page view from being a write (a restart signs people out
+//! and nothing else). With PostgreSQL, replicas share the sessions
+//! (`ui_sessions`, migration 13), so a sign-in on one works on every
+//! other and a sign-out or a revocation on one ends it everywhere; a page
+//! view there is one `UPDATE ... RETURNING` (its use and its flash).
 //!
 //! A session is found by the SHA-256 of its cookie value (the value itself
 //! is not kept), carries its own CSRF token, ends after `session_idle`
@@ -12,11 +15,14 @@
 //! sign-out or when its account's credentials are revoked. Bounded overall
 //! (`sessions`; a full table refuses new sign-ins with 429 rather than
 //! evicting other people) and per account (`sessions_per_account`; the
-//! account's oldest session makes room).
+//! account's oldest session makes room); with PostgreSQL both across
+//! replicas (the creation is serialised by an advisory lock).
 
 use crate::auth::secrets;
 use crate::auth::{Identity, Principal, TokenUse};
 use crate::error::ApiError;
+use berth_storage::meta::{UiSessionBounds, UiSessionRow};
+use berth_storage::Metadata;
 use http::HeaderMap;
 use sha2::{Digest as _, Sha256};
 use std::collections::HashMap;
@@ -62,22 +68,62 @@ struct Entry {
 pub struct Sessions {
     limits: SessionLimits,
     entries: Mutex<HashMap<[u8; 32], Entry>>,
+    /// With a database replicas share (PostgreSQL): sessions are its rows
+    /// and `entries` stays empty.
+    shared: Option<Metadata>,
 }
 
 fn key(token: &str) -> [u8; 32] {
     Sha256::digest(token.as_bytes()).into()
 }
 
+/// A database failure while reading or writing a session.
+fn unavailable(e: berth_storage::StorageError) -> ApiError {
+    tracing::error!(error = %e, "console session store failed");
+    ApiError::unavailable("console sessions could not be read or written; try again")
+}
+
 impl Sessions {
+    /// In-memory sessions (one process).
     pub fn new(limits: SessionLimits) -> Sessions {
         Sessions {
             limits,
             entries: Mutex::new(HashMap::new()),
+            shared: None,
+        }
+    }
+
+    /// Sessions kept in `meta` when replicas share it (PostgreSQL), else
+    /// in memory.
+    pub fn for_store(limits: SessionLimits, meta: &Metadata) -> Sessions {
+        Sessions {
+            shared: meta.shared().then(|| meta.clone()),
+            ..Sessions::new(limits)
         }
     }
 
     pub fn limits(&self) -> SessionLimits {
         self.limits
+    }
+
+    fn bounds(&self) -> UiSessionBounds {
+        let ms = |d: Duration| d.as_millis().min(i64::MAX as u128) as i64;
+        UiSessionBounds {
+            max: self.limits.max,
+            per_account: self.limits.per_account,
+            ttl_ms: ms(self.limits.ttl),
+            idle_ms: ms(self.limits.idle),
+        }
+    }
+
+    fn full(&self) -> ApiError {
+        ApiError::too_many(
+            "ui_sessions",
+            format!(
+                "the console has {} sessions open, its limit ([ui] sessions); try again later",
+                self.limits.max
+            ),
+        )
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<[u8; 32], Entry>> {
@@ -90,7 +136,25 @@ impl Sessions {
     }
 
     /// Starts a session for `identity`; returns the cookie value.
-    pub fn create(&self, identity: Identity) -> Result<String, ApiError> {
+    pub async fn create(&self, identity: Identity) -> Result<String, ApiError> {
+        let token = secrets::generate_secret();
+        if let Some(meta) = &self.shared {
+            let row = UiSessionRow {
+                principal: identity.principal.name().to_owned(),
+                token_id: identity.token.as_ref().map(|t| t.id.clone()),
+                token_scope: identity.token.as_ref().map(|t| t.scope),
+                token_expires_ms: identity.token.as_ref().map(|t| t.expires_ms),
+                csrf: secrets::generate_secret(),
+                created_ms: 0,
+                last_seen_ms: 0,
+                flash: None,
+            };
+            let created = meta
+                .create_ui_session(key(&token).to_vec(), row, self.bounds())
+                .await
+                .map_err(unavailable)?;
+            return if created { Ok(token) } else { Err(self.full()) };
+        }
         let Identity {
             principal,
             token: api_token,
@@ -117,15 +181,8 @@ impl Sessions {
             });
         }
         if map.len() >= self.limits.max {
-            return Err(ApiError::too_many(
-                "ui_sessions",
-                format!(
-                    "the console has {} sessions open, its limit ([ui] sessions); try again later",
-                    self.limits.max
-                ),
-            ));
+            return Err(self.full());
         }
-        let token = secrets::generate_secret();
         map.insert(
             key(&token),
             Entry {
@@ -142,51 +199,90 @@ impl Sessions {
 
     /// The live session of `token` (its use counts against the idle time);
     /// the flash message, if any, is handed over once.
-    pub fn get(&self, token: &str) -> Option<Session> {
-        let now = Instant::now();
+    pub async fn get(&self, token: &str) -> Result<Option<Session>, ApiError> {
         let k = key(token);
+        if let Some(meta) = &self.shared {
+            let Some(row) = meta
+                .ui_session(k.to_vec(), self.bounds())
+                .await
+                .map_err(unavailable)?
+            else {
+                return Ok(None);
+            };
+            let token = match (row.token_id, row.token_scope, row.token_expires_ms) {
+                (Some(id), Some(scope), Some(expires_ms)) => Some(TokenUse {
+                    id,
+                    scope,
+                    expires_ms,
+                }),
+                _ => None,
+            };
+            return Ok(Some(Session {
+                principal: Principal::from_subject(&row.principal),
+                token,
+                csrf: row.csrf,
+                flash: row.flash,
+            }));
+        }
+        let now = Instant::now();
         let mut map = self.lock();
         let live = map.get(&k).is_some_and(|e| self.live(e, now));
         if !live {
             map.remove(&k);
-            return None;
+            return Ok(None);
         }
-        let e = map.get_mut(&k)?;
+        let Some(e) = map.get_mut(&k) else {
+            return Ok(None);
+        };
         e.last_seen = now;
-        Some(Session {
+        Ok(Some(Session {
             principal: e.principal.clone(),
             token: e.token.clone(),
             csrf: e.csrf.clone(),
             flash: e.flash.take(),
-        })
+        }))
     }
 
     /// A message shown on the next page of this session.
-    pub fn flash(&self, token: &str, message: &str) {
+    pub async fn flash(&self, token: &str, message: &str) -> Result<(), ApiError> {
         let mut text: String = message.chars().take(FLASH_BYTES / 4).collect();
         text.truncate(FLASH_BYTES);
+        if let Some(meta) = &self.shared {
+            return meta
+                .set_ui_session_flash(key(token).to_vec(), text)
+                .await
+                .map_err(unavailable);
+        }
         if let Some(e) = self.lock().get_mut(&key(token)) {
             e.flash = Some(text);
         }
+        Ok(())
     }
 
-    /// Sign-out: the session is gone, whatever its cookie says.
-    pub fn end(&self, token: &str) {
+    /// Sign-out: the session is gone, whatever its cookie says (on every
+    /// replica).
+    pub async fn end(&self, token: &str) -> Result<(), ApiError> {
+        if let Some(meta) = &self.shared {
+            return meta
+                .end_ui_session(key(token).to_vec())
+                .await
+                .map_err(unavailable);
+        }
         self.lock().remove(&key(token));
+        Ok(())
     }
 
     /// Ends every session of `principal` (its credentials were revoked or
     /// rotated).
-    pub fn end_all(&self, principal: &Principal) {
+    pub async fn end_all(&self, principal: &Principal) -> Result<(), ApiError> {
+        if let Some(meta) = &self.shared {
+            return meta
+                .end_ui_sessions_of(principal.name())
+                .await
+                .map_err(unavailable);
+        }
         self.lock().retain(|_, e| &e.principal != principal);
-    }
-
-    pub fn len(&self) -> usize {
-        self.lock().len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
+        Ok(())
     }
 }
 
@@ -227,38 +323,47 @@ mod tests {
         }
     }
 
-    #[test]
-    fn sessions_are_bounded_per_account_and_overall() {
+    #[tokio::test]
+    async fn sessions_are_bounded_per_account_and_overall() {
         let s = Sessions::new(limits());
         let ns = |n: &str| Principal::Namespace(n.into());
-        let a1 = s.create(Identity::of(ns("tool-a"))).unwrap();
-        let a2 = s.create(Identity::of(ns("tool-a"))).unwrap();
-        let a3 = s.create(Identity::of(ns("tool-a"))).unwrap();
-        assert!(s.get(&a1).is_none(), "the account's oldest made room");
-        assert!(s.get(&a2).is_some() && s.get(&a3).is_some());
-        s.create(Identity::of(ns("tool-b"))).unwrap();
-        s.create(Identity::of(ns("tool-c"))).unwrap();
-        let full = s.create(Identity::of(ns("tool-d"))).unwrap_err();
+        let a1 = s.create(Identity::of(ns("tool-a"))).await.unwrap();
+        let a2 = s.create(Identity::of(ns("tool-a"))).await.unwrap();
+        let a3 = s.create(Identity::of(ns("tool-a"))).await.unwrap();
+        assert!(
+            s.get(&a1).await.unwrap().is_none(),
+            "the account's oldest made room"
+        );
+        assert!(s.get(&a2).await.unwrap().is_some() && s.get(&a3).await.unwrap().is_some());
+        s.create(Identity::of(ns("tool-b"))).await.unwrap();
+        s.create(Identity::of(ns("tool-c"))).await.unwrap();
+        let full = s.create(Identity::of(ns("tool-d"))).await.unwrap_err();
         assert_eq!(full.status, http::StatusCode::TOO_MANY_REQUESTS);
         assert_eq!(full.limit, Some("ui_sessions"));
-        assert!(s.get(&a2).is_some(), "nobody else was evicted");
-        s.end_all(&ns("tool-a"));
-        assert!(s.get(&a2).is_none() && s.get(&a3).is_none());
-        s.create(Identity::of(ns("tool-d"))).unwrap();
+        assert!(
+            s.get(&a2).await.unwrap().is_some(),
+            "nobody else was evicted"
+        );
+        s.end_all(&ns("tool-a")).await.unwrap();
+        assert!(s.get(&a2).await.unwrap().is_none() && s.get(&a3).await.unwrap().is_none());
+        s.create(Identity::of(ns("tool-d"))).await.unwrap();
     }
 
-    #[test]
-    fn sign_out_and_flash() {
+    #[tokio::test]
+    async fn sign_out_and_flash() {
         let s = Sessions::new(limits());
-        let t = s.create(Identity::of(Principal::Admin)).unwrap();
-        let csrf = s.get(&t).unwrap().csrf;
+        let t = s.create(Identity::of(Principal::Admin)).await.unwrap();
+        let csrf = s.get(&t).await.unwrap().unwrap().csrf;
         assert_eq!(csrf.len(), 43);
-        s.flash(&t, "done");
-        assert_eq!(s.get(&t).unwrap().flash.as_deref(), Some("done"));
-        assert_eq!(s.get(&t).unwrap().flash, None, "shown once");
-        s.end(&t);
-        assert!(s.get(&t).is_none());
-        assert!(s.get("not-a-session").is_none());
+        s.flash(&t, "done").await.unwrap();
+        assert_eq!(
+            s.get(&t).await.unwrap().unwrap().flash.as_deref(),
+            Some("done")
+        );
+        assert_eq!(s.get(&t).await.unwrap().unwrap().flash, None, "shown once");
+        s.end(&t).await.unwrap();
+        assert!(s.get(&t).await.unwrap().is_none());
+        assert!(s.get("not-a-session").await.unwrap().is_none());
     }
 
     #[test]

@@ -176,6 +176,86 @@ impl Metadata {
     }
 }
 
+impl Metadata {
+    /// This process's id among replicas sharing a PostgreSQL database;
+    /// `None` with SQLite (one process per data dir).
+    pub fn replica_id(&self) -> Option<&str> {
+        match self {
+            Metadata::Sqlite(_) => None,
+            Metadata::Postgres(m) => Some(m.replica_id()),
+        }
+    }
+
+    /// Whether what this process keeps in memory can go stale behind its
+    /// back: true when other replicas may share the database.
+    pub fn shared(&self) -> bool {
+        matches!(self, Metadata::Postgres(_))
+    }
+
+    /// The invalidation epoch a cache entry must have been found in to be
+    /// used: with PostgreSQL it moves with every credential, token, quota
+    /// or retention change on any replica (NOTIFY), and is `None` while
+    /// this replica cannot hear those (nothing cached may be used then).
+    /// SQLite: always `Some(0)`; its one process clears its caches itself.
+    pub fn cache_epoch(&self) -> Option<u64> {
+        match self {
+            Metadata::Sqlite(_) => Some(0),
+            Metadata::Postgres(m) => m.cache_epoch(),
+        }
+    }
+}
+
+/// Writes `Metadata` methods that exist only with PostgreSQL (state that
+/// replicas share; SQLite's one process keeps it in memory or files and
+/// never calls these): with SQLite they fail rather than pretend.
+macro_rules! postgres_only {
+    ($( $(#[$attr:meta])* fn $name:ident(&self $(, $arg:ident: $ty:ty)* $(,)?) -> $ret:ty; )*) => {
+        impl Metadata {
+            $(
+                $(#[$attr])*
+                pub async fn $name(&self $(, $arg: $ty)*) -> Result<$ret, StorageError> {
+                    match self {
+                        Metadata::Sqlite(_) => Err(StorageError::Internal(format!(
+                            "{} is kept in the database only with PostgreSQL",
+                            stringify!($name)
+                        ))),
+                        Metadata::Postgres(m) => m.$name($($arg),*).await,
+                    }
+                }
+            )*
+        }
+    };
+}
+
+postgres_only! {
+    /// The secret `name` all replicas share: `candidate` unless one is
+    /// stored already (then that one).
+    fn shared_secret(&self, name: &str, candidate: String) -> String;
+    /// Takes a job's lease unless another replica holds it or (`slot`) the
+    /// schedule slot was run already.
+    fn acquire_lease(&self, job: &str, ttl_ms: i64, slot: Option<i64>) -> LeaseOutcome;
+    /// Extends this replica's lease; false when it lost it.
+    fn renew_lease(&self, job: &str, ttl_ms: i64) -> bool;
+    fn release_lease(&self, job: &str) -> ();
+    fn heartbeat(&self) -> ();
+    fn live_replicas(&self) -> Vec<String>;
+    /// Claims the oldest queued build this replica may start under the caps.
+    fn claim_build(&self, max_parallel: usize, per_tool_parallel: usize) -> Option<BuildRecord>;
+    fn request_build_cancel(&self, id: &str) -> bool;
+    fn cancel_requested_builds(&self) -> Vec<String>;
+    /// Build logs every replica reads (each replica also writes its file).
+    fn append_build_log(&self, id: &str, data: Vec<u8>) -> ();
+    fn build_log_after(&self, id: &str, after: i64, limit: u32) -> Vec<(i64, Vec<u8>)>;
+    fn expire_build_logs(&self, before_ms: i64) -> u64;
+    /// A new console session within `bounds`; false when the table is full.
+    fn create_ui_session(&self, key: Vec<u8>, s: UiSessionRow, bounds: UiSessionBounds) -> bool;
+    fn ui_session(&self, key: Vec<u8>, bounds: UiSessionBounds) -> Option<UiSessionRow>;
+    fn set_ui_session_flash(&self, key: Vec<u8>, flash: String) -> ();
+    fn end_ui_session(&self, key: Vec<u8>) -> ();
+    fn end_ui_sessions_of(&self, principal: &str) -> ();
+    fn ui_session_count(&self) -> u64;
+}
+
 /// Writes, for each listed method, `Metadata`'s: a `match` calling the
 /// backend's method of the same name and arguments. The documentation of
 /// each is on the backends' methods (the SQLite one is the reference).
@@ -328,6 +408,6 @@ mod tests {
             super::sqlite::Sqlite::schema_version(),
             super::postgres::Postgres::schema_version()
         );
-        assert_eq!(super::Metadata::schema_version(), 11);
+        assert_eq!(super::Metadata::schema_version(), 13);
     }
 }

@@ -517,3 +517,50 @@ pub struct RowBatch {
     pub columns: Vec<String>,
     pub rows: Vec<Vec<Cell>>,
 }
+
+// ------------------------------------------------------------ replicas ----
+// What several replicas sharing a PostgreSQL database keep there (issue 15):
+// leases on jobs, console sessions. SQLite (one process per data dir) keeps
+// these in the process.
+
+/// What asking for a job's lease found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LeaseOutcome {
+    /// This replica holds it until it renews or releases it; `interrupted`
+    /// GC runs of the job another replica left unfinished were marked so.
+    Acquired { interrupted: usize },
+    /// Another replica holds it, unexpired.
+    Held { holder: String },
+    /// The schedule slot asked for has been run already (by any replica).
+    SlotDone,
+}
+
+/// A console session as stored (found by the SHA-256 of its cookie).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UiSessionRow {
+    /// `admin`, or the namespace account's name.
+    pub principal: String,
+    /// The API token signed in with, if one was the password.
+    pub token_id: Option<String>,
+    pub token_scope: Option<TokenScope>,
+    pub token_expires_ms: Option<i64>,
+    pub csrf: String,
+    pub created_ms: i64,
+    pub last_seen_ms: i64,
+    /// Shown once (handed over by the read that finds it).
+    pub flash: Option<String>,
+}
+
+/// The bounds a console session is kept within.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UiSessionBounds {
+    pub max: usize,
+    pub per_account: usize,
+    pub ttl_ms: i64,
+    pub idle_ms: i64,
+}
+
+/// How long a replica's heartbeat may be silent before what it was running
+/// counts as abandoned (it beats every `REPLICA_HEARTBEAT_MS`).
+pub const REPLICA_STALE_MS: i64 = 30_000;
+pub const REPLICA_HEARTBEAT_MS: i64 = 5_000;

@@ -117,6 +117,11 @@ pub fn database_of(url: &str) -> &str {
 }
 
 impl Server {
+    /// The psql client the harness uses (for a session a test keeps open).
+    pub fn psql_binary(&self) -> &Path {
+        &self.psql
+    }
+
     /// The URL of database `name` on this server (over its socket, whose
     /// name carries the port).
     pub fn url(&self, name: &str) -> String {

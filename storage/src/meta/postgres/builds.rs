@@ -6,6 +6,7 @@
 
 use super::{col, exec, keys, opt, rows, transaction, Postgres};
 use crate::meta::builds::*;
+use crate::meta::types::REPLICA_STALE_MS;
 use crate::{now_ms, StorageError};
 use deadpool_postgres::GenericClient;
 
@@ -164,23 +165,152 @@ impl Postgres {
         Ok(n == 1)
     }
 
-    /// Marks running builds as failed: at start-up, for builds a previous
-    /// process left running. With several replicas this would fail builds
-    /// another replica is running: builds need an owner and a lease first
-    /// (a later phase).
+    /// Marks as failed the running builds whose replica stopped: its
+    /// heartbeat is older than `REPLICA_STALE_MS` (or it never had one: a
+    /// build claimed before replicas were recorded). A live replica's
+    /// builds are never touched, so every replica may run this at start and
+    /// periodically.
     pub async fn fail_orphaned_builds(&self, message: &str) -> Result<usize, StorageError> {
         let c = self.client().await?;
+        let now = now_ms();
         Ok(exec(
             &c,
-            "UPDATE builds SET status = $1, message = $2, end_ms = $3 WHERE status = $4",
+            "UPDATE builds SET status = $1, message = $2, end_ms = $3
+             WHERE status = $4 AND NOT EXISTS (
+                 SELECT 1 FROM replicas r WHERE r.id = builds.replica AND r.heartbeat_ms > $5)",
             &[
                 &BuildStatus::Failure.as_str(),
                 &message,
-                &now_ms(),
+                &now,
                 &BuildStatus::Running.as_str(),
+                &(now - REPLICA_STALE_MS),
             ],
         )
         .await? as usize)
+    }
+
+    /// Claims the oldest queued build this replica may start: fewer than
+    /// `max_parallel` builds running on this replica, fewer than
+    /// `per_tool_parallel` of its tool running on any replica. Moves it to
+    /// running, recording this replica, and returns it as it now stands.
+    /// Claims are serialised by an advisory lock held to the commit (so
+    /// the per-tool count read holds until the claim is visible), and the
+    /// candidate row is locked with `SKIP LOCKED` (a build being cancelled
+    /// or coalesced onto is passed over, not waited for).
+    pub async fn claim_build(
+        &self,
+        max_parallel: usize,
+        per_tool_parallel: usize,
+    ) -> Result<Option<BuildRecord>, StorageError> {
+        let me = self.replica_id();
+        transaction!(self, |tx| {
+            exec(
+                &tx,
+                "SELECT pg_advisory_xact_lock($1)",
+                &[&keys::BUILD_CLAIMS],
+            )
+            .await?;
+            let claimed = opt(
+                &tx,
+                &format!(
+                    "UPDATE builds SET status = 'BUILD_RUNNING', message = 'running', start_ms = $1,
+                         replica = $2, cancel_requested = FALSE
+                     WHERE id = (
+                         SELECT b.id FROM builds b
+                         WHERE b.status = 'BUILD_PENDING'
+                           AND (SELECT COUNT(*) FROM builds r
+                                WHERE r.status = 'BUILD_RUNNING' AND r.replica = $2) < $3
+                           AND (SELECT COUNT(*) FROM builds r
+                                WHERE r.status = 'BUILD_RUNNING' AND r.tool = b.tool) < $4
+                         ORDER BY b.created_ms, b.id COLLATE \"C\"
+                         LIMIT 1
+                         FOR UPDATE SKIP LOCKED)
+                       AND status = 'BUILD_PENDING'
+                     RETURNING {COLUMNS}"
+                ),
+                &[
+                    &now_ms(),
+                    &me,
+                    &(max_parallel.min(i64::MAX as usize) as i64),
+                    &(per_tool_parallel.min(i64::MAX as usize) as i64),
+                ],
+            )
+            .await?;
+            claimed.as_ref().map(record).transpose()
+        })
+    }
+
+    /// Asks the replica running build `id` to cancel it (it polls
+    /// `cancel_requested_builds`); false when it is not running.
+    pub async fn request_build_cancel(&self, id: &str) -> Result<bool, StorageError> {
+        let c = self.client().await?;
+        Ok(exec(
+            &c,
+            "UPDATE builds SET cancel_requested = TRUE WHERE id = $1 AND status = 'BUILD_RUNNING'",
+            &[&id],
+        )
+        .await?
+            == 1)
+    }
+
+    /// This replica's running builds someone asked to cancel.
+    pub async fn cancel_requested_builds(&self) -> Result<Vec<String>, StorageError> {
+        let c = self.client().await?;
+        rows(
+            &c,
+            "SELECT id FROM builds WHERE status = 'BUILD_RUNNING' AND replica = $1 AND cancel_requested",
+            &[&self.replica_id()],
+        )
+        .await?
+        .iter()
+        .map(|r| col(r, 0))
+        .collect()
+    }
+
+    /// Appends a piece of build `id`'s log (what its log file got), so
+    /// every replica can serve the log. One writer per build flushes in
+    /// order (`BuildLog`), so its pieces' `seq` follow their commits.
+    pub async fn append_build_log(&self, id: &str, data: Vec<u8>) -> Result<(), StorageError> {
+        let c = self.client().await?;
+        exec(
+            &c,
+            "INSERT INTO build_log_chunks (build_id, at_ms, data) VALUES ($1, $2, $3)",
+            &[&id, &now_ms(), &data],
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// Pieces of build `id`'s log after `after` (a `seq`), oldest first, at
+    /// most `limit`.
+    pub async fn build_log_after(
+        &self,
+        id: &str,
+        after: i64,
+        limit: u32,
+    ) -> Result<Vec<(i64, Vec<u8>)>, StorageError> {
+        let c = self.client().await?;
+        rows(
+            &c,
+            "SELECT seq, data FROM build_log_chunks WHERE build_id = $1 AND seq > $2 ORDER BY seq LIMIT $3",
+            &[&id, &after, &i64::from(limit)],
+        )
+        .await?
+        .iter()
+        .map(|r| Ok((col(r, 0)?, col(r, 1)?)))
+        .collect()
+    }
+
+    /// Forgets log pieces written before `before_ms` (the logs' retention;
+    /// idempotent, so every replica may run it).
+    pub async fn expire_build_logs(&self, before_ms: i64) -> Result<u64, StorageError> {
+        let c = self.client().await?;
+        exec(
+            &c,
+            "DELETE FROM build_log_chunks WHERE at_ms < $1",
+            &[&before_ms],
+        )
+        .await
     }
 
     /// Allocation reads `MAX(n)` then inserts: behind an advisory lock, so

@@ -9,6 +9,7 @@
 
 use super::liveness;
 use super::quota;
+use super::shared::INTERRUPTED;
 use super::{col, exec, opt, rows, snapshot, transaction, unsigned, Postgres};
 use crate::meta::types::*;
 use crate::{now_ms, StorageError};
@@ -462,6 +463,7 @@ impl Postgres {
                     .await?;
                 }
             }
+            super::shared::notify(&tx, "retention").await?;
             Ok(())
         })
     }
@@ -480,9 +482,9 @@ impl Postgres {
         transaction!(self, |tx| {
             let r = super::one(
                 &tx,
-                "INSERT INTO gc_runs (job, dry_run, trigger, started_ms, finished_ms, report)
-                 VALUES ($1, $2, $3, $4, 0, $5) RETURNING id",
-                &[&job, &dry_run, &trigger, &started_ms, &report],
+                "INSERT INTO gc_runs (job, dry_run, trigger, started_ms, finished_ms, report, replica)
+                 VALUES ($1, $2, $3, $4, 0, $5, $6) RETURNING id",
+                &[&job, &dry_run, &trigger, &started_ms, &report, &self.replica_id()],
             )
             .await?;
             col(&r, 0)
@@ -506,17 +508,21 @@ impl Postgres {
         Ok(())
     }
 
-    /// Marks runs that never finished as interrupted. With several
-    /// replicas this also marks runs another replica has in progress: the
-    /// jobs' lease (a later phase) must come first there.
+    /// Marks runs that never finished as interrupted, except those of a
+    /// job whose lease is held unexpired by the replica running them: a
+    /// replica starting next to live ones leaves their runs alone (the
+    /// lease holder renews while it runs; `shared::acquire_lease` marks
+    /// the runs of a holder that lost its lease).
     pub async fn interrupt_unfinished_gc_runs(&self) -> Result<usize, StorageError> {
         let c = self.client().await?;
         Ok(exec(
             &c,
-            "UPDATE gc_runs SET finished_ms = $1,
-                 report = jsonb_set(CASE WHEN jsonb_typeof(report::jsonb) = 'object' THEN report::jsonb ELSE '{}'::jsonb END,
-                                    '{status}', '\"interrupted\"')::text
-             WHERE finished_ms = 0",
+            &format!(
+                "UPDATE gc_runs SET finished_ms = $1, report = {INTERRUPTED}
+                 WHERE finished_ms = 0 AND NOT EXISTS (
+                     SELECT 1 FROM job_leases l
+                     WHERE l.job = gc_runs.job AND l.holder = gc_runs.replica AND l.expires_ms > $1)"
+            ),
             &[&now_ms()],
         )
         .await? as usize)

@@ -16,9 +16,11 @@ impl Postgres {
     /// exactly the count in `expected` (what the source said it sent),
     /// moves identity sequences past the imported ids, and commits.
     /// Refuses before writing anything when any of berth's tables already
-    /// has rows: a migration goes into a new database.
+    /// has rows (but those in `transient`, which replicas fill as they
+    /// run): a migration goes into a new database.
     pub async fn import(
         &self,
+        transient: &[&str],
         mut batches: tokio::sync::mpsc::Receiver<RowBatch>,
         expected: tokio::sync::oneshot::Receiver<Result<Vec<(String, u64)>, StorageError>>,
     ) -> Result<Vec<(String, u64)>, StorageError> {
@@ -34,7 +36,10 @@ impl Postgres {
         .iter()
         .map(|r| r.try_get::<_, String>(0))
         .collect::<Result<_, _>>()?;
-        for table in known.iter().filter(|t| *t != "schema_migrations") {
+        for table in known
+            .iter()
+            .filter(|t| *t != "schema_migrations" && !transient.contains(&t.as_str()))
+        {
             let filled: bool = one(
                 &tx,
                 &format!("SELECT EXISTS (SELECT 1 FROM \"{table}\")"),

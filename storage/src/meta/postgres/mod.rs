@@ -37,6 +37,7 @@ mod liveness;
 mod queries;
 mod quota;
 mod schema;
+mod shared;
 mod tls;
 mod tokens;
 mod triggers;
@@ -67,6 +68,13 @@ struct Inner {
     touch_interval_ms: AtomicU64,
     /// See `events`: whether changes are recorded in the feed.
     events_on: AtomicBool,
+    /// This process's id among the replicas (a UUID per start): lease
+    /// holder, the replica a build or GC run belongs to.
+    replica_id: String,
+    /// The host name, for the `replicas` table (operators' eyes only).
+    host: String,
+    /// See `shared`: whether cache invalidations are being heard.
+    listening: Arc<shared::Listening>,
 }
 
 /// Parameters of a statement, as tokio-postgres takes them.
@@ -85,6 +93,11 @@ impl Postgres {
             ))
         })?;
         let tls = tls::for_config(&pg, config.tls_ca.as_deref())?;
+        let pg_config = pg.clone();
+        let host = tokio::fs::read_to_string("/proc/sys/kernel/hostname")
+            .await
+            .map(|h| h.trim().to_owned())
+            .unwrap_or_default();
         let pool = |size: usize| {
             let manager_config = ManagerConfig {
                 // A connection is checked (a round trip) only when it
@@ -119,12 +132,20 @@ impl Postgres {
                 quota: RwLock::new(Arc::new(QuotaPolicy::default())),
                 touch_interval_ms: AtomicU64::new(60_000),
                 events_on: AtomicBool::new(false),
+                replica_id: uuid::Uuid::new_v4().to_string(),
+                host,
+                listening: Arc::default(),
             }),
         };
         {
             let mut client = pg.client().await?;
             schema::migrate(&mut client).await?;
         }
+        // Registered before anything can be claimed in its name, so a
+        // replica starting up is never taken for a dead one.
+        pg.heartbeat().await?;
+        shared::spawn_heartbeat(Arc::downgrade(&pg.inner));
+        shared::spawn_listener(pg_config, tls, Arc::downgrade(&pg.inner));
         Ok(pg)
     }
 
@@ -339,6 +360,12 @@ pub(super) mod keys {
     /// A tool's push builds (`hashtext` of the tool) in the second key
     /// space: held by `queue_push_build` from its replay check to its commit.
     pub const TOOL_PUSHES: i32 = 0x6274_7267;
+    /// Held (transaction level) while a console session is created, so
+    /// the overall and per-account bounds hold across replicas.
+    pub const UI_SESSIONS: i64 = 0x6265_7274_6804;
+    /// Held (transaction level) while a replica claims a queued build, so
+    /// the per-tool count it checks holds until its claim commits.
+    pub const BUILD_CLAIMS: i64 = 0x6265_7274_6805;
 }
 
 impl From<tokio_postgres::Error> for StorageError {

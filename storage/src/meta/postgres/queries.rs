@@ -748,6 +748,7 @@ impl Postgres {
                 &[&namespace, &secret_hash, &now_ms()],
             )
             .await?;
+            super::shared::notify(&tx, "credentials").await?;
             // `xmax = 0`: the row was inserted, not updated (PostgreSQL's
             // documented way for an upsert to tell which it did).
             col::<bool>(&r, 0)
@@ -755,14 +756,25 @@ impl Postgres {
     }
 
     pub async fn delete_namespace_account(&self, namespace: &str) -> Result<bool, StorageError> {
-        let c = self.client().await?;
-        Ok(exec(
-            &c,
-            "DELETE FROM principals WHERE name = $1 AND kind = 'namespace'",
-            &[&namespace],
-        )
-        .await?
-            > 0)
+        transaction!(self, |tx| {
+            let n = exec(
+                &tx,
+                "DELETE FROM principals WHERE name = $1 AND kind = 'namespace'",
+                &[&namespace],
+            )
+            .await?;
+            if n > 0 {
+                super::shared::notify(&tx, "credentials").await?;
+                // Its console sessions end with it, on every replica.
+                exec(
+                    &tx,
+                    "DELETE FROM ui_sessions WHERE principal = $1",
+                    &[&namespace],
+                )
+                .await?;
+            }
+            Ok(n > 0)
+        })
     }
 
     pub async fn namespace_account(

@@ -360,6 +360,7 @@ impl Postgres {
                 &[&ns, &limit, &unlimited, &now],
             )
             .await?;
+            super::shared::notify(&tx, "quota").await?;
             Ok(())
         })?;
         self.quota(ns).await?.ok_or_else(|| {

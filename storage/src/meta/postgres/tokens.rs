@@ -166,18 +166,21 @@ impl Postgres {
         id: &str,
         namespace: Option<Option<String>>,
     ) -> Result<bool, StorageError> {
-        let c = self.client().await?;
-        let n =
-            match namespace {
-                None => exec(&c, "DELETE FROM api_tokens WHERE id = $1", &[&id]).await?,
+        transaction!(self, |tx| {
+            let n = match &namespace {
+                None => exec(&tx, "DELETE FROM api_tokens WHERE id = $1", &[&id]).await?,
                 Some(ns) => exec(
-                    &c,
+                    &tx,
                     "DELETE FROM api_tokens WHERE id = $1 AND namespace IS NOT DISTINCT FROM $2",
-                    &[&id, &ns],
+                    &[&id, ns],
                 )
                 .await?,
             };
-        Ok(n > 0)
+            if n > 0 {
+                super::shared::notify(&tx, "credentials").await?;
+            }
+            Ok(n > 0)
+        })
     }
 
     pub async fn api_token_used(

@@ -305,6 +305,76 @@ const MIGRATIONS: &[&str] = &[
     CREATE INDEX builds_trigger ON builds(trigger_id, trigger_ref, status)
         WHERE trigger_id IS NOT NULL;
     "#,
+    // 12: reserved for the object-store migration of issue 15 (blobs and
+    // upload sessions on S3), written on another branch; this placeholder
+    // is replaced by it when the branches merge, so 13 keeps its number.
+    "-- reserved for migration 12",
+    // 13: the tables of several replicas sharing a PostgreSQL database
+    // (issue 15), made here too so both backends keep one schema; SQLite
+    // (one process per data dir) keeps its secrets in files, its console
+    // sessions in memory and its job locks in the process, and uses only
+    // the `replica` columns. Numbered 13 on its own: 12 is the
+    // object-store migration of the same issue.
+    // `shared_secrets`: the token key, the generated admin password and
+    // the hook key, created once by whichever replica starts first (insert
+    // if absent, then read back), so replicas with data dirs of their own
+    // agree. `job_leases`: which replica runs a scheduled job (or delivers
+    // to a notification endpoint) until `expires_ms`, and the last
+    // schedule slot run. `replicas`: one row per process start and its
+    // heartbeat, so a build or a GC run left by a replica that stopped
+    // can be told from one still in progress. `ui_sessions`: console
+    // sessions (found by the SHA-256 of the cookie). On `gc_runs` and
+    // `builds`: the replica running them; a cancel asked for on another
+    // replica than the one running the build. `build_log_chunks`: build
+    // logs as every replica reads them (each replica also keeps its file).
+    r#"
+    CREATE TABLE shared_secrets (
+        name        TEXT PRIMARY KEY,
+        value       TEXT NOT NULL,
+        created_ms  INTEGER NOT NULL
+    );
+
+    CREATE TABLE job_leases (
+        job           TEXT PRIMARY KEY,
+        holder        TEXT NOT NULL,
+        expires_ms    INTEGER NOT NULL,
+        last_slot_ms  INTEGER
+    );
+
+    CREATE TABLE replicas (
+        id            TEXT PRIMARY KEY,
+        host          TEXT NOT NULL,
+        started_ms    INTEGER NOT NULL,
+        heartbeat_ms  INTEGER NOT NULL
+    );
+
+    CREATE TABLE ui_sessions (
+        key               BLOB PRIMARY KEY,
+        principal         TEXT NOT NULL,
+        token_id          TEXT,
+        token_scope       TEXT,
+        token_expires_ms  INTEGER,
+        csrf              TEXT NOT NULL,
+        created_ms        INTEGER NOT NULL,
+        last_seen_ms      INTEGER NOT NULL,
+        flash             TEXT
+    );
+    CREATE INDEX ui_sessions_principal ON ui_sessions(principal, last_seen_ms);
+
+    ALTER TABLE gc_runs ADD COLUMN replica TEXT;
+    ALTER TABLE builds ADD COLUMN replica TEXT;
+    ALTER TABLE builds ADD COLUMN cancel_requested INTEGER NOT NULL DEFAULT 0;
+    CREATE INDEX builds_status_replica ON builds(status, replica);
+
+    CREATE TABLE build_log_chunks (
+        seq       INTEGER PRIMARY KEY,
+        build_id  TEXT NOT NULL,
+        at_ms     INTEGER NOT NULL,
+        data      BLOB NOT NULL
+    );
+    CREATE INDEX build_log_chunks_build ON build_log_chunks(build_id, seq);
+    CREATE INDEX build_log_chunks_at ON build_log_chunks(at_ms);
+    "#,
 ];
 
 /// Brings the database up to the newest schema, one transaction per step.
