@@ -35,6 +35,7 @@ mod liveness;
 mod queries;
 mod quota;
 mod schema;
+mod sessions;
 mod tokens;
 mod triggers;
 
@@ -331,6 +332,9 @@ pub(super) mod keys {
     /// A tool's push builds (`hashtext` of the tool) in the second key
     /// space: held by `queue_push_build` from its replay check to its commit.
     pub const TOOL_PUSHES: i32 = 0x6274_7267;
+    /// Held (transaction level) while an upload session is counted and
+    /// created, so the overall cap holds across replicas.
+    pub const UPLOADS: i64 = 0x6265_7274_6804;
 }
 
 impl From<tokio_postgres::Error> for StorageError {
