@@ -172,7 +172,7 @@ fn main() {
         .build()
         .unwrap();
     rt.block_on(async {
-        let storage = Storage::open(&StorageConfig { data_dir: dir.path().to_owned(), synchronous: Synchronous::Normal, uploads: Default::default(), postgres: None }).unwrap();
+        let storage = Storage::open(&StorageConfig { data_dir: dir.path().to_owned(), synchronous: Synchronous::Normal, uploads: Default::default(), postgres: None, s3: None }).unwrap();
         let started = Instant::now();
         populate(&storage).await;
         let built = started.elapsed();

@@ -66,6 +66,10 @@ enum Command {
         /// The data dir to check.
         #[arg(long, default_value = "./berth-data")]
         data_dir: PathBuf,
+        /// A config file whose `[storage.s3]` holds the blobs (the data
+        /// dir's database is checked against that bucket).
+        #[arg(long)]
+        config: Option<PathBuf>,
         #[arg(long)]
         json: bool,
     },
@@ -133,12 +137,23 @@ fn main() -> ExitCode {
                     connection,
                 },
         } => report(namespace_credentials(&namespace, revoke, &connection)),
-        Command::Fsck { data_dir, json } => fsck(&data_dir, json),
+        Command::Fsck {
+            data_dir,
+            config,
+            json,
+        } => fsck(&data_dir, config.as_deref(), json),
     }
 }
 
 /// `berth fsck`: the storage integrity check, for people or as JSON.
-fn fsck(data_dir: &std::path::Path, json: bool) -> ExitCode {
+fn fsck(data_dir: &std::path::Path, config: Option<&std::path::Path>, json: bool) -> ExitCode {
+    let s3 = match config.map(berth::config::Config::load).transpose() {
+        Ok(c) => c.and_then(|c| c.storage.s3).map(|s3| s3.storage_config()),
+        Err(e) => {
+            eprintln!("berth: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -149,7 +164,7 @@ fn fsck(data_dir: &std::path::Path, json: bool) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let report = match runtime.block_on(berth_storage::Storage::check_integrity(data_dir)) {
+    let report = match runtime.block_on(berth_storage::Storage::check_integrity(data_dir, s3)) {
         Ok(r) => r,
         Err(e) => {
             eprintln!("berth: cannot check {}: {e}", data_dir.display());

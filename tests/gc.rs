@@ -59,7 +59,7 @@ fn tags_of(client: &Client, repo: &str) -> Vec<String> {
 fn check_storage(data: &Path, strict: bool) -> (usize, usize) {
     let report = tokio::runtime::Runtime::new()
         .unwrap()
-        .block_on(berth_storage::Storage::check_integrity(data))
+        .block_on(berth_storage::Storage::check_integrity(data, None))
         .unwrap();
     assert!(
         report.rows_without_object.is_empty(),
