@@ -21,8 +21,7 @@ use object_store::path::Path as ObjectPath;
 use object_store::prefix::PrefixStore;
 use object_store::signer::Signer;
 use object_store::{
-    GetOptions, GetRange, GetResultPayload, ObjectStore, ObjectStoreExt, PutPayload,
-    WriteMultipart,
+    GetOptions, GetRange, GetResultPayload, ObjectStore, ObjectStoreExt, PutPayload, WriteMultipart,
 };
 use std::io::{Read, Seek, SeekFrom};
 use std::ops::Range;
@@ -164,9 +163,9 @@ impl BlobStore {
         if let Some(secret) = &config.secret_access_key {
             b = b.with_secret_access_key(secret);
         }
-        let s3 = b.build().map_err(|e| {
-            StorageError::Internal(format!("[storage.s3] is not usable: {e}"))
-        })?;
+        let s3 = b
+            .build()
+            .map_err(|e| StorageError::Internal(format!("[storage.s3] is not usable: {e}")))?;
         let prefix = config
             .prefix
             .as_deref()
@@ -222,7 +221,9 @@ impl BlobStore {
             .await?;
         // Read back: a process that wrote at the same moment may have won.
         let got = read(self.store.get(&path).await?.bytes().await?);
-        got.ok_or_else(|| StorageError::Internal(format!("{IDENTITY_OBJECT} in the blob store is not a uuid")))
+        got.ok_or_else(|| {
+            StorageError::Internal(format!("{IDENTITY_OBJECT} in the blob store is not a uuid"))
+        })
     }
 
     /// A presigned GET URL for the blob, when `[storage.s3] redirect` is on.
@@ -324,7 +325,9 @@ impl BlobStore {
     /// verification read: the running hash is sha256).
     pub async fn upload_stream(&self, session: &str) -> Result<ByteStream, StorageError> {
         let r = self.store.get(&Self::upload_path(session)).await?;
-        Ok(r.into_stream().map(|r| r.map_err(StorageError::from)).boxed())
+        Ok(r.into_stream()
+            .map(|r| r.map_err(StorageError::from))
+            .boxed())
     }
 
     /// Moves a verified upload object to its blob path (a server-side copy
@@ -368,7 +371,9 @@ impl BlobStore {
     }
 
     /// Objects under `uploads/`: (session id, path, last modified ms).
-    pub async fn list_upload_objects(&self) -> Result<Vec<(String, ObjectPath, i64)>, StorageError> {
+    pub async fn list_upload_objects(
+        &self,
+    ) -> Result<Vec<(String, ObjectPath, i64)>, StorageError> {
         let mut stream = self.store.list(Some(&ObjectPath::from("uploads")));
         let mut out = Vec::new();
         while let Some(meta) = stream.next().await {

@@ -216,7 +216,11 @@ mod tests {
                 let saved = h.save();
                 let mut resumed = Hasher::restore(alg, &saved).unwrap();
                 resumed.update(&data[cut..]);
-                assert_eq!(resumed.finish(), Digest::compute(alg, &data), "{alg:?} cut {cut}");
+                assert_eq!(
+                    resumed.finish(),
+                    Digest::compute(alg, &data),
+                    "{alg:?} cut {cut}"
+                );
             }
         }
         assert!(Hasher::restore(Algorithm::Sha256, b"short").is_none());

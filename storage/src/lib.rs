@@ -217,7 +217,11 @@ impl Storage {
     async fn check_identity(&self) -> Result<(), StorageError> {
         let mine = format!(
             "{}:{}",
-            if self.blobs.is_shared() { "s3" } else { "local" },
+            if self.blobs.is_shared() {
+                "s3"
+            } else {
+                "local"
+            },
             self.blobs.identity().await?
         );
         let recorded = self

@@ -345,11 +345,7 @@ async fn append_body(
 ) -> ApiResult<()> {
     let declared = content_length(req.headers())?;
     if let (Some(len), Some(room)) = (declared, room) {
-        let staged = state
-            .storage
-            .uploads
-            .staged_bytes(repo.namespace())
-            .await?;
+        let staged = state.storage.uploads.staged_bytes(repo.namespace()).await?;
         if staged + len > room {
             super::drain(req.into_body()).await;
             return Err(quota_refusal(state, repo, len, staged).await);

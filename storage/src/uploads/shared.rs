@@ -283,7 +283,10 @@ impl SharedUploads {
             Err(AppendError::Busy { offset }) => return Err(FinishError::Busy { offset }),
             Err(AppendError::Gone) => return Err(FinishError::Gone),
             Err(AppendError::Quota(_)) => {
-                return Err(StorageError::Internal("a claim without reservation was refused".into()).into())
+                return Err(StorageError::Internal(
+                    "a claim without reservation was refused".into(),
+                )
+                .into())
             }
             Err(AppendError::Storage(e)) => return Err(e.into()),
         };
@@ -340,7 +343,12 @@ impl SharedUploads {
             // The last part may be short.
             let etag = self
                 .blobs
-                .put_part(&row.id, &multipart_id, parts.len(), Bytes::from(row.pending))
+                .put_part(
+                    &row.id,
+                    &multipart_id,
+                    parts.len(),
+                    Bytes::from(row.pending),
+                )
                 .await?;
             parts.push(etag);
         }
@@ -421,7 +429,9 @@ impl SharedUploads {
                     expired += 1;
                 }
                 Ok(None) => {}
-                Err(e) => tracing::warn!(session = %id, error = %e, "could not expire an upload session"),
+                Err(e) => {
+                    tracing::warn!(session = %id, error = %e, "could not expire an upload session")
+                }
             }
         }
         expired
@@ -453,7 +463,11 @@ struct Writer<'a> {
 }
 
 impl<'a> Writer<'a> {
-    fn new(uploads: &'a SharedUploads, row: UploadRow, token: &'a str) -> Result<Self, StorageError> {
+    fn new(
+        uploads: &'a SharedUploads,
+        row: UploadRow,
+        token: &'a str,
+    ) -> Result<Self, StorageError> {
         let hasher = Hasher::restore(Algorithm::Sha256, &row.hash_state).ok_or_else(|| {
             StorageError::Internal(format!("upload {} has a damaged hash state", row.id))
         })?;
@@ -550,5 +564,285 @@ impl<'a> Writer<'a> {
         }
         self.saved = self.received;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::meta::Synchronous;
+    use object_store::memory::InMemory;
+    use std::time::Duration;
+
+    fn body(chunks: Vec<Vec<u8>>) -> impl Stream<Item = Result<Bytes, String>> + Unpin {
+        futures_util::stream::iter(chunks.into_iter().map(|c| Ok(Bytes::from(c))))
+    }
+
+    /// Two "replicas": their own `SharedUploads` over one database and
+    /// one object store.
+    fn replicas(
+        dir: &std::path::Path,
+        limits: UploadLimits,
+    ) -> (SharedUploads, SharedUploads, BlobStore, Metadata) {
+        let meta = Metadata::open(&dir.join("berth.db"), Synchronous::Normal).unwrap();
+        let blobs = BlobStore::shared(InMemory::new());
+        let a = SharedUploads::new(meta.clone(), blobs.clone(), limits.clone());
+        let b = SharedUploads::new(meta.clone(), blobs.clone(), limits);
+        (a, b, blobs, meta)
+    }
+
+    fn limits() -> UploadLimits {
+        UploadLimits {
+            per_namespace: 4,
+            total: 6,
+            idle_timeout: Duration::from_secs(60),
+            inline_max: 16,
+            memory: 0,
+        }
+    }
+
+    fn data(n: usize, seed: u8) -> Vec<u8> {
+        (0..n)
+            .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
+            .collect()
+    }
+
+    async fn object(blobs: &BlobStore, digest: &Digest) -> Vec<u8> {
+        let mut s = blobs.get(digest, None).await.unwrap();
+        let mut out = Vec::new();
+        while let Some(c) = s.next().await {
+            out.extend_from_slice(&c.unwrap());
+        }
+        out
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_chunked_upload_goes_on_across_replicas() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b, blobs, meta) = replicas(dir.path(), limits());
+        let repo = RepoName::parse("tool-a/x").unwrap();
+        let chunks = [
+            data(1000, 1),
+            data(PART_SIZE + 3 * 1024 * 1024, 2),
+            data(10, 3),
+            data(MIN_PART, 4),
+            data(7, 5),
+        ];
+        let all: Vec<u8> = chunks.concat();
+        let started = a.start(&repo).await.unwrap();
+        let id = started.id().to_owned();
+        // Each chunk on the other replica, opened afresh from the row.
+        for (i, chunk) in chunks.iter().enumerate() {
+            let u = if i % 2 == 0 { &b } else { &a };
+            let mut s = u.open(&id, &repo).await.unwrap().unwrap();
+            let n = u
+                .append(
+                    &mut s,
+                    body(vec![
+                        chunk[..chunk.len() / 2].to_vec(),
+                        chunk[chunk.len() / 2..].to_vec(),
+                    ]),
+                    None,
+                    None,
+                )
+                .await
+                .unwrap();
+            assert_eq!(n, chunk.len() as u64);
+        }
+        let row = meta.upload(&id).await.unwrap().unwrap();
+        assert_eq!(row.received, all.len() as u64);
+        assert!(
+            row.pending.len() < MIN_PART,
+            "a tail shorter than a part waits in the row"
+        );
+        assert_eq!(row.claim, None);
+        assert_eq!(
+            meta.staged_upload_bytes("tool-a").await.unwrap(),
+            all.len() as u64
+        );
+        let digest = Digest::sha256_of(&all);
+        let mut s = b.open(&id, &repo).await.unwrap().unwrap();
+        let done = b.finish(&mut s, &digest).await.unwrap();
+        assert!(matches!(done.content, Staged::Object));
+        assert_eq!(done.size, all.len() as u64);
+        blobs.commit_upload(&id, &digest, done.size).await.unwrap();
+        assert_eq!(object(&blobs, &digest).await, all);
+        assert_eq!(
+            blobs.list_upload_objects().await.unwrap().len(),
+            0,
+            "the temporary object is gone"
+        );
+        // Linking deletes the row: its staged bytes become stored ones.
+        meta.link_uploaded_blob(&repo, &digest, done.size, None, &id)
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(meta.upload(&id).await.unwrap().is_none());
+        assert_eq!(meta.staged_upload_bytes("tool-a").await.unwrap(), 0);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn small_uploads_end_as_bytes_and_mismatches_end_the_session() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b, _blobs, meta) = replicas(dir.path(), limits());
+        let repo = RepoName::parse("tool-a/x").unwrap();
+        let mut s = a.start(&repo).await.unwrap();
+        a.append(&mut s, body(vec![b"abc".to_vec()]), None, Some(3))
+            .await
+            .unwrap();
+        let mut s = b.open(s.id(), &repo).await.unwrap().unwrap();
+        b.append(&mut s, body(vec![b"def".to_vec()]), None, None)
+            .await
+            .unwrap();
+        let done = a
+            .finish(&mut s, &Digest::sha256_of(b"abcdef"))
+            .await
+            .unwrap();
+        assert!(matches!(&done.content, Staged::Memory(d) if &d[..] == b"abcdef"));
+        // sha512 is verified over the bytes too.
+        let mut s = a.start(&repo).await.unwrap();
+        a.append(&mut s, body(vec![b"xyz".to_vec()]), None, None)
+            .await
+            .unwrap();
+        let sha512 = Digest::compute(Algorithm::Sha512, b"xyz");
+        assert!(a.finish(&mut s, &sha512).await.is_ok());
+        // A mismatch discards the session.
+        let mut s = a.start(&repo).await.unwrap();
+        let id = s.id().to_owned();
+        a.append(&mut s, body(vec![data(100, 9)]), None, None)
+            .await
+            .unwrap();
+        let wrong = a.finish(&mut s, &Digest::sha256_of(b"no")).await;
+        assert!(matches!(wrong, Err(FinishError::DigestMismatch { .. })));
+        assert!(meta.upload(&id).await.unwrap().is_none());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn one_writer_at_a_time_and_chunks_must_continue() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b, _blobs, meta) = replicas(dir.path(), limits());
+        let repo = RepoName::parse("tool-a/x").unwrap();
+        let s = a.start(&repo).await.unwrap();
+        let mut on_a = a.open(s.id(), &repo).await.unwrap().unwrap();
+        let mut on_b = b.open(s.id(), &repo).await.unwrap().unwrap();
+        // A's body is still streaming (its claim is held) when B's comes.
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<Result<Bytes, String>>();
+        tx.send(Ok(Bytes::from_static(b"first"))).unwrap();
+        let rx = Box::pin(futures_util::stream::unfold(rx, |mut rx| async move {
+            rx.recv().await.map(|item| (item, rx))
+        }));
+        let writing = tokio::spawn(async move {
+            let n = a.append(&mut on_a, rx, None, None).await;
+            (a, on_a, n)
+        });
+        // Until A's claim is in the row (no timing: the row says so).
+        while meta.upload(s.id()).await.unwrap().unwrap().claim.is_none() {
+            tokio::task::yield_now().await;
+        }
+        let refused = b
+            .append(&mut on_b, body(vec![b"second".to_vec()]), None, None)
+            .await;
+        assert!(
+            matches!(refused, Err(AppendError::Busy { offset: 0 })),
+            "{refused:?}"
+        );
+        drop(tx);
+        let (_a, on_a, n) = writing.await.unwrap();
+        assert_eq!(n.unwrap(), 5);
+        assert_eq!(on_a.offset(), 5);
+        // B's view is stale: its chunk does not continue the upload.
+        assert!(matches!(
+            b.append(&mut on_b, body(vec![b"x".to_vec()]), None, None)
+                .await,
+            Err(AppendError::Busy { offset: 5 })
+        ));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn caps_quota_and_expiry_hold_across_replicas() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b, blobs, meta) = replicas(dir.path(), limits());
+        let repo = RepoName::parse("tool-a/x").unwrap();
+        let mut sessions = Vec::new();
+        for i in 0..4 {
+            let u = if i % 2 == 0 { &a } else { &b };
+            sessions.push(u.start(&repo).await.unwrap());
+        }
+        assert!(matches!(
+            b.start(&repo).await,
+            Err(StorageError::LimitReached {
+                limit: "uploads_per_namespace",
+                ..
+            })
+        ));
+        let other = RepoName::parse("tool-b/x").unwrap();
+        a.start(&other).await.unwrap();
+        a.start(&other).await.unwrap();
+        assert!(matches!(
+            b.start(&other).await,
+            Err(StorageError::LimitReached {
+                limit: "uploads_total",
+                ..
+            })
+        ));
+        // Staged bytes of both replicas count against the room.
+        let room = Some(PART_SIZE as u64 * 2);
+        a.append(
+            &mut sessions[0],
+            body(vec![data(PART_SIZE, 1)]),
+            room,
+            Some(PART_SIZE as u64),
+        )
+        .await
+        .unwrap();
+        let refused = b
+            .append(
+                &mut sessions[1],
+                body(vec![data(PART_SIZE + 1, 1)]),
+                room,
+                Some(PART_SIZE as u64 + 1),
+            )
+            .await;
+        assert!(matches!(refused, Err(AppendError::Quota(_))), "{refused:?}");
+        assert_eq!(
+            meta.staged_upload_bytes("tool-a").await.unwrap(),
+            PART_SIZE as u64
+        );
+        // Without a declared length the refusal comes as the bytes do.
+        let refused = b
+            .append(
+                &mut sessions[1],
+                body(vec![data(1024 * 1024, 1); 9]),
+                room,
+                None,
+            )
+            .await;
+        assert!(matches!(refused, Err(AppendError::Quota(_))), "{refused:?}");
+        // The part it completed before the refusal stays (the upload can
+        // go on from there); what it had reserved beyond went back.
+        assert_eq!(
+            meta.staged_upload_bytes("tool-a").await.unwrap(),
+            2 * PART_SIZE as u64
+        );
+        assert_eq!(
+            meta.upload(sessions[1].id())
+                .await
+                .unwrap()
+                .unwrap()
+                .received,
+            PART_SIZE as u64
+        );
+        // Expiry, from either replica, aborts the multipart upload.
+        assert!(meta
+            .upload(sessions[0].id())
+            .await
+            .unwrap()
+            .unwrap()
+            .multipart_id
+            .is_some());
+        assert_eq!(b.expire(now_ms() + 1).await, 6);
+        assert_eq!(meta.upload_count().await.unwrap(), 0);
+        assert_eq!(meta.staged_upload_bytes("tool-a").await.unwrap(), 0);
+        assert!(blobs.list_upload_objects().await.unwrap().is_empty());
     }
 }

@@ -310,7 +310,12 @@ impl Postgres {
                         )
                         .await?;
                     }
-                    exec(&tx, "DELETE FROM upload_sessions WHERE id = $1", &[&session]).await?;
+                    exec(
+                        &tx,
+                        "DELETE FROM upload_sessions WHERE id = $1",
+                        &[&session],
+                    )
+                    .await?;
                 }
                 Ok(linked)
             }
