@@ -507,7 +507,8 @@ fn a_replica_on_s3_passes_every_conformance_check() {
     // On A, which serves blob bytes itself: berth-conformance's client
     // does not follow redirects (the spec allows a 307 for blob GETs), so
     // B's redirects are checked by the other tests here, skopeo's pull too.
-    for berth in [&p.a] {
+    {
+        let berth = &p.a;
         let target = berth_conformance::Target {
             url: berth.url(),
             namespace: "tool-conformance".into(),

@@ -141,7 +141,8 @@ pub enum Uploads {
 /// write (see `shared`).
 pub enum Session {
     Local(tokio::sync::OwnedMutexGuard<local::Session>),
-    Shared(shared::Session),
+    /// Boxed: a row snapshot is larger than the local lock guard.
+    Shared(Box<shared::Session>),
 }
 
 impl Session {
@@ -175,7 +176,7 @@ impl Uploads {
     pub async fn start(&self, repo: &RepoName) -> Result<Session, StorageError> {
         match self {
             Uploads::Local(u) => Ok(Session::Local(u.start(repo).await?.lock_owned().await)),
-            Uploads::Shared(u) => Ok(Session::Shared(u.start(repo).await?)),
+            Uploads::Shared(u) => Ok(Session::Shared(Box::new(u.start(repo).await?))),
         }
     }
 
@@ -190,7 +191,10 @@ impl Uploads {
                 let session = handle.lock_owned().await;
                 Ok(session.is_open().then_some(Session::Local(session)))
             }
-            Uploads::Shared(u) => Ok(u.open(id, repo).await?.map(Session::Shared)),
+            Uploads::Shared(u) => Ok(u
+                .open(id, repo)
+                .await?
+                .map(|s| Session::Shared(Box::new(s)))),
         }
     }
 

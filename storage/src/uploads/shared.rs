@@ -264,6 +264,18 @@ impl SharedUploads {
                 guard.armed = false;
                 Ok(w.saved - start)
             }
+            Err(AppendError::Gone) => {
+                // Cancelled or expired meanwhile: whoever deleted the row
+                // aborted the multipart upload it knew of; one this
+                // request created after that is its own to abort.
+                guard.armed = false;
+                if let Some(m) = &w.multipart_id {
+                    if w.created_multipart {
+                        let _ = self.blobs.abort_multipart(&w.id, m).await;
+                    }
+                }
+                Err(AppendError::Gone)
+            }
             Err(e) => {
                 // What was saved stays (the upload can go on from it);
                 // the claim and its reservation go.
@@ -457,6 +469,8 @@ struct Writer<'a> {
     /// `received` may grow to this without reserving more.
     reserved_to: u64,
     multipart_id: Option<String>,
+    /// Whether this request created the multipart upload.
+    created_multipart: bool,
     parts: Vec<String>,
     /// Bytes not in a part yet: the row's pending bytes, then the body's.
     buf: BytesMut,
@@ -481,6 +495,7 @@ impl<'a> Writer<'a> {
             saved: row.received,
             reserved_to: row.received + row.reserved,
             multipart_id: row.multipart_id,
+            created_multipart: false,
             parts: row.parts,
             buf,
             id: row.id,
@@ -532,6 +547,7 @@ impl<'a> Writer<'a> {
             None => {
                 let m = blobs.create_multipart(&self.id).await?;
                 self.multipart_id = Some(m.clone());
+                self.created_multipart = true;
                 m
             }
         };
