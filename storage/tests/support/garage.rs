@@ -4,9 +4,11 @@
 //! tests (`tests/s3.rs` includes this file by path), like `postgres.rs`.
 //!
 //! - The binary: `BERTH_GARAGE_BIN` if set, else `garage` on `PATH`, else
-//!   `/work/garage-build/root/bin/garage` (where the development machine
-//!   builds it: `cargo install garage --version 2.5.0 --locked
-//!   --no-default-features --features sqlite,bundled-libs`). Without one,
+//!   `$BERTH_GARAGE_ROOT/bin/garage` (default `~/.cache/berth-garage`,
+//!   where `scripts/install-test-deps` builds it: `cargo install garage
+//!   --version 2.5.0 --locked --no-default-features --features
+//!   sqlite,bundled-libs`), else `/work/garage-build/root/bin/garage` (the
+//!   development machine's build). Without one,
 //!   the tests that need it print why and return, unless `CI` is set: there
 //!   a missing server is a failure.
 //! - The server lives in a fresh temporary directory (metadata in SQLite,
@@ -124,12 +126,20 @@ pub fn binary() -> Result<PathBuf, String> {
             return Ok(p);
         }
     }
-    let built = PathBuf::from("/work/garage-build/root/bin/garage");
-    if built.is_file() {
-        return Ok(built);
+    let cached = std::env::var_os("BERTH_GARAGE_ROOT")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| Path::new(&h).join(".cache/berth-garage")))
+        .map(|root| root.join("bin/garage"));
+    for built in cached
+        .into_iter()
+        .chain([PathBuf::from("/work/garage-build/root/bin/garage")])
+    {
+        if built.is_file() {
+            return Ok(built);
+        }
     }
     Err(
-        "no Garage binary (BERTH_GARAGE_BIN, garage on PATH, /work/garage-build/root/bin/garage): \
+        "no Garage binary (BERTH_GARAGE_BIN, garage on PATH, ~/.cache/berth-garage/bin, /work/garage-build/root/bin/garage): \
          the S3 tests need one; scripts/install-test-deps installs it"
             .into(),
     )
