@@ -882,6 +882,40 @@ mod tests {
     }
 
     #[test]
+    fn s3_settings_are_read_checked_and_never_print_the_secret() {
+        let mut c = Config::parse(
+            "[storage.s3]\nbucket = \"b\"\nendpoint = \"http://127.0.0.1:3900\"\nregion = \"garage\"\naccess_key_id = \"GK1\"\nsecret_access_key = \"very-secret\"\nallow_http = true\nprefix = \"berth/\"\nredirect = true",
+        )
+        .unwrap();
+        c.resolve().unwrap();
+        let s3 = c.storage.s3.as_ref().unwrap().storage_config();
+        assert_eq!(s3.bucket, "b");
+        assert!(!s3.virtual_hosted_style, "path-style by default");
+        assert_eq!(s3.redirect, Some(Duration::from_secs(20 * 60)));
+        assert!(!format!("{c:?}").contains("very-secret"));
+        assert!(!format!("{s3:?}").contains("very-secret"));
+        let bad = |text: &str, want: &str| {
+            let mut c = Config::parse(text).unwrap();
+            let e = c.resolve().unwrap_err();
+            assert!(e.contains(want), "{text}: {e}");
+        };
+        bad("[storage.s3]\nbucket = \"\"", "bucket");
+        bad(
+            "[storage.s3]\nbucket = \"b\"\naccess_key_id = \"x\"",
+            "go together",
+        );
+        bad(
+            "[storage.s3]\nbucket = \"b\"\nendpoint = \"http://s3.local\"",
+            "allow_http",
+        );
+        bad(
+            "[storage.s3]\nbucket = \"b\"\nredirect = true\nredirect_expiry = \"30d\"",
+            "redirect_expiry",
+        );
+        assert!(Config::parse("[storage.s3]\nbucket = \"b\"\nregoin = \"x\"").is_err());
+    }
+
+    #[test]
     fn unknown_keys_and_bad_durations_are_errors() {
         assert!(Config::parse("[server]\nlisten_on = \"x\"").is_err());
         assert!(Config::parse("[server]\nshutdown_grace = \"soon\"").is_err());
