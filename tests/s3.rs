@@ -526,3 +526,60 @@ fn a_replica_on_s3_passes_every_conformance_check() {
         );
     }
 }
+
+/// An upload outlives the replica that started it: A takes the POST and a
+/// PATCH (a part in S3, a tail in the row) and is killed (-9); B takes the
+/// rest and the PUT, and the blob is whole.
+#[test]
+fn an_upload_outlives_the_replica_that_served_it() {
+    let Some(mut p) = pair("tool-kill", "", "") else {
+        return;
+    };
+    let auth = p.auth();
+    let (status, h, _) = send(
+        "POST",
+        &format!("{}/v2/tool-kill/app/blobs/uploads/", p.a.url()),
+        &[("authorization", &auth)],
+        vec![],
+    );
+    assert_eq!(status, 202);
+    let location = header(&h, "location");
+    let first = pattern((5 << 20) + 3, 1);
+    let (status, _, _) = send(
+        "PATCH",
+        &format!("{}{location}", p.a.url()),
+        &[("authorization", &auth)],
+        first.clone(),
+    );
+    assert_eq!(status, 202);
+    p.a.kill9();
+    let rest = pattern(700_000, 2);
+    let (status, h, body) = send(
+        "PATCH",
+        &format!("{}{location}", p.b.url()),
+        &[
+            ("authorization", &auth),
+            (
+                "content-range",
+                &format!("{}-{}", first.len(), first.len() + rest.len() - 1),
+            ),
+        ],
+        rest.clone(),
+    );
+    assert_eq!(status, 202, "{}", String::from_utf8_lossy(&body));
+    let total = first.len() + rest.len();
+    assert_eq!(header(&h, "range"), format!("0-{}", total - 1));
+    let whole = [first, rest].concat();
+    let digest = sha256(&whole);
+    let sep = if location.contains('?') { '&' } else { '?' };
+    let (status, _, body) = send(
+        "PUT",
+        &format!("{}{location}{sep}digest={digest}", p.b.url()),
+        &[("authorization", &auth)],
+        vec![],
+    );
+    assert_eq!(status, 201, "{}", String::from_utf8_lossy(&body));
+    let (status, body) = pull(&p.b, "tool-kill/app", &digest, &auth);
+    assert_eq!(status, 200);
+    assert!(body == whole);
+}
