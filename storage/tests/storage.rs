@@ -40,6 +40,7 @@ on_s3!(
     held_is_given_back_inside_the_charging_transaction,
     inline_blobs_go_with_their_rows,
     uploads_span_replicas_and_the_sweep_spares_live_sessions,
+    a_part_replaced_after_its_etag_was_saved_fails_completion,
 );
 
 fn body(
@@ -778,4 +779,28 @@ async fn uploads_span_replicas_and_the_sweep_spares_live_sessions(backend: Backe
     assert_eq!((report.blob_rows, report.objects), (1, 1));
     assert!(report.rows_without_object.is_empty() && report.orphan_objects.is_empty());
     s.close().await;
+}
+
+/// S3 only: what a late part upload of a dropped request would do (it
+/// lands after another request re-sent that part and saved its ETag): the
+/// server refuses to complete with ETags that no longer match, so the
+/// upload fails rather than assembling bytes its saved hash never saw.
+async fn a_part_replaced_after_its_etag_was_saved_fails_completion(backend: Backend) {
+    assert_eq!(backend, Backend::S3);
+    let dir = tempfile::tempdir().unwrap();
+    let s = Place::new(backend).storage(dir.path()).await;
+    let id = uuid::Uuid::new_v4().to_string();
+    let m = s.blobs.create_multipart(&id).await.unwrap();
+    let saved = s
+        .blobs
+        .put_part(&id, &m, 0, Bytes::from(pattern(5 << 20, 1)))
+        .await
+        .unwrap();
+    let _late = s
+        .blobs
+        .put_part(&id, &m, 0, Bytes::from(pattern(5 << 20, 2)))
+        .await
+        .unwrap();
+    let completed = s.blobs.complete_multipart(&id, &m, &[saved]).await;
+    assert!(completed.is_err(), "completion with a stale ETag succeeded");
 }
