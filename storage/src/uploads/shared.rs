@@ -278,7 +278,14 @@ impl SharedUploads {
             }
             Err(e) => {
                 // What was saved stays (the upload can go on from it);
-                // the claim and its reservation go.
+                // the claim and its reservation go. A multipart upload
+                // this request created but never saved in the row would
+                // be known to nobody: it is aborted.
+                if let (Some(m), true, false) =
+                    (&w.multipart_id, w.created_multipart, w.multipart_saved)
+                {
+                    let _ = self.blobs.abort_multipart(&w.id, m).await;
+                }
                 guard.release().await;
                 Err(e)
             }
@@ -469,8 +476,10 @@ struct Writer<'a> {
     /// `received` may grow to this without reserving more.
     reserved_to: u64,
     multipart_id: Option<String>,
-    /// Whether this request created the multipart upload.
+    /// Whether this request created the multipart upload, and whether
+    /// the row has its id yet.
     created_multipart: bool,
+    multipart_saved: bool,
     parts: Vec<String>,
     /// Bytes not in a part yet: the row's pending bytes, then the body's.
     buf: BytesMut,
@@ -496,6 +505,7 @@ impl<'a> Writer<'a> {
             reserved_to: row.received + row.reserved,
             multipart_id: row.multipart_id,
             created_multipart: false,
+            multipart_saved: false,
             parts: row.parts,
             buf,
             id: row.id,
@@ -579,6 +589,7 @@ impl<'a> Writer<'a> {
             return Err(AppendError::Gone);
         }
         self.saved = self.received;
+        self.multipart_saved = true;
         Ok(())
     }
 }
