@@ -90,8 +90,11 @@ impl std::fmt::Debug for S3Config {
 const IDENTITY_OBJECT: &str = "berth-store-id";
 
 /// S3's CopyObject copies at most 5 GiB; larger objects are streamed
-/// through this process instead (memory: one part at a time).
+/// through this process instead, in `STREAM_COPY_PART` parts (two in
+/// flight: about 48 MiB of memory for the length of such a commit; 10,000
+/// parts make 160 GiB, the largest blob this path can store).
 const COPY_OBJECT_MAX: u64 = 5 * 1024 * 1024 * 1024;
+const STREAM_COPY_PART: usize = 16 * 1024 * 1024;
 
 #[derive(Clone)]
 pub struct BlobStore {
@@ -347,7 +350,7 @@ impl BlobStore {
             let mut source = self.store.get(&from).await?.into_stream();
             let mut writer = WriteMultipart::new_with_chunk_size(
                 self.store.put_multipart(&to).await?,
-                64 * 1024 * 1024,
+                STREAM_COPY_PART,
             );
             while let Some(chunk) = source.next().await {
                 writer.wait_for_capacity(2).await?;
