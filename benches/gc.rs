@@ -206,6 +206,7 @@ fn main() {
         synchronous: Synchronous::Normal,
         uploads: Default::default(),
         postgres: None,
+        s3: None,
     };
     let per_repo = manifests_per_repo();
     let rt = tokio::runtime::Builder::new_multi_thread()

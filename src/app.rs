@@ -22,6 +22,7 @@ pub async fn build_state(cfg: &Config, fd_budget: Option<u64>) -> Result<Arc<Sta
         synchronous: cfg.storage.sqlite_synchronous,
         uploads: cfg.limits.upload_limits(cfg.storage.inline_blob_max),
         postgres: cfg.storage.postgres(),
+        s3: cfg.storage.s3.as_ref().map(|s3| s3.storage_config()),
     };
     // Opening runs migrations and touches the filesystem: `connect` keeps
     // the blocking parts off the async workers.

@@ -110,6 +110,98 @@ pub struct Storage {
     /// Blobs up to this size are kept in the database, not as files.
     #[serde(with = "size")]
     pub inline_blob_max: u64,
+    /// `[storage.s3]`: blobs in an S3-compatible bucket, upload sessions
+    /// in the metadata database (shared by replicas).
+    pub s3: Option<S3>,
+}
+
+/// `[storage.s3]`.
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct S3 {
+    pub bucket: String,
+    /// An S3-compatible service's URL; AWS when unset.
+    pub endpoint: Option<String>,
+    pub region: Option<String>,
+    /// Unset: AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY (and the other
+    /// sources of AWS's usual environment).
+    pub access_key_id: Option<String>,
+    pub secret_access_key: Option<String>,
+    #[serde(default)]
+    pub allow_http: bool,
+    #[serde(default)]
+    pub virtual_hosted_style: bool,
+    pub prefix: Option<String>,
+    /// Blob GETs answer 307 to a presigned URL (HEAD never does).
+    #[serde(default)]
+    pub redirect: bool,
+    #[serde(with = "humantime_serde", default = "default_redirect_expiry")]
+    pub redirect_expiry: std::time::Duration,
+}
+
+fn default_redirect_expiry() -> std::time::Duration {
+    std::time::Duration::from_secs(20 * 60)
+}
+
+impl std::fmt::Debug for S3 {
+    /// The secret never reaches a log or an error message.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("S3")
+            .field("bucket", &self.bucket)
+            .field("endpoint", &self.endpoint)
+            .field("region", &self.region)
+            .field("access_key_id", &self.access_key_id)
+            .field(
+                "secret_access_key",
+                &self.secret_access_key.as_ref().map(|_| "<set>"),
+            )
+            .field("allow_http", &self.allow_http)
+            .field("virtual_hosted_style", &self.virtual_hosted_style)
+            .field("prefix", &self.prefix)
+            .field("redirect", &self.redirect)
+            .field("redirect_expiry", &self.redirect_expiry)
+            .finish()
+    }
+}
+
+impl S3 {
+    pub fn storage_config(&self) -> berth_storage::S3Config {
+        berth_storage::S3Config {
+            bucket: self.bucket.clone(),
+            endpoint: self.endpoint.clone(),
+            region: self.region.clone(),
+            access_key_id: self.access_key_id.clone(),
+            secret_access_key: self.secret_access_key.clone(),
+            allow_http: self.allow_http,
+            virtual_hosted_style: self.virtual_hosted_style,
+            prefix: self.prefix.clone(),
+            redirect: self.redirect.then_some(self.redirect_expiry),
+        }
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        if self.bucket.is_empty() {
+            return Err("[storage.s3] bucket must name a bucket".into());
+        }
+        if self.access_key_id.is_some() != self.secret_access_key.is_some() {
+            return Err("[storage.s3] access_key_id and secret_access_key go together (or neither, for the AWS environment variables)".into());
+        }
+        if let Some(e) = &self.endpoint {
+            if e.starts_with("http://") && !self.allow_http {
+                return Err(
+                    "[storage.s3] endpoint is http://; set allow_http = true to use it".into(),
+                );
+            }
+        }
+        // S3 presigned URLs are valid for 7 days at most.
+        if self.redirect
+            && (self.redirect_expiry < std::time::Duration::from_secs(1)
+                || self.redirect_expiry > std::time::Duration::from_secs(7 * 24 * 3600))
+        {
+            return Err("[storage.s3] redirect_expiry must be between 1s and 7 days".into());
+        }
+        Ok(())
+    }
 }
 
 /// The largest `inline_blob_max`: past it a blob is better off as a file
@@ -125,6 +217,7 @@ impl Default for Storage {
             database_max_connections: 16,
             database_ca: None,
             inline_blob_max: berth_storage::UploadLimits::default().inline_max,
+            s3: None,
         }
     }
 }
@@ -151,6 +244,9 @@ impl Storage {
             if self.database_max_connections < 2 {
                 return Err("[storage] database_max_connections must be at least 2".into());
             }
+        }
+        if let Some(s3) = &self.s3 {
+            s3.validate()?;
         }
         Ok(())
     }
@@ -788,6 +884,40 @@ mod tests {
         assert_eq!(e.source_schemes, ["https"]);
         assert_eq!(e.private_source_hosts, ["git.internal"]);
         assert_eq!(e.max_log_bytes, 1 << 20);
+    }
+
+    #[test]
+    fn s3_settings_are_read_checked_and_never_print_the_secret() {
+        let mut c = Config::parse(
+            "[storage.s3]\nbucket = \"b\"\nendpoint = \"http://127.0.0.1:3900\"\nregion = \"garage\"\naccess_key_id = \"GK1\"\nsecret_access_key = \"very-secret\"\nallow_http = true\nprefix = \"berth/\"\nredirect = true",
+        )
+        .unwrap();
+        c.resolve().unwrap();
+        let s3 = c.storage.s3.as_ref().unwrap().storage_config();
+        assert_eq!(s3.bucket, "b");
+        assert!(!s3.virtual_hosted_style, "path-style by default");
+        assert_eq!(s3.redirect, Some(Duration::from_secs(20 * 60)));
+        assert!(!format!("{c:?}").contains("very-secret"));
+        assert!(!format!("{s3:?}").contains("very-secret"));
+        let bad = |text: &str, want: &str| {
+            let mut c = Config::parse(text).unwrap();
+            let e = c.resolve().unwrap_err();
+            assert!(e.contains(want), "{text}: {e}");
+        };
+        bad("[storage.s3]\nbucket = \"\"", "bucket");
+        bad(
+            "[storage.s3]\nbucket = \"b\"\naccess_key_id = \"x\"",
+            "go together",
+        );
+        bad(
+            "[storage.s3]\nbucket = \"b\"\nendpoint = \"http://s3.local\"",
+            "allow_http",
+        );
+        bad(
+            "[storage.s3]\nbucket = \"b\"\nredirect = true\nredirect_expiry = \"30d\"",
+            "redirect_expiry",
+        );
+        assert!(Config::parse("[storage.s3]\nbucket = \"b\"\nregoin = \"x\"").is_err());
     }
 
     #[test]

@@ -66,8 +66,9 @@ enum Command {
         /// The data dir to check.
         #[arg(long, default_value = "./berth-data")]
         data_dir: PathBuf,
-        /// Check the storage this config names instead (PostgreSQL
-        /// metadata with its blob store).
+        /// Check the storage this config names instead: its metadata
+        /// (PostgreSQL, or SQLite in its data dir) against its blob store
+        /// (its bucket, or its data dir).
         #[arg(long, conflicts_with = "data_dir")]
         config: Option<PathBuf>,
         #[arg(long)]
@@ -75,8 +76,8 @@ enum Command {
     },
     /// Move an embedded installation (SQLite and blob files in a data dir)
     /// to the storage another config names: metadata into its PostgreSQL
-    /// database (which must be new), blobs into its data dir when that is
-    /// another directory. Stop berth first; the source is only read, so a
+    /// database (which must be new), blobs into its `[storage.s3]` bucket,
+    /// or into its data dir when that is another directory. Stop berth first; the source is only read, so a
     /// failed run can be repeated. Start berth with the new config after.
     Migrate {
         /// The embedded installation's data dir.
@@ -195,10 +196,10 @@ fn migrate(data_dir: &std::path::Path, target: &std::path::Path, json: bool) -> 
         _ => false,
     };
     let outcome = runtime.block_on(async {
-        let blobs = if same_dir {
-            None
-        } else {
-            Some(berth_storage::BlobStore::local(&cfg.storage.data_dir)?)
+        let blobs = match &cfg.storage.s3 {
+            Some(s3) => Some(berth_storage::BlobStore::s3(&s3.storage_config())?),
+            None if same_dir => None,
+            None => Some(berth_storage::BlobStore::local(&cfg.storage.data_dir)?),
         };
         berth_storage::migrate::embedded_to_postgres(data_dir, &pg, blobs.as_ref()).await
     });
@@ -282,13 +283,22 @@ fn fsck(data_dir: &std::path::Path, config: Option<&std::path::Path>, json: bool
             return ExitCode::FAILURE;
         }
     };
+    // The metadata and blob store the config names: PostgreSQL or the
+    // data dir's SQLite, a bucket or the data dir's files.
+    let s3 = cfg
+        .as_ref()
+        .and_then(|c| c.storage.s3.as_ref())
+        .map(|s3| s3.storage_config());
     let check = async {
         match cfg.as_ref().and_then(|c| c.storage.postgres()) {
             Some(pg) => {
-                let blobs = berth_storage::BlobStore::local(data_dir)?;
+                let blobs = match &s3 {
+                    Some(s3) => berth_storage::BlobStore::s3(s3)?,
+                    None => berth_storage::BlobStore::local(data_dir)?,
+                };
                 berth_storage::Storage::check_integrity_postgres(&pg, &blobs).await
             }
-            None => berth_storage::Storage::check_integrity(data_dir).await,
+            None => berth_storage::Storage::check_integrity(data_dir, s3).await,
         }
     };
     let report = match runtime.block_on(check) {

@@ -48,7 +48,7 @@ fn gc_run(berth: &Berth, job: &str, dry_run: bool) -> serde_json::Value {
 fn check_storage(data: &Path, strict: bool) -> (usize, usize) {
     let report = tokio::runtime::Runtime::new()
         .unwrap()
-        .block_on(berth_storage::Storage::check_integrity(data))
+        .block_on(berth_storage::Storage::check_integrity(data, None))
         .unwrap();
     assert!(
         report.rows_without_object.is_empty(),

@@ -129,11 +129,21 @@ fn skopeo_round_trip_on_postgres_survives_a_restart() {
 }
 
 /// Two berths (own data dirs, one database) starting at the same moment on
-/// an empty database: both come up, and each migration ran once.
+/// an empty database: both come up, and each migration ran once. Their
+/// data dirs stand for one shared mount: the blob store's identity file
+/// is the same in both (without it the second is refused, below).
 #[test]
 fn two_berths_starting_together_migrate_once() {
     let dir = tempfile::tempdir().unwrap();
     let url = pg::fresh_database();
+    for d in ["a", "b"] {
+        std::fs::create_dir_all(dir.path().join(d)).unwrap();
+        std::fs::write(
+            dir.path().join(d).join("berth-store-id"),
+            "8a0e4b7e-7c1d-4b0a-9b49-2f7a2f1f6c11\n",
+        )
+        .unwrap();
+    }
     let (a, b) = std::thread::scope(|s| {
         let a = s.spawn(|| start(&dir.path().join("a"), &url));
         let b = s.spawn(|| start(&dir.path().join("b"), &url));
@@ -161,6 +171,29 @@ fn two_berths_starting_together_migrate_once() {
     );
     assert_eq!(status, 200, "{}", b.log_text());
     drop((a, b));
+}
+
+/// A berth on a database whose blobs are another berth's local data dir
+/// (a misconfiguration: neither would see the other's objects) refuses to
+/// start, saying why, and leaves the database as it was.
+#[test]
+fn a_replica_with_blobs_of_its_own_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = pg::fresh_database();
+    let a = start(&dir.path().join("a"), &url);
+    let data = dir.path().join("b");
+    let port = free_port();
+    let mut b = Berth::spawn(&data, port, &config(&url), None);
+    let status = b.wait().unwrap();
+    assert!(!status.success());
+    let log = std::fs::read_to_string(data.with_extension(format!("{port}.log"))).unwrap();
+    assert!(
+        log.contains("another blob store") && log.contains("[storage.s3]"),
+        "{log}"
+    );
+    let db = pg::database_of(&url);
+    assert_eq!(pg::psql(db, "SELECT COUNT(*) FROM storage_identity"), "1");
+    drop(a);
 }
 
 /// Untagged GC through the binary on PostgreSQL: an untagged image's

@@ -180,6 +180,15 @@ impl From<StorageError> for ApiError {
                     "the registry is short of resources ({e}); retry shortly"
                 ))
             }
+            // The blob store's own message names the endpoint, bucket
+            // and object, and an S3 error body may echo the access key
+            // id: the log has it, the client does not.
+            StorageError::ObjectStore(e) => {
+                tracing::error!(error = %e, "blob store failure");
+                ApiError::internal(
+                    "internal storage error: the blob store failed (the registry's log has why)",
+                )
+            }
             other => {
                 tracing::error!(error = %other, "storage failure");
                 ApiError::internal(format!("internal storage error: {other}"))

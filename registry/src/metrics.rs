@@ -161,7 +161,8 @@ impl Metrics {
                     .set(l.min(i64::MAX as u64) as i64);
             }
         }
-        self.uploads_open.set(storage.uploads.open_count() as i64);
+        self.uploads_open
+            .set(storage.uploads.open_count().await as i64);
         let mut families = self.registry.gather();
         families.extend(used.collect());
         families.extend(limit.collect());
@@ -192,6 +193,7 @@ mod tests {
             synchronous: berth_storage::Synchronous::Normal,
             uploads: Default::default(),
             postgres: None,
+            s3: None,
         })
         .unwrap();
         let text = Metrics::new().render(&storage, |_| true).await.unwrap();

@@ -1,16 +1,27 @@
 //! The content-addressed blob store: layers and configs as objects named
 //! `blobs/<algorithm>/<2 hex>/<hex>` in an `object_store::ObjectStore`.
 //! On the local filesystem a finished upload is renamed into place (no second
-//! copy); on any other backend it is streamed up as a multipart upload.
+//! copy). On S3 (`[storage.s3]`) an upload's bytes go up as an S3 multipart
+//! upload at `uploads/<session>/data` as they arrive (`crate::uploads`'s
+//! shared sessions), and the finished object is copied server-side to its
+//! blob path; a blob GET may then be answered with a presigned URL.
+//!
+//! Every object_store error is a `StorageError::ObjectStore`: a 500 whose
+//! cause is logged, never shown (object_store's messages carry no
+//! credentials: S3 requests are signed in headers).
 
 use crate::digest::Digest;
 use crate::StorageError;
 use bytes::Bytes;
 use futures_util::stream::{self, BoxStream, StreamExt};
+use object_store::aws::AmazonS3Builder;
 use object_store::local::LocalFileSystem;
+use object_store::multipart::{MultipartStore, PartId};
 use object_store::path::Path as ObjectPath;
+use object_store::prefix::PrefixStore;
+use object_store::signer::Signer;
 use object_store::{
-    GetOptions, GetRange, GetResultPayload, ObjectStore, ObjectStoreExt, WriteMultipart,
+    GetOptions, GetRange, GetResultPayload, ObjectStore, ObjectStoreExt, PutPayload, WriteMultipart,
 };
 use std::io::{Read, Seek, SeekFrom};
 use std::ops::Range;
@@ -32,11 +43,69 @@ pub struct StoredObject {
 /// A stream of blob bytes.
 pub type ByteStream = BoxStream<'static, Result<Bytes, StorageError>>;
 
+/// `[storage.s3]`: blobs (and shared upload sessions' bytes) in an
+/// S3-compatible bucket.
+#[derive(Clone)]
+pub struct S3Config {
+    pub bucket: String,
+    /// `https://...` of an S3-compatible service; AWS's own when `None`.
+    pub endpoint: Option<String>,
+    pub region: Option<String>,
+    /// Credentials; when `None`, the usual AWS environment variables (and
+    /// the other sources `AmazonS3Builder::from_env` reads).
+    pub access_key_id: Option<String>,
+    pub secret_access_key: Option<String>,
+    /// Plain `http://` endpoints (tests, a service on the same host).
+    pub allow_http: bool,
+    /// `https://<bucket>.<endpoint>` rather than `<endpoint>/<bucket>`.
+    pub virtual_hosted_style: bool,
+    /// Every object's name starts with this (a bucket shared with others).
+    pub prefix: Option<String>,
+    /// Blob GETs answer 307 to a presigned URL valid this long.
+    pub redirect: Option<std::time::Duration>,
+}
+
+impl std::fmt::Debug for S3Config {
+    /// Everything but the secret.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("S3Config")
+            .field("bucket", &self.bucket)
+            .field("endpoint", &self.endpoint)
+            .field("region", &self.region)
+            .field("access_key_id", &self.access_key_id)
+            .field(
+                "secret_access_key",
+                &self.secret_access_key.as_ref().map(|_| "<set>"),
+            )
+            .field("allow_http", &self.allow_http)
+            .field("virtual_hosted_style", &self.virtual_hosted_style)
+            .field("prefix", &self.prefix)
+            .field("redirect", &self.redirect)
+            .finish()
+    }
+}
+
+/// The object naming the store (a uuid written by the first process that
+/// opened it): replicas compare it with the one recorded in the database.
+const IDENTITY_OBJECT: &str = "berth-store-id";
+
+/// S3's CopyObject copies at most 5 GiB; larger objects are streamed
+/// through this process instead, in `STREAM_COPY_PART` parts (two in
+/// flight: about 48 MiB of memory for the length of such a commit; 10,000
+/// parts make 160 GiB, the largest blob this path can store).
+const COPY_OBJECT_MAX: u64 = 5 * 1024 * 1024 * 1024;
+const STREAM_COPY_PART: usize = 16 * 1024 * 1024;
+
 #[derive(Clone)]
 pub struct BlobStore {
     store: Arc<dyn ObjectStore>,
     /// Set when the store is the local filesystem, to allow renames into it.
     local: Option<Arc<LocalFileSystem>>,
+    /// Set on S3: resumable multipart uploads, which any replica can add a
+    /// part to or complete by the upload's id.
+    multipart: Option<Arc<dyn MultipartStore>>,
+    /// Set when blob GETs redirect to presigned URLs valid this long.
+    signer: Option<(Arc<dyn Signer>, std::time::Duration)>,
 }
 
 impl BlobStore {
@@ -47,12 +116,293 @@ impl BlobStore {
         Ok(BlobStore {
             store: fs.clone(),
             local: Some(fs),
+            multipart: None,
+            signer: None,
         })
     }
 
     /// A blob store on any object_store backend (S3, GCS, Azure, memory).
     pub fn remote(store: Arc<dyn ObjectStore>) -> BlobStore {
-        BlobStore { store, local: None }
+        BlobStore {
+            store,
+            local: None,
+            multipart: None,
+            signer: None,
+        }
+    }
+
+    /// A blob store on a backend with resumable multipart uploads, which
+    /// shared upload sessions need (S3; `InMemory` in unit tests).
+    pub fn shared<T: ObjectStore + MultipartStore>(store: T) -> BlobStore {
+        let store = Arc::new(store);
+        BlobStore {
+            store: store.clone(),
+            local: None,
+            multipart: Some(store),
+            signer: None,
+        }
+    }
+
+    /// The bucket `config` names. Nothing is sent yet: a wrong endpoint or
+    /// credentials show at the first request (`identity` at start-up).
+    pub fn s3(config: &S3Config) -> Result<BlobStore, StorageError> {
+        // reqwest's rustls is built without a provider of its own (see the
+        // workspace's Cargo.toml); ring is the one berth uses everywhere.
+        // Installed once per process; a second call finds it there.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let mut b = AmazonS3Builder::from_env()
+            .with_bucket_name(&config.bucket)
+            .with_allow_http(config.allow_http)
+            .with_virtual_hosted_style_request(config.virtual_hosted_style);
+        if let Some(endpoint) = &config.endpoint {
+            b = b.with_endpoint(endpoint);
+        }
+        if let Some(region) = &config.region {
+            b = b.with_region(region);
+        }
+        if let Some(id) = &config.access_key_id {
+            b = b.with_access_key_id(id);
+        }
+        if let Some(secret) = &config.secret_access_key {
+            b = b.with_secret_access_key(secret);
+        }
+        let s3 = b
+            .build()
+            .map_err(|e| StorageError::Internal(format!("[storage.s3] is not usable: {e}")))?;
+        let prefix = config
+            .prefix
+            .as_deref()
+            .map(|p| p.trim_matches('/'))
+            .filter(|p| !p.is_empty());
+        Ok(match prefix {
+            Some(p) => {
+                let s = Arc::new(PrefixStore::new(s3, p));
+                let mut bs = BlobStore::remote(s.clone());
+                bs.multipart = Some(s.clone());
+                bs.signer = config.redirect.map(|d| (s as Arc<dyn Signer>, d));
+                bs
+            }
+            None => {
+                let s = Arc::new(s3);
+                let mut bs = BlobStore::remote(s.clone());
+                bs.multipart = Some(s.clone());
+                bs.signer = config.redirect.map(|d| (s as Arc<dyn Signer>, d));
+                bs
+            }
+        })
+    }
+
+    /// Whether upload sessions must be shared (the store is not this
+    /// machine's disk, so other replicas may use it).
+    pub fn is_shared(&self) -> bool {
+        self.multipart.is_some()
+    }
+
+    /// This store's identity: a uuid kept in the store itself (written by
+    /// the first process to open it), so two processes agree exactly when
+    /// they use the same store, whatever address they reach it by.
+    pub async fn identity(&self) -> Result<String, StorageError> {
+        let path = ObjectPath::from(IDENTITY_OBJECT);
+        let read = |bytes: Bytes| {
+            String::from_utf8(bytes.to_vec())
+                .ok()
+                .map(|s| s.trim().to_owned())
+                .filter(|s| uuid::Uuid::parse_str(s).is_ok())
+        };
+        match self.store.get(&path).await {
+            Ok(r) => {
+                if let Some(id) = read(r.bytes().await?) {
+                    return Ok(id);
+                }
+            }
+            Err(object_store::Error::NotFound { .. }) => {}
+            Err(e) => return Err(e.into()),
+        }
+        let id = uuid::Uuid::new_v4().to_string();
+        self.store
+            .put(&path, PutPayload::from(format!("{id}\n")))
+            .await?;
+        // Read back: a process that wrote at the same moment may have won.
+        let got = read(self.store.get(&path).await?.bytes().await?);
+        got.ok_or_else(|| {
+            StorageError::Internal(format!("{IDENTITY_OBJECT} in the blob store is not a uuid"))
+        })
+    }
+
+    /// A presigned GET URL for the blob, when `[storage.s3] redirect` is on.
+    pub async fn presigned_get(&self, digest: &Digest) -> Result<Option<String>, StorageError> {
+        let Some((signer, expiry)) = &self.signer else {
+            return Ok(None);
+        };
+        let url = signer
+            .signed_url(http::Method::GET, &Self::object_path(digest), *expiry)
+            .await?;
+        Ok(Some(url.to_string()))
+    }
+
+    fn multipart(&self) -> Result<&Arc<dyn MultipartStore>, StorageError> {
+        self.multipart.as_ref().ok_or_else(|| {
+            StorageError::Internal("this blob store has no multipart uploads".into())
+        })
+    }
+
+    /// Where a shared upload session's bytes are assembled.
+    pub fn upload_path(session: &str) -> ObjectPath {
+        ObjectPath::from(format!("uploads/{session}/data"))
+    }
+
+    pub async fn create_multipart(&self, session: &str) -> Result<String, StorageError> {
+        Ok(self
+            .multipart()?
+            .create_multipart(&Self::upload_path(session))
+            .await?)
+    }
+
+    /// Uploads part `index` (0-based) of the session's multipart upload;
+    /// its ETag.
+    pub async fn put_part(
+        &self,
+        session: &str,
+        multipart_id: &str,
+        index: usize,
+        data: Bytes,
+    ) -> Result<String, StorageError> {
+        let part = self
+            .multipart()?
+            .put_part(
+                &Self::upload_path(session),
+                &multipart_id.to_owned(),
+                index,
+                PutPayload::from_bytes(data),
+            )
+            .await?;
+        Ok(part.content_id)
+    }
+
+    /// Completes the session's multipart upload from its parts' ETags.
+    pub async fn complete_multipart(
+        &self,
+        session: &str,
+        multipart_id: &str,
+        parts: &[String],
+    ) -> Result<(), StorageError> {
+        let parts = parts
+            .iter()
+            .map(|p| PartId {
+                content_id: p.clone(),
+            })
+            .collect();
+        self.multipart()?
+            .complete_multipart(&Self::upload_path(session), &multipart_id.to_owned(), parts)
+            .await?;
+        Ok(())
+    }
+
+    /// Aborts the session's multipart upload (its parts stop costing
+    /// storage); one already gone is not an error.
+    pub async fn abort_multipart(
+        &self,
+        session: &str,
+        multipart_id: &str,
+    ) -> Result<(), StorageError> {
+        match self
+            .multipart()?
+            .abort_multipart(&Self::upload_path(session), &multipart_id.to_owned())
+            .await
+        {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Size of the assembled upload object.
+    pub async fn upload_size(&self, session: &str) -> Result<Option<u64>, StorageError> {
+        match self.store.head(&Self::upload_path(session)).await {
+            Ok(meta) => Ok(Some(meta.size)),
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Streams the assembled upload object (a sha512 upload's one
+    /// verification read: the running hash is sha256).
+    pub async fn upload_stream(&self, session: &str) -> Result<ByteStream, StorageError> {
+        let r = self.store.get(&Self::upload_path(session)).await?;
+        Ok(r.into_stream()
+            .map(|r| r.map_err(StorageError::from))
+            .boxed())
+    }
+
+    /// Moves a verified upload object to its blob path (a server-side copy
+    /// up to 5 GiB, streamed through this process past that), then deletes
+    /// it; a failed delete leaves it for the orphan sweep.
+    pub async fn commit_upload(
+        &self,
+        session: &str,
+        digest: &Digest,
+        size: u64,
+    ) -> Result<(), StorageError> {
+        let from = Self::upload_path(session);
+        let to = Self::object_path(digest);
+        if size <= COPY_OBJECT_MAX {
+            self.store.copy(&from, &to).await?;
+        } else {
+            let mut source = self.store.get(&from).await?.into_stream();
+            let mut writer = WriteMultipart::new_with_chunk_size(
+                self.store.put_multipart(&to).await?,
+                STREAM_COPY_PART,
+            );
+            while let Some(chunk) = source.next().await {
+                writer.wait_for_capacity(2).await?;
+                writer.put(chunk?);
+            }
+            writer.finish().await?;
+        }
+        self.delete_upload_objects(session).await;
+        Ok(())
+    }
+
+    /// Deletes what a session left in the store (its assembled object);
+    /// failures are logged, and the orphan sweep retries.
+    pub async fn delete_upload_objects(&self, session: &str) {
+        match self.store.delete(&Self::upload_path(session)).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+            Err(e) => {
+                tracing::warn!(session, error = %e, "upload object not deleted; the orphan sweep retries")
+            }
+        }
+    }
+
+    /// Objects under `uploads/`: (session id, path, last modified ms).
+    pub async fn list_upload_objects(
+        &self,
+    ) -> Result<Vec<(String, ObjectPath, i64)>, StorageError> {
+        let mut stream = self.store.list(Some(&ObjectPath::from("uploads")));
+        let mut out = Vec::new();
+        while let Some(meta) = stream.next().await {
+            let meta = match meta {
+                Ok(m) => m,
+                Err(object_store::Error::NotFound { .. }) => continue,
+                Err(e) => return Err(e.into()),
+            };
+            let parts: Vec<&str> = meta.location.as_ref().split('/').collect();
+            if let ["uploads", id, ..] = parts.as_slice() {
+                out.push((
+                    (*id).to_owned(),
+                    meta.location.clone(),
+                    meta.last_modified.timestamp_millis(),
+                ));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Deletes one object by path; a missing one is not an error.
+    pub async fn delete_path(&self, path: &ObjectPath) -> Result<(), StorageError> {
+        match self.store.delete(path).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(e.into()),
+        }
     }
 
     pub fn object_path(digest: &Digest) -> ObjectPath {

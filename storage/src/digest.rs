@@ -1,6 +1,7 @@
 //! Content digests (`sha256:<hex>`, `sha512:<hex>`) and the incremental hasher
 //! that computes them while bytes stream through an upload.
 
+use sha2::digest::common::hazmat::{SerializableState, SerializedState};
 use sha2::{Digest as _, Sha256, Sha512};
 use std::fmt;
 use std::str::FromStr;
@@ -137,11 +138,55 @@ impl Hasher {
 
     pub fn finish(self) -> Digest {
         let (algorithm, hex) = match self {
-            Hasher::Sha256(h) => (Algorithm::Sha256, format!("{:x}", h.finalize())),
-            Hasher::Sha512(h) => (Algorithm::Sha512, format!("{:x}", h.finalize())),
+            Hasher::Sha256(h) => (Algorithm::Sha256, to_hex(&h.finalize())),
+            Hasher::Sha512(h) => (Algorithm::Sha512, to_hex(&h.finalize())),
         };
         Digest { algorithm, hex }
     }
+
+    pub fn algorithm(&self) -> Algorithm {
+        match self {
+            Hasher::Sha256(_) => Algorithm::Sha256,
+            Hasher::Sha512(_) => Algorithm::Sha512,
+        }
+    }
+
+    /// The running state (chaining values, length, unprocessed block), so
+    /// that another process can go on hashing where this one stopped: an
+    /// upload's requests may land on different replicas, and re-hashing
+    /// what was staged before each one would be quadratic. Not secret
+    /// (it is a hash of bytes the client sent), but not a digest either.
+    pub fn save(&self) -> Vec<u8> {
+        match self {
+            Hasher::Sha256(h) => h.serialize().to_vec(),
+            Hasher::Sha512(h) => h.serialize().to_vec(),
+        }
+    }
+
+    /// A hasher from `save`'s bytes; `None` when they are not a state of
+    /// `algorithm` (a damaged row must not panic the request).
+    pub fn restore(algorithm: Algorithm, state: &[u8]) -> Option<Hasher> {
+        match algorithm {
+            Algorithm::Sha256 => {
+                let s: &SerializedState<Sha256> = state.try_into().ok()?;
+                Sha256::deserialize(s).ok().map(Hasher::Sha256)
+            }
+            Algorithm::Sha512 => {
+                let s: &SerializedState<Sha512> = state.try_into().ok()?;
+                Sha512::deserialize(s).ok().map(Hasher::Sha512)
+            }
+        }
+    }
+}
+
+fn to_hex(bytes: &[u8]) -> String {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut s = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        s.push(HEX[(b >> 4) as usize] as char);
+        s.push(HEX[(b & 15) as usize] as char);
+    }
+    s
 }
 
 #[cfg(test)]
@@ -158,6 +203,29 @@ mod tests {
         assert_eq!(d.to_string().parse::<Digest>().unwrap(), d);
         let d512 = Digest::compute(Algorithm::Sha512, b"abc");
         assert_eq!(d512.to_string().parse::<Digest>().unwrap(), d512);
+    }
+
+    #[test]
+    fn a_saved_state_goes_on_hashing_in_another_hasher() {
+        for alg in [Algorithm::Sha256, Algorithm::Sha512] {
+            let data: Vec<u8> = (0..10_000u32).map(|i| (i % 251) as u8).collect();
+            // Cut inside a block and at a block boundary.
+            for cut in [0, 1, 63, 64, 128, 5000, 10_000] {
+                let mut h = Hasher::new(alg);
+                h.update(&data[..cut]);
+                let saved = h.save();
+                let mut resumed = Hasher::restore(alg, &saved).unwrap();
+                resumed.update(&data[cut..]);
+                assert_eq!(
+                    resumed.finish(),
+                    Digest::compute(alg, &data),
+                    "{alg:?} cut {cut}"
+                );
+            }
+        }
+        assert!(Hasher::restore(Algorithm::Sha256, b"short").is_none());
+        let sha512_state = Hasher::new(Algorithm::Sha512).save();
+        assert!(Hasher::restore(Algorithm::Sha256, &sha512_state).is_none());
     }
 
     #[test]

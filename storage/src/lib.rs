@@ -17,11 +17,14 @@ pub mod migrate;
 pub mod names;
 pub mod uploads;
 
-pub use blobs::BlobStore;
+pub use blobs::{BlobStore, S3Config};
 pub use digest::{Algorithm, Digest, DigestError};
 pub use meta::{Metadata, PostgresConfig, Synchronous};
 pub use names::{NameError, RepoName};
 pub use uploads::{Staged, UploadLimits, Uploads};
+
+/// The blob store identity's name in `storage_identity`.
+const BLOB_STORE_IDENTITY: &str = "blob_store";
 
 use std::io::{Read, Seek, Write};
 use std::os::unix::fs::PermissionsExt;
@@ -136,6 +139,9 @@ pub struct StorageConfig {
     pub uploads: UploadLimits,
     /// Metadata in PostgreSQL instead of `<data_dir>/berth.db`.
     pub postgres: Option<PostgresConfig>,
+    /// Blobs in S3 instead of `<data_dir>/blobs/`; upload sessions are
+    /// then kept in the metadata database, shared by replicas.
+    pub s3: Option<S3Config>,
 }
 
 /// The storage parts the registry uses, opened together on one data dir.
@@ -171,6 +177,12 @@ impl Storage {
         let dir = &config.data_dir;
         let dir_lock = lock_data_dir(dir)?;
         let meta = Metadata::open(&dir.join("berth.db"), config.synchronous)?;
+        if config.s3.is_some() {
+            return Err(StorageError::Internal(
+                "Storage::open is for local blobs; [storage.s3] needs Storage::connect".into(),
+            ));
+        }
+        // No identity check: database and blobs are in one data dir.
         Storage::assemble(config, meta, dir_lock)
     }
 
@@ -178,23 +190,62 @@ impl Storage {
     /// (as `open`), or PostgreSQL metadata (connecting and migrating)
     /// beside the data dir's blobs and staging.
     pub async fn connect(config: &StorageConfig) -> Result<Storage, StorageError> {
-        let Some(pg) = &config.postgres else {
-            let config = config.clone();
-            return tokio::task::spawn_blocking(move || Storage::open(&config))
-                .await
-                .map_err(|e| {
-                    StorageError::Internal(format!("storage start-up task failed: {e}"))
-                })?;
-        };
         let dir = config.data_dir.clone();
         let dir_lock = tokio::task::spawn_blocking(move || lock_data_dir(&dir))
             .await
             .map_err(|e| StorageError::Internal(format!("storage start-up task failed: {e}")))??;
-        let meta = Metadata::connect_postgres(pg).await?;
+        let meta = match &config.postgres {
+            Some(pg) => Metadata::connect_postgres(pg).await?,
+            None => {
+                let (db, sync) = (config.data_dir.join("berth.db"), config.synchronous);
+                tokio::task::spawn_blocking(move || Metadata::open(&db, sync))
+                    .await
+                    .map_err(|e| {
+                        StorageError::Internal(format!("storage start-up task failed: {e}"))
+                    })??
+            }
+        };
+        let shared = config.postgres.is_some() || config.s3.is_some();
         let config = config.clone();
-        tokio::task::spawn_blocking(move || Storage::assemble(&config, meta, dir_lock))
-            .await
-            .map_err(|e| StorageError::Internal(format!("storage start-up task failed: {e}")))?
+        let storage =
+            tokio::task::spawn_blocking(move || Storage::assemble(&config, meta, dir_lock))
+                .await
+                .map_err(|e| {
+                    StorageError::Internal(format!("storage start-up task failed: {e}"))
+                })??;
+        // SQLite with local blobs keeps both in one data dir: nothing to
+        // tell apart.
+        if shared {
+            storage.check_identity().await?;
+        }
+        Ok(storage)
+    }
+
+    /// Records the blob store's identity in the metadata database, or
+    /// refuses to start when another one is recorded: replicas sharing
+    /// PostgreSQL must share blobs too, and one with a data dir (or a
+    /// bucket) of its own would serve rows whose objects it cannot see.
+    async fn check_identity(&self) -> Result<(), StorageError> {
+        let mine = format!(
+            "{}:{}",
+            if self.blobs.is_shared() {
+                "s3"
+            } else {
+                "local"
+            },
+            self.blobs.identity().await?
+        );
+        let recorded = self
+            .meta
+            .storage_identity(BLOB_STORE_IDENTITY, &mine)
+            .await?;
+        if recorded != mine {
+            return Err(StorageError::Internal(format!(
+                "the metadata database belongs to another blob store ({recorded}) than this berth's ({mine}{}): replicas sharing a database must share blobs ([storage.s3]); a database moved to a new blob store needs its storage_identity row deleted by hand",
+                if self.blobs.is_shared() { "" } else { ", the data dir's blobs" }
+            )));
+        }
+        Ok(())
     }
 
     fn assemble(
@@ -203,8 +254,27 @@ impl Storage {
         dir_lock: std::fs::File,
     ) -> Result<Storage, StorageError> {
         let dir = &config.data_dir;
-        let blobs = BlobStore::local(dir)?;
-        let uploads = Arc::new(Uploads::open(&dir.join("uploads"), config.uploads.clone())?);
+        // With S3, sessions live in the database (any replica serves any
+        // request of an upload); without, in this process, as fast as ever.
+        let (blobs, uploads) = match &config.s3 {
+            Some(s3) => {
+                let blobs = BlobStore::s3(s3)?;
+                let uploads = uploads::SharedUploads::new(
+                    meta.clone(),
+                    blobs.clone(),
+                    config.uploads.clone(),
+                );
+                (blobs, Uploads::Shared(uploads))
+            }
+            None => (
+                BlobStore::local(dir)?,
+                Uploads::Local(uploads::LocalUploads::open(
+                    &dir.join("uploads"),
+                    config.uploads.clone(),
+                )?),
+            ),
+        };
+        let uploads = Arc::new(uploads);
         Ok(Storage {
             meta,
             blobs,
@@ -256,19 +326,62 @@ impl Storage {
             size,
             hold,
         } = done;
-        match content {
-            Staged::Memory(data) => self.meta.link_inline_blob(repo, digest, data, hold).await,
-            Staged::File(path) => {
+        let session = match hold {
+            uploads::Hold::Local(hold) => {
+                return match content {
+                    Staged::Memory(data) => {
+                        self.meta.link_inline_blob(repo, digest, data, hold).await
+                    }
+                    Staged::File(path) => {
+                        let key = digest.to_string();
+                        let guard = self.lock_digests(&[&key]).await?;
+                        let result = match self.blobs.commit_staged(path, digest).await {
+                            Ok(()) => self.meta.link_blob(repo, digest, size, hold).await,
+                            Err(e) => Err(e),
+                        };
+                        guard.release().await;
+                        result
+                    }
+                    Staged::Object => Err(StorageError::Internal(
+                        "a local upload finished as a shared object".into(),
+                    )),
+                };
+            }
+            uploads::Hold::Shared(session) => session,
+        };
+        // A shared session: its row (the staged bytes) goes in the
+        // transaction that charges the blob; a refusal or a failure
+        // discards the session, objects and all.
+        let result = match content {
+            Staged::Memory(data) => {
+                self.meta
+                    .link_uploaded_blob(repo, digest, size, Some(data), &session)
+                    .await
+            }
+            Staged::Object => {
                 let key = digest.to_string();
                 let guard = self.lock_digests(&[&key]).await?;
-                let result = match self.blobs.commit_staged(path, digest).await {
-                    Ok(()) => self.meta.link_blob(repo, digest, size, hold).await,
+                let result = match self.blobs.commit_upload(&session, digest, size).await {
+                    Ok(()) => {
+                        self.meta
+                            .link_uploaded_blob(repo, digest, size, None, &session)
+                            .await
+                    }
                     Err(e) => Err(e),
                 };
                 guard.release().await;
                 result
             }
+            Staged::File(_) => Err(StorageError::Internal(
+                "a shared upload finished as a local file".into(),
+            )),
+        };
+        if !matches!(result, Ok(Ok(()))) {
+            if let Uploads::Shared(u) = &*self.uploads {
+                u.discard(&session).await;
+            }
         }
+        result
     }
 
     /// Deletes blob rows that are still unlinked and untouched since
@@ -341,12 +454,46 @@ impl Storage {
                 });
             }
         }
+        if self.blobs.is_shared() && !dry_run {
+            self.sweep_upload_objects(cutoff).await?;
+        }
         Ok(orphans)
     }
 
+    /// Objects under `uploads/<session>/` whose session row is gone (a
+    /// crash between a row's deletion and its objects'), written before
+    /// `cutoff`. A live session's objects are never touched: its row is
+    /// looked up, and a session created after the listing is newer than
+    /// the cutoff. (Parts of an unfinished multipart upload are not
+    /// objects and are not listed; an aborted session's parts go with
+    /// `abort_multipart`, and a bucket lifecycle rule catches the rest.)
+    async fn sweep_upload_objects(&self, cutoff: i64) -> Result<usize, StorageError> {
+        let objects = self.blobs.list_upload_objects().await?;
+        let mut removed = 0;
+        for chunk in objects.chunks(512) {
+            let present = self
+                .meta
+                .uploads_present(chunk.iter().map(|(id, _, _)| id.clone()).collect())
+                .await?;
+            for ((id, path, modified), present) in chunk.iter().zip(present) {
+                if present || *modified >= cutoff {
+                    continue;
+                }
+                tracing::info!(session = %id, object = %path, "removing an orphaned upload object");
+                self.blobs.delete_path(path).await?;
+                removed += 1;
+            }
+        }
+        Ok(removed)
+    }
+
     /// Checks the data dir at `dir` (berth running or not: read-only, no
-    /// lock): every blob row has its object, and what is left for GC.
-    pub async fn check_integrity(dir: &Path) -> Result<meta::IntegrityReport, StorageError> {
+    /// lock): every blob row has its object (in the data dir, or in the
+    /// bucket `s3` names), and what is left for GC.
+    pub async fn check_integrity(
+        dir: &Path,
+        s3: Option<S3Config>,
+    ) -> Result<meta::IntegrityReport, StorageError> {
         let db = dir.join("berth.db");
         if !db.exists() {
             return Err(StorageError::Internal(format!(
@@ -367,7 +514,10 @@ impl Storage {
         })
         .await
         .map_err(|e| StorageError::Internal(e.to_string()))??;
-        let objects = BlobStore::local(dir)?.list().await?;
+        let objects = match &s3 {
+            Some(s3) => BlobStore::s3(s3)?.list().await?,
+            None => BlobStore::local(dir)?.list().await?,
+        };
         Ok(integrity_report(rows, objects))
     }
 

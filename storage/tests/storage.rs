@@ -30,6 +30,19 @@ for_each_backend!(
     inline_blobs_go_with_their_rows,
 );
 
+// The blob and upload cases again with blobs in S3 (a real Garage) and
+// sessions in PostgreSQL, as replicas run.
+on_s3!(
+    manifests_reference_checks_and_deletes_survive_reopen,
+    uploads_verify_sha256_and_sha512_and_discard_mismatches,
+    digest_locks_exclude_each_other,
+    concurrent_small_blobs_commit_together_and_refusals_roll_back_alone,
+    held_is_given_back_inside_the_charging_transaction,
+    inline_blobs_go_with_their_rows,
+    uploads_span_replicas_and_the_sweep_spares_live_sessions,
+    a_part_replaced_after_its_etag_was_saved_fails_completion,
+);
+
 fn body(
     parts: &[&'static [u8]],
 ) -> impl futures_util::Stream<Item = Result<Bytes, std::io::Error>> + Unpin {
@@ -43,8 +56,7 @@ fn body(
 
 async fn store_blob(s: &Storage, repo: &RepoName, bytes: &'static [u8]) -> Digest {
     let digest = Digest::sha256_of(bytes);
-    let session = s.uploads.start(repo).await.unwrap();
-    let mut session = session.lock().await;
+    let mut session = s.uploads.start(repo).await.unwrap();
     s.uploads
         .append(&mut session, body(&[bytes]), None, None)
         .await
@@ -209,8 +221,7 @@ async fn uploads_verify_sha256_and_sha512_and_discard_mismatches(backend: Backen
     let s = Place::new(backend).storage(dir.path()).await;
     let repo = RepoName::parse("tool-b/app").unwrap();
 
-    let session = s.uploads.start(&repo).await.unwrap();
-    let mut session = session.lock().await;
+    let mut session = s.uploads.start(&repo).await.unwrap();
     s.uploads
         .append(&mut session, body(&[b"hello ", b"world"]), None, None)
         .await
@@ -223,22 +234,30 @@ async fn uploads_verify_sha256_and_sha512_and_discard_mismatches(backend: Backen
         }
         other => panic!("expected a mismatch, got {:?}", other.map(|_| ())),
     }
-    assert_eq!(
-        staged_files(s.uploads.dir()),
-        0,
-        "a refused upload leaves no staging file"
-    );
+    match &*s.uploads {
+        berth_storage::Uploads::Local(u) => assert_eq!(
+            staged_files(u.dir()),
+            0,
+            "a refused upload leaves no staging file"
+        ),
+        berth_storage::Uploads::Shared(_) => assert_eq!(
+            s.meta.upload_count().await.unwrap(),
+            0,
+            "a refused upload leaves no session"
+        ),
+    }
     drop(session);
 
-    let session = s.uploads.start(&repo).await.unwrap();
-    let id = session.lock().await.id.to_string();
+    let mut session = s.uploads.start(&repo).await.unwrap();
+    let id = session.id();
     assert!(
         s.uploads
-            .get(&id, &RepoName::parse("tool-b/other").unwrap())
+            .open(&id, &RepoName::parse("tool-b/other").unwrap())
+            .await
+            .unwrap()
             .is_none(),
         "sessions belong to one repo"
     );
-    let mut session = session.lock().await;
     s.uploads
         .append(&mut session, body(&[b"hello world"]), None, None)
         .await
@@ -259,7 +278,7 @@ async fn uploads_verify_sha256_and_sha512_and_discard_mismatches(backend: Backen
     );
     assert!(!dir.path().join("blobs/sha512").exists());
     assert!(
-        s.uploads.get(&id, &repo).is_none(),
+        s.uploads.open(&id, &repo).await.unwrap().is_none(),
         "a finished session is forgotten"
     );
 }
@@ -367,7 +386,17 @@ async fn digest_locks_exclude_each_other(backend: Backend) {
     let a = place.storage(d1.path()).await;
     let b = match backend {
         Backend::Sqlite => a.clone(),
-        Backend::Postgres => place.storage(d2.path()).await,
+        Backend::Postgres => {
+            // Replicas on local blobs must share them (a shared mount):
+            // the store's identity says which store it is.
+            std::fs::copy(
+                d1.path().join("berth-store-id"),
+                d2.path().join("berth-store-id"),
+            )
+            .unwrap();
+            place.storage(d2.path()).await
+        }
+        Backend::S3 => place.storage(d2.path()).await,
     };
     let digest = Digest::sha256_of(b"locked").to_string();
     let held = a.lock_digests(&[&digest]).await.unwrap();
@@ -572,4 +601,206 @@ async fn inline_blobs_go_with_their_rows(backend: Backend) {
     );
     assert!(s.meta.reconcile_quota().await.unwrap().is_empty());
     s.close().await;
+}
+
+fn pattern(n: usize, seed: u8) -> Vec<u8> {
+    (0..n)
+        .map(|i| (i as u8).wrapping_mul(29).wrapping_add(seed))
+        .collect()
+}
+
+async fn read_all(s: &Storage, digest: &Digest, range: Option<std::ops::Range<u64>>) -> Vec<u8> {
+    use futures_util::StreamExt;
+    let mut stream = s.blobs.get(digest, range).await.unwrap();
+    let mut out = Vec::new();
+    while let Some(c) = stream.next().await {
+        out.extend_from_slice(&c.unwrap());
+    }
+    out
+}
+
+fn owned_body(
+    chunks: Vec<Vec<u8>>,
+) -> impl futures_util::Stream<Item = Result<Bytes, std::io::Error>> + Unpin {
+    futures_util::stream::iter(chunks.into_iter().map(|c| Ok(Bytes::from(c))))
+}
+
+/// S3 only: one upload's requests on two replicas (two `Storage`s, own
+/// data dirs, one database and bucket): chunks smaller and larger than a
+/// part alternate, the blob is read back whole and by range from the
+/// other; the orphan sweep deletes an unreferenced blob object and an
+/// upload object whose session is gone, but not a live session's; a
+/// replica with another bucket is refused at start-up; fsck reads the
+/// bucket.
+async fn uploads_span_replicas_and_the_sweep_spares_live_sessions(backend: Backend) {
+    assert_eq!(backend, Backend::S3);
+    let (d1, d2) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let place = Place::new(backend);
+    let a = place.storage(d1.path()).await;
+    let b = place.storage(d2.path()).await;
+    let repo = RepoName::parse("tool-s3/app").unwrap();
+    let chunks = vec![
+        pattern(1 << 20, 1),
+        pattern(9 << 20, 2),
+        pattern(100, 3),
+        pattern(6 << 20, 4),
+    ];
+    let all = chunks.concat();
+    let digest = Digest::sha256_of(&all);
+    let id = a.uploads.start(&repo).await.unwrap().id();
+    for (i, chunk) in chunks.into_iter().enumerate() {
+        let s = if i % 2 == 0 { &b } else { &a };
+        let mut session = s.uploads.open(&id, &repo).await.unwrap().unwrap();
+        let n = s
+            .uploads
+            .append(&mut session, owned_body(vec![chunk]), None, None)
+            .await
+            .unwrap();
+        assert!(n > 0);
+    }
+    let mut session = a.uploads.open(&id, &repo).await.unwrap().unwrap();
+    assert_eq!(session.offset(), all.len() as u64);
+    let done = a.uploads.finish(&mut session, &digest).await.unwrap();
+    // Between the finish and the link the assembled object is a live
+    // session's: the sweep leaves it.
+    let future = berth_storage::now_ms() + 3_600_000;
+    b.sweep_orphans(future, false).await.unwrap();
+    a.store_upload(done, &repo, &digest).await.unwrap().unwrap();
+    assert_eq!(read_all(&b, &digest, None).await, all);
+    assert_eq!(read_all(&b, &digest, Some(5..70_000)).await, all[5..70_000]);
+    assert_eq!(b.blobs.size(&digest).await.unwrap(), Some(all.len() as u64));
+    assert_eq!(a.meta.upload_count().await.unwrap(), 0);
+
+    // An orphan blob object (its row deleted, the object not) and an
+    // orphan upload object (a session row gone before its object).
+    let orphan = {
+        let data = pattern(200_000, 9);
+        let d = Digest::sha256_of(&data);
+        let mut s = a.uploads.start(&repo).await.unwrap();
+        a.uploads
+            .append(&mut s, owned_body(vec![data]), None, None)
+            .await
+            .unwrap();
+        let done = a.uploads.finish(&mut s, &d).await.unwrap();
+        a.store_upload(done, &repo, &d).await.unwrap().unwrap();
+        a.meta.unlink_blob(&repo, &d).await.unwrap();
+        let plan = a.meta.gc_plan(future, future).await.unwrap();
+        a.meta
+            .delete_blob_rows_checked(plan.blobs, future)
+            .await
+            .unwrap();
+        d
+    };
+    let stale = {
+        let data = pattern(300_000, 7);
+        let mut s = b.uploads.start(&repo).await.unwrap();
+        let id = s.id();
+        b.uploads
+            .append(&mut s, owned_body(vec![data.clone()]), None, None)
+            .await
+            .unwrap();
+        let _done = b
+            .uploads
+            .finish(&mut s, &Digest::sha256_of(&data))
+            .await
+            .unwrap();
+        b.meta.delete_upload(&id, None).await.unwrap().unwrap();
+        id
+    };
+    let live = {
+        let mut s = b.uploads.start(&repo).await.unwrap();
+        b.uploads
+            .append(&mut s, owned_body(vec![pattern(6 << 20, 5)]), None, None)
+            .await
+            .unwrap();
+        s.id()
+    };
+    assert!(a.blobs.size(&orphan).await.unwrap().is_some());
+    let swept = a.sweep_orphans(future, false).await.unwrap();
+    assert_eq!(
+        swept.iter().map(|o| o.digest.clone()).collect::<Vec<_>>(),
+        vec![orphan.to_string()]
+    );
+    assert!(a.blobs.size(&orphan).await.unwrap().is_none());
+    let uploads: Vec<String> = a
+        .blobs
+        .list_upload_objects()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|(id, _, _)| id)
+        .collect();
+    assert!(!uploads.contains(&stale), "the orphaned upload object went");
+    assert_eq!(
+        b.blobs.size(&digest).await.unwrap(),
+        Some(all.len() as u64),
+        "a linked blob stays"
+    );
+    // The live session goes on and finishes.
+    let mut s = a.uploads.open(&live, &repo).await.unwrap().unwrap();
+    a.uploads
+        .append(&mut s, owned_body(vec![pattern(10, 6)]), None, None)
+        .await
+        .unwrap();
+    let whole = [pattern(6 << 20, 5), pattern(10, 6)].concat();
+    let d = Digest::sha256_of(&whole);
+    let done = a.uploads.finish(&mut s, &d).await.unwrap();
+    a.store_upload(done, &repo, &d).await.unwrap().unwrap();
+    assert_eq!(read_all(&b, &d, None).await, whole);
+
+    // Another bucket with this database: refused, saying why.
+    let d3 = tempfile::tempdir().unwrap();
+    let mut other = place.config(d3.path(), berth_storage::Synchronous::Normal);
+    other.s3 = Some(support::s3_config(support::garage::server().unwrap()));
+    let refused = berth_storage::Storage::connect(&other).await;
+    let Err(e) = refused else {
+        panic!("a replica with another bucket started")
+    };
+    assert!(e.to_string().contains("another blob store"), "{e}");
+
+    // fsck (SQLite metadata in a data dir, blobs in a bucket).
+    let d4 = tempfile::tempdir().unwrap();
+    let mut sqlite_s3 = place.config(d4.path(), berth_storage::Synchronous::Normal);
+    sqlite_s3.postgres = None;
+    sqlite_s3.s3 = Some(support::s3_config(support::garage::server().unwrap()));
+    let s = berth_storage::Storage::connect(&sqlite_s3).await.unwrap();
+    let data = pattern(100_000, 3);
+    let d = Digest::sha256_of(&data);
+    let mut session = s.uploads.start(&repo).await.unwrap();
+    s.uploads
+        .append(&mut session, owned_body(vec![data]), None, None)
+        .await
+        .unwrap();
+    let done = s.uploads.finish(&mut session, &d).await.unwrap();
+    s.store_upload(done, &repo, &d).await.unwrap().unwrap();
+    let report = berth_storage::Storage::check_integrity(d4.path(), sqlite_s3.s3.clone())
+        .await
+        .unwrap();
+    assert_eq!((report.blob_rows, report.objects), (1, 1));
+    assert!(report.rows_without_object.is_empty() && report.orphan_objects.is_empty());
+    s.close().await;
+}
+
+/// S3 only: what a late part upload of a dropped request would do (it
+/// lands after another request re-sent that part and saved its ETag): the
+/// server refuses to complete with ETags that no longer match, so the
+/// upload fails rather than assembling bytes its saved hash never saw.
+async fn a_part_replaced_after_its_etag_was_saved_fails_completion(backend: Backend) {
+    assert_eq!(backend, Backend::S3);
+    let dir = tempfile::tempdir().unwrap();
+    let s = Place::new(backend).storage(dir.path()).await;
+    let id = uuid::Uuid::new_v4().to_string();
+    let m = s.blobs.create_multipart(&id).await.unwrap();
+    let saved = s
+        .blobs
+        .put_part(&id, &m, 0, Bytes::from(pattern(5 << 20, 1)))
+        .await
+        .unwrap();
+    let _late = s
+        .blobs
+        .put_part(&id, &m, 0, Bytes::from(pattern(5 << 20, 2)))
+        .await
+        .unwrap();
+    let completed = s.blobs.complete_multipart(&id, &m, &[saved]).await;
+    assert!(completed.is_err(), "completion with a stale ETag succeeded");
 }

@@ -65,7 +65,7 @@ async fn two(place: &Place, dir: &std::path::Path) -> (Metadata, Metadata) {
     let a = place.metadata(dir).await;
     let b = match place.backend {
         Backend::Sqlite => a.clone(),
-        Backend::Postgres => place.metadata(dir).await,
+        Backend::Postgres | Backend::S3 => place.metadata(dir).await,
     };
     (a, b)
 }

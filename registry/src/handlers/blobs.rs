@@ -39,6 +39,17 @@ pub async fn get(
             .blob_used(digest, linked.touched_ms)
             .await?;
     }
+    if !head && !linked.inline && linked.size > 0 {
+        // `[storage.s3] redirect`: the bytes come from S3 itself, by a
+        // presigned URL (registry:2's redirect middleware). The client
+        // sends its Range there too. HEAD and inline blobs stay here.
+        if let Some(url) = state.storage.blobs.presigned_get(digest).await? {
+            let mut resp = body::status_only(StatusCode::TEMPORARY_REDIRECT);
+            set(&mut resp, "location", header_value(url)?);
+            set(&mut resp, DIGEST_HEADER, header_value(digest)?);
+            return Ok(resp);
+        }
+    }
     let size = linked.size;
     let range = match headers.get(header::RANGE) {
         None => None,

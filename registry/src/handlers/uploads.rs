@@ -14,7 +14,7 @@ use http::{header, HeaderMap, Request, Response, StatusCode};
 use http_body_util::BodyDataStream;
 
 fn upload_url(repo: &RepoName, session: &Session) -> String {
-    format!("/v2/{repo}/blobs/uploads/{}", session.id)
+    format!("/v2/{repo}/blobs/uploads/{}", session.id())
 }
 
 /// The `Range` header value for an upload holding `offset` bytes. With no
@@ -31,7 +31,7 @@ fn progress(status: StatusCode, repo: &RepoName, session: &Session) -> ApiResult
         "range",
         header_value(range_value(session.offset()))?,
     );
-    set(&mut resp, "docker-upload-uuid", header_value(session.id)?);
+    set(&mut resp, "docker-upload-uuid", header_value(session.id())?);
     Ok(resp)
 }
 
@@ -53,24 +53,28 @@ fn unknown_upload(id: &str) -> ApiError {
     )
 }
 
-/// The upload `id` of `repo`, locked for this request; unknown when it does
+/// The upload `id` of `repo`, held for this request; unknown when it does
 /// not exist, belongs to another repository, or was finished or cancelled
-/// by a request that held the lock before this one.
-async fn open_session(
-    state: &State,
-    repo: &RepoName,
-    id: &str,
-) -> ApiResult<tokio::sync::OwnedMutexGuard<Session>> {
-    let session = state
+/// by a request before this one.
+async fn open_session(state: &State, repo: &RepoName, id: &str) -> ApiResult<Session> {
+    state
         .storage
         .uploads
-        .get(id, repo)
-        .ok_or_else(|| unknown_upload(id))?;
-    let session = session.lock_owned().await;
-    if !session.is_open() {
-        return Err(unknown_upload(id));
-    }
-    Ok(session)
+        .open(id, repo)
+        .await?
+        .ok_or_else(|| unknown_upload(id))
+}
+
+/// A chunk that does not continue the upload (it holds `offset` bytes):
+/// 416, with where to go on from.
+fn out_of_order(repo: &RepoName, session: &Session, offset: u64, what: &str) -> ApiError {
+    ApiError::new(
+        StatusCode::RANGE_NOT_SATISFIABLE,
+        Code::BlobUploadInvalid,
+        format!("{what}; the upload holds {offset} bytes; send the chunk starting at {offset}"),
+    )
+    .with_header_text(header::LOCATION, upload_url(repo, session))
+    .with_header_text(header::RANGE, range_value(offset))
 }
 
 fn digest_param(query: &[(String, String)]) -> ApiResult<Option<Digest>> {
@@ -112,7 +116,7 @@ pub async fn start(
         Ok((monolithic, state.storage.uploads.start(repo).await?))
     })
     .await?;
-    let mut session = session.lock().await;
+    let mut session = session;
     match monolithic {
         Some(digest) => {
             let room = if state
@@ -222,7 +226,7 @@ async fn session_for_chunk(
     repo: &RepoName,
     id: &str,
     headers: &HeaderMap,
-) -> ApiResult<tokio::sync::OwnedMutexGuard<Session>> {
+) -> ApiResult<Session> {
     let session = open_session(state, repo, id).await?;
     check_chunk(repo, &session, headers)?;
     Ok(session)
@@ -277,6 +281,15 @@ async fn complete(
                 format!("uploaded content has digest {computed}, not {expected}; the upload was discarded"),
             ))
         }
+        Err(FinishError::Busy { offset }) => {
+            return Err(out_of_order(
+                repo,
+                session,
+                offset,
+                "another request is writing this upload",
+            ))
+        }
+        Err(FinishError::Gone) => return Err(unknown_upload(&session.id())),
         Err(FinishError::Storage(e)) => return Err(e.into()),
     };
     // Refuse before a staged file enters the store when it clearly cannot
@@ -284,18 +297,18 @@ async fn complete(
     // (and for a small blob kept in memory, only that one: refusing it
     // leaves nothing behind).
     let ns = repo.namespace();
-    if let Staged::File(path) = &done.content {
-        if !state
+    if matches!(done.content, Staged::File(_) | Staged::Object)
+        && !state
             .storage
             .meta
             .namespace_holds_blob(ns, &digest.to_string())
             .await?
-        {
-            if let Some(available) = state.storage.meta.quota_available(ns).await? {
-                if done.size > available {
-                    let _ = tokio::fs::remove_file(path).await;
-                    return Err(quota_refusal(state, repo, done.size, 0).await);
-                }
+    {
+        if let Some(available) = state.storage.meta.quota_available(ns).await? {
+            if done.size > available {
+                let size = done.size;
+                state.storage.uploads.discard(done).await;
+                return Err(quota_refusal(state, repo, size, 0).await);
             }
         }
     }
@@ -332,7 +345,7 @@ async fn append_body(
 ) -> ApiResult<()> {
     let declared = content_length(req.headers())?;
     if let (Some(len), Some(room)) = (declared, room) {
-        let staged = state.storage.uploads.staged_bytes(repo.namespace());
+        let staged = state.storage.uploads.staged_bytes(repo.namespace()).await?;
         if staged + len > room {
             super::drain(req.into_body()).await;
             return Err(quota_refusal(state, repo, len, staged).await);
@@ -353,6 +366,13 @@ async fn append_body(
         Err(AppendError::Quota(full)) => {
             Err(quota_refusal(state, repo, full.needed, full.staged).await)
         }
+        Err(AppendError::Busy { offset }) => Err(out_of_order(
+            repo,
+            session,
+            offset,
+            "another request is writing this upload, or the chunk does not continue it",
+        )),
+        Err(AppendError::Gone) => Err(unknown_upload(&session.id())),
         Err(AppendError::Storage(e)) => Err(e.into()),
     }
 }

@@ -11,6 +11,7 @@
 pub mod builds;
 pub mod console;
 mod postgres;
+pub mod sessions;
 mod sqlite;
 mod types;
 
@@ -25,6 +26,7 @@ use crate::names::RepoName;
 use crate::StorageError;
 use builds::{BuildRecord, BuildStatus, PushQueued, TriggerRecord};
 use console::*;
+use sessions::*;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
@@ -396,6 +398,25 @@ dispatch! {
     fn endpoint_failed(&self, name: &str, next_attempt_ms: i64, attempt: DeliveryAttempt) -> ();
     fn delivery_attempts(&self, name: &str, limit: u32) -> Vec<DeliveryAttempt>;
     fn prune_events(&self, keep_for: Vec<String>, before_ms: i64) -> usize;
+
+    // ------------------------------------------- shared upload sessions
+    /// Links a finished shared upload (`data`: a small one's bytes) and
+    /// deletes its session row in the charging transaction.
+    fn link_uploaded_blob(&self, repo: &RepoName, digest: &Digest, size: u64, data: Option<bytes::Bytes>, session: &str) -> Result<(), QuotaExceeded>;
+    /// Inserts a session unless a cap refuses it.
+    fn create_upload(&self, row: UploadRow, per_namespace: usize, total: usize) -> Option<StartRefused>;
+    fn upload(&self, id: &str) -> Option<UploadRow>;
+    fn claim_upload(&self, id: &str, expected: u64, token: &str, reserve: u64, room: Option<u64>) -> Claim;
+    fn reserve_upload(&self, id: &str, token: &str, more: u64, room: Option<u64>) -> Reserve;
+    fn save_upload(&self, id: &str, token: &str, p: UploadProgress) -> bool;
+    fn release_upload(&self, id: &str, token: &str) -> ();
+    fn delete_upload(&self, id: &str, idle_before: Option<i64>) -> Option<UploadRow>;
+    fn idle_uploads(&self, cutoff: i64) -> Vec<String>;
+    fn staged_upload_bytes(&self, ns: &str) -> u64;
+    fn upload_count(&self) -> u64;
+    fn uploads_present(&self, ids: Vec<String>) -> Vec<bool>;
+    /// Records the blob store's identity unless one is; what is recorded.
+    fn storage_identity(&self, name: &str, value: &str) -> String;
 }
 
 #[cfg(test)]

@@ -5,15 +5,19 @@
 //! backend, as distribution's storage driver tests do.
 #![allow(dead_code)]
 
+pub mod garage;
 pub mod postgres;
 
-use berth_storage::{Metadata, PostgresConfig, Storage, StorageConfig, Synchronous};
+use berth_storage::{Metadata, PostgresConfig, S3Config, Storage, StorageConfig, Synchronous};
 use std::path::Path;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {
     Sqlite,
     Postgres,
+    /// PostgreSQL metadata and blobs in S3 (a Garage bucket): what
+    /// replicas share, upload sessions in the database.
+    S3,
 }
 
 /// Where a test's metadata lives: reopening the same `Place` reopens the
@@ -23,6 +27,23 @@ pub struct Place {
     pub backend: Backend,
     /// PostgreSQL's database URL (a fresh database per `Place`).
     pub url: Option<String>,
+    /// The bucket (a fresh one per `Place`).
+    pub s3: Option<S3Config>,
+}
+
+/// `[storage.s3]` for a fresh bucket on the test process's Garage.
+pub fn s3_config(server: &garage::Server) -> S3Config {
+    S3Config {
+        bucket: garage::fresh_bucket(server),
+        endpoint: Some(server.endpoint.clone()),
+        region: Some(server.region.clone()),
+        access_key_id: Some(server.key_id.clone()),
+        secret_access_key: Some(server.secret.clone()),
+        allow_http: true,
+        virtual_hosted_style: false,
+        prefix: None,
+        redirect: None,
+    }
 }
 
 impl Place {
@@ -31,7 +52,13 @@ impl Place {
             backend,
             url: match backend {
                 Backend::Sqlite => None,
-                Backend::Postgres => Some(postgres::fresh_database()),
+                Backend::Postgres | Backend::S3 => Some(postgres::fresh_database()),
+            },
+            s3: match backend {
+                Backend::S3 => Some(s3_config(
+                    garage::server().expect("S3 tests run only with a Garage server"),
+                )),
+                _ => None,
             },
         }
     }
@@ -46,6 +73,7 @@ impl Place {
                 max_connections: 8,
                 tls_ca: None,
             }),
+            s3: self.s3.clone(),
         }
     }
 
@@ -69,6 +97,26 @@ impl Place {
             .unwrap(),
         }
     }
+}
+
+/// Runs each named `async fn(Backend)` on PostgreSQL with blobs in S3,
+/// as `s3::<name>`; without a Garage binary (and `CI` unset) it prints why
+/// and passes.
+#[allow(unused_macros)] // Only the files with S3 cases use it.
+macro_rules! on_s3 {
+    ($($name:ident),* $(,)?) => {
+        mod s3 {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    if crate::support::garage::server().is_none() {
+                        return;
+                    }
+                    super::$name(crate::support::Backend::S3).await
+                }
+            )*
+        }
+    };
 }
 
 /// Runs each named `async fn(Backend)` as two tests, `sqlite::<name>` and

@@ -37,6 +37,7 @@ mod liveness;
 mod queries;
 mod quota;
 mod schema;
+mod sessions;
 mod shared;
 mod tls;
 mod tokens;
@@ -366,6 +367,9 @@ pub(super) mod keys {
     /// Held (transaction level) while a replica claims a queued build, so
     /// the per-tool count it checks holds until its claim commits.
     pub const BUILD_CLAIMS: i64 = 0x6265_7274_6805;
+    /// Held (transaction level) while an upload session is counted and
+    /// created, so the overall cap holds across replicas.
+    pub const UPLOADS: i64 = 0x6265_7274_6806;
 }
 
 impl From<tokio_postgres::Error> for StorageError {

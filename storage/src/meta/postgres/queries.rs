@@ -279,6 +279,49 @@ impl Postgres {
         )
     }
 
+    /// As SQLite's: `link_blob` or `link_inline_blob`, deleting the
+    /// finished upload's session row (its staged bytes) in the charging
+    /// transaction, under the namespace's lock like every charge.
+    pub async fn link_uploaded_blob(
+        &self,
+        repo: &RepoName,
+        digest: &Digest,
+        size: u64,
+        data: Option<bytes::Bytes>,
+        session: &str,
+    ) -> Result<Result<(), QuotaExceeded>, StorageError> {
+        let digest = digest.to_string();
+        let policy = self.quota_policy();
+        let bytes: Option<&[u8]> = data.as_deref();
+        transaction!(
+            self,
+            keep = |r: &Result<(), QuotaExceeded>| r.is_ok(),
+            |tx| {
+                let now = now_ms();
+                quota::lock_namespace(&tx, repo.namespace()).await?;
+                let id = ensure_repo(&tx, repo, now).await?;
+                let linked = link(&tx, &policy, id, repo.namespace(), &digest, size, now).await?;
+                if linked.is_ok() {
+                    if let Some(bytes) = bytes {
+                        exec(
+                            &tx,
+                            "INSERT INTO blob_data (digest, data) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+                            &[&digest, &bytes],
+                        )
+                        .await?;
+                    }
+                    exec(
+                        &tx,
+                        "DELETE FROM upload_sessions WHERE id = $1",
+                        &[&session],
+                    )
+                    .await?;
+                }
+                Ok(linked)
+            }
+        )
+    }
+
     pub async fn inline_blob(&self, digest: &Digest) -> Result<Option<bytes::Bytes>, StorageError> {
         let c = self.client().await?;
         match opt(

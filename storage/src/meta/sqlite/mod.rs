@@ -23,6 +23,7 @@ mod liveness;
 mod queries;
 mod quota;
 mod schema;
+mod sessions;
 mod tokens;
 mod triggers;
 

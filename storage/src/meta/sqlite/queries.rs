@@ -229,6 +229,40 @@ impl Sqlite {
         .await
     }
 
+    /// Links a finished upload of a shared session (`upload_sessions`):
+    /// as `link_blob` (or `link_inline_blob` with `data`), and the session's
+    /// row, whose bytes count as staged until then, is deleted in the same
+    /// transaction when the charge is accepted: the staged bytes become
+    /// stored bytes in one commit, as a `held` reservation does.
+    pub async fn link_uploaded_blob(
+        &self,
+        repo: &RepoName,
+        digest: &Digest,
+        size: u64,
+        data: Option<bytes::Bytes>,
+        session: &str,
+    ) -> Result<Result<(), QuotaExceeded>, StorageError> {
+        let (repo, digest, session) = (repo.clone(), digest.to_string(), session.to_owned());
+        let policy = self.quota_policy();
+        self.write_if(Result::is_ok, move |tx| {
+            let now = now_ms();
+            let id = ensure_repo(tx, &repo, now)?;
+            let linked = link(tx, &policy, id, repo.namespace(), &digest, size, now)?;
+            if linked.is_ok() {
+                if let Some(data) = &data {
+                    tx.prepare_cached(
+                        "INSERT INTO blob_data (digest, data) VALUES (?1, ?2) ON CONFLICT DO NOTHING",
+                    )?
+                    .execute(params![digest, &data[..]])?;
+                }
+                tx.prepare_cached("DELETE FROM upload_sessions WHERE id = ?1")?
+                    .execute([&session])?;
+            }
+            Ok(linked)
+        })
+        .await
+    }
+
     /// The bytes of a blob kept in the database, if it is one.
     pub async fn inline_blob(&self, digest: &Digest) -> Result<Option<bytes::Bytes>, StorageError> {
         let digest = digest.to_string();

@@ -305,10 +305,39 @@ const MIGRATIONS: &[&str] = &[
     CREATE INDEX builds_trigger ON builds(trigger_id, trigger_ref, status)
         WHERE trigger_id IS NOT NULL;
     "#,
-    // 12: reserved for the object-store migration of issue 15 (blobs and
-    // upload sessions on S3), written on another branch; this placeholder
-    // is replaced by it when the branches merge, so 13 keeps its number.
-    "-- reserved for migration 12",
+    // 12: upload sessions shared by replicas (`[storage.s3]`): one row per
+    // session, written by whichever replica serves a request for it.
+    // `received` bytes are in S3 (`parts`, the multipart upload's ETags in
+    // order, JSON) or in `pending` (fewer than a part's 5 MiB, waiting for
+    // more); `hash_state` is the running hash after `received` bytes.
+    // `claim` is the request writing the session (one at a time; a
+    // conditional UPDATE takes it), `reserved` what that request has
+    // reserved of the quota beyond `received`. `storage_identity`: what
+    // the blob store is, recorded by the first process, so a replica with
+    // another one (its own data dir, another bucket) refuses to start.
+    r#"
+    CREATE TABLE upload_sessions (
+        id            TEXT PRIMARY KEY,
+        repo          TEXT NOT NULL,
+        namespace     TEXT NOT NULL,
+        received      INTEGER NOT NULL,
+        reserved      INTEGER NOT NULL,
+        hash_state    BLOB NOT NULL,
+        multipart_id  TEXT,
+        parts         TEXT NOT NULL,
+        pending       BLOB NOT NULL,
+        claim         TEXT,
+        started_ms    INTEGER NOT NULL,
+        updated_ms    INTEGER NOT NULL
+    );
+    CREATE INDEX upload_sessions_namespace ON upload_sessions(namespace);
+    CREATE INDEX upload_sessions_updated ON upload_sessions(updated_ms);
+
+    CREATE TABLE storage_identity (
+        name   TEXT PRIMARY KEY,
+        value  TEXT NOT NULL
+    ) WITHOUT ROWID;
+    "#,
     // 13: the tables of several replicas sharing a PostgreSQL database
     // (issue 15), made here too so both backends keep one schema; SQLite
     // (one process per data dir) keeps its secrets in files, its console

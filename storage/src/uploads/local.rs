@@ -1,4 +1,5 @@
-//! Blob upload sessions. Bytes stream into a staging file under
+//! Upload sessions of one process (blobs on the local filesystem, the
+//! embedded default). Bytes stream into a staging file under
 //! `<data dir>/uploads/` while a running SHA-256 is updated, so memory per
 //! upload is one buffered batch, never the blob. Session state lives only in
 //! this process: after a restart the staging directory is emptied and old
@@ -18,6 +19,7 @@
 //! the namespace's quota (`stored + staged <= limit`) through the staging
 //! ledger kept here.
 
+use super::{AppendError, FinishError, Finished, Hold, Staged, StagingFull, UploadLimits};
 use crate::digest::{Algorithm, Digest, Hasher};
 use crate::names::RepoName;
 use crate::{now_ms, StorageError};
@@ -27,7 +29,6 @@ use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
 use uuid::Uuid;
 
 /// Bytes gathered from the request body before one trip to a blocking
@@ -37,37 +38,8 @@ const WRITE_BATCH: usize = 1024 * 1024;
 /// A session shared between the requests that address it.
 pub type SessionHandle = Arc<tokio::sync::Mutex<Session>>;
 
-/// Bounds on what upload sessions may hold (`[limits]` in the config).
-#[derive(Debug, Clone)]
-pub struct UploadLimits {
-    /// Open sessions per namespace.
-    pub per_namespace: usize,
-    /// Open sessions overall.
-    pub total: usize,
-    /// A session not written to for this long is cancelled.
-    pub idle_timeout: Duration,
-    /// Uploads up to this size are kept in memory and finish as bytes for
-    /// the metadata store (0: every upload is staged in a file).
-    pub inline_max: u64,
-    /// Bytes all sessions together may keep in memory; past it, uploads
-    /// are staged in files.
-    pub memory: u64,
-}
-
-impl Default for UploadLimits {
-    fn default() -> Self {
-        UploadLimits {
-            per_namespace: 64,
-            total: 4096,
-            idle_timeout: Duration::from_secs(30 * 60),
-            inline_max: 64 * 1024,
-            memory: 64 * 1024 * 1024,
-        }
-    }
-}
-
 /// All open upload sessions and what each namespace has staged.
-pub struct Uploads {
+pub struct LocalUploads {
     dir: PathBuf,
     limits: UploadLimits,
     /// Shared with the `StagedHold`s of finished uploads.
@@ -133,55 +105,9 @@ impl Drop for StagedHold {
     }
 }
 
-/// A verified upload, ready to be committed.
-pub struct Finished {
-    pub content: Staged,
-    pub size: u64,
-    pub hold: StagedHold,
-}
-
-/// Where a verified upload's bytes are.
-pub enum Staged {
-    /// A staging file, to be moved into the blob store.
-    File(PathBuf),
-    /// A small blob, for the metadata store to keep inline.
-    Memory(Bytes),
-}
-
-/// Why an upload could not be completed.
-#[derive(Debug, thiserror::Error)]
-pub enum FinishError {
-    #[error("upload content has digest {computed}, not the {expected} the client named")]
-    DigestMismatch { expected: Digest, computed: Digest },
-    #[error(transparent)]
-    Storage(#[from] StorageError),
-}
-
-/// A namespace's staged bytes would pass the room its quota leaves.
-#[derive(Debug, Clone, thiserror::Error)]
-#[error("{namespace} has {staged} bytes in unfinished uploads and room for {room}; {needed} more do not fit")]
-pub struct StagingFull {
-    pub namespace: String,
-    /// Bytes staged by the namespace's sessions (this one included).
-    pub staged: u64,
-    /// What the quota left when the request began (limit - stored).
-    pub room: u64,
-    /// What this request tried to add.
-    pub needed: u64,
-}
-
-/// Why an append stopped.
-#[derive(Debug, thiserror::Error)]
-pub enum AppendError {
-    #[error(transparent)]
-    Quota(#[from] StagingFull),
-    #[error(transparent)]
-    Storage(#[from] StorageError),
-}
-
-impl Uploads {
+impl LocalUploads {
     /// Opens the staging directory, discarding leftovers of a previous run.
-    pub fn open(dir: &Path, limits: UploadLimits) -> Result<Uploads, StorageError> {
+    pub fn open(dir: &Path, limits: UploadLimits) -> Result<LocalUploads, StorageError> {
         if dir.exists() {
             std::fs::remove_dir_all(dir)?;
         }
@@ -192,7 +118,7 @@ impl Uploads {
         for shard in 0..=255u8 {
             std::fs::create_dir_all(dir.join(format!("{shard:02x}")))?;
         }
-        Ok(Uploads {
+        Ok(LocalUploads {
             dir: dir.to_owned(),
             limits,
             state: Arc::new(Mutex::new(State::default())),
@@ -481,7 +407,7 @@ impl Uploads {
             return Ok(Finished {
                 content: Staged::Memory(data),
                 size,
-                hold,
+                hold: Hold::Local(hold),
             });
         }
         let path = session.path.clone();
@@ -519,7 +445,7 @@ impl Uploads {
         Ok(Finished {
             content: Staged::File(session.path.clone()),
             size,
-            hold,
+            hold: Hold::Local(hold),
         })
     }
 
@@ -547,19 +473,6 @@ impl Uploads {
     pub async fn expire_idle(&self) -> usize {
         let idle = self.limits.idle_timeout.as_millis() as i64;
         self.expire(now_ms() - idle).await
-    }
-
-    /// Expires idle sessions every so often, for as long as the task runs.
-    pub async fn run_expiry(self: Arc<Self>) {
-        let every = (self.limits.idle_timeout / 4)
-            .clamp(Duration::from_millis(100), Duration::from_secs(60));
-        loop {
-            tokio::time::sleep(every).await;
-            let n = self.expire_idle().await;
-            if n > 0 {
-                tracing::info!(expired = n, "cancelled idle uploads");
-            }
-        }
     }
 
     pub fn open_count(&self) -> usize {
@@ -664,6 +577,7 @@ async fn remove_quietly(path: PathBuf) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     fn body(chunks: &[&'static [u8]]) -> impl Stream<Item = Result<Bytes, String>> + Unpin {
         futures_util::stream::iter(
@@ -674,7 +588,7 @@ mod tests {
         )
     }
 
-    fn uploads(dir: &Path, per_namespace: usize, total: usize) -> Uploads {
+    fn uploads(dir: &Path, per_namespace: usize, total: usize) -> LocalUploads {
         with_memory(dir, per_namespace, total, 0, 0)
     }
 
@@ -684,8 +598,8 @@ mod tests {
         total: usize,
         inline_max: u64,
         memory: u64,
-    ) -> Uploads {
-        Uploads::open(
+    ) -> LocalUploads {
+        LocalUploads::open(
             &dir.join("uploads"),
             UploadLimits {
                 per_namespace,
@@ -699,7 +613,7 @@ mod tests {
     }
 
     /// Staging files under the uploads dir (all shards).
-    fn staged_files(u: &Uploads) -> usize {
+    fn staged_files(u: &LocalUploads) -> usize {
         std::fs::read_dir(u.dir())
             .unwrap()
             .map(|shard| std::fs::read_dir(shard.unwrap().path()).unwrap().count())
@@ -709,7 +623,7 @@ mod tests {
     fn file_of(done: &Finished) -> Vec<u8> {
         match &done.content {
             Staged::File(p) => std::fs::read(p).unwrap(),
-            Staged::Memory(_) => panic!("expected a staging file"),
+            Staged::Memory(_) | Staged::Object => panic!("expected a staging file"),
         }
     }
 
