@@ -170,6 +170,12 @@ pub fn storm_push(
         put_manifest(&tag, OCI_MANIFEST, &m)?;
         m
     };
+    if n % 5 == 2 {
+        // Garbage for untagged GC whatever the job mix: an image pushed by
+        // digest only.
+        let m = image(3)?;
+        put_manifest(&digest_of(&m), OCI_MANIFEST, &m)?;
+    }
     if n % 4 == 1 {
         let empty = Blob::new(b"{}".to_vec());
         upload(&empty)?;
