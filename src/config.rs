@@ -144,23 +144,9 @@ fn default_redirect_expiry() -> std::time::Duration {
 }
 
 impl std::fmt::Debug for S3 {
-    /// The secret never reaches a log or an error message.
+    /// As the storage's own config shows it: never the secret.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("S3")
-            .field("bucket", &self.bucket)
-            .field("endpoint", &self.endpoint)
-            .field("region", &self.region)
-            .field("access_key_id", &self.access_key_id)
-            .field(
-                "secret_access_key",
-                &self.secret_access_key.as_ref().map(|_| "<set>"),
-            )
-            .field("allow_http", &self.allow_http)
-            .field("virtual_hosted_style", &self.virtual_hosted_style)
-            .field("prefix", &self.prefix)
-            .field("redirect", &self.redirect)
-            .field("redirect_expiry", &self.redirect_expiry)
-            .finish()
+        self.storage_config().fmt(f)
     }
 }
 

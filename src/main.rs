@@ -162,6 +162,21 @@ fn main() -> ExitCode {
     }
 }
 
+/// The runtime of a command that runs once and exits (`fsck`, `migrate`);
+/// `None` after saying why it could not start.
+fn one_shot_runtime() -> Option<tokio::runtime::Runtime> {
+    match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => Some(r),
+        Err(e) => {
+            eprintln!("berth: {e}");
+            None
+        }
+    }
+}
+
 /// `berth migrate`: the embedded store moved to the storage of `target`.
 fn migrate(data_dir: &std::path::Path, target: &std::path::Path, json: bool) -> ExitCode {
     let cfg = match Config::load(target) {
@@ -178,15 +193,8 @@ fn migrate(data_dir: &std::path::Path, target: &std::path::Path, json: bool) -> 
         );
         return ExitCode::from(2);
     };
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("berth: {e}");
-            return ExitCode::FAILURE;
-        }
+    let Some(runtime) = one_shot_runtime() else {
+        return ExitCode::FAILURE;
     };
     let same_dir = match (
         std::fs::canonicalize(data_dir),
@@ -273,15 +281,8 @@ fn fsck(data_dir: &std::path::Path, config: Option<&std::path::Path>, json: bool
     let data_dir = cfg
         .as_ref()
         .map_or(data_dir, |c| c.storage.data_dir.as_path());
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("berth: {e}");
-            return ExitCode::FAILURE;
-        }
+    let Some(runtime) = one_shot_runtime() else {
+        return ExitCode::FAILURE;
     };
     // The metadata and blob store the config names: PostgreSQL or the
     // data dir's SQLite, a bucket or the data dir's files.

@@ -8,19 +8,6 @@ use common::*;
 use std::path::Path;
 use std::process::Command;
 
-fn skopeo_copy(src: &str, dst: &str, extra: &[&str]) {
-    run(Command::new(tool("skopeo"))
-        .args([
-            "copy",
-            "--src-tls-verify=false",
-            "--dest-tls-verify=false",
-            "--retry-times=0",
-        ])
-        .args(extra)
-        .arg(src)
-        .arg(dst));
-}
-
 /// Blob files of an OCI layout, by digest.
 fn layout_blobs(dir: &Path) -> std::collections::BTreeMap<String, Vec<u8>> {
     std::fs::read_dir(dir.join("blobs/sha256"))

@@ -56,19 +56,6 @@ fn berth_on_postgres_passes_every_conformance_check() {
     assert!(!dir.path().join("data/berth.db").exists());
 }
 
-fn skopeo_copy(src: &str, dst: &str, extra: &[&str]) {
-    run(Command::new(tool("skopeo"))
-        .args([
-            "copy",
-            "--src-tls-verify=false",
-            "--dest-tls-verify=false",
-            "--retry-times=0",
-        ])
-        .args(extra)
-        .arg(src)
-        .arg(dst));
-}
-
 /// skopeo pushes an image, berth restarts, skopeo pulls it back byte for
 /// byte; quota and tags are what the database says.
 #[test]

@@ -40,6 +40,21 @@ fn config(url: &str, extra: &str) -> String {
     format!("[storage]\ndatabase_url = \"{url}\"\ndatabase_max_connections = 8\n{extra}")
 }
 
+/// A replica's data dir. The replicas here keep blobs as files, so their
+/// data dirs stand for one shared mount: each carries the same blob store
+/// identity (without it the second replica is refused, as it should be;
+/// tests/scale_out.rs runs replicas on S3 instead).
+fn replica_dir(dir: &tempfile::TempDir, name: &str) -> std::path::PathBuf {
+    let data = dir.path().join(name);
+    std::fs::create_dir_all(&data).unwrap();
+    std::fs::write(
+        data.join("berth-store-id"),
+        "5f0c2a8e-3b1d-4e6f-9a7c-1d2e3f4a5b6c\n",
+    )
+    .unwrap();
+    data
+}
+
 /// Polls `f` until it holds, for at most `PROPAGATION`.
 fn eventually(what: &str, mut f: impl FnMut() -> bool) {
     let deadline = Instant::now() + PROPAGATION;
@@ -97,13 +112,13 @@ fn secrets_credentials_and_tokens_hold_on_every_replica() {
     let db = pg::database_of(&url).to_owned();
     // A was a single-node installation: its files are imported, so its
     // password, tokens and hook secrets stay valid.
-    let a_data = dir.path().join("a");
+    let a_data = replica_dir(&dir, "a");
     std::fs::create_dir_all(&a_data).unwrap();
     std::fs::write(a_data.join("admin-password"), "imported-admin-password\n").unwrap();
     std::fs::write(a_data.join("token-key"), "imported-token-key\n").unwrap();
     std::fs::write(a_data.join("hook-key"), "imported-hook-key\n").unwrap();
     let a = Berth::start_generated(&a_data, free_port(), &config(&url, ""));
-    let b = Berth::start_generated(&dir.path().join("b"), free_port(), &config(&url, ""));
+    let b = Berth::start_generated(&replica_dir(&dir, "b"), free_port(), &config(&url, ""));
     assert_eq!(
         pg::psql(&db, "SELECT name || '=' || value FROM shared_secrets ORDER BY name"),
         "admin-password=imported-admin-password\nhook-key=imported-hook-key\ntoken-key=imported-token-key"
@@ -253,8 +268,8 @@ fn console_get(berth: &Berth, path: &str, session: &str) -> (u16, String) {
 fn a_console_session_from_one_replica_works_and_ends_on_the_other() {
     let dir = tempfile::tempdir().unwrap();
     let url = pg::fresh_database();
-    let a = Berth::start_with(&dir.path().join("a"), free_port(), &config(&url, ""));
-    let b = Berth::start_with(&dir.path().join("b"), free_port(), &config(&url, ""));
+    let a = Berth::start_with(&replica_dir(&dir, "a"), free_port(), &config(&url, ""));
+    let b = Berth::start_with(&replica_dir(&dir, "b"), free_port(), &config(&url, ""));
     let session = console_sign_in(&a, "admin", ADMIN_PASSWORD);
     let (code, page) = console_get(&b, "/ui/quotas", &session);
     assert_eq!(code, 200, "{page}");
@@ -295,8 +310,8 @@ fn both_schedulers_run_each_slot_once() {
     let db = pg::database_of(&url).to_owned();
     let fast =
         "[gc]\ntag_cleanup_schedule = \"* * * * * *\"\nuntagged_schedule = \"0 0 0 1 1 *\"\n";
-    let a = Berth::start_with(&dir.path().join("a"), free_port(), &config(&url, fast));
-    let b = Berth::start_with(&dir.path().join("b"), free_port(), &config(&url, fast));
+    let a = Berth::start_with(&replica_dir(&dir, "a"), free_port(), &config(&url, fast));
+    let b = Berth::start_with(&replica_dir(&dir, "b"), free_port(), &config(&url, fast));
     // Both schedulers tick every second; wait for a dozen runs.
     let runs = || -> usize {
         pg::psql(
@@ -392,7 +407,7 @@ fn a_replica_killed_mid_gc_is_taken_over_and_its_run_marked_interrupted() {
     // A never runs untagged GC on its own; B every second, once it may.
     let a_cfg = "[gc]\nuntagged_schedule = \"0 0 0 1 1 *\"\nuntagged_grace = \"0s\"\nblob_grace = \"0s\"\nlease_ttl = \"3s\"\n";
     let b_cfg = "[gc]\nuntagged_schedule = \"* * * * * *\"\nuntagged_grace = \"0s\"\nblob_grace = \"0s\"\nlease_ttl = \"3s\"\n";
-    let mut a = Berth::start_with(&dir.path().join("a"), free_port(), &config(&url, a_cfg));
+    let mut a = Berth::start_with(&replica_dir(&dir, "a"), free_port(), &config(&url, a_cfg));
     let a_id = the_replica_id(&a);
     // Garbage: an image pushed to A (small: kept in the database), untagged.
     let ctx = Ctx::new(Client::new(&a.url(), admin()), "tool-g");
@@ -437,7 +452,7 @@ fn a_replica_killed_mid_gc_is_taken_over_and_its_run_marked_interrupted() {
 
     // B starts while A runs: A's run stays running (its lease is live),
     // and B's ticks find the job held.
-    let b = Berth::start_with(&dir.path().join("b"), free_port(), &config(&url, b_cfg));
+    let b = Berth::start_with(&replica_dir(&dir, "b"), free_port(), &config(&url, b_cfg));
     eventually("B's scheduler ticking and finding the job held", || {
         b.log_text().contains("running on another replica")
     });
@@ -506,8 +521,8 @@ fn builds_are_claimed_once_cancelled_from_elsewhere_and_failed_when_their_replic
             "timeout = \"10m\"\n",
         ),
     );
-    let mut a = Berth::start_with(&dir.path().join("a"), free_port(), &cfg);
-    let b = Berth::start_with(&dir.path().join("b"), free_port(), &cfg);
+    let mut a = Berth::start_with(&replica_dir(&dir, "a"), free_port(), &cfg);
+    let b = Berth::start_with(&replica_dir(&dir, "b"), free_port(), &cfg);
     let (a_id, b_id) = (the_replica_id(&a), the_replica_id(&b));
     let source = git_repo(dir.path());
     let on_a = Tool::new(&a, "bx");

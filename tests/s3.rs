@@ -277,19 +277,6 @@ fn one_upload_spread_over_two_replicas() {
     assert_eq!(pg::psql(db, "SELECT COUNT(*) FROM upload_sessions"), "0");
 }
 
-fn skopeo_copy(src: &str, dst: &str, extra: &[&str]) {
-    run(Command::new(tool("skopeo"))
-        .args([
-            "copy",
-            "--src-tls-verify=false",
-            "--dest-tls-verify=false",
-            "--retry-times=0",
-        ])
-        .args(extra)
-        .arg(src)
-        .arg(dst));
-}
-
 fn layer_path(layout: &Path, digest: &str) -> std::path::PathBuf {
     layout.join("blobs/sha256").join(&digest[7..])
 }

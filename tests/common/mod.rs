@@ -309,6 +309,21 @@ pub fn request(
     (status, headers, body)
 }
 
+/// `skopeo copy` from `src` to `dst` over plain HTTP, no retries (a
+/// failure is the registry's to explain), with `extra` flags.
+pub fn skopeo_copy(src: &str, dst: &str, extra: &[&str]) {
+    run(Command::new(tool("skopeo"))
+        .args([
+            "copy",
+            "--src-tls-verify=false",
+            "--dest-tls-verify=false",
+            "--retry-times=0",
+        ])
+        .args(extra)
+        .arg(src)
+        .arg(dst));
+}
+
 /// A binary of berth-test-tools (`cnb-creator`, `rr-proxy`), built once per
 /// test process: `cargo test` does not rebuild another package's binary,
 /// and a stale one fails in ways that look like berth's fault.
