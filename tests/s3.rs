@@ -13,7 +13,6 @@ mod pg;
 
 use common::*;
 use std::path::Path;
-use std::process::Command;
 
 /// A database, a bucket and two berths on them; `b` redirects blob GETs
 /// to presigned URLs, `a` serves bytes itself.
