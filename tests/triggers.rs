@@ -594,7 +594,12 @@ fn burst_of_gitlab_pushes(postgres: bool) {
     let sleepers: Vec<String> = (0..2)
         .map(|_| started_id(&tool.start(&url, json!({ "envvars": { "MODE": "sleep" } }))))
         .collect();
+    // Running is not enough: a build is RUNNING from before its git
+    // checkout, and one that failed there (the test commits to the same
+    // repository meanwhile) would free its runner and let the first push
+    // start at once. The creator saying "sleeping" is past all that.
     for s in &sleepers {
+        tool.wait_log(s, "sleeping");
         tool.wait_status(s, "BUILD_RUNNING");
     }
     // Wrong and missing tokens first: refused, nothing queued.
