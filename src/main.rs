@@ -209,7 +209,16 @@ fn migrate(data_dir: &std::path::Path, target: &std::path::Path, json: bool) -> 
             None if same_dir => None,
             None => Some(berth_storage::BlobStore::local(&cfg.storage.data_dir)?),
         };
-        berth_storage::migrate::embedded_to_postgres(data_dir, &pg, blobs.as_ref()).await
+        // Secrets berth generated stay valid (tokens it signed, the admin
+        // password people were given, the hook secrets forges hold): with
+        // PostgreSQL every replica reads them from the database.
+        berth_storage::migrate::embedded_to_postgres(
+            data_dir,
+            &pg,
+            blobs.as_ref(),
+            &["token-key", "admin-password", "hook-key"],
+        )
+        .await
     });
     let report = match outcome {
         Ok(r) => r,
@@ -221,36 +230,6 @@ fn migrate(data_dir: &std::path::Path, target: &std::path::Path, json: bool) -> 
             return ExitCode::FAILURE;
         }
     };
-    // Secrets berth generated stay valid (tokens it signed, the admin
-    // password people were given, the hook secrets forges hold): with
-    // PostgreSQL every replica reads them from the database.
-    let secrets = runtime.block_on(async {
-        let meta = berth_storage::Metadata::connect_postgres(&pg).await?;
-        let mut moved = Vec::new();
-        for name in ["token-key", "admin-password", "hook-key"] {
-            let Ok(text) = std::fs::read_to_string(data_dir.join(name)) else {
-                continue;
-            };
-            let text = text.trim().to_owned();
-            if text.is_empty() {
-                continue;
-            }
-            if meta.shared_secret(name, text.clone()).await? != text {
-                eprintln!("berth: the database already holds another {name}; it keeps its own");
-            }
-            moved.push(name);
-        }
-        meta.close().await;
-        Ok::<_, berth_storage::StorageError>(moved)
-    });
-    match secrets {
-        Ok(moved) if !json && !moved.is_empty() => println!("secrets: {}", moved.join(", ")),
-        Ok(_) => {}
-        Err(e) => {
-            eprintln!("berth: the rows were migrated, but not berth's secrets: {e}");
-            return ExitCode::FAILURE;
-        }
-    }
     if json {
         match serde_json::to_string_pretty(&report) {
             Ok(text) => println!("{text}"),
@@ -264,6 +243,9 @@ fn migrate(data_dir: &std::path::Path, target: &std::path::Path, json: bool) -> 
             "blobs: {} objects, {} copied ({} bytes), the rest already there",
             report.objects, report.objects_copied, report.bytes_copied
         );
+        if !report.secrets.is_empty() {
+            println!("secrets: {}", report.secrets.join(", "));
+        }
         println!("done: start berth with --config {}", target.display());
     }
     ExitCode::SUCCESS

@@ -28,17 +28,22 @@ pub struct MigrationReport {
     /// Objects copied (the rest were already in the target, same size).
     pub objects_copied: u64,
     pub bytes_copied: u64,
+    /// The generated secrets moved into `shared_secrets`.
+    pub secrets: Vec<String>,
 }
 
 /// Moves the embedded store in `source_dir` to the PostgreSQL database
 /// `target`, which must be new (no rows in berth's tables). With
 /// `target_blobs`, every blob object is copied there first; without, the
 /// blobs stay in `source_dir`, which the new configuration must then use
-/// as its data dir.
+/// as its data dir. Each of `secrets` (files of `source_dir` holding a
+/// secret berth generated) found there goes into `shared_secrets` under
+/// its file name, so what was signed or handed out with it stays valid.
 pub async fn embedded_to_postgres(
     source_dir: &Path,
     target: &PostgresConfig,
     target_blobs: Option<&BlobStore>,
+    secrets: &[&str],
 ) -> Result<MigrationReport, StorageError> {
     let dir = source_dir.to_owned();
     let _lock = tokio::task::spawn_blocking(move || lock_data_dir(&dir))
@@ -58,7 +63,8 @@ pub async fn embedded_to_postgres(
         .await
         .map_err(|e| StorageError::Internal(format!("open task failed: {e}")))??;
     source.close().await;
-    let Metadata::Postgres(pg) = Metadata::connect_postgres(target).await? else {
+    let meta = Metadata::connect_postgres(target).await?;
+    let Metadata::Postgres(pg) = &meta else {
         return Err(StorageError::Internal(
             "the target is not PostgreSQL".into(),
         ));
@@ -69,6 +75,7 @@ pub async fn embedded_to_postgres(
         objects: 0,
         objects_copied: 0,
         bytes_copied: 0,
+        secrets: Vec::new(),
     };
     if let Some(target_blobs) = target_blobs {
         let from = BlobStore::local(source_dir)?;
@@ -103,7 +110,43 @@ pub async fn embedded_to_postgres(
     });
     let imported = pg.import(TRANSIENT_TABLES, received, counts_rx).await;
     let _ = export.await;
-    pg.close().await;
-    report.tables = imported?;
+    let moved = match imported {
+        Ok(tables) => {
+            report.tables = tables;
+            move_secrets(&meta, source_dir, secrets).await
+        }
+        Err(e) => Err(e),
+    };
+    meta.close().await;
+    report.secrets = moved?;
     Ok(report)
+}
+
+/// Stores each secret file of `dir` named in `names` in `shared_secrets`;
+/// the names of those stored.
+async fn move_secrets(
+    meta: &Metadata,
+    dir: &Path,
+    names: &[&str],
+) -> Result<Vec<String>, StorageError> {
+    let mut moved = Vec::new();
+    for name in names {
+        let text = match tokio::fs::read_to_string(dir.join(name)).await {
+            Ok(text) => text.trim().to_owned(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(e.into()),
+        };
+        if text.is_empty() {
+            continue;
+        }
+        if meta.shared_secret(name, text.clone()).await? == text {
+            moved.push(name.to_string());
+        } else {
+            tracing::warn!(
+                name,
+                "the database already holds another secret of this name; it keeps its own"
+            );
+        }
+    }
+    Ok(moved)
 }
