@@ -63,31 +63,6 @@ impl Pair {
     }
 }
 
-/// Any request with a body: (status, headers, body).
-fn send(
-    method: &str,
-    url: &str,
-    headers: &[(&str, &str)],
-    body: Vec<u8>,
-) -> (u16, ureq::http::HeaderMap, Vec<u8>) {
-    let mut builder = ureq::http::Request::builder().method(method).uri(url);
-    for (k, v) in headers {
-        builder = builder.header(*k, *v);
-    }
-    let mut r = http_agent()
-        .run(builder.body(body).unwrap())
-        .unwrap_or_else(|e| panic!("{method} {url}: {e}"));
-    let status = r.status().as_u16();
-    let headers = r.headers().clone();
-    let body = r
-        .body_mut()
-        .with_config()
-        .limit(u64::MAX)
-        .read_to_vec()
-        .unwrap();
-    (status, headers, body)
-}
-
 fn header(h: &ureq::http::HeaderMap, name: &str) -> String {
     h.get(name)
         .and_then(|v| v.to_str().ok())

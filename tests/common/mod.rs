@@ -290,13 +290,22 @@ pub fn request(
     url: &str,
     headers: &[(&str, &str)],
 ) -> (u16, ureq::http::HeaderMap, Vec<u8>) {
+    send(method, url, headers, Vec::new())
+}
+
+/// Any request with a body: (status, headers, body).
+pub fn send(
+    method: &str,
+    url: &str,
+    headers: &[(&str, &str)],
+    body: Vec<u8>,
+) -> (u16, ureq::http::HeaderMap, Vec<u8>) {
     let mut builder = ureq::http::Request::builder().method(method).uri(url);
     for (k, v) in headers {
         builder = builder.header(*k, *v);
     }
-    let req = builder.body(Vec::<u8>::new()).unwrap();
     let mut r = http_agent()
-        .run(req)
+        .run(builder.body(body).unwrap())
         .unwrap_or_else(|e| panic!("{method} {url}: {e}"));
     let status = r.status().as_u16();
     let headers = r.headers().clone();

@@ -218,7 +218,12 @@ pub fn storm_pull(client: &Client, storm: &Storm, repo: &str, tag: &str) {
         if let Some(children) = m["manifests"].as_array() {
             for c in children {
                 let d = c["digest"].as_str().unwrap();
-                let r = client.get(&format!("/v2/{repo}/manifests/{d}")).unwrap();
+                // A transport failure (a replica killed mid-answer) is a
+                // failure of this pull, counted like any other.
+                let r = match client.get(&format!("/v2/{repo}/manifests/{d}")) {
+                    Ok(r) => r,
+                    Err(e) => return storm.fail(format!("GET child {d} of {repo}: {e}")),
+                };
                 if r.status != 200 || digest_of(&r.body) != d {
                     if still_exists(client, repo, &manifest_digest) {
                         storm.fail(format!(
@@ -241,7 +246,10 @@ pub fn storm_pull(client: &Client, storm: &Storm, repo: &str, tag: &str) {
             );
         }
         for d in blobs {
-            let r = client.get(&format!("/v2/{repo}/blobs/{d}")).unwrap();
+            let r = match client.get(&format!("/v2/{repo}/blobs/{d}")) {
+                Ok(r) => r,
+                Err(e) => return storm.fail(format!("GET blob {d} of {repo}: {e}")),
+            };
             if r.status == 200 && digest_of(&r.body) == d {
                 storm.blobs_verified.fetch_add(1, Ordering::Relaxed);
                 continue;
