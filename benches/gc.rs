@@ -11,6 +11,11 @@
 //!     cargo bench --bench gc
 //!     BERTH_BENCH_SCALE=10 cargo bench --bench gc
 //!
+//! `BERTH_BENCH_FIXTURE=DIR` keeps a copy of the built fixture in DIR and
+//! starts from that copy next time (the 10x fixture takes two minutes to
+//! build and reconcile); `BERTH_BENCH_ONLY=gets,untagged` (any of quota,
+//! pushes, gets, tag-cleanup, untagged) runs only those measurements.
+//!
 //! Figures go to BENCHMARKS.md. Nothing here asserts a time.
 
 use berth_gc::{Gc, GcConfig, JobKind};
@@ -37,6 +42,53 @@ fn scale() -> usize {
 
 fn manifests_per_repo() -> usize {
     MANIFESTS_PER_REPO * scale()
+}
+
+/// Whether measurement `name` is selected by `BERTH_BENCH_ONLY` (all are
+/// when it is unset).
+fn selected(name: &str) -> bool {
+    match std::env::var("BERTH_BENCH_ONLY") {
+        Ok(list) => list.split(',').any(|n| n.trim() == name),
+        Err(_) => true,
+    }
+}
+
+/// The metadata files a fixture consists of.
+const FIXTURE_FILES: [&str; 1] = ["berth.db"];
+
+/// Copies a kept fixture from `BERTH_BENCH_FIXTURE` into `data`; false when
+/// there is none yet.
+fn restore_fixture(data: &std::path::Path) -> bool {
+    let Ok(kept) = std::env::var("BERTH_BENCH_FIXTURE") else {
+        return false;
+    };
+    let kept = std::path::Path::new(&kept).join(format!("scale-{}", scale()));
+    if !kept.join("berth.db").exists() {
+        return false;
+    }
+    let started = Instant::now();
+    for f in FIXTURE_FILES {
+        std::fs::copy(kept.join(f), data.join(f)).expect("copy the kept fixture");
+    }
+    println!(
+        "fixture: copied from {} in {:.1} s",
+        kept.display(),
+        started.elapsed().as_secs_f64()
+    );
+    true
+}
+
+/// Keeps the just-built fixture (closed, so its WAL is checkpointed) in
+/// `BERTH_BENCH_FIXTURE` for the next run.
+fn keep_fixture(data: &std::path::Path) {
+    let Ok(kept) = std::env::var("BERTH_BENCH_FIXTURE") else {
+        return;
+    };
+    let kept = std::path::Path::new(&kept).join(format!("scale-{}", scale()));
+    std::fs::create_dir_all(&kept).expect("create the fixture directory");
+    for f in FIXTURE_FILES {
+        std::fs::copy(data.join(f), kept.join(f)).expect("keep the fixture");
+    }
 }
 
 fn peak_rss_reset() {
@@ -214,45 +266,56 @@ fn main() {
         .enable_all()
         .build()
         .unwrap();
+    if !restore_fixture(dir.path()) {
+        rt.block_on(async {
+            let storage = Storage::open(&config).unwrap();
+            let started = Instant::now();
+            populate(&storage).await;
+            let built = started.elapsed();
+            let started = Instant::now();
+            storage.meta.reconcile_quota().await.unwrap();
+            println!(
+                "fixture: {NAMESPACES} namespaces, {} manifests ({} tagged), {} blobs; built in {:.1} s, ledger reconciled in {:.1} s",
+                NAMESPACES * per_repo,
+                NAMESPACES * per_repo * 9 / 10,
+                NAMESPACES * per_repo * BLOBS_PER_MANIFEST,
+                built.as_secs_f64(),
+                started.elapsed().as_secs_f64()
+            );
+            storage.close().await;
+        });
+        keep_fixture(dir.path());
+    }
     rt.block_on(async {
         let storage = Storage::open(&config).unwrap();
-        let started = Instant::now();
-        populate(&storage).await;
-        let built = started.elapsed();
-        let started = Instant::now();
-        storage.meta.reconcile_quota().await.unwrap();
-        println!(
-            "fixture: {NAMESPACES} namespaces, {} manifests ({} tagged), {} blobs; built in {:.1} s, ledger reconciled in {:.1} s",
-            NAMESPACES * per_repo,
-            NAMESPACES * per_repo * 9 / 10,
-            NAMESPACES * per_repo * BLOBS_PER_MANIFEST,
-            built.as_secs_f64(),
-            started.elapsed().as_secs_f64()
-        );
-        let mut list = Vec::new();
-        for _ in 0..20 {
-            let t = Instant::now();
-            let all = storage.meta.quota_list().await.unwrap();
-            list.push(t.elapsed());
-            assert_eq!(all.len(), NAMESPACES);
+        if selected("quota") {
+            let mut list = Vec::new();
+            for _ in 0..20 {
+                let t = Instant::now();
+                let all = storage.meta.quota_list().await.unwrap();
+                list.push(t.elapsed());
+                assert_eq!(all.len(), NAMESPACES);
+            }
+            println!(
+                "quota list ({NAMESPACES} namespaces): p50 {:.1} ms, p99 {:.1} ms",
+                pct(&mut list, 0.5),
+                pct(&mut list, 0.99)
+            );
         }
-        println!(
-            "quota list ({NAMESPACES} namespaces): p50 {:.1} ms, p99 {:.1} ms",
-            pct(&mut list, 0.5),
-            pct(&mut list, 0.99)
-        );
-        let stop = Arc::new(AtomicBool::new(false));
-        let pusher = tokio::spawn(pushes_during(storage.clone(), stop.clone(), "steady"));
-        tokio::time::sleep(Duration::from_secs(5)).await;
-        stop.store(true, Ordering::Relaxed);
-        let mut lat = pusher.await.unwrap();
-        println!(
-            "push commits alone: {} in 5 s, p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
-            lat.len(),
-            pct(&mut lat, 0.5),
-            pct(&mut lat, 0.99),
-            pct(&mut lat, 1.0)
-        );
+        if selected("pushes") {
+            let stop = Arc::new(AtomicBool::new(false));
+            let pusher = tokio::spawn(pushes_during(storage.clone(), stop.clone(), "steady"));
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            stop.store(true, Ordering::Relaxed);
+            let mut lat = pusher.await.unwrap();
+            println!(
+                "push commits alone: {} in 5 s, p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+                lat.len(),
+                pct(&mut lat, 0.5),
+                pct(&mut lat, 0.99),
+                pct(&mut lat, 1.0)
+            );
+        }
         storage.close().await;
     });
     let size = |name: &str| {
@@ -265,12 +328,18 @@ fn main() {
         size("berth.db") >> 20,
         size("berth.db-wal") >> 20
     );
-    manifest_gets(dir.path(), per_repo);
+    if selected("gets") {
+        manifest_gets(dir.path(), per_repo);
+    }
     rt.block_on(async {
         let storage = Storage::open(&config).unwrap();
         let gc = Gc::new(storage.clone(), GcConfig::default());
-        measure(&storage, &gc, JobKind::TagCleanup, "tag-cleanup").await;
-        measure(&storage, &gc, JobKind::Untagged, "untagged").await;
+        if selected("tag-cleanup") {
+            measure(&storage, &gc, JobKind::TagCleanup, "tag-cleanup").await;
+        }
+        if selected("untagged") {
+            measure(&storage, &gc, JobKind::Untagged, "untagged").await;
+        }
         storage.close().await;
     });
 }

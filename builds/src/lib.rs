@@ -742,23 +742,29 @@ impl Builds {
     /// digests (the running webservice's); GC collects the rest.
     pub async fn clean(&self, tool: &str) -> Result<Vec<String>, BuildError> {
         let ns = self.namespace(tool);
-        let tags: Vec<_> = self
-            .storage
-            .meta
-            .gc_tags()
-            .await?
-            .into_iter()
-            .filter(|t| t.namespace == ns)
-            .collect();
-        let pinned = tags.iter().filter(|t| t.pinned).count();
-        let removed = self
-            .storage
-            .meta
-            .delete_tags_checked(tags.into_iter().filter(|t| !t.pinned).collect())
-            .await?;
+        let (mut pinned, mut removed) = (0, 0);
+        let mut after_repo_id = 0;
+        loop {
+            let tags = self
+                .storage
+                .meta
+                .gc_tags(Some(ns.clone()), after_repo_id, 256)
+                .await?;
+            let Some(last) = tags.last() else { break };
+            after_repo_id = last.repo_id;
+            pinned += tags.iter().filter(|t| t.pinned).count();
+            let unpinned: Vec<_> = tags.into_iter().filter(|t| !t.pinned).collect();
+            for batch in unpinned.chunks(256) {
+                removed += self
+                    .storage
+                    .meta
+                    .delete_tags_checked(batch.to_vec())
+                    .await?
+                    .len();
+            }
+        }
         Ok(vec![format!(
-            "removed {} tag(s) of {ns}; kept {pinned} pinned; storage is freed by the next garbage collection",
-            removed.len()
+            "removed {removed} tag(s) of {ns}; kept {pinned} pinned; storage is freed by the next garbage collection"
         )])
     }
 }

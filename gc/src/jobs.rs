@@ -29,6 +29,14 @@ impl Phases {
         }
     }
 
+    /// Adds the time since the last mark to `phase` (for phases that
+    /// alternate, page by page).
+    fn add(&mut self, report: &mut RunReport, phase: &str) {
+        *report.phases_ms.entry(phase.to_owned()).or_default() +=
+            self.at.elapsed().as_millis() as u64;
+        self.at = std::time::Instant::now();
+    }
+
     fn mark(&mut self, report: &mut RunReport, phase: &str) {
         report
             .phases_ms
@@ -37,7 +45,12 @@ impl Phases {
     }
 }
 
-/// Tag cleanup: applies each namespace's retention policy to every repository.
+/// Repositories whose tags cleanup reads at a time: the whole registry's
+/// tags (900,000 at platform scale) never sit in memory at once.
+const TAG_PAGE_REPOSITORIES: u32 = 256;
+
+/// Tag cleanup: applies each namespace's retention policy to every
+/// repository, a page of repositories at a time.
 pub async fn tag_cleanup(
     storage: &Storage,
     config: &GcConfig,
@@ -45,64 +58,58 @@ pub async fn tag_cleanup(
 ) -> Result<(), StorageError> {
     let now = now_ms();
     let mut phases = Phases::start();
-    let tags = storage.meta.gc_tags().await?;
     let overrides = storage.meta.retention_overrides().await?;
-    phases.mark(report, "read");
-    let mut policies: BTreeMap<String, RetentionPolicy> = BTreeMap::new();
-    let mut doomed: Vec<TagRow> = Vec::new();
-    let mut start = 0;
-    while start < tags.len() {
-        let repo_id = tags[start].repo_id;
-        let end = start
-            + tags[start..]
-                .iter()
-                .take_while(|t| t.repo_id == repo_id)
-                .count();
-        let ns = &tags[start].namespace;
-        if !policies.contains_key(ns) {
-            let policy = match overrides.get(ns) {
-                Some(o) => match config.retention.with_override(o) {
-                    Ok(p) => p,
-                    Err(e) => {
-                        // A bad override must not make cleanup remove more:
-                        // skip the namespace and say why.
-                        report.errors.push(format!("{ns}: {e}; namespace skipped"));
-                        start = end;
-                        continue;
-                    }
-                },
-                None => config.retention.clone(),
-            };
-            policies.insert(ns.clone(), policy);
+    // `None`: the namespace's override is bad, so it is skipped (a bad
+    // override must not make cleanup remove more); said once.
+    let mut policies: BTreeMap<String, Option<RetentionPolicy>> = BTreeMap::new();
+    let mut after_repo_id = 0;
+    loop {
+        let tags = storage
+            .meta
+            .gc_tags(None, after_repo_id, TAG_PAGE_REPOSITORIES)
+            .await?;
+        phases.add(report, "read");
+        let Some(last) = tags.last() else { break };
+        after_repo_id = last.repo_id;
+        let mut doomed: Vec<TagRow> = Vec::new();
+        for repo in tags.chunk_by(|a, b| a.repo_id == b.repo_id) {
+            let ns = &repo[0].namespace;
+            let policy = policies
+                .entry(ns.clone())
+                .or_insert_with(|| match overrides.get(ns) {
+                    Some(o) => match config.retention.with_override(o) {
+                        Ok(p) => Some(p),
+                        Err(e) => {
+                            report.errors.push(format!("{ns}: {e}; namespace skipped"));
+                            None
+                        }
+                    },
+                    None => Some(config.retention.clone()),
+                });
+            if let Some(policy) = policy {
+                doomed.extend(policy.select(repo, now).into_iter().cloned());
+            }
         }
-        doomed.extend(
-            policies[ns]
-                .select(&tags[start..end], now)
-                .into_iter()
-                .cloned(),
-        );
-        start = end;
+        phases.add(report, "select");
+        let removed = if report.dry_run {
+            doomed
+        } else {
+            let mut removed = Vec::new();
+            for batch in doomed.chunks(BATCH) {
+                removed.extend(storage.meta.delete_tags_checked(batch.to_vec()).await?);
+            }
+            removed
+        };
+        report.tags_removed += removed.len();
+        for t in removed {
+            report.removed.add_tag(RemovedTag {
+                repository: t.repository,
+                tag: t.tag,
+                digest: t.digest,
+            });
+        }
+        phases.add(report, "delete");
     }
-    phases.mark(report, "select");
-    let removed = if report.dry_run {
-        doomed
-    } else {
-        let mut removed = Vec::new();
-        for batch in doomed.chunks(BATCH) {
-            removed.extend(storage.meta.delete_tags_checked(batch.to_vec()).await?);
-        }
-        removed
-    };
-    phases.mark(report, "delete");
-    report.tags_removed = removed.len();
-    report.removed.tags = removed
-        .into_iter()
-        .map(|t| RemovedTag {
-            repository: t.repository,
-            tag: t.tag,
-            digest: t.digest,
-        })
-        .collect();
     Ok(())
 }
 
@@ -133,29 +140,28 @@ pub async fn untagged(
         report.blob_links_removed = plan.links.len();
         report.blobs_removed = plan.blobs.len();
         report.freed_per_namespace = plan.freed_per_namespace.clone();
-        report.removed.manifests = plan
-            .manifests
-            .iter()
-            .map(|m| item(&m.repository, &m.digest, m.size))
-            .collect();
-        report.removed.blob_links = plan
-            .links
-            .iter()
-            .map(|l| item(&l.repository, &l.digest, l.size))
-            .collect();
-        report.removed.blobs = plan
-            .blobs
-            .iter()
-            .map(|b| item("", &b.digest, b.size))
-            .collect();
+        for m in &plan.manifests {
+            report
+                .removed
+                .add_manifest(item(&m.repository, &m.digest, m.size));
+        }
+        for l in &plan.links {
+            report
+                .removed
+                .add_blob_link(item(&l.repository, &l.digest, l.size));
+        }
+        for b in &plan.blobs {
+            report.removed.add_blob(item("", &b.digest, b.size));
+        }
         let orphans = storage.sweep_orphans(blob_cutoff, true).await?;
         report.orphan_objects_removed = orphans.len();
         report.bytes_freed = plan.blobs.iter().map(|b| b.size).sum::<u64>()
             + orphans.iter().map(|o| o.size).sum::<u64>();
-        report.removed.orphan_objects = orphans
-            .iter()
-            .map(|o| item("", &o.digest, o.size))
-            .collect();
+        for o in &orphans {
+            report
+                .removed
+                .add_orphan_object(item("", &o.digest, o.size));
+        }
         report.uploads_expired = 0;
         return Ok(());
     }
@@ -222,12 +228,12 @@ async fn delete_planned(
                     .filter(|m| !gone.contains(&(m.repo_id, m.digest.as_str())))
                     .cloned(),
             );
+            report.manifests_removed += deleted.len();
             for m in &deleted {
                 *freed.entry(m.namespace.clone()).or_default() += m.size;
                 report
                     .removed
-                    .manifests
-                    .push(item(&m.repository, &m.digest, m.size));
+                    .add_manifest(item(&m.repository, &m.digest, m.size));
             }
         }
         pending = skipped;
@@ -235,7 +241,6 @@ async fn delete_planned(
             break;
         }
     }
-    report.manifests_removed = report.removed.manifests.len();
     phases.mark(report, "manifests");
 
     // 2. Blob links nothing needs any more (the plan already counted the
@@ -248,13 +253,13 @@ async fn delete_planned(
         for (ns, bytes) in released {
             *freed.entry(ns).or_default() += bytes;
         }
-        report.removed.blob_links.extend(
-            deleted
-                .iter()
-                .map(|l| item(&l.repository, &l.digest, l.size)),
-        );
+        report.blob_links_removed += deleted.len();
+        for l in &deleted {
+            report
+                .removed
+                .add_blob_link(item(&l.repository, &l.digest, l.size));
+        }
     }
-    report.blob_links_removed = report.removed.blob_links.len();
     report.freed_per_namespace = freed;
     phases.mark(report, "blob_links");
 
@@ -262,12 +267,11 @@ async fn delete_planned(
     for batch in plan.blobs.chunks(BATCH) {
         let deleted = storage.delete_blobs(batch.to_vec(), blob_cutoff).await?;
         report.bytes_freed += deleted.iter().map(|b| b.size).sum::<u64>();
-        report
-            .removed
-            .blobs
-            .extend(deleted.iter().map(|b| item("", &b.digest, b.size)));
+        report.blobs_removed += deleted.len();
+        for b in &deleted {
+            report.removed.add_blob(item("", &b.digest, b.size));
+        }
     }
-    report.blobs_removed = report.removed.blobs.len();
     phases.mark(report, "blobs");
 
     // 4. Objects without rows (a crash between row and object deletion,
@@ -275,11 +279,11 @@ async fn delete_planned(
     let orphans = storage.sweep_orphans(blob_cutoff, false).await?;
     report.orphan_objects_removed = orphans.len();
     report.bytes_freed += orphans.iter().map(|o| o.size).sum::<u64>();
-    report.removed.orphan_objects = orphans
-        .iter()
-        .map(|o| item("", &o.digest, o.size))
-        .collect();
-
+    for o in &orphans {
+        report
+            .removed
+            .add_orphan_object(item("", &o.digest, o.size));
+    }
     phases.mark(report, "orphans");
 
     // 5. Abandoned uploads (also expired every minute by the uploads'

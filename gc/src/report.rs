@@ -45,7 +45,11 @@ pub struct RemovedItem {
     pub size: u64,
 }
 
-/// The items a run removed (or would remove), sorted for comparison.
+/// The items a run removed (or would remove), sorted for comparison: the
+/// first `LISTED_ITEMS` of each kind in that order. A run at platform
+/// scale removes millions of items; the counts in `RunReport` are exact,
+/// and the lists stay bounded while the run goes on (the `add_*` methods),
+/// so neither the running job nor the admin API's answer holds them all.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(default)]
 pub struct Removed {
@@ -56,28 +60,54 @@ pub struct Removed {
     pub orphan_objects: Vec<RemovedItem>,
 }
 
+fn tag_order(a: &RemovedTag, b: &RemovedTag) -> std::cmp::Ordering {
+    (&a.repository, &a.tag).cmp(&(&b.repository, &b.tag))
+}
+
+fn item_order(a: &RemovedItem, b: &RemovedItem) -> std::cmp::Ordering {
+    (&a.repository, &a.digest).cmp(&(&b.repository, &b.digest))
+}
+
+/// Adds `item` to a list that keeps the first `LISTED_ITEMS` in `order`:
+/// the list may grow to twice that, then is cut back (amortised O(log n)
+/// per item, memory bounded).
+fn add_bounded<T>(list: &mut Vec<T>, item: T, order: fn(&T, &T) -> std::cmp::Ordering) {
+    list.push(item);
+    if list.len() >= 2 * LISTED_ITEMS {
+        list.sort_by(order);
+        list.truncate(LISTED_ITEMS);
+    }
+}
+
 impl Removed {
+    pub fn add_tag(&mut self, t: RemovedTag) {
+        add_bounded(&mut self.tags, t, tag_order);
+    }
+    pub fn add_manifest(&mut self, m: RemovedItem) {
+        add_bounded(&mut self.manifests, m, item_order);
+    }
+    pub fn add_blob_link(&mut self, l: RemovedItem) {
+        add_bounded(&mut self.blob_links, l, item_order);
+    }
+    pub fn add_blob(&mut self, b: RemovedItem) {
+        add_bounded(&mut self.blobs, b, item_order);
+    }
+    pub fn add_orphan_object(&mut self, o: RemovedItem) {
+        add_bounded(&mut self.orphan_objects, o, item_order);
+    }
+
+    /// Sorts every list and cuts it to its first `LISTED_ITEMS`.
     pub fn sort(&mut self) {
-        self.tags
-            .sort_by(|a, b| (&a.repository, &a.tag).cmp(&(&b.repository, &b.tag)));
+        self.tags.sort_by(tag_order);
+        self.tags.truncate(LISTED_ITEMS);
         for list in [
             &mut self.manifests,
             &mut self.blob_links,
             &mut self.blobs,
             &mut self.orphan_objects,
         ] {
-            list.sort_by(|a, b| (&a.repository, &a.digest).cmp(&(&b.repository, &b.digest)));
-        }
-    }
-
-    fn truncated(&self) -> Removed {
-        let cut = |v: &Vec<RemovedItem>| v.iter().take(LISTED_ITEMS).cloned().collect();
-        Removed {
-            tags: self.tags.iter().take(LISTED_ITEMS).cloned().collect(),
-            manifests: cut(&self.manifests),
-            blob_links: cut(&self.blob_links),
-            blobs: cut(&self.blobs),
-            orphan_objects: cut(&self.orphan_objects),
+            list.sort_by(item_order);
+            list.truncate(LISTED_ITEMS);
         }
     }
 }
@@ -152,10 +182,36 @@ impl RunReport {
         }
     }
 
-    /// The JSON kept in `gc_runs`: everything, with item lists capped.
+    /// The JSON kept in `gc_runs` (and answered by the admin API).
     pub fn stored(&self) -> serde_json::Value {
         let mut copy = self.clone();
-        copy.removed = self.removed.truncated();
+        copy.removed.sort();
         serde_json::to_value(copy).expect("reports serialize")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn removed_lists_keep_the_first_items_in_order_and_stay_bounded() {
+        let mut removed = Removed::default();
+        // Out of order, more than four times the listed number.
+        for i in (0..5 * LISTED_ITEMS).rev() {
+            removed.add_blob(RemovedItem {
+                repository: String::new(),
+                digest: format!("sha256:{i:08}"),
+                size: 1,
+            });
+            assert!(removed.blobs.len() < 2 * LISTED_ITEMS);
+        }
+        removed.sort();
+        assert_eq!(removed.blobs.len(), LISTED_ITEMS);
+        let want: Vec<String> = (0..LISTED_ITEMS)
+            .map(|i| format!("sha256:{i:08}"))
+            .collect();
+        let got: Vec<String> = removed.blobs.iter().map(|b| b.digest.clone()).collect();
+        assert_eq!(got, want);
     }
 }

@@ -334,7 +334,9 @@ dispatch! {
     fn namespace_holds_blob(&self, ns: &str, digest: &str) -> bool;
 
     // ------------------------------------------------------------------ gc
-    fn gc_tags(&self) -> Vec<TagRow>;
+    /// Tags of the next `repositories` repositories with tags after
+    /// `after_repo_id` (in `namespace` if given), newest first per repository.
+    fn gc_tags(&self, namespace: Option<String>, after_repo_id: i64, repositories: u32) -> Vec<TagRow>;
     fn delete_tags_checked(&self, tags: Vec<TagRow>) -> Vec<TagRow>;
     fn gc_plan(&self, manifest_cutoff: i64, blob_cutoff: i64) -> GcPlan;
     fn delete_manifests_checked(&self, batch: Vec<DoomedManifest>, cutoff: i64) -> Vec<DoomedManifest>;

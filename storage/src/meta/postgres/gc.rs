@@ -77,7 +77,12 @@ pub(super) fn run_row(r: &tokio_postgres::Row) -> Result<GcRunRecord, StorageErr
 }
 
 impl Postgres {
-    pub async fn gc_tags(&self) -> Result<Vec<TagRow>, StorageError> {
+    pub async fn gc_tags(
+        &self,
+        namespace: Option<String>,
+        after_repo_id: i64,
+        repositories: u32,
+    ) -> Result<Vec<TagRow>, StorageError> {
         let c = self.client().await?;
         let mut out = Vec::new();
         for r in rows(
@@ -85,8 +90,13 @@ impl Postgres {
             "SELECT t.repo_id, r.name, r.namespace, t.name, t.digest, t.updated_ms,
                     EXISTS (SELECT 1 FROM pins p WHERE p.repository = r.name AND p.digest = t.digest)
              FROM tags t JOIN repositories r ON r.id = t.repo_id
+             WHERE t.repo_id IN (
+                 SELECT pr.id FROM repositories pr
+                 WHERE pr.id > $1 AND ($3::text IS NULL OR pr.namespace = $3)
+                   AND EXISTS (SELECT 1 FROM tags pt WHERE pt.repo_id = pr.id)
+                 ORDER BY pr.id LIMIT $2)
              ORDER BY t.repo_id, t.updated_ms DESC, t.name",
-            &[],
+            &[&after_repo_id, &i64::from(repositories), &namespace],
         )
         .await?
         {

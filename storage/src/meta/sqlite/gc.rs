@@ -121,11 +121,15 @@ fn plan_on(c: &Connection, manifest_cutoff: i64, blob_cutoff: i64) -> rusqlite::
     result
 }
 
+/// Whether (`:repo_id`, `:digest`) is pinned. The repository's name is a
+/// subquery, not a join: a join made SQLite re-prepare the statement on
+/// every binding (see liveness's tests).
+pub(super) const PINNED: &str = "SELECT 1 FROM pins p
+    WHERE p.digest = :digest AND p.repository = (SELECT r.name FROM repositories r WHERE r.id = :repo_id)";
+
 fn pinned(tx: &Connection, repo_id: i64, digest: &str) -> rusqlite::Result<bool> {
-    tx.prepare_cached(
-        "SELECT 1 FROM pins p JOIN repositories r ON r.name = p.repository WHERE r.id = ?1 AND p.digest = ?2",
-    )?
-    .exists(params![repo_id, digest])
+    tx.prepare_cached(PINNED)?
+        .exists(named_params! {":repo_id": repo_id, ":digest": digest})
 }
 
 /// Deletes one manifest if, inside this transaction, it is still garbage.
@@ -149,17 +153,30 @@ fn delete_manifest_if_garbage(
 }
 
 impl Sqlite {
-    /// Every tag with what retention needs, newest first per repository.
-    pub async fn gc_tags(&self) -> Result<Vec<TagRow>, StorageError> {
-        self.read(|c| {
-            let mut stmt = c.prepare(
+    /// The tags of the next `repositories` repositories (by id) after
+    /// `after_repo_id` that have tags, in `namespace` if given, with what
+    /// retention needs, newest first per repository. Cleanup pages
+    /// through the whole registry this way, a bounded page at a time.
+    pub async fn gc_tags(
+        &self,
+        namespace: Option<String>,
+        after_repo_id: i64,
+        repositories: u32,
+    ) -> Result<Vec<TagRow>, StorageError> {
+        self.read(move |c| {
+            let mut stmt = c.prepare_cached(
                 "SELECT t.repo_id, r.name, r.namespace, t.name, t.digest, t.updated_ms,
                         EXISTS (SELECT 1 FROM pins p WHERE p.repository = r.name AND p.digest = t.digest)
                  FROM tags t JOIN repositories r ON r.id = t.repo_id
+                 WHERE t.repo_id IN (
+                     SELECT pr.id FROM repositories pr
+                     WHERE pr.id > ?1 AND (?3 IS NULL OR pr.namespace = ?3)
+                       AND EXISTS (SELECT 1 FROM tags pt WHERE pt.repo_id = pr.id)
+                     ORDER BY pr.id LIMIT ?2)
                  ORDER BY t.repo_id, t.updated_ms DESC, t.name",
             )?;
             let rows = stmt
-                .query_map([], |r| {
+                .query_map(params![after_repo_id, repositories, namespace], |r| {
                     Ok(TagRow {
                         repo_id: r.get(0)?,
                         repository: r.get(1)?,
