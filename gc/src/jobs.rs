@@ -5,7 +5,7 @@
 use crate::report::{RemovedItem, RemovedTag, RunReport};
 use crate::retention::RetentionPolicy;
 use crate::GcConfig;
-use berth_storage::meta::{DoomedManifest, TagRow};
+use berth_storage::meta::TagRow;
 use berth_storage::{now_ms, Storage, StorageError};
 use std::collections::BTreeMap;
 
@@ -176,7 +176,7 @@ pub async fn untagged(
     let deleted = delete_planned(
         storage,
         report,
-        &plan,
+        plan,
         manifest_cutoff,
         blob_cutoff,
         &mut phases,
@@ -200,7 +200,7 @@ pub async fn untagged(
 async fn delete_planned(
     storage: &Storage,
     report: &mut RunReport,
-    plan: &berth_storage::meta::GcPlan,
+    plan: berth_storage::meta::GcPlan,
     manifest_cutoff: i64,
     blob_cutoff: i64,
     phases: &mut Phases,
@@ -209,7 +209,13 @@ async fn delete_planned(
     // referrers may sit in a later batch than their parent, so what a
     // batch skipped gets retried until nothing more goes.
     let mut freed: BTreeMap<String, u64> = BTreeMap::new();
-    let mut pending: Vec<DoomedManifest> = plan.manifests.clone();
+    // Each list goes as soon as its phase is done.
+    let berth_storage::meta::GcPlan {
+        manifests: mut pending,
+        links,
+        blobs,
+        ..
+    } = plan;
     loop {
         let before = pending.len();
         let mut skipped = Vec::new();
@@ -230,7 +236,7 @@ async fn delete_planned(
             );
             report.manifests_removed += deleted.len();
             for m in &deleted {
-                *freed.entry(m.namespace.clone()).or_default() += m.size;
+                *freed.entry(m.namespace.to_string()).or_default() += m.size;
                 report
                     .removed
                     .add_manifest(item(&m.repository, &m.digest, m.size));
@@ -245,7 +251,7 @@ async fn delete_planned(
 
     // 2. Blob links nothing needs any more (the plan already counted the
     // links of the manifests just deleted).
-    for batch in plan.links.chunks(BATCH) {
+    for batch in links.chunks(BATCH) {
         let (deleted, released) = storage
             .meta
             .delete_links_checked(batch.to_vec(), blob_cutoff)
@@ -263,8 +269,10 @@ async fn delete_planned(
     report.freed_per_namespace = freed;
     phases.mark(report, "blob_links");
 
+    drop(links);
+
     // 3. Blobs linked nowhere: rows, then objects, under the blob locks.
-    for batch in plan.blobs.chunks(BATCH) {
+    for batch in blobs.chunks(BATCH) {
         let deleted = storage.delete_blobs(batch.to_vec(), blob_cutoff).await?;
         report.bytes_freed += deleted.iter().map(|b| b.size).sum::<u64>();
         report.blobs_removed += deleted.len();

@@ -431,6 +431,6 @@ mod tests {
             super::sqlite::Sqlite::schema_version(),
             super::postgres::Postgres::schema_version()
         );
-        assert_eq!(super::Metadata::schema_version(), 13);
+        assert_eq!(super::Metadata::schema_version(), 14);
     }
 }

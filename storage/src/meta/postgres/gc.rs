@@ -43,12 +43,7 @@ async fn delete_manifest_if_garbage(
         &[&repo_id, &digest],
     )
     .await?;
-    exec(
-        c,
-        "DELETE FROM manifest_refs WHERE repo_id = $1 AND manifest_digest = $2",
-        &[&repo_id, &digest],
-    )
-    .await?;
+    super::queries::delete_manifest_dependents(c, repo_id, digest).await?;
     quota::release(c, ns, size).await?;
     Ok(Some(size))
 }
@@ -133,12 +128,7 @@ impl Postgres {
                 )
                 .await?;
                 if n > 0 {
-                    exec(
-                        &tx,
-                        "UPDATE manifests SET released_ms = $3 WHERE repo_id = $1 AND digest = $2",
-                        &[&t.repo_id, &t.digest, &now],
-                    )
-                    .await?;
+                    super::queries::released(&tx, t.repo_id, &t.digest, now).await?;
                     deleted.push(t.clone());
                 }
             }
@@ -173,6 +163,7 @@ impl Postgres {
                  ANALYZE gc_doomed;",
             )
             .await?;
+            let mut names = RepoNames::default();
             let mut manifests = Vec::new();
             for r in tx
                 .query(
@@ -184,10 +175,12 @@ impl Postgres {
                 )
                 .await?
             {
+                let repo_id = col(&r, 0)?;
+                let (repository, namespace) = names.get(repo_id, col(&r, 1)?, col(&r, 2)?);
                 manifests.push(DoomedManifest {
-                    repo_id: col(&r, 0)?,
-                    repository: col(&r, 1)?,
-                    namespace: col(&r, 2)?,
+                    repo_id,
+                    repository,
+                    namespace,
                     digest: col(&r, 3)?,
                     size: unsigned(&r, 4)?,
                 });
@@ -205,10 +198,12 @@ impl Postgres {
                 )
                 .await?
             {
+                let repo_id = col(&r, 0)?;
+                let (repository, namespace) = names.get(repo_id, col(&r, 1)?, col(&r, 2)?);
                 links.push(DoomedLink {
-                    repo_id: col(&r, 0)?,
-                    repository: col(&r, 1)?,
-                    namespace: col(&r, 2)?,
+                    repo_id,
+                    repository,
+                    namespace,
                     digest: col(&r, 3)?,
                     size: unsigned(&r, 4)?,
                 });
@@ -225,7 +220,7 @@ impl Postgres {
             }
             let mut freed: BTreeMap<String, u64> = BTreeMap::new();
             for m in &manifests {
-                *freed.entry(m.namespace.clone()).or_default() += m.size;
+                *freed.entry(m.namespace.to_string()).or_default() += m.size;
             }
             for r in tx
                 .query(
@@ -261,7 +256,7 @@ impl Postgres {
         cutoff: i64,
     ) -> Result<Vec<DoomedManifest>, StorageError> {
         transaction!(self, |tx| {
-            quota::lock_namespaces(&tx, batch.iter().map(|m| m.namespace.as_str())).await?;
+            quota::lock_namespaces(&tx, batch.iter().map(|m| &*m.namespace)).await?;
             let mut deleted = Vec::new();
             for m in &batch {
                 if delete_manifest_if_garbage(&tx, m.repo_id, &m.namespace, &m.digest, cutoff)
@@ -282,7 +277,7 @@ impl Postgres {
         cutoff: i64,
     ) -> Result<(Vec<DoomedLink>, BTreeMap<String, u64>), StorageError> {
         transaction!(self, |tx| {
-            quota::lock_namespaces(&tx, batch.iter().map(|l| l.namespace.as_str())).await?;
+            quota::lock_namespaces(&tx, batch.iter().map(|l| &*l.namespace)).await?;
             let mut deleted = Vec::new();
             let mut freed: BTreeMap<String, u64> = BTreeMap::new();
             for l in &batch {
@@ -293,7 +288,7 @@ impl Postgres {
                     .await?
                     .unwrap_or(0);
                 if released > 0 {
-                    *freed.entry(l.namespace.clone()).or_default() += released;
+                    *freed.entry(l.namespace.to_string()).or_default() += released;
                 }
                 deleted.push(l.clone());
             }
@@ -392,13 +387,16 @@ impl Postgres {
                 return Ok(false);
             };
             let (repository, digest): (String, String) = (col(&r, 0)?, col(&r, 1)?);
-            exec(
+            if let Some(r) = opt(
                 &tx,
-                "UPDATE manifests SET released_ms = $3
-                 WHERE digest = $2 AND repo_id = (SELECT id FROM repositories WHERE name = $1)",
-                &[&repository, &digest, &now_ms()],
+                "SELECT m.repo_id FROM manifests m JOIN repositories r ON r.id = m.repo_id
+                 WHERE r.name = $1 AND m.digest = $2",
+                &[&repository, &digest],
             )
-            .await?;
+            .await?
+            {
+                super::queries::released(&tx, col(&r, 0)?, &digest, now_ms()).await?;
+            }
             Ok(true)
         })
     }

@@ -13,7 +13,8 @@ use std::sync::LazyLock;
 /// The manifest row `m` is a root. Parameter `{cutoff}`: the manifest cutoff.
 fn root(cutoff: &str) -> String {
     format!(
-        "(GREATEST(m.pushed_ms, m.released_ms) >= {cutoff}
+        "(GREATEST(m.pushed_ms, COALESCE((SELECT rel.released_ms FROM manifest_releases rel
+                                           WHERE rel.repo_id = m.repo_id AND rel.digest = m.digest), 0)) >= {cutoff}
     OR EXISTS (SELECT 1 FROM tags t WHERE t.repo_id = m.repo_id AND t.digest = m.digest)
     OR EXISTS (SELECT 1 FROM pins p JOIN repositories pr ON pr.name = p.repository
                WHERE pr.id = m.repo_id AND p.digest = m.digest))"

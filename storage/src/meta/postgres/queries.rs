@@ -126,8 +126,9 @@ pub(super) async fn remove_link(
     ))
 }
 
-/// Marks that a manifest lost a tag now (its untagged grace restarts).
-async fn released(
+/// Marks that a manifest lost a tag (or its pin) now: its untagged grace
+/// restarts. In `manifest_releases`, not the manifest's row (migration 14).
+pub(super) async fn released(
     c: &impl GenericClient,
     repo_id: i64,
     digest: &str,
@@ -135,10 +136,27 @@ async fn released(
 ) -> Result<(), StorageError> {
     exec(
         c,
-        "UPDATE manifests SET released_ms = $3 WHERE repo_id = $1 AND digest = $2",
+        "INSERT INTO manifest_releases (repo_id, digest, released_ms) VALUES ($1, $2, $3)
+         ON CONFLICT (repo_id, digest) DO UPDATE SET released_ms = excluded.released_ms",
         &[&repo_id, &digest, &now],
     )
     .await?;
+    Ok(())
+}
+
+/// Removes what goes with a deleted manifest row: its references and its
+/// release time.
+pub(super) async fn delete_manifest_dependents(
+    c: &impl GenericClient,
+    repo_id: i64,
+    digest: &str,
+) -> Result<(), StorageError> {
+    for sql in [
+        "DELETE FROM manifest_refs WHERE repo_id = $1 AND manifest_digest = $2",
+        "DELETE FROM manifest_releases WHERE repo_id = $1 AND digest = $2",
+    ] {
+        exec(c, sql, &[&repo_id, &digest]).await?;
+    }
     Ok(())
 }
 
@@ -634,12 +652,7 @@ impl Postgres {
             };
             let size = unsigned(&r, 0)?;
             quota::release(&tx, &ns, size).await?;
-            exec(
-                &tx,
-                "DELETE FROM manifest_refs WHERE repo_id = $1 AND manifest_digest = $2",
-                &[&id, &digest],
-            )
-            .await?;
+            delete_manifest_dependents(&tx, id, &digest).await?;
             exec(
                 &tx,
                 "DELETE FROM tags WHERE repo_id = $1 AND digest = $2",

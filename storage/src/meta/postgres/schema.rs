@@ -392,6 +392,20 @@ const MIGRATIONS: &[&str] = &[
     CREATE INDEX build_log_chunks_build ON build_log_chunks(build_id, seq);
     CREATE INDEX build_log_chunks_at ON build_log_chunks(at_ms);
     "#,
+    // 14: when a manifest last lost a tag (or its pin), in a table of its
+    // own (as in SQLite's migration 14: an update of `manifests.released_ms`
+    // wrote a new version of the whole row, body included).
+    // `manifests.released_ms` is no longer read or written.
+    r#"
+    CREATE TABLE manifest_releases (
+        repo_id      BIGINT NOT NULL,
+        digest       TEXT NOT NULL,
+        released_ms  BIGINT NOT NULL,
+        PRIMARY KEY (repo_id, digest)
+    );
+    INSERT INTO manifest_releases (repo_id, digest, released_ms)
+        SELECT repo_id, digest, released_ms FROM manifests WHERE released_ms > 0;
+    "#,
 ];
 
 /// Brings the database up to the newest schema. Holds the migration lock

@@ -25,6 +25,7 @@ fn plan_on(c: &Connection, manifest_cutoff: i64, blob_cutoff: i64) -> rusqlite::
     reset_temp(c)?;
     c.execute("BEGIN", [])?; // one snapshot for the whole plan
     let result = (|| {
+        let mut names = RepoNames::default();
         c.execute(
             &liveness::MARK_LIVE,
             named_params! {":manifest_cutoff": manifest_cutoff},
@@ -43,10 +44,13 @@ fn plan_on(c: &Connection, manifest_cutoff: i64, blob_cutoff: i64) -> rusqlite::
                  ORDER BY r.name, d.digest",
             )?
             .query_map([], |r| {
+                let repo_id = r.get(0)?;
+                let (repository, namespace) =
+                    names.get(repo_id, r.get_ref(1)?.as_str()?, r.get_ref(2)?.as_str()?);
                 Ok(DoomedManifest {
-                    repo_id: r.get(0)?,
-                    repository: r.get(1)?,
-                    namespace: r.get(2)?,
+                    repo_id,
+                    repository,
+                    namespace,
                     digest: r.get(3)?,
                     size: r.get::<_, i64>(4)? as u64,
                 })
@@ -64,10 +68,13 @@ fn plan_on(c: &Connection, manifest_cutoff: i64, blob_cutoff: i64) -> rusqlite::
                  ORDER BY r.name, l.digest",
             )?
             .query_map([], |r| {
+                let repo_id = r.get(0)?;
+                let (repository, namespace) =
+                    names.get(repo_id, r.get_ref(1)?.as_str()?, r.get_ref(2)?.as_str()?);
                 Ok(DoomedLink {
-                    repo_id: r.get(0)?,
-                    repository: r.get(1)?,
-                    namespace: r.get(2)?,
+                    repo_id,
+                    repository,
+                    namespace,
                     digest: r.get(3)?,
                     size: r.get::<_, i64>(4)? as u64,
                 })
@@ -76,18 +83,13 @@ fn plan_on(c: &Connection, manifest_cutoff: i64, blob_cutoff: i64) -> rusqlite::
         // Blobs that no link will hold once the doomed links are gone.
         let blobs = c
             .prepare(&liveness::PLAN_BLOBS)?
-            .query_map(named_params! {":blob_cutoff": blob_cutoff}, |r| {
-                Ok(DoomedBlob {
-                    digest: r.get(0)?,
-                    size: r.get::<_, i64>(1)? as u64,
-                })
-            })?
+            .query_map(named_params! {":blob_cutoff": blob_cutoff}, blob_row)?
             .collect::<rusqlite::Result<Vec<_>>>()?;
         // Quota returned: doomed manifests, plus blobs whose every link in
         // the namespace is doomed.
         let mut freed: BTreeMap<String, u64> = BTreeMap::new();
         for m in &manifests {
-            *freed.entry(m.namespace.clone()).or_default() += m.size;
+            *freed.entry(m.namespace.to_string()).or_default() += m.size;
         }
         let mut stmt = c.prepare(
             "SELECT r.namespace, l.digest, b.size, COUNT(*) AS doomed,
@@ -144,10 +146,7 @@ fn delete_manifest_if_garbage(
     let Some(size) = liveness::manifest_still_garbage(tx, repo_id, digest, cutoff)? else {
         return Ok(None);
     };
-    tx.prepare_cached("DELETE FROM manifests WHERE repo_id = ?1 AND digest = ?2")?
-        .execute(params![repo_id, digest])?;
-    tx.prepare_cached("DELETE FROM manifest_refs WHERE repo_id = ?1 AND manifest_digest = ?2")?
-        .execute(params![repo_id, digest])?;
+    super::queries::delete_manifest_rows(tx, repo_id, digest)?;
     quota::release(tx, ns, size)?;
     Ok(Some(size))
 }
@@ -211,8 +210,7 @@ impl Sqlite {
                     .prepare_cached("DELETE FROM tags WHERE repo_id = ?1 AND name = ?2 AND digest = ?3 AND updated_ms = ?4")?
                     .execute(params![t.repo_id, t.tag, t.digest, t.updated_ms])?;
                 if n > 0 {
-                    tx.prepare_cached("UPDATE manifests SET released_ms = ?3 WHERE repo_id = ?1 AND digest = ?2")?
-                        .execute(params![t.repo_id, t.digest, now])?;
+                    super::queries::released(tx, t.repo_id, &t.digest, now)?;
                     deleted.push(t);
                 }
             }
@@ -288,7 +286,7 @@ impl Sqlite {
                 let released = super::queries::remove_link(tx, l.repo_id, &l.namespace, &l.digest)?
                     .unwrap_or(0);
                 if released > 0 {
-                    *freed.entry(l.namespace.clone()).or_default() += released;
+                    *freed.entry(l.namespace.to_string()).or_default() += released;
                 }
                 deleted.push(l);
             }
@@ -373,11 +371,16 @@ impl Sqlite {
             };
             tx.prepare_cached("DELETE FROM pins WHERE id = ?1")?
                 .execute([id])?;
-            tx.prepare_cached(
-                "UPDATE manifests SET released_ms = ?3
-                 WHERE digest = ?2 AND repo_id = (SELECT id FROM repositories WHERE name = ?1)",
-            )?
-            .execute(params![repository, digest, now_ms()])?;
+            let held: Option<i64> = tx
+                .prepare_cached(
+                    "SELECT m.repo_id FROM manifests m JOIN repositories r ON r.id = m.repo_id
+                     WHERE r.name = ?1 AND m.digest = ?2",
+                )?
+                .query_row(params![repository, digest], |r| r.get(0))
+                .optional()?;
+            if let Some(repo_id) = held {
+                super::queries::released(tx, repo_id, &digest, now_ms())?;
+            }
             Ok(true)
         })
         .await
@@ -515,6 +518,13 @@ impl Sqlite {
         })
         .await
     }
+}
+
+fn blob_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<DoomedBlob> {
+    Ok(DoomedBlob {
+        digest: r.get(0)?,
+        size: r.get::<_, i64>(1)?.max(0) as u64,
+    })
 }
 
 fn pin_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Pin> {

@@ -25,7 +25,8 @@ use std::sync::atomic::Ordering;
 use std::sync::LazyLock;
 
 /// The manifest row `m` is a root. Parameter `:manifest_cutoff`.
-const ROOT: &str = "(MAX(m.pushed_ms, m.released_ms) >= :manifest_cutoff
+const ROOT: &str = "(MAX(m.pushed_ms, COALESCE((SELECT rel.released_ms FROM main.manifest_releases rel
+                                          WHERE rel.repo_id = m.repo_id AND rel.digest = m.digest), 0)) >= :manifest_cutoff
     OR EXISTS (SELECT 1 FROM main.tags t WHERE t.repo_id = m.repo_id AND t.digest = m.digest)
     OR EXISTS (SELECT 1 FROM main.pins p JOIN main.repositories pr ON pr.name = p.repository
                WHERE pr.id = m.repo_id AND p.digest = m.digest))";

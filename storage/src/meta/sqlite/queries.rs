@@ -97,13 +97,38 @@ pub(super) fn remove_link(
     Ok(Some(size.max(0) as u64))
 }
 
-/// Marks that a manifest lost a tag now: its untagged grace period
-/// restarts, so a pull that resolved the old tag moments ago can finish.
-fn released(conn: &Connection, repo_id: i64, digest: &str, now: i64) -> rusqlite::Result<()> {
+/// Marks that a manifest lost a tag (or its pin) now: its untagged grace
+/// period restarts, so a pull that resolved the old tag moments ago can
+/// finish. In `manifest_releases`, not the manifest's row (migration 14).
+pub(super) fn released(
+    conn: &Connection,
+    repo_id: i64,
+    digest: &str,
+    now: i64,
+) -> rusqlite::Result<()> {
     conn.prepare_cached(
-        "UPDATE manifests SET released_ms = ?3 WHERE repo_id = ?1 AND digest = ?2",
+        "INSERT INTO manifest_releases (repo_id, digest, released_ms) VALUES (?1, ?2, ?3)
+         ON CONFLICT (repo_id, digest) DO UPDATE SET released_ms = excluded.released_ms",
     )?
     .execute(params![repo_id, digest, now])?;
+    Ok(())
+}
+
+/// Removes a manifest's rows (the manifest, its references, its release
+/// time); the caller has decided it goes and settles quota and tags.
+pub(super) fn delete_manifest_rows(
+    conn: &Connection,
+    repo_id: i64,
+    digest: &str,
+) -> rusqlite::Result<()> {
+    for sql in [
+        "DELETE FROM manifests WHERE repo_id = ?1 AND digest = ?2",
+        "DELETE FROM manifest_refs WHERE repo_id = ?1 AND manifest_digest = ?2",
+        "DELETE FROM manifest_releases WHERE repo_id = ?1 AND digest = ?2",
+    ] {
+        conn.prepare_cached(sql)?
+            .execute(params![repo_id, digest])?;
+    }
     Ok(())
 }
 
@@ -556,13 +581,8 @@ impl Sqlite {
             let Some(size) = size else {
                 return Ok(DeleteManifestOutcome::NotFound);
             };
-            tx.prepare_cached("DELETE FROM manifests WHERE repo_id = ?1 AND digest = ?2")?
-                .execute(params![id, digest])?;
+            delete_manifest_rows(tx, id, &digest)?;
             quota::release(tx, &ns, size.max(0) as u64)?;
-            tx.prepare_cached(
-                "DELETE FROM manifest_refs WHERE repo_id = ?1 AND manifest_digest = ?2",
-            )?
-            .execute(params![id, digest])?;
             tx.prepare_cached("DELETE FROM tags WHERE repo_id = ?1 AND digest = ?2")?
                 .execute(params![id, digest])?;
             super::events::record(
