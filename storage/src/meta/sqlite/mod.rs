@@ -141,11 +141,7 @@ impl Sqlite {
         // let the WAL grow, stall it for as long as the copy takes.
         writer.pragma_update(None, "wal_autocheckpoint", 0)?;
         writer.busy_timeout(std::time::Duration::from_secs(30))?;
-        // rusqlite keeps 16 prepared statements by default; the writer runs
-        // more distinct ones than that (a push, GC's checked deletions),
-        // and a profile of GC at 10x scale had a tenth of the writer's
-        // time re-parsing evicted statements.
-        writer.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
+        tune(&writer)?;
         // Each write job runs in a savepoint (group commit), whose journal
         // of the pages it changed spilled to a temporary file past 64 KiB
         // (the bundled SQLite keeps temporary data in files): a GC batch
@@ -162,7 +158,7 @@ impl Sqlite {
                 OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
             )?;
             r.busy_timeout(std::time::Duration::from_secs(30))?;
-            r.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
+            tune(&r)?;
             readers.push(r);
         }
 
@@ -426,6 +422,24 @@ fn run_group(conn: &mut Connection, group: Vec<WriteJob>, generation: &AtomicU64
             Err(e) => Err(StorageError::Internal(format!("commit failed: {e}"))),
         });
     }
+}
+
+/// What every connection of berth's gets: statements prepared once.
+///
+/// SQLite re-prepares (re-parses and re-plans) a statement on every new
+/// binding when a bound value took part in planning it; some of berth's
+/// joins on a bound key did, on every execution (a tenth of GC's writer
+/// time at platform scale, and every manifest GET by tag). The query
+/// planner stability guarantee (QPSG) plans once, whatever is bound. And
+/// rusqlite keeps only 16 prepared statements by default, fewer than the
+/// writer uses (a push, GC's checked deletions).
+pub(super) fn tune(conn: &Connection) -> rusqlite::Result<()> {
+    conn.set_db_config(
+        rusqlite::config::DbConfig::SQLITE_DBCONFIG_ENABLE_QPSG,
+        true,
+    )?;
+    conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
+    Ok(())
 }
 
 /// A thread with its own connection that checkpoints the WAL in PASSIVE
