@@ -542,7 +542,15 @@ fn builds_are_claimed_once_cancelled_from_elsewhere_and_failed_when_their_replic
     );
     let mut expected = [format!("{a_id}|2"), format!("{b_id}|2")];
     expected.sort();
-    assert_eq!(placed, expected.join("\n"), "two on each replica");
+    assert_eq!(
+        placed,
+        expected.join("\n"),
+        "two on each replica; the builds: {}",
+        pg::psql(
+            &db,
+            "SELECT id, replica, status, message FROM builds ORDER BY created_ms"
+        )
+    );
     // Claimed once: one sleeping lifecycle per build on the host (its
     // `sleep` carries the output image, naming its replica's host).
     let sleeping = |host: &str| {
