@@ -741,6 +741,8 @@ impl Builds {
     /// Removes every tag of the tool's images except those of pinned
     /// digests (the running webservice's); GC collects the rest.
     pub async fn clean(&self, tool: &str) -> Result<Vec<String>, BuildError> {
+        // Repositories read, and tags deleted, at a time.
+        const CLEAN_PAGE: u32 = 256;
         let ns = self.namespace(tool);
         let (mut pinned, mut removed) = (0, 0);
         let mut after_repo_id = 0;
@@ -748,13 +750,13 @@ impl Builds {
             let tags = self
                 .storage
                 .meta
-                .gc_tags(Some(ns.clone()), after_repo_id, 256)
+                .gc_tags(Some(ns.clone()), after_repo_id, CLEAN_PAGE)
                 .await?;
             let Some(last) = tags.last() else { break };
             after_repo_id = last.repo_id;
             pinned += tags.iter().filter(|t| t.pinned).count();
             let unpinned: Vec<_> = tags.into_iter().filter(|t| !t.pinned).collect();
-            for batch in unpinned.chunks(256) {
+            for batch in unpinned.chunks(CLEAN_PAGE as usize) {
                 removed += self
                     .storage
                     .meta

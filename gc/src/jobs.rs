@@ -29,18 +29,11 @@ impl Phases {
         }
     }
 
-    /// Adds the time since the last mark to `phase` (for phases that
-    /// alternate, page by page).
-    fn add(&mut self, report: &mut RunReport, phase: &str) {
+    /// Adds the time since the last mark to `phase`: a phase marked
+    /// several times (tag cleanup's, page by page) adds up.
+    fn mark(&mut self, report: &mut RunReport, phase: &str) {
         *report.phases_ms.entry(phase.to_owned()).or_default() +=
             self.at.elapsed().as_millis() as u64;
-        self.at = std::time::Instant::now();
-    }
-
-    fn mark(&mut self, report: &mut RunReport, phase: &str) {
-        report
-            .phases_ms
-            .insert(phase.to_owned(), self.at.elapsed().as_millis() as u64);
         self.at = std::time::Instant::now();
     }
 }
@@ -68,7 +61,7 @@ pub async fn tag_cleanup(
             .meta
             .gc_tags(None, after_repo_id, TAG_PAGE_REPOSITORIES)
             .await?;
-        phases.add(report, "read");
+        phases.mark(report, "read");
         let Some(last) = tags.last() else { break };
         after_repo_id = last.repo_id;
         let mut doomed: Vec<TagRow> = Vec::new();
@@ -90,7 +83,7 @@ pub async fn tag_cleanup(
                 doomed.extend(policy.select(repo, now).into_iter().cloned());
             }
         }
-        phases.add(report, "select");
+        phases.mark(report, "select");
         let removed = if report.dry_run {
             doomed
         } else {
@@ -108,7 +101,7 @@ pub async fn tag_cleanup(
                 digest: t.digest,
             });
         }
-        phases.add(report, "delete");
+        phases.mark(report, "delete");
     }
     Ok(())
 }

@@ -91,10 +91,8 @@ pub(super) static PLAN_LINKS: LazyLock<String> = LazyLock::new(|| {
 /// Whether link (`:repo_id`, `:digest`) is still unneeded.
 pub(super) static LINK_STILL_GARBAGE: LazyLock<String> = LazyLock::new(|| {
     format!(
-        "WITH k(repo_id, digest) AS (SELECT :repo_id, :digest)
-         SELECT 1 FROM k JOIN main.repo_blobs rb ON rb.repo_id = k.repo_id AND rb.digest = k.digest
-         JOIN main.blobs b ON b.digest = rb.digest
-         WHERE {}",
+        "SELECT 1 FROM main.repo_blobs rb JOIN main.blobs b ON b.digest = rb.digest
+         WHERE rb.repo_id = :repo_id AND rb.digest = :digest AND {}",
         link_unneeded("")
     )
 });
@@ -211,10 +209,10 @@ mod tests {
     use rusqlite::StatementStatus;
 
     /// SQLite re-prepares a statement on every new binding when a bound
-    /// value took part in planning it (a join on a column equal to a
-    /// parameter did, here): at platform scale that re-parsing was a
-    /// tenth of GC's writer time. berth's connections plan once (`tune`),
-    /// and the per-item checks avoid the pattern anyway; this keeps it so.
+    /// value took part in planning it (the link and pin checks' joins on a
+    /// bound key did): at platform scale that re-parsing was a tenth of
+    /// GC's writer time. berth's connections plan once (`tune`); this
+    /// keeps it so for the per-item checks.
     #[test]
     fn per_item_checks_are_prepared_once() {
         let dir = tempfile::tempdir().unwrap();
