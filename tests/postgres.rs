@@ -207,10 +207,11 @@ fn untagged_gc_on_postgres_removes_rows_then_objects() {
     let push = |berth: &Berth, creds: &str, tag: &str, seed: &str| {
         let layout = dir.path().join(format!("layout-{tag}"));
         write_oci_layout(&layout, tag, seed, 3);
-        skopeo_copy(
-            &format!("oci:{}:{tag}", layout.display()),
-            &format!("docker://{}/tool-gc/app:{tag}", berth.host()),
-            &["--dest-creds", creds],
+        skopeo_push_layout(
+            &layout,
+            tag,
+            &format!("{}/tool-gc/app:{tag}", berth.host()),
+            creds,
         );
     };
     let db = pg::database_of(&url);
@@ -286,25 +287,21 @@ fn migrate_moves_an_embedded_installation_to_postgres() {
     );
     // A layer too large to be kept inline: it lives as a file, which the
     // migration must copy.
-    let big: Vec<u8> = (0..1_000_000u32)
-        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
-        .collect();
+    let big = incompressible(1_000_000);
     let big_digest = sha256(&big);
-    let push = http_agent()
-        .run(
-            ureq::http::Request::builder()
-                .method("POST")
-                .uri(format!(
-                    "{}/v2/tool-mig/app/blobs/uploads/?digest={big_digest}",
-                    berth.url()
-                ))
-                .header("authorization", basic("tool-mig", &password))
-                .header("content-type", "application/octet-stream")
-                .body(big.clone())
-                .unwrap(),
-        )
-        .unwrap();
-    assert_eq!(push.status().as_u16(), 201);
+    let (pushed, _, _) = send(
+        "POST",
+        &format!(
+            "{}/v2/tool-mig/app/blobs/uploads/?digest={big_digest}",
+            berth.url()
+        ),
+        &[
+            ("authorization", &basic("tool-mig", &password)),
+            ("content-type", "application/octet-stream"),
+        ],
+        big.clone(),
+    );
+    assert_eq!(pushed, 201);
     let admin = basic("admin", ADMIN_PASSWORD);
     let quota_url = |b: &Berth| format!("{}/admin/v1/quotas/tool-mig", b.url());
     let (status, _) = send_json(

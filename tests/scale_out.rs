@@ -192,10 +192,11 @@ fn skopeo_and_docker_round_trips_through_the_balancer() {
     let creds = format!("tool-rr:{password}");
     let layout = dir.path().join("layout");
     let layers = write_oci_layout(&layout, "v1", "balanced", 4);
-    skopeo_copy(
-        &format!("oci:{}:v1", layout.display()),
-        &format!("docker://{}/tool-rr/app:v1", cluster.host()),
-        &["--dest-creds", &creds],
+    skopeo_push_layout(
+        &layout,
+        "v1",
+        &format!("{}/tool-rr/app:v1", cluster.host()),
+        &creds,
     );
     let pulled = dir.path().join("pulled");
     skopeo_copy(
@@ -444,29 +445,24 @@ fn an_embedded_installation_migrates_to_postgres_and_s3() {
     let creds = format!("tool-mv:{password}");
     let layout = dir.path().join("layout");
     let layers = write_oci_layout(&layout, "v1", "moving", 3);
-    skopeo_copy(
-        &format!("oci:{}:v1", layout.display()),
-        &format!("docker://{}/tool-mv/app:v1", berth.host()),
-        &["--dest-creds", &creds],
+    skopeo_push_layout(
+        &layout,
+        "v1",
+        &format!("{}/tool-mv/app:v1", berth.host()),
+        &creds,
     );
-    let big: Vec<u8> = (0..3_000_000u32)
-        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
-        .collect();
+    let big = incompressible(3_000_000);
     let big_digest = sha256(&big);
-    let pushed = http_agent()
-        .run(
-            ureq::http::Request::builder()
-                .method("POST")
-                .uri(format!(
-                    "{}/v2/tool-mv/app/blobs/uploads/?digest={big_digest}",
-                    berth.url()
-                ))
-                .header("authorization", basic("tool-mv", &password))
-                .body(big.clone())
-                .unwrap(),
-        )
-        .unwrap();
-    assert_eq!(pushed.status().as_u16(), 201);
+    let (pushed, _, _) = send(
+        "POST",
+        &format!(
+            "{}/v2/tool-mv/app/blobs/uploads/?digest={big_digest}",
+            berth.url()
+        ),
+        &[("authorization", &basic("tool-mv", &password))],
+        big.clone(),
+    );
+    assert_eq!(pushed, 201);
     berth.signal(libc::SIGTERM);
     berth.wait();
 

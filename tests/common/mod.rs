@@ -516,10 +516,19 @@ pub fn write_oci_layout(dir: &Path, tag: &str, seed: &str, layers: usize) -> Vec
 /// Copies an OCI layout's `tag` into the registry as `image` (host/repo:tag)
 /// with skopeo, logged in as `creds` (user:password).
 pub fn skopeo_push_layout(layout: &Path, tag: &str, image: &str, creds: &str) {
-    run(Command::new(tool("skopeo"))
-        .args(["copy", "--dest-tls-verify=false", "--dest-creds", creds])
-        .arg(format!("oci:{}:{tag}", layout.display()))
-        .arg(format!("docker://{image}")));
+    skopeo_copy(
+        &format!("oci:{}:{tag}", layout.display()),
+        &format!("docker://{image}"),
+        &["--dest-creds", creds],
+    );
+}
+
+/// `len` bytes that do not compress (a multiplicative hash of the index),
+/// the same every time: a blob too large to be kept inline.
+pub fn incompressible(len: u32) -> Vec<u8> {
+    (0..len)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect()
 }
 
 // ------------------------------------------------------------ dockerd ----
