@@ -429,7 +429,7 @@ fn run_group(conn: &mut Connection, group: Vec<WriteJob>, generation: &AtomicU64
 /// SQLite re-prepares (re-parses and re-plans) a statement on every new
 /// binding when a bound value took part in planning it; some of berth's
 /// joins on a bound key did, on every execution (a tenth of GC's writer
-/// time at platform scale, and every manifest GET by tag). The query
+/// time at platform scale; the parser showed in manifest GETs too). The query
 /// planner stability guarantee (QPSG) plans once, whatever is bound. And
 /// rusqlite keeps only 16 prepared statements by default, fewer than the
 /// writer uses (a push, GC's checked deletions).
