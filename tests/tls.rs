@@ -250,6 +250,29 @@ async fn h2_send(
     Ok((status, body_text(&body)))
 }
 
+/// Sends GET /healthz on `send` until it answers `want`, for up to 10 s,
+/// and returns the last answer. berth takes a request's place when its
+/// headers arrive and gives it back when it drops the answer, just after
+/// the client has read it: on a loaded machine either can lag the client's
+/// view by a scheduling slice, so the test waits for the state rather than
+/// sleeping a guess.
+async fn h2_healthz_until(
+    b: &TlsBerth,
+    send: &mut hyper::client::conn::http2::SendRequest<H2Body>,
+    want: u16,
+) -> (u16, String) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let answer = h2_send(send, h2_request(b, "GET", "/healthz", empty()))
+            .await
+            .unwrap();
+        if answer.0 == want || std::time::Instant::now() > deadline {
+            return answer;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -263,37 +286,46 @@ fn http2_by_alpn_with_requests_in_flight_counted_per_address() {
     let dir = tempfile::tempdir().unwrap();
     let b = TlsBerth::start(dir.path(), "[limits]\nmax_connections_per_address = 3\n");
     runtime().block_on(async {
-        let (mut send, _driver) = h2_connect(&b).await;
-        let (status, _) = h2_send(&mut send, h2_request(&b, "GET", "/healthz", empty()))
-            .await
-            .unwrap();
-        assert_eq!(status, 200);
-        // berth gives that request's place back when it drops the answer,
-        // just after the client has read it: let it, or under load the
-        // third request below could still find it taken.
-        tokio::time::sleep(Duration::from_millis(200)).await;
         // Three requests stay in flight on the one connection (token
-        // forms whose bodies never end): its own place and two more.
-        let mut senders = Vec::new();
-        let mut answers = Vec::new();
-        for _ in 0..3 {
-            let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(1);
-            senders.push(tx);
-            let mut req = h2_request(&b, "POST", "/token", OpenBody(rx).boxed());
-            req.headers_mut().insert(
-                "content-type",
-                "application/x-www-form-urlencoded".parse().unwrap(),
-            );
-            let mut s = send.clone();
-            answers.push(tokio::spawn(async move { h2_send(&mut s, req).await }));
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        // A fourth on the same connection finds no place left.
-        let (status, body) = h2_send(&mut send, h2_request(&b, "GET", "/healthz", empty()))
-            .await
-            .unwrap();
-        assert_eq!(status, 429, "{body}");
-        assert!(body.contains("max_connections_per_address"), "{body}");
+        // forms whose bodies never end): its own place and two more. A
+        // fourth on the same connection then finds no place left. Whether
+        // the three have arrived can only be seen by asking, and asking
+        // too early takes a place one of them needed: then start again.
+        let mut attempt = 0;
+        let (mut send, _driver, mut senders, mut answers) = loop {
+            attempt += 1;
+            let (mut send, driver) = h2_connect(&b).await;
+            let mut senders = Vec::new();
+            let mut answers = Vec::new();
+            for _ in 0..3 {
+                let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(1);
+                senders.push(tx);
+                let mut req = h2_request(&b, "POST", "/token", OpenBody(rx).boxed());
+                req.headers_mut().insert(
+                    "content-type",
+                    "application/x-www-form-urlencoded".parse().unwrap(),
+                );
+                let mut s = send.clone();
+                answers.push(tokio::spawn(async move { h2_send(&mut s, req).await }));
+            }
+            tokio::time::sleep(Duration::from_millis(250 * attempt)).await;
+            let (status, body) = h2_send(&mut send, h2_request(&b, "GET", "/healthz", empty()))
+                .await
+                .unwrap();
+            let all_held = answers.iter().all(|a| !a.is_finished());
+            if (status == 429 && all_held) || attempt == 8 {
+                assert_eq!(status, 429, "{body}");
+                assert!(body.contains("max_connections_per_address"), "{body}");
+                assert!(all_held, "a held request was answered early");
+                break (send, driver, senders, answers);
+            }
+            drop(senders);
+            for a in answers {
+                let _ = a.await;
+            }
+            driver.abort();
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        };
         // Nor does a new HTTP/1.1 connection from this address.
         let host = b.host.clone();
         let ca = b.ca.pem.clone();
@@ -307,10 +339,8 @@ fn http2_by_alpn_with_requests_in_flight_counted_per_address() {
         let (status, body) = answers.pop().unwrap().await.unwrap().unwrap();
         assert_eq!(status, 200, "{body}");
         assert!(body.contains("token"), "{body}");
-        let (status, _) = h2_send(&mut send, h2_request(&b, "GET", "/healthz", empty()))
-            .await
-            .unwrap();
-        assert_eq!(status, 200);
+        let (status, body) = h2_healthz_until(&b, &mut send, 200).await;
+        assert_eq!(status, 200, "{body}");
         drop(senders);
         for a in answers {
             assert_eq!(a.await.unwrap().unwrap().0, 200);

@@ -519,29 +519,74 @@ async fn drive<C>(
     }
 }
 
-/// Requests in flight on an HTTP/2 connection, and since when none is.
+/// Requests in flight on an HTTP/2 connection, since when none is, and the
+/// places its requests hold beyond the connection's own.
+///
+/// The places belong to the connection, not to the request that took each
+/// one: whichever request ends, the connection then holds
+/// `max(1, admitted)` places. (Tying a place to its request overcounted:
+/// when the request on the connection's own place ended first, the others
+/// kept theirs, and two requests in flight held three places.)
 struct Activity {
-    state: Mutex<(usize, tokio::time::Instant)>,
+    state: Mutex<ActivityState>,
 }
 
-struct ActivityGuard(Arc<Activity>);
+struct ActivityState {
+    /// Every request in flight, refused ones included (they keep the
+    /// connection from being idle while their answer is sent).
+    in_flight: usize,
+    /// Requests in flight that were given a place.
+    admitted: usize,
+    /// The places beyond the connection's own: `admitted - 1` of them.
+    extra: Vec<ConnectionSlot>,
+    idle_since: tokio::time::Instant,
+}
+
+/// A request's part in its connection's activity, given back on drop.
+struct ActivityGuard {
+    activity: Arc<Activity>,
+    admitted: bool,
+}
 
 impl Activity {
     fn new() -> Arc<Activity> {
         Arc::new(Activity {
-            state: Mutex::new((0, tokio::time::Instant::now())),
+            state: Mutex::new(ActivityState {
+                in_flight: 0,
+                admitted: 0,
+                extra: Vec::new(),
+                idle_since: tokio::time::Instant::now(),
+            }),
         })
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, (usize, tokio::time::Instant)> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, ActivityState> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Counts a request in; returns how many are in flight with it.
-    fn begin(self: &Arc<Self>) -> (usize, ActivityGuard) {
+    /// Counts a request in. The first admitted request uses the
+    /// connection's own place; each further one needs a place of its own,
+    /// which `admit` gives or refuses. A refused request is still counted
+    /// in flight until its answer is sent, and the refusal is returned
+    /// with its guard.
+    fn begin(
+        self: &Arc<Self>,
+        admit: impl FnOnce() -> Result<ConnectionSlot, Refusal>,
+    ) -> Result<ActivityGuard, (ActivityGuard, Refusal)> {
         let mut s = self.lock();
-        s.0 += 1;
-        (s.0, ActivityGuard(self.clone()))
+        s.in_flight += 1;
+        let guard = |admitted| ActivityGuard {
+            activity: self.clone(),
+            admitted,
+        };
+        if s.admitted > 0 {
+            match admit() {
+                Ok(slot) => s.extra.push(slot),
+                Err(refusal) => return Err((guard(false), refusal)),
+            }
+        }
+        s.admitted += 1;
+        Ok(guard(true))
     }
 
     /// Resolves once no request has been in flight for `timeout`.
@@ -549,10 +594,10 @@ impl Activity {
         loop {
             let wait = {
                 let s = self.lock();
-                if s.0 > 0 {
+                if s.in_flight > 0 {
                     timeout
                 } else {
-                    match timeout.checked_sub(s.1.elapsed()) {
+                    match timeout.checked_sub(s.idle_since.elapsed()) {
                         Some(left) if !left.is_zero() => left,
                         _ => return,
                     }
@@ -565,18 +610,26 @@ impl Activity {
 
 impl Drop for ActivityGuard {
     fn drop(&mut self) {
-        let mut s = self.0.lock();
-        s.0 = s.0.saturating_sub(1);
-        s.1 = tokio::time::Instant::now();
+        let released = {
+            let mut s = self.activity.lock();
+            s.in_flight = s.in_flight.saturating_sub(1);
+            s.idle_since = tokio::time::Instant::now();
+            if self.admitted {
+                s.admitted = s.admitted.saturating_sub(1);
+            }
+            let keep = s.admitted.saturating_sub(1).min(s.extra.len());
+            s.extra.split_off(keep)
+        };
+        // Given back outside the activity lock.
+        drop(released);
     }
 }
 
-/// A response body that holds what its request holds (its HTTP/2 stream
-/// slot, its place in the connection's activity) until it has been sent.
+/// A response body that holds its request's part in its HTTP/2
+/// connection's activity (and so its place) until it has been sent.
 pub struct Tracked {
     inner: crate::body::Body,
     _activity: Option<ActivityGuard>,
-    _slot: Option<ConnectionSlot>,
 }
 
 impl hyper::body::Body for Tracked {
@@ -609,29 +662,23 @@ async fn answer(
     req: Request<Incoming>,
 ) -> Response<Tracked> {
     let mut activity = None;
-    let mut slot = None;
     if let Some(a) = &conn.activity {
-        let (in_flight, guard) = a.begin();
-        activity = Some(guard);
-        if in_flight > 1 {
-            match admit(counts, &state.config.limits, conn.peer.ip()) {
-                Ok(s) => slot = Some(s),
-                Err(refusal) => {
-                    state.metrics.limit_refused(refusal.limit());
-                    tracing::info!(
-                        target: "berth::access",
-                        peer = %conn.peer,
-                        method = %req.method(),
-                        path = req.uri().path(),
-                        status = if matches!(refusal, Refusal::Address(_)) { 429 } else { 503 },
-                        "HTTP/2 request refused: no slot left"
-                    );
-                    return refusal.response().map(|inner| Tracked {
-                        inner,
-                        _activity: activity,
-                        _slot: None,
-                    });
-                }
+        match a.begin(|| admit(counts, &state.config.limits, conn.peer.ip())) {
+            Ok(guard) => activity = Some(guard),
+            Err((guard, refusal)) => {
+                state.metrics.limit_refused(refusal.limit());
+                tracing::info!(
+                    target: "berth::access",
+                    peer = %conn.peer,
+                    method = %req.method(),
+                    path = req.uri().path(),
+                    status = if matches!(refusal, Refusal::Address(_)) { 429 } else { 503 },
+                    "HTTP/2 request refused: no slot left"
+                );
+                return refusal.response().map(|inner| Tracked {
+                    inner,
+                    _activity: Some(guard),
+                });
             }
         }
     }
@@ -653,7 +700,6 @@ async fn answer(
         .map(|inner| Tracked {
             inner,
             _activity: activity,
-            _slot: slot,
         })
 }
 
@@ -725,10 +771,11 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn http2_idle_is_counted_from_the_last_request() {
         let a = Activity::new();
-        let (n, first) = a.begin();
-        assert_eq!(n, 1);
-        let (n, second) = a.begin();
-        assert_eq!(n, 2);
+        let counts = Arc::new(Mutex::new(ConnectionCounts::default()));
+        let limits = ConnectionLimits::default();
+        let peer: IpAddr = "10.0.0.1".parse().unwrap();
+        let first = a.begin(|| admit(&counts, &limits, peer)).ok().unwrap();
+        let second = a.begin(|| admit(&counts, &limits, peer)).ok().unwrap();
         let timeout = Duration::from_secs(30);
         // Requests in flight: never idle.
         assert!(
@@ -741,6 +788,40 @@ mod tests {
         let started = tokio::time::Instant::now();
         a.idle_expired(timeout).await;
         assert!(started.elapsed() >= timeout);
+    }
+
+    /// Whichever request ends first, an HTTP/2 connection holds one place
+    /// per request in flight (at least its own), never more.
+    #[test]
+    fn http2_places_follow_the_requests_in_flight_whichever_ends() {
+        let limits = ConnectionLimits {
+            max_connections_per_address: 3,
+            ..ConnectionLimits::default()
+        };
+        let counts = Arc::new(Mutex::new(ConnectionCounts::default()));
+        let peer: IpAddr = "10.0.0.1".parse().unwrap();
+        let held = || counts.lock().unwrap().by_address.get(&peer).copied();
+        let connection = admit(&counts, &limits, peer).ok().unwrap();
+        let a = Activity::new();
+        let begin = || a.begin(|| admit(&counts, &limits, peer));
+        let on_own_place = begin().ok().unwrap();
+        let second = begin().ok().unwrap();
+        let third = begin().ok().unwrap();
+        assert_eq!(held(), Some(3));
+        let (refused, why) = begin().err().unwrap();
+        assert!(matches!(why, Refusal::Address(3)));
+        drop(refused);
+        assert_eq!(held(), Some(3));
+        // The request on the connection's own place ends first: two in
+        // flight hold two places, and a new one fits.
+        drop(on_own_place);
+        assert_eq!(held(), Some(2));
+        let fourth = begin().ok().unwrap();
+        assert_eq!(held(), Some(3));
+        drop((second, third, fourth));
+        assert_eq!(held(), Some(1));
+        drop(connection);
+        assert_eq!(held(), None);
     }
 
     #[test]
