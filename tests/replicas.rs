@@ -34,7 +34,7 @@ use std::time::{Duration, Instant};
 
 /// How long a change on one replica may take to reach the other (the
 /// NOTIFY's delivery, milliseconds on one host; generous for loaded CI).
-const PROPAGATION: Duration = Duration::from_secs(10);
+const PROPAGATION: Duration = Duration::from_secs(20);
 
 fn config(url: &str, extra: &str) -> String {
     format!("[storage]\ndatabase_url = \"{url}\"\ndatabase_max_connections = 8\n{extra}")
@@ -422,24 +422,34 @@ fn a_replica_killed_mid_gc_is_taken_over_and_its_run_marked_interrupted() {
     // The namespace's row lock, held here, stops every GC deletion in it:
     // A's run is then in progress, deterministically, until released.
     let lock = RowLock::hold(&db, "tool-g");
-    let waiting = |n: usize| {
-        eventually("a GC run waiting for the namespace lock", || {
-            pg::psql(
-                &db,
-                "SELECT COUNT(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'",
-            )
-            .parse::<usize>()
-            .unwrap()
-                >= n
-        })
-    };
     let trigger = {
         let url = a.url();
         std::thread::spawn(move || {
             Client::new(&url, admin()).send("POST", "/admin/v1/gc/untagged", &[], Vec::new())
         })
     };
-    waiting(1);
+    let lock_waits = || {
+        pg::psql(
+            &db,
+            &format!("SELECT COUNT(*) FROM pg_stat_activity WHERE datname = '{db}' AND wait_event_type = 'Lock'"),
+        )
+    };
+    let deadline = Instant::now() + PROPAGATION;
+    while lock_waits() == "0" {
+        // Say what A did instead, if it never waits.
+        assert!(
+            Instant::now() < deadline && !trigger.is_finished(),
+            "a GC run waiting for the namespace lock: not seen within {PROPAGATION:?}; \
+             trigger finished: {}; runs: {}; A's log:\n{}",
+            trigger.is_finished(),
+            pg::psql(
+                &db,
+                "SELECT id, job, replica, finished_ms, report FROM gc_runs"
+            ),
+            a.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
     let running = || {
         pg::psql(
             &db,
