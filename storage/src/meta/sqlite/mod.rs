@@ -61,6 +61,48 @@ type Completion = Box<dyn FnOnce(Result<(), StorageError>) + Send>;
 /// Most writes committed in one transaction.
 const GROUP_MAX: usize = 64;
 
+/// A reader connection out of the pool, put back when dropped (also when
+/// the read panics), so the pool never shrinks below its semaphore.
+/// Taken only while holding one of `reader_slots`' permits.
+struct PooledReader<'a> {
+    inner: &'a Inner,
+    conn: Option<Connection>,
+}
+
+impl<'a> PooledReader<'a> {
+    fn take(inner: &'a Inner) -> Result<PooledReader<'a>, StorageError> {
+        let conn = inner
+            .readers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .pop()
+            .ok_or(StorageError::Closed)?;
+        Ok(PooledReader {
+            inner,
+            conn: Some(conn),
+        })
+    }
+}
+
+impl std::ops::Deref for PooledReader<'_> {
+    type Target = Connection;
+    fn deref(&self) -> &Connection {
+        self.conn.as_ref().expect("taken until dropped")
+    }
+}
+
+impl Drop for PooledReader<'_> {
+    fn drop(&mut self) {
+        if let Some(conn) = self.conn.take() {
+            self.inner
+                .readers
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(conn);
+        }
+    }
+}
+
 /// Handle to the metadata database. Cheap to clone.
 #[derive(Clone)]
 pub struct Sqlite {
@@ -350,19 +392,28 @@ impl Sqlite {
             .await
             .map_err(|_| StorageError::Closed)?;
         let inner = self.inner.clone();
-        tokio::task::spawn_blocking(move || {
-            let conn = inner
-                .readers
-                .lock()
-                .expect("reader pool lock")
-                .pop()
-                .ok_or(StorageError::Closed)?;
-            let result = f(&conn);
-            inner.readers.lock().expect("reader pool lock").push(conn);
-            result
-        })
-        .await
-        .map_err(|e| StorageError::Internal(format!("reader task failed: {e}")))?
+        tokio::task::spawn_blocking(move || f(&*PooledReader::take(&inner)?))
+            .await
+            .map_err(|e| StorageError::Internal(format!("reader task failed: {e}")))?
+    }
+
+    /// Runs a point read (a few index probes, tens of microseconds) on the
+    /// calling task's own thread when a reader connection is free at once,
+    /// else as `read` does. Handing such a read to a blocking thread cost
+    /// more than the read itself: with a million manifests, where GETs miss
+    /// the manifest cache, half of a GET's samples were waking the blocking
+    /// thread and then the task again. Holding an async worker for a point
+    /// read costs less than those two wake-ups. Only reads bounded by an
+    /// index lookup come here; anything that scans goes through `read`.
+    async fn read_point<T, F>(&self, f: F) -> Result<T, StorageError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T, StorageError> + Send + 'static,
+    {
+        if let Ok(_slot) = self.inner.reader_slots.try_acquire() {
+            return f(&*PooledReader::take(&self.inner)?);
+        }
+        self.read(f).await
     }
 
     /// Finishes queued writes, then closes every connection. Later calls fail

@@ -147,7 +147,7 @@ impl Sqlite {
 
     pub async fn repository_exists(&self, repo: &RepoName) -> Result<bool, StorageError> {
         let repo = repo.as_str().to_owned();
-        self.read(move |c| Ok(repo_id(c, &repo)?.is_some())).await
+        self.read_point(move |c| Ok(repo_id(c, &repo)?.is_some())).await
     }
 
     /// The blob if it is linked into `repo`.
@@ -157,7 +157,7 @@ impl Sqlite {
         digest: &Digest,
     ) -> Result<Option<LinkedBlob>, StorageError> {
         let (repo, digest) = (repo.as_str().to_owned(), digest.to_string());
-        self.read(move |c| {
+        self.read_point(move |c| {
             Ok(c.prepare_cached(
                 "SELECT b.size, b.touched_ms,
                         EXISTS (SELECT 1 FROM blob_data d WHERE d.digest = rb.digest)
@@ -181,7 +181,7 @@ impl Sqlite {
     /// Size of a blob known to the registry in any repository.
     pub async fn blob_size(&self, digest: &Digest) -> Result<Option<u64>, StorageError> {
         let digest = digest.to_string();
-        self.read(move |c| {
+        self.read_point(move |c| {
             Ok(
                 c.prepare_cached("SELECT size FROM blobs WHERE digest = ?1")?
                     .query_row([digest], |r| r.get::<_, i64>(0))
@@ -291,7 +291,7 @@ impl Sqlite {
     /// The bytes of a blob kept in the database, if it is one.
     pub async fn inline_blob(&self, digest: &Digest) -> Result<Option<bytes::Bytes>, StorageError> {
         let digest = digest.to_string();
-        self.read(move |c| {
+        self.read_point(move |c| {
             Ok(
                 c.prepare_cached("SELECT data FROM blob_data WHERE digest = ?1")?
                     .query_row([digest], |r| r.get::<_, Vec<u8>>(0))
@@ -393,7 +393,7 @@ impl Sqlite {
         // Always read the body: it is small, and caching it lets the HEADs
         // that clients send before every pull hit the cache too.
         let found = self
-            .read(move |c| {
+            .read_point(move |c| {
                 let sql = if by_digest {
                     "SELECT m.digest, m.media_type, m.size, m.bytes FROM manifests m
                      JOIN repositories r ON r.id = m.repo_id
@@ -763,7 +763,7 @@ impl Sqlite {
         name: &str,
     ) -> Result<Option<NamespaceAccount>, StorageError> {
         let name = name.to_owned();
-        self.read(move |c| {
+        self.read_point(move |c| {
             Ok(c.prepare_cached(
                 "SELECT name, namespace, secret_hash, created_ms, rotated_ms FROM principals
                  WHERE name = ?1 AND kind = 'namespace'",
