@@ -31,6 +31,10 @@ pub struct Figures {
     pub p50_ms: f64,
     pub p99_ms: f64,
     pub errors: u64,
+    /// CPU seconds (user + system) the server and this load generator
+    /// used during the run; filled in by `compare`, 0 elsewhere.
+    pub server_cpu_s: f64,
+    pub client_cpu_s: f64,
 }
 
 fn agent() -> ureq::Agent {
@@ -73,6 +77,7 @@ impl Figures {
             p50_ms: pct(0.5),
             p99_ms: pct(0.99),
             errors,
+            ..Figures::default()
         }
     }
 }

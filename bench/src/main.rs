@@ -280,6 +280,74 @@ fn limit_fsync_write(dir: &Path) -> f64 {
     mbs
 }
 
+/// The machine's limit for what a blob push must do: 16 files of 64 MiB,
+/// each written and fsynced before the next is started (one durable blob
+/// per request), after a `sync` so that no earlier writing is still being
+/// flushed. MB/s. Run beside each berth blob-push run, as this disk's rate
+/// moves by 2x between minutes.
+fn limit_fsync_files(dir: &Path) -> f64 {
+    let chunk = content(3, 8 * MIB);
+    sync_disks();
+    let t = Instant::now();
+    for i in 0..16 {
+        let path = dir.join(format!("fsync-probe-{i}"));
+        let mut f = std::fs::File::create(&path).unwrap();
+        for _ in 0..8 {
+            f.write_all(&chunk).unwrap();
+        }
+        f.sync_all().unwrap();
+    }
+    let mbs = 1024.0 * MIB as f64 / t.elapsed().as_secs_f64() / 1e6;
+    for i in 0..16 {
+        let _ = std::fs::remove_file(dir.join(format!("fsync-probe-{i}")));
+    }
+    mbs
+}
+
+/// Flushes every dirty page to disk, so that a run does not pay for the
+/// writing of the one before it.
+fn sync_disks() {
+    // SAFETY: sync(2) takes no arguments and cannot fail.
+    unsafe { libc::sync() };
+}
+
+/// CPU seconds (user + system) process `pid` ("self" for this one) has
+/// used, from /proc/<pid>/stat.
+fn cpu_seconds(pid: &str) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // The command name may hold spaces; the fields after it start at
+    // `state` (field 3), so utime (14) and stime (15) are 11 and 12 here.
+    let fields: Vec<&str> = stat
+        .rsplit_once(") ")
+        .map_or("", |(_, rest)| rest)
+        .split_whitespace()
+        .collect();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    // SAFETY: sysconf reads a constant.
+    let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    (ticks(11) + ticks(12)) / per_second
+}
+
+/// One run of a scenario against the server `pid`, after a `sync`, with
+/// the CPU it and this load generator used.
+fn run_measured(
+    pid: u32,
+    run: impl FnOnce() -> Result<Figures, String>,
+) -> Result<Figures, String> {
+    sync_disks();
+    let pid = pid.to_string();
+    let (server, client) = (cpu_seconds(&pid), cpu_seconds("self"));
+    let mut f = run()?;
+    f.server_cpu_s = cpu_seconds(&pid) - server;
+    f.client_cpu_s = cpu_seconds("self") - client;
+    Ok(f)
+}
+
 fn limit_loopback() -> f64 {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
@@ -433,7 +501,8 @@ fn compare(berth_bin: &Path, registry_bin: &Path, o: &Options) {
     println!("measuring the machine's limits...");
     let (sha, fsync, lo) = (limit_sha256(), limit_fsync_write(&dir), limit_loopback());
     let (berth, bt) = start_berth(berth_bin, &dir, "berth", "");
-    let (_registry, rt) = start_registry(registry_bin, &dir);
+    let (registry, rt) = start_registry(registry_bin, &dir);
+    let registry_pid = registry.0.id();
     bt.authorize(&scopes()).expect("berth token");
     rt.authorize(&scopes()).expect("registry token");
     let pid = berth.0.id();
@@ -451,21 +520,35 @@ fn compare(berth_bin: &Path, registry_bin: &Path, o: &Options) {
     };
     let d = Duration::from_secs(o.seconds);
     let mut rows = Vec::new();
+    // Beside each berth run of a blob push: the disk's limit right then.
+    let mut probes: Vec<(&str, Vec<(f64, f64)>)> = Vec::new();
     for (name, unit, run) in scenarios() {
         if !name.contains(o.filter) {
             continue;
         }
         println!("{name}...");
-        let (b, bs) = median_of(o.runs, unit, || run(&bt, d))
-            .unwrap_or_else(|e| panic!("berth, {name}: {e}"));
-        let (r, rs) = median_of(o.runs, unit, || run(&rt, d))
+        let writes_blobs = name.starts_with("blob push");
+        let mut beside = Vec::new();
+        let (b, bs) = median_of(o.runs, unit, || {
+            let probe = writes_blobs.then(|| limit_fsync_files(&dir));
+            let f = run_measured(pid, || run(&bt, d))?;
+            if let Some(p) = probe {
+                beside.push((p, headline(unit, &f)));
+            }
+            Ok(f)
+        })
+        .unwrap_or_else(|e| panic!("berth, {name}: {e}"));
+        let (r, rs) = median_of(o.runs, unit, || run_measured(registry_pid, || run(&rt, d)))
             .unwrap_or_else(|e| panic!("registry:2, {name}: {e}"));
+        if writes_blobs {
+            probes.push((name, beside));
+        }
         rows.push((name.to_owned(), unit, b, r, bs, rs));
     }
     // Small pushes again with berth at its power-loss-safe setting.
     if "small image push, sqlite_synchronous = full".contains(o.filter) {
         println!("small image push, sqlite_synchronous = full...");
-        let (_full, ft) = start_berth(
+        let (full, ft) = start_berth(
             berth_bin,
             &dir,
             "berth-full",
@@ -473,8 +556,15 @@ fn compare(berth_bin: &Path, registry_bin: &Path, o: &Options) {
         );
         ft.authorize(&scopes()).expect("berth token");
         let unit = "images/s";
-        let (b, bs) = median_of(o.runs, unit, || small_image_push(&ft, d)).expect("berth (full)");
-        let (r, rs) = median_of(o.runs, unit, || small_image_push(&rt, d)).expect("registry:2");
+        let full_pid = full.0.id();
+        let (b, bs) = median_of(o.runs, unit, || {
+            run_measured(full_pid, || small_image_push(&ft, d))
+        })
+        .expect("berth (full)");
+        let (r, rs) = median_of(o.runs, unit, || {
+            run_measured(registry_pid, || small_image_push(&rt, d))
+        })
+        .expect("registry:2");
         rows.push((
             "small image push (16 clients), berth at sqlite_synchronous = full".into(),
             unit,
@@ -514,6 +604,41 @@ fn compare(berth_bin: &Path, registry_bin: &Path, o: &Options) {
         if b.errors + r.errors > 0 {
             println!("|  ↳ errors | | {} | {} | | | |", b.errors, r.errors);
         }
+    }
+    println!("\nCPU per operation in the median run (ms of CPU; cores busy = CPU s / wall s), server and load generator:\n");
+    println!("| scenario | berth ms/op | its load gen ms/op | cores busy (berth + gen) | registry:2 ms/op | its load gen ms/op | cores busy |");
+    println!("| --- | ---: | ---: | ---: | ---: | ---: | ---: |");
+    for (name, _, b, r, _, _) in &rows {
+        let per_op = |cpu: f64, f: &Figures| 1000.0 * cpu / (f.ops.max(1) as f64);
+        let busy = |f: &Figures| (f.server_cpu_s + f.client_cpu_s) / f.seconds.max(1e-9);
+        println!(
+            "| {name} | {:.3} | {:.3} | {:.2} | {:.3} | {:.3} | {:.2} |",
+            per_op(b.server_cpu_s, b),
+            per_op(b.client_cpu_s, b),
+            busy(b),
+            per_op(r.server_cpu_s, r),
+            per_op(r.client_cpu_s, r),
+            busy(r)
+        );
+    }
+    for (name, beside) in &probes {
+        let each = beside
+            .iter()
+            .map(|(p, b)| {
+                format!(
+                    "{b:.0} MB/s beside {p:.0} ({:.0}%)",
+                    100.0 * b / p.max(1e-9)
+                )
+            })
+            .collect::<Vec<_>>()
+            .join(", ");
+        let mut ratios: Vec<f64> = beside.iter().map(|(p, b)| b / p.max(1e-9)).collect();
+        ratios.sort_by(f64::total_cmp);
+        let median = ratios.get(ratios.len() / 2).copied().unwrap_or(0.0);
+        println!(
+            "\n{name}: berth against the 16 x 64 MiB fsynced-files probe run just before each run: {each}; median {:.0}%",
+            100.0 * median
+        );
     }
     println!("\nEach run (berth; registry:2), the table shows the median:");
     for (name, _, _, _, bs, rs) in &rows {

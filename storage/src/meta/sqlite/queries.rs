@@ -147,7 +147,8 @@ impl Sqlite {
 
     pub async fn repository_exists(&self, repo: &RepoName) -> Result<bool, StorageError> {
         let repo = repo.as_str().to_owned();
-        self.read_point(move |c| Ok(repo_id(c, &repo)?.is_some())).await
+        self.read_point(move |c| Ok(repo_id(c, &repo)?.is_some()))
+            .await
     }
 
     /// The blob if it is linked into `repo`.
