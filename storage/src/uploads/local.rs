@@ -79,6 +79,12 @@ pub struct Session {
     /// The running hash of what is in the file; `None` while a blocking
     /// write has it, or once finished.
     hasher: Option<Hasher>,
+    /// The batch being written and hashed, which holds the running hash.
+    /// Kept here rather than by the request, so that a request dropped
+    /// mid-body (its client gone) leaves it for the next request on the
+    /// session to collect: the hash, the offset and the order of the
+    /// file's bytes survive a resumed upload.
+    writing: Option<Writing>,
     offset: u64,
     /// Bytes this session holds in its namespace's staging ledger: its
     /// offset, plus what the request in flight has reserved.
@@ -179,6 +185,7 @@ impl LocalUploads {
             path,
             memory: (self.limits.inline_max > 0).then(BytesMut::new),
             hasher: Some(Hasher::new(Algorithm::Sha256)),
+            writing: None,
             offset: 0,
             charged: 0,
             started_ms: now,
@@ -284,6 +291,8 @@ impl LocalUploads {
 
     /// Cancels an upload and deletes its staging file.
     pub async fn cancel(&self, session: &mut Session) -> Result<(), StorageError> {
+        // A write still in flight could recreate the file after it is gone.
+        let _ = session.collect_write(&mut None).await;
         self.close(session, 0);
         remove_quietly(session.path.clone()).await;
         Ok(())
@@ -313,11 +322,12 @@ impl LocalUploads {
     {
         let mut file: Option<std::fs::File> = None;
         let mut batch = BytesMut::new();
-        let mut writing: Option<Writing> = None;
         // What this call received (bytes replayed from memory into the
         // file are not new).
         let start_offset = session.offset;
         let result = async {
+            // A write a dropped request left behind comes first.
+            session.collect_write(&mut file).await?;
             let mut reserved = 0u64;
             if let Some(n) = declared {
                 self.reserve(session, n, room)?;
@@ -354,27 +364,21 @@ impl LocalUploads {
                     // read: otherwise the socket, the disk and the hash
                     // take turns, and a large push runs at a third of
                     // what the three manage side by side.
-                    if let Some(w) = writing.take() {
-                        session.finish_write(&mut file, w).await?;
-                    }
-                    writing = Some(session.start_write(&mut file, batch.split().freeze())?);
+                    session.collect_write(&mut file).await?;
+                    session.start_write(&mut file, batch.split().freeze())?;
                 }
             }
-            if let Some(w) = writing.take() {
-                session.finish_write(&mut file, w).await?;
-            }
+            session.collect_write(&mut file).await?;
             if !batch.is_empty() {
-                let w = session.start_write(&mut file, batch.split().freeze())?;
-                session.finish_write(&mut file, w).await?;
+                session.start_write(&mut file, batch.split().freeze())?;
+                session.collect_write(&mut file).await?;
             }
             Ok::<_, AppendError>(session.offset.saturating_sub(start_offset))
         }
         .await;
         // A batch still being written when the body failed is waited for,
         // so that the session keeps its running hash and counts its bytes.
-        if let Some(w) = writing.take() {
-            let _ = session.finish_write(&mut file, w).await;
-        }
+        let _ = session.collect_write(&mut file).await;
         // Bytes reserved but never written (a body cut short, a refusal)
         // go back to the namespace.
         self.settle(session);
@@ -394,6 +398,7 @@ impl LocalUploads {
         session: &mut Session,
         expected: &Digest,
     ) -> Result<Finished, FinishError> {
+        let collected = session.collect_write(&mut None).await;
         let hasher = session.hasher.take();
         let memory = self.take_memory(session);
         let size = session.offset;
@@ -404,6 +409,10 @@ impl LocalUploads {
             namespace,
             bytes: size,
         };
+        if let Err(e) = collected {
+            remove_quietly(session.path.clone()).await;
+            return Err(e.into());
+        }
         let hasher =
             hasher.ok_or_else(|| StorageError::Internal("upload has no running hash".into()))?;
         let algorithm = expected.algorithm();
@@ -512,14 +521,20 @@ impl Session {
         &mut self,
         file: &mut Option<std::fs::File>,
         data: Bytes,
-    ) -> Result<Writing, StorageError> {
+    ) -> Result<(), StorageError> {
         let mut hasher = self
             .hasher
             .take()
             .ok_or_else(|| StorageError::Internal("upload has no running hash".into()))?;
         let open = file.take();
         let path = self.path.clone();
-        Ok(tokio::task::spawn_blocking(move || {
+        // Counted now: a request that asks for the offset while the write
+        // is in flight (a client resuming after its connection dropped)
+        // must see the bytes, which land in the file before any later
+        // request's. A failed write takes them back in `collect_write`.
+        self.offset += data.len() as u64;
+        self.updated_ms = now_ms();
+        self.writing = Some(tokio::task::spawn_blocking(move || {
             let mut f = match open {
                 Some(f) => f,
                 None => match std::fs::OpenOptions::new()
@@ -528,39 +543,53 @@ impl Session {
                     .open(&path)
                 {
                     Ok(f) => f,
-                    Err(e) => return (None, hasher, Err(e)),
+                    Err(e) => return (None, hasher, Err((e, data.len() as u64))),
                 },
             };
-            let r = f.write_all(&data).map(|_| data.len() as u64);
+            let r = f.write_all(&data).map_err(|e| (e, data.len() as u64));
             if r.is_ok() {
                 hasher.update(&data);
             }
             (Some(f), hasher, r)
-        }))
+        }));
+        Ok(())
     }
 
-    /// Waits for a write `start_write` began; takes back the file and the
-    /// running hash and counts the bytes written.
-    async fn finish_write(
+    /// Waits for the write in flight, if any: takes back the running hash
+    /// (and the file, when it is this request's) and counts the bytes
+    /// written. The handle stays in the session until the write is done,
+    /// so a request dropped while waiting here loses nothing.
+    async fn collect_write(
         &mut self,
         file: &mut Option<std::fs::File>,
-        writing: Writing,
-    ) -> Result<u64, StorageError> {
-        let (f, hasher, result) = writing
-            .await
-            .map_err(|e| StorageError::Internal(e.to_string()))?;
+    ) -> Result<(), StorageError> {
+        let Some(writing) = self.writing.as_mut() else {
+            return Ok(());
+        };
+        let joined = writing.await;
+        self.writing = None;
+        let (f, hasher, result) = joined.map_err(|e| StorageError::Internal(e.to_string()))?;
         self.hasher = Some(hasher);
-        *file = f;
-        let n = result?;
-        self.offset += n;
+        if file.is_none() {
+            *file = f;
+        }
+        if let Err((e, unwritten)) = result {
+            self.offset -= unwritten;
+            return Err(e.into());
+        }
         self.updated_ms = now_ms();
-        Ok(n)
+        Ok(())
     }
 }
 
 /// A batch being written and hashed on a blocking thread: what it hands
-/// back is the staging file, the running hash and the bytes written.
-type Writing = tokio::task::JoinHandle<(Option<std::fs::File>, Hasher, std::io::Result<u64>)>;
+/// back is the staging file and the running hash, and whether the batch
+/// was written.
+type Writing = tokio::task::JoinHandle<(Option<std::fs::File>, Hasher, Result<(), WriteFailed>)>;
+
+/// A batch that did not reach the file: the error, and the batch's length
+/// (counted in the offset when the write began).
+type WriteFailed = (std::io::Error, u64);
 
 fn lock(state: &Mutex<State>) -> MutexGuard<'_, State> {
     // Nothing panics while holding it; a poisoned lock still holds
@@ -654,6 +683,46 @@ mod tests {
             Staged::File(p) => std::fs::read(p).unwrap(),
             Staged::Memory(_) | Staged::Object => panic!("expected a staging file"),
         }
+    }
+
+    /// A request dropped while its batch is still being written (its
+    /// client gone mid-body) leaves the write to the session: a resumed
+    /// upload sees every byte in the offset and finishes with the right
+    /// digest. (When the request held the write, the running hash went
+    /// with it and the session could only fail.)
+    #[tokio::test]
+    async fn a_request_dropped_mid_write_leaves_the_upload_resumable() {
+        let dir = tempfile::tempdir().unwrap();
+        let u = uploads(dir.path(), 10, 10);
+        let repo = RepoName::parse("tool-a/x").unwrap();
+        let s = u.start(&repo).await.unwrap();
+        let mut s = s.lock().await;
+        let first: Vec<u8> = (0..2 * WRITE_BATCH).map(|i| (i % 251) as u8).collect();
+        // Two batches, then a body that never ends: the second batch is
+        // written (or being written) when the request is dropped.
+        let stalled = futures_util::stream::iter(
+            first
+                .chunks(WRITE_BATCH)
+                .map(|c| Ok::<_, String>(Bytes::copy_from_slice(c)))
+                .collect::<Vec<_>>(),
+        )
+        .chain(futures_util::stream::pending());
+        let dropped = tokio::time::timeout(
+            Duration::from_millis(300),
+            u.append(&mut s, Box::pin(stalled), None, None),
+        )
+        .await;
+        assert!(dropped.is_err(), "the body never ends");
+        assert_eq!(s.offset(), first.len() as u64);
+        let rest = b"and the rest";
+        u.append(&mut s, body(&[rest]), None, None).await.unwrap();
+        let mut whole = first.clone();
+        whole.extend_from_slice(rest);
+        let done = u
+            .finish(&mut s, &Digest::compute(Algorithm::Sha256, &whole))
+            .await
+            .unwrap();
+        assert_eq!(file_of(&done), whole);
     }
 
     #[tokio::test]
