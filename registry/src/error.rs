@@ -180,21 +180,25 @@ impl From<StorageError> for ApiError {
                     "the registry is short of resources ({e}); retry shortly"
                 ))
             }
-            // The blob store's own message names the endpoint, bucket
-            // and object, and an S3 error body may echo the access key
-            // id: the log has it, the client does not.
-            StorageError::ObjectStore(e) => {
-                tracing::error!(error = %e, "blob store failure");
-                ApiError::internal(
-                    "internal storage error: the blob store failed (the registry's log has why)",
-                )
-            }
-            other => {
-                tracing::error!(error = %other, "storage failure");
-                ApiError::internal(format!("internal storage error: {other}"))
-            }
+            // The backend's own message may name the endpoint, bucket
+            // and object (an S3 error body may echo the access key id),
+            // the database host, a file or a table: the log has it, under
+            // an incident id the client is given to quote; the client
+            // gets only which store failed.
+            StorageError::ObjectStore(e) => logged_internal("the blob store", &e),
+            other => logged_internal("the metadata store", &other),
         }
     }
+}
+
+/// A 500 whose cause stays in the log: the answer names only `store` and
+/// an incident id that finds the log line.
+fn logged_internal(store: &str, error: &dyn std::fmt::Display) -> ApiError {
+    let incident = uuid::Uuid::new_v4().simple().to_string();
+    tracing::error!(%error, %incident, store, "storage failure");
+    ApiError::internal(format!(
+        "internal storage error: {store} failed (incident {incident}; the registry's log has why)"
+    ))
 }
 
 /// Running out of a host resource is the registry's condition, not a bug
@@ -261,3 +265,24 @@ pub fn human_bytes(n: u64) -> String {
 }
 
 pub type ApiResult<T> = Result<T, ApiError>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A storage failure's own text (here a database host) stays in the
+    /// log; the client gets which store failed and an incident id.
+    #[test]
+    fn storage_failures_do_not_tell_clients_their_cause() {
+        let cause = "could not connect to db-7.internal:5432 as berth_rw";
+        let e = ApiError::from(StorageError::Internal(cause.into()));
+        assert_eq!(e.status, StatusCode::INTERNAL_SERVER_ERROR);
+        assert!(!e.message.contains("db-7.internal"), "{}", e.message);
+        assert!(
+            e.message.contains("the metadata store failed"),
+            "{}",
+            e.message
+        );
+        assert!(e.message.contains("incident "), "{}", e.message);
+    }
+}
