@@ -266,18 +266,32 @@ fn limit_sha256() -> f64 {
     256.0 * MIB as f64 / t.elapsed().as_secs_f64() / 1e6
 }
 
-fn limit_fsync_write(dir: &Path) -> f64 {
-    let path = dir.join("fsync-probe");
+/// MB/s of writing `files` files of `mib_each` MiB in 8 MiB writes, each
+/// fsynced before the next is started; the files are removed after.
+fn fsync_write_rate(dir: &Path, files: usize, mib_each: usize) -> f64 {
     let chunk = content(2, 8 * MIB);
+    let paths: Vec<_> = (0..files)
+        .map(|i| dir.join(format!("fsync-probe-{i}")))
+        .collect();
     let t = Instant::now();
-    let mut f = std::fs::File::create(&path).unwrap();
-    for _ in 0..64 {
-        f.write_all(&chunk).unwrap();
+    for path in &paths {
+        let mut f = std::fs::File::create(path).unwrap();
+        for _ in 0..mib_each / 8 {
+            f.write_all(&chunk).unwrap();
+        }
+        f.sync_all().unwrap();
     }
-    f.sync_all().unwrap();
-    let mbs = 512.0 * MIB as f64 / t.elapsed().as_secs_f64() / 1e6;
-    let _ = std::fs::remove_file(path);
+    let mbs = (files * mib_each * MIB) as f64 / t.elapsed().as_secs_f64() / 1e6;
+    for path in paths {
+        let _ = std::fs::remove_file(path);
+    }
     mbs
+}
+
+/// The machine's write-and-fsync limit, measured once at the start: one
+/// 512 MiB file.
+fn limit_fsync_write(dir: &Path) -> f64 {
+    fsync_write_rate(dir, 1, 512)
 }
 
 /// The machine's limit for what a blob push must do: 16 files of 64 MiB,
@@ -286,22 +300,8 @@ fn limit_fsync_write(dir: &Path) -> f64 {
 /// flushed. MB/s. Run beside each berth blob-push run, as this disk's rate
 /// moves by 2x between minutes.
 fn limit_fsync_files(dir: &Path) -> f64 {
-    let chunk = content(3, 8 * MIB);
     sync_disks();
-    let t = Instant::now();
-    for i in 0..16 {
-        let path = dir.join(format!("fsync-probe-{i}"));
-        let mut f = std::fs::File::create(&path).unwrap();
-        for _ in 0..8 {
-            f.write_all(&chunk).unwrap();
-        }
-        f.sync_all().unwrap();
-    }
-    let mbs = 1024.0 * MIB as f64 / t.elapsed().as_secs_f64() / 1e6;
-    for i in 0..16 {
-        let _ = std::fs::remove_file(dir.join(format!("fsync-probe-{i}")));
-    }
-    mbs
+    fsync_write_rate(dir, 16, 64)
 }
 
 /// Flushes every dirty page to disk, so that a run does not pay for the
