@@ -516,7 +516,7 @@ impl Session {
 
     /// Starts writing and hashing one batch on a blocking thread, opening
     /// the staging file for appending on the first batch of a request.
-    /// The file and the running hash are the write's until `finish_write`.
+    /// The file and the running hash are the write's until `collect_write`.
     fn start_write(
         &mut self,
         file: &mut Option<std::fs::File>,
