@@ -56,7 +56,12 @@ fn replica_dir(dir: &tempfile::TempDir, name: &str) -> std::path::PathBuf {
 }
 
 /// Polls `f` until it holds, for at most `PROPAGATION`.
-fn eventually(what: &str, mut f: impl FnMut() -> bool) {
+fn eventually(what: &str, f: impl FnMut() -> bool) {
+    eventually_or_say(what, f, String::new)
+}
+
+/// `eventually`, whose failure also says `why()` (what happened instead).
+fn eventually_or_say(what: &str, mut f: impl FnMut() -> bool, why: impl FnOnce() -> String) {
     let deadline = Instant::now() + PROPAGATION;
     while Instant::now() < deadline {
         if f() {
@@ -64,7 +69,7 @@ fn eventually(what: &str, mut f: impl FnMut() -> bool) {
         }
         std::thread::sleep(Duration::from_millis(20));
     }
-    assert!(f(), "{what}: not seen within {PROPAGATION:?}");
+    assert!(f(), "{what}: not seen within {PROPAGATION:?}{}", why());
 }
 
 fn status(method: &str, url: &str, auth: &str) -> u16 {
@@ -428,28 +433,26 @@ fn a_replica_killed_mid_gc_is_taken_over_and_its_run_marked_interrupted() {
             Client::new(&url, admin()).send("POST", "/admin/v1/gc/untagged", &[], Vec::new())
         })
     };
-    let lock_waits = || {
-        pg::psql(
-            &db,
-            &format!("SELECT COUNT(*) FROM pg_stat_activity WHERE datname = '{db}' AND wait_event_type = 'Lock'"),
-        )
-    };
-    let deadline = Instant::now() + PROPAGATION;
-    while lock_waits() == "0" {
-        // Say what A did instead, if it never waits.
-        assert!(
-            Instant::now() < deadline && !trigger.is_finished(),
-            "a GC run waiting for the namespace lock: not seen within {PROPAGATION:?}; \
-             trigger finished: {}; runs: {}; A's log:\n{}",
-            trigger.is_finished(),
+    eventually_or_say(
+        "a GC run waiting for the namespace lock",
+        || {
             pg::psql(
                 &db,
-                "SELECT id, job, replica, finished_ms, report FROM gc_runs"
-            ),
-            a.log_text()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+                &format!("SELECT COUNT(*) FROM pg_stat_activity WHERE datname = '{db}' AND wait_event_type = 'Lock'"),
+            ) != "0"
+        },
+        || {
+            format!(
+                "; trigger finished: {}; runs: {}; A's log:\n{}",
+                trigger.is_finished(),
+                pg::psql(
+                    &db,
+                    "SELECT id, job, replica, finished_ms, report FROM gc_runs"
+                ),
+                a.log_text()
+            )
+        },
+    );
     let running = || {
         pg::psql(
             &db,
