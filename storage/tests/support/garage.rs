@@ -157,7 +157,21 @@ fn random_hex(bytes: usize) -> String {
     out
 }
 
+/// Starts a server; a start that is never ready (a port taken between
+/// `free_port` and the server's bind, say) is retried with fresh ports in
+/// a fresh directory, a few times.
 fn start(bin: PathBuf) -> Result<Server, String> {
+    let mut failures = Vec::new();
+    for _ in 0..3 {
+        match start_once(&bin) {
+            Ok(server) => return Ok(server),
+            Err(e) => failures.push(e),
+        }
+    }
+    Err(failures.join("\n--- next attempt ---\n"))
+}
+
+fn start_once(bin: &Path) -> Result<Server, String> {
     let dir = std::env::temp_dir().join(format!(
         "berth-garage-{}-{}",
         std::process::id(),
@@ -198,7 +212,7 @@ root_domain = ".s3.garage.localhost"
             r#""$BIN" -c "$DIR/garage.toml" server >"$DIR/garage.log" 2>&1 & pid=$!
 cat >/dev/null; kill "$pid" 2>/dev/null; wait "$pid"; rm -rf "$DIR""#,
         )
-        .env("BIN", &bin)
+        .env("BIN", bin)
         .env("DIR", &dir)
         .env("RUST_LOG", "garage=warn")
         .current_dir("/")
@@ -220,30 +234,57 @@ cat >/dev/null; kill "$pid" 2>/dev/null; wait "$pid"; rm -rf "$DIR""#,
         region: "garage".into(),
         key_id: String::new(),
         secret: String::new(),
-        bin,
+        bin: bin.to_owned(),
         config,
         _watchdog: pipe,
     };
+    let with_log = |e: String| {
+        format!(
+            "{e}\nserver log ({}):\n{}",
+            log.display(),
+            std::fs::read_to_string(&log).unwrap_or_default()
+        )
+    };
     // Ready when the CLI reaches it over RPC (a readiness wait, bounded by
-    // attempts, not a timed assertion).
-    let mut node = Err(String::new());
+    // attempts, not a timed assertion). `node id` alone is not enough: it
+    // reads the node key from the metadata directory, which the server
+    // writes before its RPC listener is up, and the `layout assign` after
+    // it would meet a refused connection. `status` needs the RPC.
+    let mut ready = Err(String::new());
     for _ in 0..300 {
-        node = server.garage(&["node", "id", "-q"]);
-        if node.is_ok() {
+        ready = server
+            .garage(&["node", "id", "-q"])
+            .and_then(|node| server.garage(&["status"]).map(|_| node));
+        if ready.is_ok() {
             break;
         }
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
-    let node = node.map_err(|e| {
-        format!(
-            "{e}\nserver log:\n{}",
-            std::fs::read_to_string(&log).unwrap_or_default()
-        )
-    })?;
+    let node = ready.map_err(with_log)?;
+    // The S3 listener binds on its own; a port taken since `free_port`
+    // shows here, and `start` tries again elsewhere.
+    let s3_address = format!("127.0.0.1:{api}");
+    let mut listening = Err(String::new());
+    for _ in 0..100 {
+        listening = std::net::TcpStream::connect(&s3_address)
+            .map(drop)
+            .map_err(|e| format!("S3 API at {s3_address}: {e}"));
+        if listening.is_ok() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    listening.map_err(with_log)?;
     let node = node.trim().split('@').next().unwrap_or("").to_owned();
-    server.garage(&["layout", "assign", "-z", "dc1", "-c", "1G", &node])?;
-    server.garage(&["layout", "apply", "--version", "1"])?;
-    let key = server.garage(&["key", "create", "berth-key"])?;
+    server
+        .garage(&["layout", "assign", "-z", "dc1", "-c", "1G", &node])
+        .map_err(with_log)?;
+    server
+        .garage(&["layout", "apply", "--version", "1"])
+        .map_err(with_log)?;
+    let key = server
+        .garage(&["key", "create", "berth-key"])
+        .map_err(with_log)?;
     let field = |name: &str| {
         key.lines()
             .find_map(|l| {
