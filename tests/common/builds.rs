@@ -28,7 +28,10 @@ pub fn standin() -> PathBuf {
 /// The `creator` every build test runs. It finds its flags, reads the
 /// build's env vars from `<platform>/env/` and acts by MODE. Processes it
 /// leaves running carry the output image (`host:port/tool-x/...`) in their
-/// command line, so a test can find them on the host.
+/// command line, so a test can find them on the host. The sleeping modes
+/// sleep far longer than any test waits (tests cancel them or let berth's
+/// build timeout end them): a sleeper that ended on its own on a slow
+/// machine would free its runner under a test that counts on it busy.
 const CREATOR: &str = r#"#!/bin/sh
 prev=""; report=""; platform=""; cache=""; out=""
 for a in "$@"; do
@@ -40,12 +43,12 @@ var() { cat "$platform/env/$1" 2>/dev/null; }
 mode=$(var MODE); [ -n "$mode" ] || mode=real
 case "$mode" in
   fail) echo "detecting..."; echo "ERROR: No buildpack groups passed detection." >&2; exit 3;;
-  sleep) echo "sleeping"; sh -c 'sleep 60; exit 0' "$out"; exit 0;;
+  sleep) echo "sleeping"; sh -c 'sleep 900; exit 0' "$out"; exit 0;;
   timed) echo "start $(date +%s%N)"; sleep 1; echo "end $(date +%s%N)"
          printf '[image]\ndigest = "sha256:%064d"\n' 0 > "$report"; exit 0;;
   victim) echo "secret of $(var MARK)" > "/workspace/secret-$(var MARK)"
           echo "the victim's cache" > "$cache/victim-file"
-          echo "victim ready as uid $(id -u)"; sh -c 'sleep 60; exit 0' "$out"; exit 0;;
+          echo "victim ready as uid $(id -u)"; sh -c 'sleep 900; exit 0' "$out"; exit 0;;
   attack)
     echo "attacker runs as uid $(id -u) gid $(id -g)"
     echo mine > "$cache/owned-by-me" && echo "CONTROL cache-write: ok"
