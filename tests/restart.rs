@@ -182,3 +182,25 @@ fn sigterm_lets_in_flight_requests_finish_then_exits_cleanly() {
     assert_eq!(status, 200);
     assert_eq!(body, blob);
 }
+
+/// A berth whose address is taken exits at once, saying which address,
+/// and the harness sees it exit rather than taking whatever answers on
+/// that port for it (what made port races look like other failures).
+#[test]
+fn a_taken_address_stops_berth_at_start_with_the_address_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let holder = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = holder.local_addr().unwrap().port();
+    let data = dir.path().join("data");
+    let berth = std::panic::catch_unwind(|| Berth::start_on(&data, port));
+    let message = match berth {
+        Ok(_) => panic!("berth started on a port another socket holds"),
+        Err(e) => e.downcast_ref::<String>().cloned().unwrap_or_default(),
+    };
+    assert!(
+        message.contains("exited before it became healthy"),
+        "{message}"
+    );
+    assert!(message.contains(&format!("127.0.0.1:{port}")), "{message}");
+    drop(holder);
+}

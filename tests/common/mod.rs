@@ -203,9 +203,26 @@ impl Berth {
     }
 
     fn wait_healthy(&self) {
+        // Each probe is short: something else listening on the port may
+        // accept and never answer, and the loop must get back to asking
+        // whether berth exited.
+        let probe: ureq::Agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .max_redirects(0)
+            .timeout_global(Some(Duration::from_secs(2)))
+            .build()
+            .into();
         let deadline = Instant::now() + Duration::from_secs(30);
         while Instant::now() < deadline {
-            if let Ok(r) = http_agent().get(&format!("{}/healthz", self.url())).call() {
+            // A berth that exited (its port taken since `free_port`, say)
+            // must not pass for healthy through whatever answers there now.
+            if self.exited() {
+                panic!(
+                    "berth exited before it became healthy; log:\n{}",
+                    self.log_text()
+                );
+            }
+            if let Ok(r) = probe.get(&format!("{}/healthz", self.url())).call() {
                 if r.status() == 200 {
                     return;
                 }
@@ -213,6 +230,22 @@ impl Berth {
             std::thread::sleep(Duration::from_millis(50));
         }
         panic!("berth did not become healthy; log:\n{}", self.log_text());
+    }
+
+    /// Whether the process has exited (a zombie not yet waited for),
+    /// without reaping it: `wait` still reports its status.
+    pub fn exited(&self) -> bool {
+        let Some(child) = self.child.as_ref() else {
+            return true;
+        };
+        std::fs::read_to_string(format!("/proc/{}/stat", child.id()))
+            .ok()
+            .and_then(|stat| {
+                // The state follows the command name's closing parenthesis.
+                let (_, rest) = stat.rsplit_once(')')?;
+                rest.split_whitespace().next().map(|state| state == "Z")
+            })
+            .unwrap_or(true)
     }
 
     pub fn log_text(&self) -> String {

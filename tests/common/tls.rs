@@ -198,6 +198,12 @@ impl TlsBerth {
         let agent = tls_agent(&self.ca.pem, None);
         let deadline = Instant::now() + Duration::from_secs(30);
         while Instant::now() < deadline {
+            if self.berth.exited() {
+                panic!(
+                    "berth (TLS) exited before it became healthy; log:\n{}",
+                    self.berth.log_text()
+                );
+            }
             if let Ok(r) = agent.get(&format!("{}/healthz", self.url())).call() {
                 if r.status() == 200 {
                     return;
