@@ -359,7 +359,14 @@ fn manifest_gets(data: &std::path::Path, per_repo: usize) {
         .unwrap()
         .port();
     let config = data.with_extension("bench.toml");
-    std::fs::write(&config, "[auth]\nenabled = false\n").unwrap();
+    // No scheduled jobs: a tag cleanup falls on every fifth minute of the
+    // clock, and with the default retention (keep the last 5 tags) it
+    // deleted most of the fixture's tags in the middle of a measurement,
+    // which wrk then counted as fast 404s.
+    std::fs::write(&config, "[auth]\nenabled = false\n[gc]\nenabled = false\n").unwrap();
+    // Kept so that errors under load can be read (printed below when wrk
+    // saw any).
+    let log = data.with_extension("berth.log");
     let mut berth = Command::new(env!("CARGO_BIN_EXE_berth"))
         .args([
             "serve",
@@ -371,7 +378,7 @@ fn manifest_gets(data: &std::path::Path, per_repo: usize) {
         .arg("--config")
         .arg(&config)
         .env("RUST_LOG", "warn")
-        .stderr(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
         .spawn()
         .unwrap();
     let url = format!("http://127.0.0.1:{port}");
@@ -380,17 +387,23 @@ fn manifest_gets(data: &std::path::Path, per_repo: usize) {
         .build()
         .into();
     let starting = Instant::now();
+    let mut healthy = false;
     for _ in 0..2400 {
-        if agent
+        healthy = agent
             .get(&format!("{url}/healthz"))
             .call()
             .map(|r| r.status() == 200)
-            .unwrap_or(false)
-        {
+            .unwrap_or(false);
+        if healthy {
             break;
         }
         std::thread::sleep(Duration::from_millis(25));
     }
+    assert!(
+        healthy,
+        "berth never served the fixture; its log:\n{}",
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
     println!(
         "berth serving the fixture after {:.1} s",
         starting.elapsed().as_secs_f64()
@@ -453,6 +466,26 @@ end
         pick("Non-2xx"),
         hwm / 1024
     );
+    if !pick("Non-2xx").is_empty() || !cold("Non-2xx").is_empty() {
+        // Which answers: one request by hand, and what berth logged.
+        let sample = agent
+            .get(&format!("{url}/v2/tool-00000/app/manifests/v1"))
+            .header("accept", "application/vnd.oci.image.manifest.v1+json")
+            .call()
+            .map(|mut r| {
+                let status = r.status();
+                let body = r.body_mut().read_to_string().unwrap_or_default();
+                format!("{status} {}", &body[..body.len().min(300)])
+            })
+            .unwrap_or_else(|e| e.to_string());
+        let logged = std::fs::read_to_string(&log).unwrap_or_default();
+        let tail: Vec<&str> = logged.lines().rev().take(20).collect();
+        println!(
+            "errors under load: cold run {}; a GET now: {sample}; berth's last log lines:\n{}",
+            cold("Non-2xx"),
+            tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+        );
+    }
     // SAFETY: kill(2) with a pid this process started and has not reaped.
     unsafe {
         libc::kill(berth.id() as i32, libc::SIGTERM);
