@@ -420,7 +420,11 @@ fn rss_kib(pid: u32, field: &str) -> u64 {
 fn start_berth(bin: &Path, dir: &Path, name: &str, extra: &str) -> (Proc, Target) {
     let port = free_port();
     let config = dir.join(format!("{name}.toml"));
-    std::fs::write(&config, format!("[auth]\ntoken_ttl = \"2h\"\n[quota]\ndefault_limit = \"unlimited\"\n[log]\nlevel = \"warn\"\n{extra}")).unwrap();
+    // No scheduled GC: a tag cleanup falls on every fifth minute of the
+    // clock and (keeping the last 5 tags) would delete the tags the
+    // scenarios read and add writes registry:2 never does. GC is
+    // measured on its own (`cargo bench --bench gc`).
+    std::fs::write(&config, format!("[auth]\ntoken_ttl = \"2h\"\n[quota]\ndefault_limit = \"unlimited\"\n[log]\nlevel = \"warn\"\n[gc]\nenabled = false\n{extra}")).unwrap();
     let child = Command::new(bin)
         .args([
             "serve",
