@@ -348,7 +348,7 @@ fn main() {
 /// wrk with 32 connections: 10 s after the start, then 15 s measured;
 /// the latency percentiles wrk reports and the binary's peak RSS.
 fn manifest_gets(data: &std::path::Path, per_repo: usize) {
-    use std::process::{Command, Stdio};
+    use std::process::Command;
     if Command::new("wrk").arg("--version").output().is_err() {
         println!("manifest GETs: skipped (no wrk; apt-get install wrk)");
         return;
