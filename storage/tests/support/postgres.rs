@@ -319,34 +319,44 @@ fn start() -> Result<Server, String> {
             std::os::unix::fs::chown(&path, Some(uid), Some(gid)).map_err(|e| e.to_string())?;
         }
     }
-    let tls_port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .map_err(|e| e.to_string())?;
-
-    let mut pg_ctl = command(&bin.join("pg_ctl"), user);
-    pg_ctl
-        .arg("-D")
-        .arg(&data)
-        .arg("-l")
-        .arg(&log)
-        .args(["-w", "-t", "60", "-o"])
-        .arg(format!(
-            "-k {dir} -c listen_addresses=127.0.0.1 -p {tls_port} -c ssl=on \
-             -c ssl_cert_file={dir}/server.crt -c ssl_key_file={dir}/server.key \
-             -c fsync=off -c synchronous_commit=off \
-             -c full_page_writes=off -c max_connections=400 -c shared_buffers=32MB",
-            dir = dir.display()
-        ))
-        .arg("start")
-        .current_dir(&dir)
-        .stdout(Stdio::null());
-    if let Err(e) = run(pg_ctl, "pg_ctl start") {
-        return Err(format!(
-            "{e}\nserver log:\n{}",
-            std::fs::read_to_string(&log).unwrap_or_default()
-        ));
-    }
+    // The port is free when `free_port`-style probing asks, not
+    // necessarily when the server binds it: a start that failed on a
+    // taken address is tried again on another.
+    let mut attempt = 0;
+    let tls_port = loop {
+        attempt += 1;
+        let tls_port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .map_err(|e| e.to_string())?;
+        let mut pg_ctl = command(&bin.join("pg_ctl"), user);
+        pg_ctl
+            .arg("-D")
+            .arg(&data)
+            .arg("-l")
+            .arg(&log)
+            .args(["-w", "-t", "60", "-o"])
+            .arg(format!(
+                "-k {dir} -c listen_addresses=127.0.0.1 -p {tls_port} -c ssl=on \
+                 -c ssl_cert_file={dir}/server.crt -c ssl_key_file={dir}/server.key \
+                 -c fsync=off -c synchronous_commit=off \
+                 -c full_page_writes=off -c max_connections=400 -c shared_buffers=32MB",
+                dir = dir.display()
+            ))
+            .arg("start")
+            .current_dir(&dir)
+            .stdout(Stdio::null());
+        match run(pg_ctl, "pg_ctl start") {
+            Ok(()) => break tls_port,
+            Err(e) => {
+                let server_log = std::fs::read_to_string(&log).unwrap_or_default();
+                if attempt < 3 && server_log.contains("Address already in use") {
+                    continue;
+                }
+                return Err(format!("{e}\nserver log:\n{server_log}"));
+            }
+        }
+    };
     Ok(Server {
         dir,
         tls_port,
