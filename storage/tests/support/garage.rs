@@ -157,6 +157,20 @@ fn random_hex(bytes: usize) -> String {
     out
 }
 
+/// Calls `f` every 100 ms until it succeeds, at most `attempts` times; its
+/// last answer.
+fn poll<T>(attempts: usize, mut f: impl FnMut() -> Result<T, String>) -> Result<T, String> {
+    let mut last = f();
+    for _ in 1..attempts {
+        if last.is_ok() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        last = f();
+    }
+    last
+}
+
 /// Starts a server; a start that is never ready (a port taken between
 /// `free_port` and the server's bind, say) is retried with fresh ports in
 /// a fresh directory, a few times.
@@ -250,31 +264,21 @@ cat >/dev/null; kill "$pid" 2>/dev/null; wait "$pid"; rm -rf "$DIR""#,
     // reads the node key from the metadata directory, which the server
     // writes before its RPC listener is up, and the `layout assign` after
     // it would meet a refused connection. `status` needs the RPC.
-    let mut ready = Err(String::new());
-    for _ in 0..300 {
-        ready = server
+    let node = poll(300, || {
+        server
             .garage(&["node", "id", "-q"])
-            .and_then(|node| server.garage(&["status"]).map(|_| node));
-        if ready.is_ok() {
-            break;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
-    let node = ready.map_err(with_log)?;
+            .and_then(|node| server.garage(&["status"]).map(|_| node))
+    })
+    .map_err(with_log)?;
     // The S3 listener binds on its own; a port taken since `free_port`
     // shows here, and `start` tries again elsewhere.
     let s3_address = format!("127.0.0.1:{api}");
-    let mut listening = Err(String::new());
-    for _ in 0..100 {
-        listening = std::net::TcpStream::connect(&s3_address)
+    poll(100, || {
+        std::net::TcpStream::connect(&s3_address)
             .map(drop)
-            .map_err(|e| format!("S3 API at {s3_address}: {e}"));
-        if listening.is_ok() {
-            break;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
-    listening.map_err(with_log)?;
+            .map_err(|e| format!("S3 API at {s3_address}: {e}"))
+    })
+    .map_err(with_log)?;
     let node = node.trim().split('@').next().unwrap_or("").to_owned();
     server
         .garage(&["layout", "assign", "-z", "dc1", "-c", "1G", &node])
