@@ -212,29 +212,36 @@ impl Berth {
             .timeout_global(Some(Duration::from_secs(2)))
             .build()
             .into();
+        let url = format!("{}/healthz", self.url());
+        self.wait_until_healthy("berth", || {
+            probe.get(&url).call().is_ok_and(|r| r.status() == 200)
+        });
+    }
+
+    /// Polls `healthy` for up to 30 s. Panics with berth's log (naming it
+    /// `what`) when time runs out or when berth exits first: a berth that
+    /// exited (its port taken since `free_port`, say) must not pass for
+    /// healthy through whatever answers on its port now.
+    pub fn wait_until_healthy(&self, what: &str, mut healthy: impl FnMut() -> bool) {
         let deadline = Instant::now() + Duration::from_secs(30);
         while Instant::now() < deadline {
-            // A berth that exited (its port taken since `free_port`, say)
-            // must not pass for healthy through whatever answers there now.
             if self.exited() {
                 panic!(
-                    "berth exited before it became healthy; log:\n{}",
+                    "{what} exited before it became healthy; log:\n{}",
                     self.log_text()
                 );
             }
-            if let Ok(r) = probe.get(&format!("{}/healthz", self.url())).call() {
-                if r.status() == 200 {
-                    return;
-                }
+            if healthy() {
+                return;
             }
             std::thread::sleep(Duration::from_millis(50));
         }
-        panic!("berth did not become healthy; log:\n{}", self.log_text());
+        panic!("{what} did not become healthy; log:\n{}", self.log_text());
     }
 
     /// Whether the process has exited (a zombie not yet waited for),
     /// without reaping it: `wait` still reports its status.
-    pub fn exited(&self) -> bool {
+    fn exited(&self) -> bool {
         let Some(child) = self.child.as_ref() else {
             return true;
         };

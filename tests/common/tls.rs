@@ -196,25 +196,10 @@ impl TlsBerth {
 
     fn wait_healthy(&self) {
         let agent = tls_agent(&self.ca.pem, None);
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while Instant::now() < deadline {
-            if self.berth.exited() {
-                panic!(
-                    "berth (TLS) exited before it became healthy; log:\n{}",
-                    self.berth.log_text()
-                );
-            }
-            if let Ok(r) = agent.get(&format!("{}/healthz", self.url())).call() {
-                if r.status() == 200 {
-                    return;
-                }
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        panic!(
-            "berth (TLS) did not become healthy; log:\n{}",
-            self.berth.log_text()
-        );
+        let url = format!("{}/healthz", self.url());
+        self.berth.wait_until_healthy("berth (TLS)", || {
+            agent.get(&url).call().is_ok_and(|r| r.status() == 200)
+        });
     }
 
     /// An agent trusting this berth's CA, with a client certificate if given.
