@@ -475,7 +475,7 @@ end
             .map(|mut r| {
                 let status = r.status();
                 let body = r.body_mut().read_to_string().unwrap_or_default();
-                format!("{status} {}", &body[..body.len().min(300)])
+                format!("{status} {}", body.chars().take(300).collect::<String>())
             })
             .unwrap_or_else(|e| e.to_string());
         let logged = std::fs::read_to_string(&log).unwrap_or_default();
