@@ -1,9 +1,9 @@
 //! Registry metadata in SQLite. One writer connection lives on a dedicated
 //! thread and runs each write inside a `BEGIN IMMEDIATE` transaction, so
 //! writes are serialised (the basis of GC and quota safety); reads use a
-//! small pool of connections on tokio's blocking threads. No SQLite call
-//! ever runs on an async worker thread. All of berth's SQL lives in this
-//! directory.
+//! small pool of connections, on tokio's blocking threads except point
+//! reads (a few index probes), which run on the calling task's thread
+//! (`read_point`). All of berth's SQL lives in this directory.
 //!
 //! Group commit: the writer takes every write queued behind the one it
 //! woke for (up to `GROUP_MAX`) into one transaction, each in its own
@@ -20,6 +20,7 @@ mod fixture;
 mod gc;
 mod integrity;
 mod liveness;
+mod manifest_cache;
 mod queries;
 mod quota;
 mod schema;
@@ -33,8 +34,8 @@ pub(crate) use integrity::Integrity;
 use super::types::*;
 
 use crate::StorageError;
+use manifest_cache::ManifestCache;
 use rusqlite::{Connection, OpenFlags, Transaction, TransactionBehavior};
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, Mutex, RwLock};
@@ -120,30 +121,12 @@ struct Inner {
     /// Bumped after every committed write; cached reads are valid only for
     /// the generation they were read at.
     generation: Arc<AtomicU64>,
-    manifests: Mutex<ManifestCache>,
+    manifests: ManifestCache,
     /// See `liveness`: how often a HEAD records a blob's use.
     touch_interval_ms: AtomicU64,
     /// See `events`: whether changes are recorded in the feed.
     events_on: std::sync::atomic::AtomicBool,
 }
-
-/// Manifests by (repository, reference), as of one write generation.
-#[derive(Default)]
-struct ManifestCache {
-    generation: u64,
-    entries: HashMap<(String, String), Arc<StoredManifest>>,
-    /// Manifest bytes held, the bound that matters (entries vary from
-    /// bytes to 4 MiB, and any tenant can make berth read large ones).
-    bytes: usize,
-}
-
-/// Entries kept before the cache starts over.
-const MANIFEST_CACHE_ENTRIES: usize = 4096;
-/// Manifest bytes kept before the cache starts over.
-const MANIFEST_CACHE_BYTES: usize = 64 * 1024 * 1024;
-/// Larger manifests are served from the database each time (rare: a
-/// typical manifest is a few KiB).
-const MANIFEST_CACHE_ITEM_BYTES: usize = 256 * 1024;
 
 const READERS: usize = 4;
 
@@ -233,7 +216,7 @@ impl Sqlite {
                 path: path.to_owned(),
                 quota: RwLock::new(Arc::new(QuotaPolicy::default())),
                 generation,
-                manifests: Mutex::new(ManifestCache::default()),
+                manifests: ManifestCache::default(),
                 touch_interval_ms: AtomicU64::new(60_000),
                 events_on: std::sync::atomic::AtomicBool::new(false),
             }),
@@ -258,29 +241,17 @@ impl Sqlite {
         self.inner.generation.load(Ordering::SeqCst)
     }
 
-    /// A cached manifest if nothing was written since it was cached.
+    /// A cached manifest if nothing was written since it was read.
     pub(crate) fn cached_manifest(
         &self,
         repo: &str,
         reference: &str,
     ) -> Option<Arc<StoredManifest>> {
-        let now = self.generation();
-        let cache = self
-            .inner
-            .manifests
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
-        if cache.generation != now {
-            return None;
-        }
-        cache
-            .entries
-            .get(&(repo.to_owned(), reference.to_owned()))
-            .cloned()
+        self.inner.manifests.get(self.generation(), repo, reference)
     }
 
-    /// Caches what a read that started at `read_generation` found, unless
-    /// a write committed since (then the read may be stale: skip it).
+    /// Caches what a read that started at `read_generation` found; it is
+    /// never served if a write committed since.
     pub(crate) fn cache_manifest(
         &self,
         read_generation: u64,
@@ -288,33 +259,9 @@ impl Sqlite {
         reference: &str,
         m: &StoredManifest,
     ) {
-        let size = m.bytes.len() + repo.len() + reference.len() + 128;
-        if size > MANIFEST_CACHE_ITEM_BYTES {
-            return;
-        }
-        let mut cache = self
-            .inner
+        self.inner
             .manifests
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
-        if self.generation() != read_generation {
-            return;
-        }
-        if cache.generation != read_generation
-            || cache.entries.len() >= MANIFEST_CACHE_ENTRIES
-            || cache.bytes + size > MANIFEST_CACHE_BYTES
-        {
-            cache.entries.clear();
-            cache.bytes = 0;
-            cache.generation = read_generation;
-        }
-        if cache
-            .entries
-            .insert((repo.to_owned(), reference.to_owned()), Arc::new(m.clone()))
-            .is_none()
-        {
-            cache.bytes += size;
-        }
+            .put(read_generation, repo, reference, m)
     }
 
     pub fn schema_version() -> usize {
