@@ -260,7 +260,9 @@ impl Sqlite {
     }
 
     /// Caches what a read that started at `read_generation` found; it is
-    /// never served if a write committed since.
+    /// never served if a write committed since. Skipped at once when one
+    /// already has, so that a slow read does not replace what a newer read
+    /// cached for the same key.
     pub(crate) fn cache_manifest(
         &self,
         read_generation: u64,
@@ -268,9 +270,11 @@ impl Sqlite {
         reference: &str,
         m: &StoredManifest,
     ) {
-        self.inner
-            .manifests
-            .put(read_generation, repo, reference, m)
+        if self.generation() == read_generation {
+            self.inner
+                .manifests
+                .put(read_generation, repo, reference, m)
+        }
     }
 
     pub fn schema_version() -> usize {
