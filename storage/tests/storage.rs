@@ -28,6 +28,7 @@ for_each_backend!(
     concurrent_small_blobs_commit_together_and_refusals_roll_back_alone,
     held_is_given_back_inside_the_charging_transaction,
     inline_blobs_go_with_their_rows,
+    a_moved_tag_is_served_at_once_while_readers_keep_reading,
 );
 
 // The blob and upload cases again with blobs in S3 (a real Garage) and
@@ -214,6 +215,72 @@ async fn manifests_reference_checks_and_deletes_survive_reopen(backend: Backend)
         s.meta.ping().await,
         Err(berth_storage::StorageError::Closed)
     ));
+}
+
+/// The manifest cache (SQLite) must never answer a tag with the manifest
+/// it pointed at before a commit that moved it, however many reads are
+/// caching it around that commit.
+async fn a_moved_tag_is_served_at_once_while_readers_keep_reading(backend: Backend) {
+    let dir = tempfile::tempdir().unwrap();
+    let place = Place::new(backend);
+    let repo = RepoName::parse("tool-a/moving").unwrap();
+    let s = place.storage(dir.path()).await;
+    let config = store_blob(&s, &repo, b"{}").await;
+    let layers = [
+        store_blob(&s, &repo, b"layer one").await,
+        store_blob(&s, &repo, b"layer two").await,
+    ];
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let readers: Vec<_> = (0..4)
+        .map(|_| {
+            let (s, repo, stop) = (s.clone(), repo.clone(), stop.clone());
+            tokio::spawn(async move {
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    s.meta
+                        .get_manifest(&repo, "latest", false, true)
+                        .await
+                        .unwrap();
+                    tokio::task::yield_now().await;
+                }
+            })
+        })
+        .collect();
+    for round in 0..40 {
+        let bytes = image(&config, &[&layers[round % 2]]);
+        let digest = Digest::sha256_of(&bytes);
+        let parsed = manifest::parse(&bytes, Some(OCI_MANIFEST)).unwrap();
+        assert_eq!(
+            s.meta
+                .put_manifest(
+                    &repo,
+                    &digest,
+                    parsed,
+                    bytes.clone(),
+                    vec!["latest".into()],
+                    "test"
+                )
+                .await
+                .unwrap(),
+            PutManifestOutcome::Stored
+        );
+        let served = s
+            .meta
+            .get_manifest(&repo, "latest", false, true)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            served.digest,
+            digest.to_string(),
+            "round {round}: the tag's old manifest"
+        );
+        assert_eq!(served.bytes, bytes);
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for r in readers {
+        r.await.unwrap();
+    }
+    s.close().await;
 }
 
 async fn uploads_verify_sha256_and_sha512_and_discard_mismatches(backend: Backend) {
