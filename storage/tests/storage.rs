@@ -78,6 +78,28 @@ fn image(config: &Digest, layers: &[&Digest]) -> Vec<u8> {
     .unwrap()
 }
 
+/// Parses `bytes` as `media_type` and puts it into `repo` under `tag`.
+async fn put_tagged(
+    s: &Storage,
+    repo: &RepoName,
+    bytes: &[u8],
+    media_type: &str,
+    tag: &str,
+) -> PutManifestOutcome {
+    let parsed = manifest::parse(bytes, Some(media_type)).unwrap();
+    s.meta
+        .put_manifest(
+            repo,
+            &Digest::sha256_of(bytes),
+            parsed,
+            bytes.to_vec(),
+            vec![tag.into()],
+            "test",
+        )
+        .await
+        .unwrap()
+}
+
 async fn manifests_reference_checks_and_deletes_survive_reopen(backend: Backend) {
     let dir = tempfile::tempdir().unwrap();
     let place = Place::new(backend);
@@ -89,19 +111,7 @@ async fn manifests_reference_checks_and_deletes_survive_reopen(backend: Backend)
 
     // A manifest naming a blob the repo lacks is refused and stores nothing.
     let bad = image(&config, &[&missing]);
-    let parsed = manifest::parse(&bad, Some(OCI_MANIFEST)).unwrap();
-    let out = s
-        .meta
-        .put_manifest(
-            &repo,
-            &Digest::sha256_of(&bad),
-            parsed,
-            bad.clone(),
-            vec!["v0".into()],
-            "test",
-        )
-        .await
-        .unwrap();
+    let out = put_tagged(&s, &repo, &bad, OCI_MANIFEST, "v0").await;
     assert_eq!(out, PutManifestOutcome::MissingBlob(missing));
     assert!(s
         .meta
@@ -112,19 +122,7 @@ async fn manifests_reference_checks_and_deletes_survive_reopen(backend: Backend)
 
     let good = image(&config, &[&layer]);
     let digest = Digest::sha256_of(&good);
-    let parsed = manifest::parse(&good, Some(OCI_MANIFEST)).unwrap();
-    let out = s
-        .meta
-        .put_manifest(
-            &repo,
-            &digest,
-            parsed,
-            good.clone(),
-            vec!["v1".into()],
-            "test",
-        )
-        .await
-        .unwrap();
+    let out = put_tagged(&s, &repo, &good, OCI_MANIFEST, "v1").await;
     assert_eq!(out, PutManifestOutcome::Stored);
 
     // An index over it; the child can then not be deleted from under it.
@@ -134,19 +132,8 @@ async fn manifests_reference_checks_and_deletes_survive_reopen(backend: Backend)
     }))
     .unwrap();
     let index_digest = Digest::sha256_of(&index);
-    let parsed = manifest::parse(&index, Some(OCI_INDEX)).unwrap();
     assert_eq!(
-        s.meta
-            .put_manifest(
-                &repo,
-                &index_digest,
-                parsed,
-                index.clone(),
-                vec!["multi".into()],
-                "test"
-            )
-            .await
-            .unwrap(),
+        put_tagged(&s, &repo, &index, OCI_INDEX, "multi").await,
         PutManifestOutcome::Stored
     );
     assert!(matches!(
@@ -248,19 +235,8 @@ async fn a_moved_tag_is_served_at_once_while_readers_keep_reading(backend: Backe
     for round in 0..40 {
         let bytes = image(&config, &[&layers[round % 2]]);
         let digest = Digest::sha256_of(&bytes);
-        let parsed = manifest::parse(&bytes, Some(OCI_MANIFEST)).unwrap();
         assert_eq!(
-            s.meta
-                .put_manifest(
-                    &repo,
-                    &digest,
-                    parsed,
-                    bytes.clone(),
-                    vec!["latest".into()],
-                    "test"
-                )
-                .await
-                .unwrap(),
+            put_tagged(&s, &repo, &bytes, OCI_MANIFEST, "latest").await,
             PutManifestOutcome::Stored
         );
         let served = s
