@@ -499,8 +499,48 @@ struct Options<'a> {
     idle: usize,
 }
 
+/// Free space a whole comparison needs under the temporary directory: both
+/// registries keep every run's blobs (16 GB were there by the 1 GiB push of
+/// one run), with room to spare.
+const COMPARE_NEEDS_BYTES: u64 = 20 << 30;
+
+/// The comparison's data directory, removed however the run ends (a panic
+/// too: a run that died on a full disk left 16 GB behind).
+struct ScratchDir(PathBuf);
+
+impl Drop for ScratchDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Bytes an unprivileged process may still write on the file system of `dir`.
+fn free_bytes(dir: &Path) -> Option<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let path = std::ffi::CString::new(dir.as_os_str().as_bytes()).ok()?;
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `path` is a NUL-terminated string and `st` a writable statvfs.
+    if unsafe { libc::statvfs(path.as_ptr(), &mut st) } != 0 {
+        return None;
+    }
+    Some(st.f_bavail as u64 * st.f_frsize as u64)
+}
+
 fn compare(berth_bin: &Path, registry_bin: &Path, o: &Options) {
-    let dir = std::env::temp_dir().join(format!("berth-bench-{}", std::process::id()));
+    let tmp = std::env::temp_dir();
+    if let Some(free) = free_bytes(&tmp) {
+        if free < COMPARE_NEEDS_BYTES {
+            eprintln!(
+                "berth-bench compare: {} has {} GiB free and a full comparison writes up to {} GiB there; free some space (or set TMPDIR) and run again",
+                tmp.display(),
+                free >> 30,
+                COMPARE_NEEDS_BYTES >> 30
+            );
+            std::process::exit(2);
+        }
+    }
+    let scratch = ScratchDir(tmp.join(format!("berth-bench-{}", std::process::id())));
+    let dir = scratch.0.clone();
     std::fs::create_dir_all(&dir).unwrap();
     println!("measuring the machine's limits...");
     let (sha, fsync, lo) = (limit_sha256(), limit_fsync_write(&dir), limit_loopback());
@@ -712,7 +752,7 @@ fn compare(berth_bin: &Path, registry_bin: &Path, o: &Options) {
         hwm / 1024
     );
     drop(berth);
-    let _ = std::fs::remove_dir_all(&dir);
+    drop(scratch);
 }
 
 /// wrk against berth, registry:2 and nginx serving the same manifest and
