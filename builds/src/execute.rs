@@ -218,6 +218,14 @@ impl Builds {
                 tokio::fs::write(env_dir.join(name), value).await?;
             }
         }
+        let per_tool = id != Identity::berth();
+        // Two builds of one tool and image share the cache directory. One
+        // of them met it after the other had created it (as berth's) but
+        // before handing it to the tool's uid, took it for another user's,
+        // removed it, and the other failed with "No such file or
+        // directory". So it is checked, created and handed over by one
+        // build at a time.
+        let one_at_a_time = self.cache_prep.lock().await;
         let tool_cache = self.config.dir.join("cache").join(&b.tool);
         logs::private_dir(&tool_cache).await?;
         let cache = tool_cache.join(&b.image_name);
@@ -237,8 +245,17 @@ impl Builds {
             _ => {}
         }
         tokio::fs::create_dir_all(&cache).await?;
-        let per_tool = id != Identity::berth();
-        let (workspace, tmp, cache_dir) = (dirs.workspace.clone(), dirs.tmp.clone(), cache.clone());
+        tokio::fs::set_permissions(&cache, std::fs::Permissions::from_mode(0o700)).await?;
+        if per_tool {
+            let cache = cache.clone();
+            tokio::task::spawn_blocking(move || {
+                std::os::unix::fs::chown(&cache, Some(id.uid), Some(id.gid))
+            })
+            .await
+            .map_err(std::io::Error::other)??;
+        }
+        drop(one_at_a_time);
+        let (workspace, tmp) = (dirs.workspace.clone(), dirs.tmp.clone());
         let (passwd_path, group_path) = (dirs.passwd.clone(), dirs.group.clone());
         tokio::task::spawn_blocking(move || -> std::io::Result<()> {
             let (passwd, group) = sandbox::identity_files(id);
@@ -246,14 +263,13 @@ impl Builds {
                 std::fs::write(path, text)?;
                 std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o644))?;
             }
-            for d in [&workspace, &tmp, &cache_dir] {
+            for d in [&workspace, &tmp] {
                 std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o700))?;
             }
             if per_tool {
                 // Nothing runs in the workspace yet: walking it is safe.
                 chown_tree(&workspace, id)?;
                 std::os::unix::fs::chown(&tmp, Some(id.uid), Some(id.gid))?;
-                std::os::unix::fs::chown(&cache_dir, Some(id.uid), Some(id.gid))?;
             }
             Ok(())
         })

@@ -136,6 +136,9 @@ pub struct Builds {
     follows: Cap,
     running: Mutex<HashMap<String, Running>>,
     wake: Notify,
+    /// Held while a build readies its tool's cache directory (see
+    /// `prepare`): two builds of one tool and image share it.
+    cache_prep: tokio::sync::Mutex<()>,
 }
 
 /// The first git with `http.curloptResolve`, which pins git to the
@@ -221,6 +224,7 @@ impl Builds {
             readiness: OnceCell::new(),
             running: Mutex::new(HashMap::new()),
             wake: Notify::new(),
+            cache_prep: tokio::sync::Mutex::new(()),
         })
     }
 
