@@ -49,6 +49,9 @@ impl Equivalent<Key> for KeyRef<'_> {
     }
 }
 
+/// Cloned out of the cache on every hit: a generation and a shared
+/// manifest, no copy of its bytes.
+#[derive(Clone)]
 struct Entry {
     generation: u64,
     manifest: Arc<StoredManifest>,
@@ -57,8 +60,8 @@ struct Entry {
 #[derive(Clone)]
 struct ByBytes;
 
-impl Weighter<Key, Arc<Entry>> for ByBytes {
-    fn weight(&self, key: &Key, entry: &Arc<Entry>) -> u64 {
+impl Weighter<Key, Entry> for ByBytes {
+    fn weight(&self, key: &Key, entry: &Entry) -> u64 {
         weight(&key.repo, &key.reference, &entry.manifest)
     }
 }
@@ -69,7 +72,7 @@ fn weight(repo: &str, reference: &str, m: &StoredManifest) -> u64 {
 }
 
 pub(super) struct ManifestCache {
-    entries: Cache<Key, Arc<Entry>, ByBytes>,
+    entries: Cache<Key, Entry, ByBytes>,
 }
 
 impl Default for ManifestCache {
@@ -96,7 +99,7 @@ impl ManifestCache {
         self.entries
             .get(&KeyRef { repo, reference })
             .filter(|e| e.generation == generation)
-            .map(|e| e.manifest.clone())
+            .map(|e| e.manifest)
     }
 
     /// Keeps what a read that began at `read_generation` found. If a write
@@ -116,10 +119,10 @@ impl ManifestCache {
                 repo: repo.to_owned(),
                 reference: reference.to_owned(),
             },
-            Arc::new(Entry {
+            Entry {
                 generation: read_generation,
                 manifest: Arc::new(m.clone()),
-            }),
+            },
         );
     }
 }
