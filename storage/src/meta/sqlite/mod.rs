@@ -27,6 +27,7 @@ mod schema;
 mod sessions;
 mod tokens;
 mod triggers;
+mod wal_vfs;
 
 pub(crate) use export::export_tables;
 pub(crate) use integrity::Integrity;
@@ -153,7 +154,10 @@ const RESTART_WAIT: std::time::Duration = std::time::Duration::from_millis(20);
 impl Sqlite {
     /// Opens (creating if needed) the database at `path` and migrates it.
     pub fn open(path: &Path, synchronous: Synchronous) -> Result<Sqlite, StorageError> {
-        let mut writer = Connection::open(path)?;
+        // The writer alone writes WAL frames; its VFS hands each commit's
+        // frames to the kernel in one write (see `wal_vfs`).
+        let vfs = wal_vfs::register().map_err(StorageError::Internal)?;
+        let mut writer = Connection::open_with_flags_and_vfs(path, OpenFlags::default(), vfs)?;
         writer.pragma_update(None, "journal_mode", "WAL")?;
         writer.pragma_update(
             None,
