@@ -160,6 +160,7 @@ const WAL_KEEP_BYTES: i64 = 512 * 1024 * 1024;
 /// 1 GiB (checked every `CHECK_EVERY` commits), 64 MiB from there on.
 struct WriterCache {
     lock_page: i64,
+    /// Whether the database has reached 1 GiB; it stays so.
     large: bool,
     commits: u32,
 }
@@ -176,23 +177,23 @@ impl WriterCache {
             large: false,
             commits: 0,
         };
-        cache.size_for(writer)?;
+        cache.large = cache.past_lock_page(writer)?;
+        cache.apply(writer)?;
         Ok(cache)
     }
 
-    fn size_for(&mut self, writer: &Connection) -> rusqlite::Result<()> {
+    fn past_lock_page(&self, writer: &Connection) -> rusqlite::Result<bool> {
         let pages: i64 = writer.query_row("PRAGMA page_count", [], |r| r.get(0))?;
-        let large = pages >= self.lock_page;
-        if large != self.large || self.commits == 0 {
-            let kib = if large {
-                Self::LARGE_KIB
-            } else {
-                Self::SMALL_KIB
-            };
-            writer.pragma_update(None, "cache_size", -kib)?;
-            self.large = large;
-        }
-        Ok(())
+        Ok(pages >= self.lock_page)
+    }
+
+    fn apply(&self, writer: &Connection) -> rusqlite::Result<()> {
+        let kib = if self.large {
+            Self::LARGE_KIB
+        } else {
+            Self::SMALL_KIB
+        };
+        writer.pragma_update(None, "cache_size", -kib)
     }
 
     fn after_commit(&mut self, writer: &Connection) {
@@ -200,7 +201,14 @@ impl WriterCache {
         if self.large || !self.commits.is_multiple_of(Self::CHECK_EVERY) {
             return;
         }
-        if let Err(e) = self.size_for(writer) {
+        let grown = self.past_lock_page(writer).and_then(|past| {
+            self.large = past;
+            if past {
+                self.apply(writer)?;
+            }
+            Ok(())
+        });
+        if let Err(e) = grown {
             tracing::warn!(error = %e, "could not size the writer's page cache");
         }
     }
