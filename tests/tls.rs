@@ -113,8 +113,11 @@ fn tls_handshake_is_bounded_in_time_and_holds_a_connection_slot() {
     let dir = tempfile::tempdir().unwrap();
     let b = TlsBerth::start(
         dir.path(),
-        "[limits]\nmax_connections_per_address = 2\ntls_handshake_timeout = \"2s\"\n",
+        "[limits]\nmax_connections_per_address = 2\ntls_handshake_timeout = \"5s\"\n",
     );
+    // The timeout is generous because CI runs this next to docker and
+    // skopeo tests on two cores: the third client's attempts below must
+    // all happen while the silent two still hold their places.
     // Two clients connect and never start their handshake.
     let started = Instant::now();
     let silent: Vec<TcpStream> = (0..2)
@@ -126,13 +129,13 @@ fn tls_handshake_is_bounded_in_time_and_holds_a_connection_slot() {
     let refused = loop {
         let mut third = TlsConn::open(&b.host, &b.ca.pem);
         let status = third.get("/healthz").unwrap();
-        if status != 200 || started.elapsed() > Duration::from_millis(1500) {
+        if status != 200 || started.elapsed() > Duration::from_millis(3500) {
             break status;
         }
         drop(third);
         std::thread::sleep(Duration::from_millis(50));
     };
-    assert_eq!(refused, 429);
+    assert_eq!(refused, 429, "after {:?}", started.elapsed());
     // berth closes them once the handshake time is up.
     for mut s in silent {
         s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
@@ -141,11 +144,11 @@ fn tls_handshake_is_bounded_in_time_and_holds_a_connection_slot() {
         assert_eq!(n, 0, "closed without a word");
     }
     assert!(
-        started.elapsed() >= Duration::from_millis(1800),
+        started.elapsed() >= Duration::from_millis(4800),
         "{:?}",
         started.elapsed()
     );
-    assert!(started.elapsed() < Duration::from_secs(8));
+    assert!(started.elapsed() < Duration::from_secs(15));
     // Their places are free again.
     let mut fresh = TlsConn::open(&b.host, &b.ca.pem);
     assert_eq!(fresh.get("/healthz").unwrap(), 200);
