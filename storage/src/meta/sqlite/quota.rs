@@ -375,10 +375,11 @@ impl Sqlite {
 
     /// Bytes `ns` may still take, `None` when unlimited (for refusing an
     /// upload early; the binding check happens when the blob is linked).
+    /// A primary-key lookup on every blob upload, so a point read.
     pub async fn quota_available(&self, ns: &str) -> Result<Option<u64>, StorageError> {
         let policy = self.quota_policy();
         let ns = ns.to_owned();
-        self.read(move |c| {
+        self.read_point(move |c| {
             let (limit_bytes, unlimited, used) = match row(c, &ns)? {
                 Some(r) => (r.limit_bytes, r.unlimited, r.used.max(0) as u64),
                 None => (None, false, 0),
@@ -393,7 +394,7 @@ impl Sqlite {
     /// Whether `ns` already holds `digest` (a re-upload costs nothing).
     pub async fn namespace_holds_blob(&self, ns: &str, digest: &str) -> Result<bool, StorageError> {
         let (ns, digest) = (ns.to_owned(), digest.to_owned());
-        self.read(move |c| Ok(namespace_has_blob(c, &ns, &digest)?))
+        self.read_point(move |c| Ok(namespace_has_blob(c, &ns, &digest)?))
             .await
     }
 }
