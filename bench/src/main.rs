@@ -201,12 +201,7 @@ fn blob_pull(target: &Target, d: Duration) -> Result<Figures, String> {
     let blobs = Arc::new(blobs);
     Ok(timed(target, 4, d, BIG_BLOB as u64, move |c, t, i| {
         let digest = &blobs[(t + i as usize) % blobs.len()];
-        let r = c.send(
-            "GET",
-            &format!("/v2/bench/blobs/blobs/{digest}"),
-            &[],
-            Vec::new(),
-        )?;
+        let r = c.send("GET", &format!("/v2/bench/blobs/blobs/{digest}"), &[], &[])?;
         if r.status != 200 || &sha256(&r.body) != digest {
             return Err(format!("blob GET: HTTP {} or digest mismatch", r.status));
         }
@@ -222,7 +217,7 @@ fn tags_list(target: &Target, d: Duration) -> Result<Figures, String> {
             "GET",
             "/v2/bench/tags/manifests/base",
             &[("accept", ACCEPT)],
-            Vec::new(),
+            &[],
         )?
         .body;
     for i in 0..100 {
@@ -230,7 +225,7 @@ fn tags_list(target: &Target, d: Duration) -> Result<Figures, String> {
             "PUT",
             &format!("/v2/bench/tags/manifests/t{i:03}"),
             &[("content-type", "application/vnd.oci.image.manifest.v1+json")],
-            m.clone(),
+            &m,
         )?;
         if r.status != 201 {
             return Err(format!("tag PUT: HTTP {}", r.status));
@@ -782,7 +777,7 @@ fn wrk_comparison(
         conn.push_blob("bench/wrk", &blob, &digest)
             .expect("push the wrk blob");
         manifest = conn
-            .send("GET", manifest_path, &[("accept", ACCEPT)], Vec::new())
+            .send("GET", manifest_path, &[("accept", ACCEPT)], &[])
             .expect("manifest")
             .body;
     }
