@@ -3,9 +3,9 @@
 //! (Debian's, one worker, `sendfile on`: the practical HTTP/1.1 limit on
 //! this machine) serving the same manifest and the same 64 MiB blob.
 
-use crate::Proc;
+use std::os::unix::process::CommandExt;
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, Stdio};
 
 /// What one wrk run measured.
 #[derive(Debug, Clone, Default, serde::Serialize)]
@@ -117,9 +117,27 @@ fn bytes(v: &str) -> Option<f64> {
     None
 }
 
+/// nginx's master and its worker, stopped together when dropped. They run
+/// in a process group of their own: killing only the master left the
+/// worker running, one more stray nginx after every `compare`.
+pub struct Nginx(Child);
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        if let Ok(group) = i32::try_from(self.0.id()) {
+            // SAFETY: kill(2) on the negated id signals the process group
+            // this nginx leads (`process_group(0)` below); it touches no
+            // memory of this process.
+            unsafe { libc::kill(-group, libc::SIGKILL) };
+        }
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// nginx serving `root` on `port`: one worker, sendfile, keep-alive
 /// without a request cap, manifests with the manifest media type.
-pub fn start_nginx(root: &Path, dir: &Path, port: u16) -> Result<Proc, String> {
+pub fn start_nginx(root: &Path, dir: &Path, port: u16) -> Result<Nginx, String> {
     let config = dir.join("nginx.conf");
     std::fs::write(
         &config,
@@ -148,9 +166,10 @@ pub fn start_nginx(root: &Path, dir: &Path, port: u16) -> Result<Proc, String> {
         .arg("stderr")
         .stdout(Stdio::null())
         .stderr(Stdio::null())
+        .process_group(0)
         .spawn()
         .map_err(|e| format!("nginx (Debian package nginx-light) could not start: {e}"))?;
-    Ok(Proc(child))
+    Ok(Nginx(child))
 }
 
 #[cfg(test)]
