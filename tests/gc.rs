@@ -382,6 +382,8 @@ fn gc_storm_loses_nothing_while_pushes_and_pulls_go_on() {
             seconds,
             jobs: &["tag-cleanup", "untagged"],
             halfway: None,
+            // As `untagged_grace` and `blob_grace` above.
+            grace: Duration::from_secs(2),
         },
     );
     assert!(

@@ -376,6 +376,8 @@ fn gc_storm_with_a_replica_killed_loses_nothing_acknowledged() {
                 // The balancer tries a refused backend again after 1 s.
                 std::thread::sleep(std::time::Duration::from_millis(1500));
             })),
+            // As `untagged_grace` and `blob_grace` above.
+            grace: std::time::Duration::from_secs(2),
         },
     );
     cluster.replicas[1] = victim.lock().unwrap().take();
