@@ -369,12 +369,17 @@ fn gc_storm_loses_nothing_while_pushes_and_pulls_go_on() {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(60);
+    // Both GC grace periods; the storm judges late pushes by it.
+    let grace = Duration::from_secs(2);
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let berth = Berth::start_with(
         &data,
         free_port(),
-        "[auth]\nenabled = false\n[gc]\nenabled = false\nuntagged_grace = \"2s\"\nblob_grace = \"2s\"\n[gc.retention]\nkeep_last = 3\n",
+        &format!(
+            "[auth]\nenabled = false\n[gc]\nenabled = false\nuntagged_grace = \"{0}s\"\nblob_grace = \"{0}s\"\n[gc.retention]\nkeep_last = 3\n",
+            grace.as_secs()
+        ),
     );
     let report = storm::run(
         &berth.url(),
@@ -382,8 +387,7 @@ fn gc_storm_loses_nothing_while_pushes_and_pulls_go_on() {
             seconds,
             jobs: &["tag-cleanup", "untagged"],
             halfway: None,
-            // As `untagged_grace` and `blob_grace` above.
-            grace: Duration::from_secs(2),
+            grace,
         },
     );
     assert!(
@@ -392,7 +396,7 @@ fn gc_storm_loses_nothing_while_pushes_and_pulls_go_on() {
         report.final_failures
     );
     // A final GC past the grace period leaves nothing unreferenced.
-    std::thread::sleep(Duration::from_millis(2200));
+    std::thread::sleep(grace + Duration::from_millis(200));
     let last = gc_run(&berth, "untagged", false);
     let (rows, objects) = check_storage(&data, true);
     println!(

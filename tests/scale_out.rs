@@ -344,9 +344,14 @@ fn quota_stays_exact_with_concurrent_pushes_on_both_replicas() {
 /// acknowledged must pull completely at the end; fsck finds every object.
 #[test]
 fn gc_storm_with_a_replica_killed_loses_nothing_acknowledged() {
+    // Both GC grace periods; the storm judges late pushes by it.
+    let grace = std::time::Duration::from_secs(2);
     let Some(mut cluster) = Cluster::start(
         2,
-        "[auth]\nenabled = false\n[gc]\nenabled = false\nuntagged_grace = \"2s\"\nblob_grace = \"2s\"\n",
+        &format!(
+            "[auth]\nenabled = false\n[gc]\nenabled = false\nuntagged_grace = \"{0}s\"\nblob_grace = \"{0}s\"\n",
+            grace.as_secs()
+        ),
     ) else {
         return;
     };
@@ -376,8 +381,7 @@ fn gc_storm_with_a_replica_killed_loses_nothing_acknowledged() {
                 // The balancer tries a refused backend again after 1 s.
                 std::thread::sleep(std::time::Duration::from_millis(1500));
             })),
-            // As `untagged_grace` and `blob_grace` above.
-            grace: std::time::Duration::from_secs(2),
+            grace,
         },
     );
     cluster.replicas[1] = victim.lock().unwrap().take();

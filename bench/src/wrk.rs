@@ -124,13 +124,18 @@ pub struct Nginx(Child);
 
 impl Drop for Nginx {
     fn drop(&mut self) {
-        if let Ok(group) = i32::try_from(self.0.id()) {
+        match i32::try_from(self.0.id()) {
             // SAFETY: kill(2) on the negated id signals the process group
             // this nginx leads (`process_group(0)` below); it touches no
             // memory of this process.
-            unsafe { libc::kill(-group, libc::SIGKILL) };
+            Ok(group) => unsafe {
+                libc::kill(-group, libc::SIGKILL);
+            },
+            // Not a pid Linux hands out; the master at least.
+            Err(_) => {
+                let _ = self.0.kill();
+            }
         }
-        let _ = self.0.kill();
         let _ = self.0.wait();
     }
 }
